@@ -1,0 +1,54 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import save_model_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    """Factory: a saved tiny model folder per (model_type, task), built once per session."""
+    cache = {}
+
+    def get(model_type: str, task: str = "feature-extraction") -> Path:
+        key = (model_type, task)
+        if key not in cache:
+            cache[key] = save_model_dir(tmp_path_factory.mktemp(f"{model_type}-{task}"), model_type, task)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported(model_dirs, tmp_path_factory):
+    """Factory: an exported (and, on request, optimized) folder per (model_type, task), built once."""
+    from torchship.exporters.export import export
+    from torchship.optimizers import optimize
+
+    cache = {}
+
+    def get(model_type: str = "bert", task: str = "feature-extraction", optimized: bool = False) -> Path:
+        key = (model_type, task)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"export-{model_type}-{task}") / "onnx"
+            export(str(model_dirs(model_type, task)), out)
+            cache[key] = [out, False]
+        if optimized and not cache[key][1]:
+            optimize(cache[key][0])
+            cache[key][1] = True
+        return cache[key][0]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    from torchship.demo import packaged_minilm
+
+    return packaged_minilm()

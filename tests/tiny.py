@@ -1,0 +1,64 @@
+"""Tiny random encoders and a tokenizer from a generated vocabulary, built in code for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = ("the a an is was be to of and in on at for with this that it he she they we you good bad "
+         "movie film food man woman dog cat eat eating run running new old long short great awful "
+         "hello world model text test fast slow").split()
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=128)
+
+# One tiny config per registered model type; test_spec_coverage keeps this in step with the registry.
+TINY_CONFIGS = {
+    "bert": dict(TINY, type_vocab_size=2),
+    "roberta": dict(TINY, type_vocab_size=1),
+    "xlm-roberta": dict(TINY, type_vocab_size=1),
+    "camembert": dict(TINY, type_vocab_size=1),
+    "electra": dict(TINY, type_vocab_size=2, embedding_size=16),
+    "distilbert": dict(dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=128),
+}
+LABELS = ["negative", "neutral", "positive"]
+
+
+def vocabulary() -> list[str]:
+    pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    letters = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'")
+    return SPECIALS + WORDS + letters + pieces
+
+
+def make_tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(vocabulary()) + "\n")
+    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+
+
+def make_model(model_type: str, task: str = "feature-extraction", *, seed: int = 0):
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    kwargs = dict(TINY_CONFIGS[model_type], vocab_size=len(vocabulary()), pad_token_id=0)
+    if task == "text-classification":
+        kwargs.update(num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+                      label2id={l: i for i, l in enumerate(LABELS)})
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    cls = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
+    return cls.from_config(config).eval()
+
+
+def save_model_dir(folder: Path, model_type: str, task: str = "feature-extraction") -> Path:
+    folder = Path(folder)
+    tokenizer = make_tokenizer(folder)
+    model = make_model(model_type, task)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+

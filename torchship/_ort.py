@@ -1,0 +1,75 @@
+"""ONNX Runtime sessions made one way everywhere: threads, spinning, providers, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torchship.errors import ArtifactError, BackendUnavailable
+
+GRAPH_LEVELS = ("disabled", "basic", "extended", "all")
+
+
+def graph_level(name: str):
+    import onnxruntime as ort
+
+    return {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[name]
+
+
+def session_options(*, threads: int | None = None, spin: bool = False, level: str = "all",
+                    optimized_model_path: Path | None = None):
+    """Session options with intra-op ``threads`` (None: ORT's default) and spinning off by default.
+
+    Spinning threads keep a core busy after each run; in a benchmark that alternates backends they
+    slow the other backend down, so torchship turns it off unless asked.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.graph_optimization_level = graph_level(level)
+    if optimized_model_path is not None:
+        so.optimized_model_filepath = str(optimized_model_path)
+    so.log_severity_level = 3
+    return so
+
+
+def providers_for(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise BackendUnavailable(
+                "the CUDA execution provider is not available (onnxruntime-gpu and a GPU are needed); "
+                "pip install 'torchship[gpu]' on a machine with an NVIDIA GPU, or use --device cpu"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise BackendUnavailable(f"unknown device {device!r}; use cpu or cuda")
+
+
+def make_session(path: Path, *, threads: int | None = None, spin: bool = False, level: str = "all",
+                 device: str = "cpu", optimized_model_path: Path | None = None):
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"ONNX file {path} is missing")
+    so = session_options(threads=threads, spin=spin, level=level, optimized_model_path=optimized_model_path)
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers_for(device))
+    except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+            ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {first[:300]}; "
+                            "the file is corrupted or incomplete, re-run torchship export") from None

@@ -1,0 +1,40 @@
+"""PyTorch helpers shared by the exporter and the PyTorch runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def make_wrapper(model, output_names: tuple[str, ...]):
+    """Wrap a transformers encoder in a module with an explicit positional ``forward``.
+
+    Both ONNX exporters need positional inputs (keyword inputs to BertModel fail in TorchScript
+    tracing), and the wrapper returns the named outputs as a tuple. The wrapper is created in eval
+    mode: torch.onnx.export restores the wrapper's training flag after export, and that flag
+    propagates to the wrapped model.
+    """
+    import torch
+
+    class EncoderWrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            out = self.model(**kwargs, return_dict=True)
+            return tuple(out[name] for name in output_names)
+
+    return EncoderWrapper().eval()
+
+
+def run_named(fn, feeds: dict[str, np.ndarray], input_names, output_names) -> dict[str, np.ndarray]:
+    """Call a positional wrapper under inference mode on numpy feeds; numpy outputs by name."""
+    import torch
+
+    args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in input_names)
+    with torch.inference_mode():
+        out = fn(*args)
+    return {n: t.detach().float().numpy() for n, t in zip(output_names, out)}

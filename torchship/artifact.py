@@ -1,0 +1,189 @@
+"""The output folder every stage reads and writes: ONNX files, tokenizer, config, manifest.
+
+``torchship.json`` (the manifest) records what the folder holds: the source checkpoint, inputs and
+outputs with their dynamic axes, the export settings, every model variant with its validation
+numbers and fusion counts, and library versions. ``reference.npz`` holds the validation inputs and
+the eager PyTorch outputs for them, so an optimization made later (or on another machine) is still
+validated against PyTorch without loading PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from torchship._fs import MANIFEST_NAME, write_json_atomic
+from torchship.errors import ArtifactError, InputError
+
+FORMAT_VERSION = 1
+REFERENCE_NAME = "reference.npz"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ONNX model in the folder and how it was made."""
+
+    name: str
+    file: str
+    stage: str  # "export", "ort-graph", "transformer-fusion"
+    options: dict = field(default_factory=dict)
+    size_bytes: int = 0
+    seconds: float = 0.0
+    validation: dict | None = None
+    fusion: dict | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["notes"] = list(self.notes)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Variant":
+        return cls(**{**data, "notes": tuple(data.get("notes", ()))})
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: dict
+    family: str
+    model_type: str
+    task: str
+    ort_model_type: str
+    num_heads: int
+    hidden_size: int
+    num_layers: int
+    inputs: list
+    outputs: list
+    export: dict
+    text: dict
+    versions: dict
+    atol: float
+    variants: dict[str, Variant]
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["variants"] = {k: v.to_json() for k, v in self.variants.items()}
+        return {"format": self.format, **{k: v for k, v in data.items() if k != "format"}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Manifest":
+        variants = {k: Variant.from_json(v) for k, v in data["variants"].items()}
+        return cls(**{**data, "variants": variants})
+
+    def with_variant(self, variant: Variant) -> "Manifest":
+        return replace(self, variants={**self.variants, variant.name: variant})
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i["name"] for i in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o["name"] for o in self.outputs)
+
+
+@dataclass(frozen=True)
+class ReferenceCase:
+    label: str
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+def save_reference(folder: Path, cases: list[ReferenceCase]) -> None:
+    arrays = {}
+    for i, case in enumerate(cases):
+        arrays[f"{i}/label"] = np.array(case.label)
+        for k, v in case.inputs.items():
+            arrays[f"{i}/in/{k}"] = v
+        for k, v in case.outputs.items():
+            arrays[f"{i}/out/{k}"] = v
+    tmp = folder / (REFERENCE_NAME + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(folder / REFERENCE_NAME)
+
+
+def load_reference(folder: Path) -> list[ReferenceCase]:
+    path = Path(folder) / REFERENCE_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing; re-run torchship export to recreate the folder")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = list(data.keys())
+            n = len({k.split("/")[0] for k in keys})
+            cases = []
+            for i in range(n):
+                ins = {k.split("/", 2)[2]: data[k] for k in keys if k.startswith(f"{i}/in/")}
+                outs = {k.split("/", 2)[2]: data[k] for k in keys if k.startswith(f"{i}/out/")}
+                cases.append(ReferenceCase(str(data[f"{i}/label"]), ins, outs))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"{path} is corrupted ({exc}); re-run torchship export") from None
+    return cases
+
+
+class Artifact:
+    """A torchship output folder: manifest plus files, checked on open."""
+
+    def __init__(self, folder: Path, manifest: Manifest):
+        self.folder = Path(folder)
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "Artifact":
+        folder = Path(folder)
+        if not folder.exists():
+            raise InputError(f"folder {folder} does not exist; pass the --output folder of torchship export")
+        if not folder.is_dir():
+            raise InputError(f"{folder} is a file; pass the folder that torchship export wrote")
+        path = folder / MANIFEST_NAME
+        if not path.is_file():
+            raise ArtifactError(
+                f"{folder} has no {MANIFEST_NAME}, so torchship did not write it; "
+                "create one with: torchship export --model MODEL --output DIR"
+            )
+        try:
+            manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{path} is corrupted ({type(exc).__name__}: {exc}); re-run torchship export") from None
+        if manifest.format != FORMAT_VERSION:
+            raise ArtifactError(f"{path} has format {manifest.format}; this torchship reads format {FORMAT_VERSION}")
+        return cls(folder, manifest)
+
+    def variant(self, name: str) -> Variant:
+        if name not in self.manifest.variants:
+            raise InputError(f"{self.folder} has no variant {name!r}; it has {', '.join(self.manifest.variants)}")
+        return self.manifest.variants[name]
+
+    def path_of(self, name: str) -> Path:
+        path = self.folder / self.variant(name).file
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing; re-run torchship export or optimize")
+        return path
+
+    def best_variant(self) -> str:
+        """The most optimized validated variant: transformer fusion, else ORT graph 'all', else the export."""
+        order = ["optimized", "ort-all", "ort-extended", "ort-basic", "model"]
+        valid = [n for n in order if n in self.manifest.variants
+                 and (self.manifest.variants[n].validation or {}).get("passed")]
+        return valid[0] if valid else "model"
+
+    def save(self, manifest: Manifest) -> None:
+        write_json_atomic(self.folder / MANIFEST_NAME, manifest.to_json())
+        self.manifest = manifest
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("torchship", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "numpy"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = None
+    return out

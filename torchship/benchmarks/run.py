@@ -1,0 +1,115 @@
+"""Benchmark backends on an exported folder across batch sizes and sequence lengths."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from torchship import _progress
+from torchship.artifact import Artifact, library_versions
+from torchship.benchmarks.results import Accuracy, BenchReport, Environment, Measurement
+from torchship.benchmarks.timing import TimingPlan, measure_interleaved
+from torchship.compare import rowwise_cosine
+from torchship.errors import InputError
+from torchship.exporters.inputs import TextShape, make_text_inputs
+from torchship.runtimes import ORT_BACKENDS, RuntimeOptions, create_predictor
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    backends: tuple[str, ...] = ("torch", "ort", "ort-optimized")
+    batch_sizes: tuple[int, ...] = (1, 8)
+    seq_lens: tuple[int, ...] = (16, 128)
+    threads: int = field(default_factory=default_threads)
+    spin: bool = False
+    plan: TimingPlan = TimingPlan()
+    reference_model: str | None = None
+    seed: int = 0
+
+
+def accuracy_of(ref: np.ndarray, got: np.ndarray, *, reference: str, output: str) -> Accuracy:
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    cos = rowwise_cosine(ref, got)
+    return Accuracy(reference, output, float(diff.max()), float(diff.mean()),
+                    float(cos.min()), float(cos.mean()))
+
+
+def _check(artifact: Artifact, opts: BenchOptions) -> None:
+    if opts.threads < 1:
+        raise InputError(f"--threads must be 1 or more, got {opts.threads}")
+    limit = _position_limit(artifact)
+    too_long = [s for s in opts.seq_lens if s > limit]
+    if too_long:
+        raise InputError(f"sequence length {too_long[0]} exceeds the model's limit of {limit} positions")
+    for backend in opts.backends:
+        if backend in ORT_BACKENDS and ORT_BACKENDS[backend] not in artifact.manifest.variants:
+            raise InputError(f"{artifact.folder} has no variant for backend {backend}; "
+                             f"run: torchship optimize {artifact.folder}")
+
+
+def _position_limit(artifact: Artifact) -> int:
+    cfg_path = artifact.folder / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError):
+        return 512
+    limit = int(cfg.get("max_position_embeddings", 512))
+    # RoBERTa-style models offset positions by the padding index.
+    if cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= int(cfg.get("pad_token_id", 1)) + 1
+    return limit
+
+
+def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
+                  progress: _progress.Progress = _progress.SILENT) -> BenchReport:
+    artifact = Artifact.open(folder)
+    _check(artifact, options)
+    manifest = artifact.manifest
+    cfg = json.loads((artifact.folder / "config.json").read_text())
+    gen = dict(vocab_size=int(cfg.get("vocab_size") or cfg.get("n_vocab", 100)),
+               type_vocab_size=int(cfg.get("type_vocab_size", 1) or 1),
+               pad_token_id=int(cfg.get("pad_token_id", 0) or 0))
+    runtime = RuntimeOptions(threads=options.threads, spin=options.spin, reference_model=options.reference_model)
+    predictors = {b: create_predictor(artifact, b, runtime) for b in options.backends}
+    for name, p in predictors.items():
+        progress.step(f"loading {name}")
+        p.activate()
+    reference = "torch" if "torch" in predictors else options.backends[0]
+    main_output = manifest.output_names[0]
+    shapes = [(b, s) for s in options.seq_lens for b in options.batch_sizes]
+    measurements = []
+    try:
+        for i, (batch, seq) in enumerate(shapes, 1):
+            feeds = make_text_inputs(manifest.input_names, TextShape(batch, seq), seed=options.seed + i, **gen)
+            outputs = {name: p.infer(feeds)[main_output] for name, p in predictors.items()}
+            label = f"[{i}/{len(shapes)}] batch {batch} x seq {seq}"
+            progress.step(label)
+            times = measure_interleaved(
+                {name: (lambda p=p: p.infer(feeds)) for name, p in predictors.items()}, options.plan,
+                on_block=lambda done, total: progress.advance(label, done, total))
+            for name in predictors:
+                acc = None if name == reference else accuracy_of(
+                    outputs[reference], outputs[name], reference=reference, output=main_output)
+                measurements.append(Measurement.from_latencies(name, batch, seq, times[name], acc))
+    finally:
+        for p in predictors.values():
+            p.deactivate()
+    files = {b: manifest.variants[ORT_BACKENDS[b]].file for b in options.backends if b in ORT_BACKENDS}
+    return BenchReport(
+        model=manifest.source.get("model", str(artifact.folder)),
+        variant_files=files,
+        environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),
+        settings={"backends": list(options.backends), "batch_sizes": list(options.batch_sizes),
+                  "seq_lens": list(options.seq_lens), "warmup": options.plan.warmup,
+                  "min_iterations": options.plan.min_iterations, "min_seconds": options.plan.min_seconds,
+                  "interleaved_blocks": options.plan.block, "inputs": "random token ids, full length, seeded"},
+        measurements=tuple(measurements),
+        baseline=reference,
+    )

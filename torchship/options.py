@@ -1,0 +1,47 @@
+"""Click options defined once and shared by the commands (the library never imports click)."""
+
+from __future__ import annotations
+
+import click
+
+from torchship._ort import GRAPH_LEVELS
+from torchship.exporters.export import ATTN_IMPLEMENTATIONS, EXPORTERS, MAX_OPSET, MIN_OPSET
+from torchship.exporters.spec import TASKS
+
+model = click.option("--model", "-m", "model", required=True, metavar="ID_OR_DIR",
+                     help="Hugging Face hub id (e.g. bert-base-cased) or a local model folder.")
+output = click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False),
+                      help="Folder to write; replaced atomically if torchship wrote it before.")
+task = click.option("--task", type=click.Choice(TASKS), default=None,
+                    help="What to export; default: from the checkpoint (classification head if it has one).")
+exporter = click.option("--exporter", type=click.Choice(EXPORTERS), default="torchscript", show_default=True,
+                        help="torch.onnx export path; torchscript fuses fully in ONNX Runtime (measured).")
+opset = click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=None,
+                     help="ONNX opset; default 17 for torchscript, 23 for dynamo.")
+attn = click.option("--attn-implementation", type=click.Choice(ATTN_IMPLEMENTATIONS), default=None,
+                    help="Attention code traced into the graph; default eager for torchscript, sdpa for dynamo.")
+atol = click.option("--atol", type=float, default=None,
+                    help="Max abs difference allowed against eager PyTorch (default: the family's, 1e-4).")
+allow_pickle = click.option("--allow-pickle", is_flag=True,
+                            help="Allow loading pickle weights (pytorch_model.bin). Only for files you trust.")
+trust_remote_code = click.option("--trust-remote-code", is_flag=True,
+                                 help="Run custom model code from the checkpoint. Off by default.")
+revision = click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+levels = click.option("--levels", default=",".join(GRAPH_LEVELS), show_default=True,
+                      help="ORT graph optimization levels to save as offline-optimized files.")
+no_fusion = click.option("--no-fusion", is_flag=True, help="Skip the transformer fusion optimizer.")
+threads = click.option("--threads", type=int, default=None,
+                       help="Threads for every backend (torch and ORT alike); default: all CPUs.")
+backends = click.option("--backends", default="torch,ort,ort-optimized", show_default=True,
+                        help="Comma-separated: torch, torchscript, torch-compile, ort, ort-optimized, "
+                             "ort-basic, ort-extended, ort-all, ort-disabled.")
+batch_sizes = click.option("--batch-sizes", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+seq_lens = click.option("--seq-lens", default="16,128", show_default=True, help="Comma-separated sequence lengths.")
+min_seconds = click.option("--min-seconds", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
+                           help="Minimum measured time per backend and shape.")
+spin = click.option("--ort-spin/--no-ort-spin", default=False, show_default=True,
+                    help="Let ORT worker threads spin between runs (lower latency, burns a core).")
+reference_model = click.option("--reference-model", default=None, metavar="ID_OR_DIR",
+                               help="Checkpoint for the PyTorch backends; default: the export's source.")
+report_dir = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+                          help="Folder for the report; default: DIR/bench.")

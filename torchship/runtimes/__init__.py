@@ -1,0 +1,81 @@
+"""Predictors with one interface, built by backend name from an exported folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torchship.artifact import Artifact
+from torchship.errors import InputError
+from torchship.runtimes.base import Predictor
+
+# Backend name -> the folder variant it runs. "ort" is the export as written, run with ONNX
+# Runtime's defaults; "ort-optimized" is the transformer-fused model.
+ORT_BACKENDS = {
+    "ort": "model",
+    "ort-optimized": "optimized",
+    "ort-disabled": "ort-disabled",
+    "ort-basic": "ort-basic",
+    "ort-extended": "ort-extended",
+    "ort-all": "ort-all",
+}
+TORCH_BACKENDS = {"torch": "eager", "torchscript": "torchscript", "torch-compile": "compile"}
+BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    threads: int | None = None
+    spin: bool = False
+    device: str = "cpu"
+    reference_model: str | None = None  # checkpoint for the torch backends; None: the export's source
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise InputError(f"no backends given; choose from {', '.join(BACKENDS)}")
+    for name in names:
+        if name not in BACKENDS:
+            raise InputError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    return names
+
+
+def create_predictor(artifact: Artifact, backend: str, options: RuntimeOptions = RuntimeOptions()) -> Predictor:
+    manifest = artifact.manifest
+    if backend in ORT_BACKENDS:
+        from torchship.runtimes.ort import OrtPredictor
+
+        name = ORT_BACKENDS[backend]
+        if name not in manifest.variants:
+            raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}; "
+                             f"run: torchship optimize {artifact.folder}")
+        variant = manifest.variants[name]
+        return OrtPredictor(artifact.path_of(name), manifest.input_names, manifest.output_names,
+                            threads=options.threads, spin=options.spin, device=options.device,
+                            session_level=variant.options.get("session_level", "all"))
+    if backend in TORCH_BACKENDS:
+        from torchship.runtimes.torch_runtime import TorchPredictor
+
+        return TorchPredictor(_torch_loader(artifact, options.reference_model), manifest.input_names,
+                              manifest.output_names, mode=TORCH_BACKENDS[backend], threads=options.threads)
+    raise InputError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _torch_loader(artifact: Artifact, override: str | None):
+    """A function loading the export's source checkpoint the way a PyTorch user would."""
+    from torchship import loading
+
+    manifest = artifact.manifest
+    source = override or manifest.source.get("resolved", "")
+    if source.startswith("hub:"):
+        source = source[4:]
+    if not source or source == "python object":
+        raise InputError(f"{artifact.folder} was exported from a Python object; pass the checkpoint "
+                         "for the PyTorch backends with --reference-model")
+
+    def load():
+        ref = loading.resolve(source)
+        config = loading.load_config(ref)
+        return loading.load_model(ref, config, task=manifest.task)
+
+    return load

@@ -1,0 +1,97 @@
+"""Text in, results out: tokenization and pooling on top of any predictor.
+
+Feature-extraction models give sentence embeddings (pooling as the checkpoint's
+sentence-transformers config says, mean pooling by default); classifiers give logits, softmax
+scores and labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from torchship.artifact import Artifact
+from torchship.errors import ArtifactError, InputError
+from torchship.exporters.spec import TEXT_CLASSIFICATION
+from torchship.runtimes.base import Predictor
+
+
+@dataclass(frozen=True)
+class Prediction:
+    texts: tuple[str, ...]
+    embeddings: np.ndarray | None = None  # (n, hidden) for feature extraction
+    logits: np.ndarray | None = None  # (n, labels) for classifiers
+    scores: np.ndarray | None = None
+    labels: tuple[str, ...] | None = None
+
+    def to_json(self) -> list[dict]:
+        rows = []
+        for i, text in enumerate(self.texts):
+            if self.embeddings is not None:
+                rows.append({"text": text, "embedding": self.embeddings[i].tolist()})
+            else:
+                rows.append({"text": text, "label": self.labels[i], "score": float(self.scores[i].max()),
+                             "logits": self.logits[i].tolist()})
+        return rows
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "cls":
+        return hidden[:, 0]
+    m = mask[..., None].astype(hidden.dtype)
+    if mode == "max":
+        return np.where(m > 0, hidden, -np.inf).max(axis=1)
+    return (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+
+
+class TextModel:
+    def __init__(self, predictor: Predictor, tokenizer, *, task: str, text_settings: dict):
+        self.predictor = predictor
+        self.tokenizer = tokenizer
+        self.task = task
+        self.settings = text_settings
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, predictor: Predictor) -> "TextModel":
+        from transformers import AutoTokenizer
+
+        if not artifact.manifest.export.get("tokenizer"):
+            raise ArtifactError(f"{artifact.folder} holds no tokenizer (the checkpoint had none); "
+                                "save one into the folder with tokenizer.save_pretrained()")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(artifact.folder))
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"the tokenizer in {artifact.folder} cannot be loaded: {exc}") from None
+        return cls(predictor, tokenizer, task=artifact.manifest.task, text_settings=artifact.manifest.text)
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.settings["max_length"],
+                             return_tensors="np")
+        feeds = {}
+        for name in self.predictor.input_names:
+            if name in enc:
+                feeds[name] = enc[name].astype(np.int64)
+            elif name == "token_type_ids":
+                feeds[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
+            else:
+                raise ArtifactError(f"the tokenizer gives no {name!r}, which the model needs")
+        return feeds
+
+    def predict(self, texts: str | list[str]) -> Prediction:
+        items = [texts] if isinstance(texts, str) else list(texts)
+        if not items or any(not isinstance(t, str) for t in items):
+            raise InputError("predict takes a string or a non-empty list of strings")
+        feeds = self.encode(items)
+        out = self.predictor.infer(feeds)
+        if self.task == TEXT_CLASSIFICATION:
+            logits = out["logits"]
+            exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+            scores = exp / exp.sum(axis=1, keepdims=True)
+            names = self.settings.get("labels") or [f"LABEL_{i}" for i in range(logits.shape[1])]
+            return Prediction(tuple(items), logits=logits, scores=scores,
+                              labels=tuple(names[i] for i in scores.argmax(axis=1)))
+        emb = pool(out["last_hidden_state"], feeds["attention_mask"], self.settings.get("pooling", "mean"))
+        if self.settings.get("normalize"):
+            emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+        return Prediction(tuple(items), embeddings=emb)

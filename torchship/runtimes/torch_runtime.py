@@ -1,0 +1,52 @@
+"""PyTorch predictors: eager (the baseline), and on request TorchScript and torch.compile.
+
+The eager baseline loads the checkpoint the way a PyTorch user would (default attention
+implementation, eval mode, inference mode), so speedups are measured against what users run.
+"""
+
+from __future__ import annotations
+
+from torchship.errors import InputError
+from torchship.runtimes.base import Predictor
+
+TORCH_MODES = ("eager", "torchscript", "compile")
+
+
+class TorchPredictor(Predictor):
+    backend = "pytorch"
+
+    def __init__(self, model_loader, input_names, output_names, *, mode: str = "eager",
+                 threads: int | None = None):
+        if mode not in TORCH_MODES:
+            raise InputError(f"unknown torch mode {mode!r}; use {', '.join(TORCH_MODES)}")
+        super().__init__(input_names, output_names)
+        self.backend = "pytorch" if mode == "eager" else f"pytorch-{mode}"
+        self._loader = model_loader
+        self.mode = mode
+        self.threads = threads
+        self._fn = None
+
+    def _activate(self) -> None:
+        import torch
+
+        from torchship._torch import make_wrapper
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        wrapper = make_wrapper(self._loader().eval(), self.output_names)
+        if self.mode == "eager":
+            self._fn = wrapper
+        elif self.mode == "torchscript":
+            example = tuple(torch.ones((1, 8), dtype=torch.long) for _ in self.input_names)
+            with torch.inference_mode():
+                self._fn = torch.jit.trace(wrapper, example, check_trace=False)
+        else:
+            self._fn = torch.compile(wrapper, dynamic=True)
+
+    def _infer(self, feeds):
+        from torchship._torch import run_named
+
+        return run_named(self._fn, feeds, self.input_names, self.output_names)
+
+    def _deactivate(self) -> None:
+        self._fn = None

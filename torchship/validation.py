@@ -1,0 +1,38 @@
+"""Validate an ONNX model against the eager PyTorch outputs stored with the export.
+
+Order of checks, as every export and optimization ends: output names, then shapes along the
+dynamic axes, then values; every case runs at a shape other than the export's dummy shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torchship._ort import make_session
+from torchship.artifact import ReferenceCase
+from torchship.compare import ComparisonReport, compare_outputs
+from torchship.errors import ValidationError
+
+
+def run_reference_cases(path: Path, cases: list[ReferenceCase], *, atol: float,
+                        threads: int | None = None) -> ComparisonReport:
+    session = make_session(path, threads=threads)
+    output_names = [o.name for o in session.get_outputs()]
+    items = []
+    for case in cases:
+        feeds = {i.name: case.inputs[i.name] for i in session.get_inputs()}
+        got = dict(zip(output_names, session.run(output_names, feeds)))
+        items.extend(compare_outputs(case.outputs, got, atol=atol, case=case.label))
+    return ComparisonReport(tuple(items))
+
+
+def check(report: ComparisonReport, *, what: str) -> None:
+    """Raise with every mismatch listed when ``report`` failed."""
+    if report.ok:
+        return
+    lines = "; ".join(i.describe() for i in report.failures)
+    raise ValidationError(
+        f"{what} does not match eager PyTorch: {lines}. If the difference is expected "
+        "(e.g. a lower-precision variant), raise the tolerance with --atol",
+        report,
+    )
