@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from torchship.compare import ComparisonReport, compare_outputs, cosine, rowwise_cosine
 
@@ -24,6 +25,6 @@ def test_compare_passes_within_tolerance_and_catches_nan():
 
 def test_cosines():
     a = np.array([[1.0, 0.0], [0.0, 2.0]])
-    assert cosine(a, a) == 1.0
+    assert cosine(a, a) == pytest.approx(1.0)
     np.testing.assert_allclose(rowwise_cosine(a, np.array([[1.0, 1.0], [0.0, -1.0]])), [2 ** -0.5, -1.0])
     assert cosine(np.zeros(3), np.zeros(3)) == 1.0

@@ -73,3 +73,18 @@ def make_session(path: Path, *, threads: int | None = None, spin: bool = False, 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(f"ONNX Runtime cannot load {path}: {first[:300]}; "
                             "the file is corrupted or incomplete, re-run torchship export") from None
+
+
+def load_onnx(path: Path, *, load_external_data: bool = False):
+    """``onnx.load`` with a clear error for missing or corrupted files."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"ONNX file {path} is missing")
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except (DecodeError, ValueError, OSError) as exc:
+        raise ArtifactError(f"cannot read {path}: {str(exc)[:200]}; the file is corrupted or incomplete, "
+                            "re-run torchship export") from None

@@ -56,8 +56,11 @@ def test_measurement_percentiles():
     assert m.throughput == pytest.approx(4 * 1000 / 50.5)
 
 
-def test_bad_bench_options(exported):
-    folder = exported("bert")
+def test_bad_bench_options(model_dirs, tmp_path):
+    from torchship.exporters.export import export
+
+    folder = tmp_path / "plain"
+    export(str(model_dirs("bert")), folder)  # exported, not optimized
     with pytest.raises(InputError, match="exceeds the model's limit of 128"):
         run_benchmark(folder, BenchOptions(backends=("ort",), seq_lens=(4096,), plan=QUICK))
     with pytest.raises(InputError, match="torchship optimize"):

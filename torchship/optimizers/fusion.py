@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchship._ort import load_onnx
 from torchship.errors import ArtifactError
 
 # Operators the fusion report counts, grouped as the report shows them.
@@ -52,9 +53,7 @@ class FusionReport:
 
 
 def count_ops(path: Path) -> dict[str, int]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx(path)
     counts = Counter(node.op_type for node in model.graph.node)
     return {op: counts.get(op, 0) for op in REPORTED_OPS}
 

@@ -46,6 +46,7 @@ def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *
     artifact = Artifact.open(folder)
     manifest = artifact.manifest
     src = artifact.path_of("model")
+    make_session(src)  # a corrupted export fails here, before anything is written
     cases = load_reference(artifact.folder)
     atol = opts.atol or manifest.atol
 
