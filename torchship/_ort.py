@@ -45,6 +45,8 @@ def providers_for(device: str) -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
+    if device == "auto":
+        device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "cuda":
@@ -54,7 +56,7 @@ def providers_for(device: str) -> list[str]:
                 "pip install 'torchship[gpu]' on a machine with an NVIDIA GPU, or use --device cpu"
             )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise BackendUnavailable(f"unknown device {device!r}; use cpu or cuda")
+    raise BackendUnavailable(f"unknown device {device!r}; use auto, cpu or cuda")
 
 
 def make_session(path: Path, *, threads: int | None = None, spin: bool = False, level: str = "all",

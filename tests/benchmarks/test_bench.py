@@ -13,7 +13,7 @@ QUICK = TimingPlan(warmup=1, min_iterations=5, min_seconds=0.0, block=5, pause_s
 
 def test_benchmark_runs_every_backend_and_shape(exported, tmp_path):
     folder = exported("bert", optimized=True)
-    opts = BenchOptions(backends=("torch", "ort", "ort-optimized"), batch_sizes=(1, 2), seq_lens=(8, 24),
+    opts = BenchOptions(backends=("torch", "ort", "ort-optimized"), shapes=((1, 8), (2, 8), (1, 24), (2, 24)),
                         threads=1, plan=QUICK)
     report = run_benchmark(folder, opts)
     assert len(report.measurements) == 3 * 2 * 2
@@ -62,15 +62,17 @@ def test_bad_bench_options(model_dirs, tmp_path):
     folder = tmp_path / "plain"
     export(str(model_dirs("bert")), folder)  # exported, not optimized
     with pytest.raises(InputError, match="exceeds the model's limit of 128"):
-        run_benchmark(folder, BenchOptions(backends=("ort",), seq_lens=(4096,), plan=QUICK))
+        run_benchmark(folder, BenchOptions(backends=("ort",), shapes=((1, 4096),), plan=QUICK))
     with pytest.raises(InputError, match="torchship optimize"):
         run_benchmark(folder, BenchOptions(backends=("ort-optimized",), plan=QUICK))
+    with pytest.raises(InputError, match="positive"):
+        run_benchmark(folder, BenchOptions(backends=("ort",), shapes=((0, 8),), plan=QUICK))
     with pytest.raises(InputError, match="--threads"):
         run_benchmark(folder, BenchOptions(backends=("ort",), threads=0, plan=QUICK))
 
 
 def test_markdown_table_without_baseline(exported):
-    report = run_benchmark(exported("distilbert"), BenchOptions(backends=("ort",), batch_sizes=(1,), seq_lens=(8,),
+    report = run_benchmark(exported("distilbert"), BenchOptions(backends=("ort",), shapes=((1, 8),),
                                                                 threads=1, plan=QUICK))
     assert report.baseline == "ort"
     assert "| ort | 1 | 8 |" in markdown_table(report)

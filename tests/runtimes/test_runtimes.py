@@ -99,3 +99,29 @@ def test_predict_rejects_empty_input(exported):
     for bad in ([], [1, 2]):
         with pytest.raises(InputError, match="string"):
             tm.predict(bad)
+
+
+def test_cuda_device_without_cuda_names_the_extra(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has ORT's CUDA provider; the error path is for machines without it")
+    from torchship.errors import BackendUnavailable
+
+    art = Artifact.open(exported("bert"))
+    with pytest.raises(BackendUnavailable, match=r"pip install 'torchship\[gpu\]'"):
+        create_predictor(art, "ort", RuntimeOptions(device="cuda")).activate()
+    with create_predictor(art, "ort", RuntimeOptions(device="auto")) as p:  # falls back to the CPU
+        assert p.infer(make_text_inputs(art.manifest.input_names, TextShape(1, 5), vocab_size=50))
+
+
+@pytest.mark.slow
+def test_torch_compile_backend_matches_eager(exported):
+    art = Artifact.open(exported("bert"))
+    feeds = make_text_inputs(art.manifest.input_names, TextShape(3, 20, (20, 9, 2)), vocab_size=100, seed=3)
+    with create_predictor(art, "torch", RuntimeOptions(threads=2)) as p:
+        ref = p.infer(feeds)
+    with create_predictor(art, "torch-compile", RuntimeOptions(threads=2)) as p:
+        assert p.backend == "pytorch-compile"
+        got = p.infer(feeds)
+    np.testing.assert_allclose(got["last_hidden_state"], ref["last_hidden_state"], atol=1e-5)

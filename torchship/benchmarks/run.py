@@ -25,13 +25,17 @@ def default_threads() -> int:
 @dataclass(frozen=True)
 class BenchOptions:
     backends: tuple[str, ...] = ("torch", "ort", "ort-optimized")
-    batch_sizes: tuple[int, ...] = (1, 8)
-    seq_lens: tuple[int, ...] = (16, 128)
+    shapes: tuple[tuple[int, int], ...] = ((1, 16), (8, 16), (1, 128), (8, 128))  # (batch, sequence)
     threads: int = field(default_factory=default_threads)
     spin: bool = False
     plan: TimingPlan = TimingPlan()
     reference_model: str | None = None
     seed: int = 0
+
+
+def grid(batch_sizes, seq_lens) -> tuple[tuple[int, int], ...]:
+    """Every (batch, sequence) pair, shorter sequences first."""
+    return tuple((b, s) for s in seq_lens for b in batch_sizes)
 
 
 def accuracy_of(ref: np.ndarray, got: np.ndarray, *, reference: str, output: str) -> Accuracy:
@@ -45,7 +49,9 @@ def _check(artifact: Artifact, opts: BenchOptions) -> None:
     if opts.threads < 1:
         raise InputError(f"--threads must be 1 or more, got {opts.threads}")
     limit = _position_limit(artifact)
-    too_long = [s for s in opts.seq_lens if s > limit]
+    if not opts.shapes or any(b < 1 or s < 1 for b, s in opts.shapes):
+        raise InputError(f"benchmark shapes must be positive (batch, sequence) pairs, got {list(opts.shapes)}")
+    too_long = [s for _, s in opts.shapes if s > limit]
     if too_long:
         raise InputError(f"sequence length {too_long[0]} exceeds the model's limit of {limit} positions")
     for backend in opts.backends:
@@ -83,7 +89,7 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
         p.activate()
     reference = "torch" if "torch" in predictors else options.backends[0]
     main_output = manifest.output_names[0]
-    shapes = [(b, s) for s in options.seq_lens for b in options.batch_sizes]
+    shapes = list(options.shapes)
     measurements = []
     try:
         for i, (batch, seq) in enumerate(shapes, 1):
@@ -106,8 +112,7 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
         model=manifest.source.get("model", str(artifact.folder)),
         variant_files=files,
         environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),
-        settings={"backends": list(options.backends), "batch_sizes": list(options.batch_sizes),
-                  "seq_lens": list(options.seq_lens), "warmup": options.plan.warmup,
+        settings={"backends": list(options.backends), "shapes": [list(sh) for sh in shapes], "warmup": options.plan.warmup,
                   "min_iterations": options.plan.min_iterations, "min_seconds": options.plan.min_seconds,
                   "interleaved_blocks": options.plan.block, "inputs": "random token ids, full length, seeded"},
         measurements=tuple(measurements),

@@ -6,6 +6,8 @@ implementation, eval mode, inference mode), so speedups are measured against wha
 
 from __future__ import annotations
 
+import warnings
+
 from torchship.errors import InputError
 from torchship.runtimes.base import Predictor
 
@@ -37,8 +39,14 @@ class TorchPredictor(Predictor):
         if self.mode == "eager":
             self._fn = wrapper
         elif self.mode == "torchscript":
-            example = tuple(torch.ones((1, 8), dtype=torch.long) for _ in self.input_names)
-            with torch.inference_mode():
+            # Trace with a padded batch, so no "the mask is all ones" shortcut is baked into the graph.
+            ids = torch.full((2, 8), 5, dtype=torch.long)
+            mask = torch.ones_like(ids)
+            mask[1, 5:] = 0
+            example = tuple({"input_ids": ids, "attention_mask": mask}.get(n, torch.zeros_like(ids))
+                            for n in self.input_names)
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 self._fn = torch.jit.trace(wrapper, example, check_trace=False)
         else:
             self._fn = torch.compile(wrapper, dynamic=True)
