@@ -52,3 +52,22 @@ def minilm_dir():
     from torchship.demo import packaged_minilm
 
     return packaged_minilm()
+
+
+@pytest.fixture(scope="session")
+def decoder_dir(tmp_path_factory):
+    from tiny import save_decoder_dir
+
+    return save_decoder_dir(tmp_path_factory.mktemp("gpt2") / "model")
+
+
+@pytest.fixture(scope="session")
+def decoder_export(decoder_dir, tmp_path_factory):
+    """The tiny GPT-2 exported and optimized once per session."""
+    from torchship.exporters.export import ExportOptions, export
+    from torchship.optimizers import optimize
+
+    out = tmp_path_factory.mktemp("gpt2-export") / "onnx"
+    export(str(decoder_dir), out, ExportOptions(kind="decoder"))
+    optimize(out)
+    return out

@@ -28,3 +28,11 @@ def test_cosines():
     assert cosine(a, a) == pytest.approx(1.0)
     np.testing.assert_allclose(rowwise_cosine(a, np.array([[1.0, 1.0], [0.0, -1.0]])), [2 ** -0.5, -1.0])
     assert cosine(np.zeros(3), np.zeros(3)) == 1.0
+
+
+def test_compare_only_where_asked():
+    ref = {"a": np.array([[1.0, 2.0], [3.0, 4.0]])}
+    got = {"a": np.array([[1.0, 9.0], [3.0, 9.0]])}
+    assert not compare_outputs(ref, got, atol=1e-6)[0].ok
+    only_first = compare_outputs(ref, got, atol=1e-6, where={"a": np.array([True, False])})
+    assert only_first[0].ok and only_first[0].expected_shape == (2, 2)

@@ -23,6 +23,10 @@ TINY_CONFIGS = {
 }
 LABELS = ["negative", "neutral", "positive"]
 
+TINY_DECODER_CONFIGS = {
+    "gpt2": dict(n_layer=2, n_embd=32, n_head=4, n_positions=128),
+}
+
 
 def vocabulary() -> list[str]:
     pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -34,9 +38,30 @@ def make_tokenizer(folder: Path):
     from transformers import BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(vocabulary()) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    return BertTokenizerFast(vocab={tok: i for i, tok in enumerate(vocabulary())}, do_lower_case=True)
+
+
+def make_decoder(model_type: str = "gpt2", *, seed: int = 0):
+    """A tiny random causal LM whose vocabulary matches the generated tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    n = len(vocabulary())
+    # No end-of-sequence token: a random model would emit it at once and end every test generation.
+    config = AutoConfig.for_model(model_type, **TINY_DECODER_CONFIGS[model_type], vocab_size=n,
+                                  bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def save_decoder_dir(folder: Path, model_type: str = "gpt2") -> Path:
+    folder = Path(folder)
+    tokenizer = make_tokenizer(folder)
+    model = make_decoder(model_type)
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def make_model(model_type: str, task: str = "feature-extraction", *, seed: int = 0):

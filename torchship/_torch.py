@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def make_wrapper(model, output_names: tuple[str, ...]):
+def make_encoder_wrapper(model, output_names: tuple[str, ...]):
     """Wrap a transformers encoder in a module with an explicit positional ``forward``.
 
     Both ONNX exporters need positional inputs (keyword inputs to BertModel fail in TorchScript
@@ -28,6 +28,31 @@ def make_wrapper(model, output_names: tuple[str, ...]):
             return tuple(out[name] for name in output_names)
 
     return EncoderWrapper().eval()
+
+
+def make_decoder_wrapper(model, num_layers: int):
+    """Wrap a causal LM so the KV cache travels as flat tensors: (ids, mask, positions, *past) ->
+    (logits, *present), past and present ordered layer by layer, key before value."""
+    import torch
+    from transformers import DynamicCache
+
+    class DecoderWrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache()
+            for i in range(num_layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=cache, use_cache=True, return_dict=True)
+            present = []
+            for layer in out.past_key_values.layers[:num_layers]:
+                present += [layer.keys, layer.values]
+            return (out.logits, *present)
+
+    return DecoderWrapper().eval()
 
 
 def run_named(fn, feeds: dict[str, np.ndarray], input_names, output_names) -> dict[str, np.ndarray]:

@@ -79,6 +79,26 @@ class Manifest:
     def with_variant(self, variant: Variant) -> "Manifest":
         return replace(self, variants={**self.variants, variant.name: variant})
 
+    def io(self):
+        from torchship.exporters.spec import ModelIO, TensorSpec
+
+        return ModelIO(tuple(TensorSpec.from_json(t) for t in self.inputs),
+                       tuple(TensorSpec.from_json(t) for t in self.outputs))
+
+    def spec(self):
+        from torchship.exporters.spec import spec_for
+
+        return spec_for(self.model_type)
+
+    def load_config(self, folder: Path):
+        """The transformers config saved beside the model."""
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(str(folder))
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{folder}/config.json cannot be read ({exc}); re-run torchship export") from None
+
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(i["name"] for i in self.inputs)

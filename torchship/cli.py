@@ -12,7 +12,7 @@ import click
 
 from torchship import options as o
 from torchship._progress import Progress
-from torchship.errors import TorchshipError
+from torchship.errors import InputError, TorchshipError
 
 _PROGRESS = Progress(step=lambda text: click.echo(f"torchship: {text}", err=True))
 
@@ -59,12 +59,13 @@ def main():
     _quiet_libraries()
 
 
-def _export_options(task, exporter, opset, attn_implementation, atol, allow_pickle, trust_remote_code, revision):
+def _export_options(task, exporter, opset, attn_implementation, atol, allow_pickle, trust_remote_code, revision,
+                    kind=None):
     from torchship.exporters.export import ExportOptions
 
     return ExportOptions(task=task, exporter=exporter, opset=opset, attn_implementation=attn_implementation,
                          atol=atol, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                         revision=revision)
+                         revision=revision, kind=kind)
 
 
 def _export_params(fn):
@@ -103,11 +104,26 @@ def export_cmd(model, output, optimize_after, **flags):
 def export_bert(model, output, optimize_after, **flags):
     """Export a BERT-like encoder (BERT, RoBERTa, DistilBERT, ELECTRA, MiniLM) to ONNX, validated and optimized."""
     _quiet_libraries()
-    _do_export(model, output, optimize_after, **flags)
+    _do_export(model, output, optimize_after, kind="encoder", **flags)
+
+
+@click.command("export-gpt2", context_settings={"help_option_names": ["-h", "--help"]})
+@_export_params
+@click.option("--optimize/--no-optimize", "optimize_after", default=True, show_default=True,
+              help="Also save ORT graph levels and the transformer-fused model.")
+@friendly_errors
+def export_gpt2(model, output, optimize_after, **flags):
+    """Export a GPT-2-like decoder with its KV cache to ONNX (one model for prompt and decode steps)."""
+    _quiet_libraries()
+    _do_export(model, output, optimize_after, kind="decoder", **flags)
 
 
 def export_bert_main():
     export_bert()
+
+
+def export_gpt2_main():
+    export_gpt2()
 
 
 @main.command("optimize")
@@ -176,13 +192,13 @@ def bench_cmd(folder, report_dir, **flags):
 def predict_cmd(folder, texts, backend, device, as_json):
     """Run the model in FOLDER on TEXTS: sentence embeddings, or labels for classifiers."""
     from torchship.artifact import Artifact
-    from torchship.runtimes import ORT_BACKENDS, RuntimeOptions, create_predictor
+    from torchship.runtimes import RuntimeOptions, create_predictor
     from torchship.runtimes.text import TextModel
 
     artifact = Artifact.open(folder)
-    if backend == "auto":
-        variant = artifact.best_variant()
-        backend = next(b for b, v in ORT_BACKENDS.items() if v == variant)
+    if artifact.manifest.spec().kind != "encoder":
+        raise InputError(f"{folder} holds a {artifact.manifest.spec().kind}; use torchship generate")
+    backend = _resolve_backend(artifact, backend)
     predictor = create_predictor(artifact, backend, RuntimeOptions(device=device))
     with predictor:
         result = TextModel.from_artifact(artifact, predictor).predict(list(texts))
@@ -198,6 +214,51 @@ def predict_cmd(folder, texts, backend, device, as_json):
         else:
             click.echo(f"{row['text']!r}: {row['label']} ({row['score']:.3f})")
     click.echo(f"(backend {backend}; --json for full vectors)", err=True)
+
+
+@main.command("generate")
+@click.argument("folder", type=click.Path())
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--backend", default="auto", show_default=True,
+              help="auto (the most optimized validated ONNX variant), torch, or any ort backend name.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print token ids and texts as JSON.")
+@friendly_errors
+def generate_cmd(folder, prompts, max_new_tokens, backend, device, as_json):
+    """Greedy generation from PROMPTS with the decoder in FOLDER, using its KV cache."""
+    from torchship.artifact import Artifact
+    from torchship.runtimes import RuntimeOptions, create_predictor
+    from torchship.runtimes.generate import Generator, encode_prompts
+    from torchship.runtimes.text import load_tokenizer
+
+    artifact = Artifact.open(folder)
+    if artifact.manifest.spec().kind != "decoder":
+        raise InputError(f"{folder} holds a {artifact.manifest.spec().kind}; generate needs a decoder (export-gpt2)")
+    backend = _resolve_backend(artifact, backend)
+    tokenizer = load_tokenizer(artifact)
+    ids, mask = encode_prompts(tokenizer, list(prompts))
+    with create_predictor(artifact, backend, RuntimeOptions(device=device)) as predictor:
+        result = Generator.from_artifact(artifact, predictor).generate(ids, mask, max_new_tokens=max_new_tokens)
+    texts = tokenizer.batch_decode(result.tokens, skip_special_tokens=True)
+    if as_json:
+        click.echo(json.dumps({"backend": backend, "results": [
+            {"prompt": p, "tokens": t.tolist(), "text": x} for p, t, x in zip(prompts, result.tokens, texts)]}))
+        return
+    for prompt, text in zip(prompts, texts):
+        click.echo(f"{prompt}{text if text.startswith(' ') else ' ' + text}")
+    per_token = (sum(result.step_s) / len(result.step_s) * 1000) if result.step_s else float("nan")
+    click.echo(f"(backend {backend}; prompt {result.prefill_s * 1000:.1f} ms, {per_token:.2f} ms per new token)",
+               err=True)
+
+
+def _resolve_backend(artifact, backend: str) -> str:
+    from torchship.runtimes import ORT_BACKENDS
+
+    if backend != "auto":
+        return backend
+    variant = artifact.best_variant()
+    return next(b for b, v in ORT_BACKENDS.items() if v == variant)
 
 
 @main.command("demo")

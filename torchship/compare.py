@@ -90,8 +90,14 @@ def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], *,
-                    atol: float, case: str = "") -> list[OutputComparison]:
-    """Compare by name, then shape, then values; missing and extra outputs are problems too."""
+                    atol: float, case: str = "", where: dict[str, np.ndarray] | None = None) -> list[OutputComparison]:
+    """Compare by name, then shape, then values; missing and extra outputs are problems too.
+
+    ``where`` optionally gives, per output, a boolean array broadcastable to it: values are compared
+    only where it is true (e.g. a decoder's real tokens; padded positions of a causal model attend
+    to nothing and their values mean nothing).
+    """
+    where = where or {}
     items: list[OutputComparison] = []
     for name, ref in expected.items():
         ref = np.asarray(ref)
@@ -104,6 +110,9 @@ def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, np.ndarra
             items.append(OutputComparison(case, name, ref.shape, got.shape, None, None, None, atol,
                                           f"shape {list(got.shape)}, expected {list(ref.shape)}"))
             continue
+        if name in where:
+            keep = np.broadcast_to(where[name], ref.shape)
+            ref, got = ref[keep], got[keep]
         diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
         finite = bool(np.isfinite(got).all())
         max_abs = float(diff.max()) if diff.size else 0.0
@@ -112,7 +121,7 @@ def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, np.ndarra
             problem = "output has NaN or inf"
         elif max_abs > atol:
             problem = f"max abs {max_abs:.3g} > atol {atol:g}"
-        items.append(OutputComparison(case, name, ref.shape, got.shape, max_abs,
+        items.append(OutputComparison(case, name, np.shape(expected[name]), np.shape(actual[name]), max_abs,
                                       float(diff.mean()) if diff.size else 0.0,
                                       cosine(ref, got), atol, problem))
     for name in actual:

@@ -129,14 +129,9 @@ def load_config(ref: ModelRef, *, trust_remote_code: bool = False):
         raise ModelLoadError(f"cannot load {ref.name!r} from the hub: {_first_line(exc)}") from None
 
 
-def load_model(ref: ModelRef, config, *, task: str, allow_pickle: bool = False,
+def load_model(ref: ModelRef, config, *, model_class, allow_pickle: bool = False,
                trust_remote_code: bool = False, attn_implementation: str | None = None):
-    """Load the PyTorch model for ``task`` in eval mode."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
-
-    from torchship.exporters.spec import TEXT_CLASSIFICATION
-
-    cls = AutoModelForSequenceClassification if task == TEXT_CLASSIFICATION else AutoModel
+    """Load the checkpoint as ``model_class`` (a transformers Auto class) in eval mode."""
     kwargs = dict(
         config=config,
         trust_remote_code=trust_remote_code,
@@ -146,7 +141,7 @@ def load_model(ref: ModelRef, config, *, task: str, allow_pickle: bool = False,
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = cls.from_pretrained(ref.load_id, **kwargs)
+        model = model_class.from_pretrained(ref.load_id, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the weights of {ref.name!r}: {_first_line(exc)}") from None
     return model.eval()

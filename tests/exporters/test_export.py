@@ -12,14 +12,15 @@ from torchship.artifact import Artifact, load_reference
 from torchship.errors import InputError, UnsupportedModelError, ValidationError
 from torchship.exporters.export import ExportOptions, export, export_model
 from torchship.exporters.inputs import TextShape, make_text_inputs
-from torchship.exporters.spec import ENCODER_SPECS, supported_model_types, spec_for
+from torchship.exporters.encoders import ENCODER_SPECS
+from torchship.exporters.spec import supported_model_types, spec_for
 
 FAMILIES = sorted(TINY_CONFIGS)
 
 
 def test_spec_coverage():
     """Every registered model type has a tiny test model, and every tiny model a spec."""
-    assert set(supported_model_types()) == set(TINY_CONFIGS)
+    assert set(supported_model_types("encoder")) == set(TINY_CONFIGS)
     assert {s.family for s in ENCODER_SPECS} <= set(supported_model_types())
 
 
@@ -159,7 +160,8 @@ def test_bad_options_are_input_errors(model_dirs, tmp_path):
                           (ExportOptions(opset=9), "opset 9 is out of range"),
                           (ExportOptions(task="summarize"), "unknown task"),
                           (ExportOptions(atol=-1.0), "must be positive"),
-                          (ExportOptions(validation_shapes=(TextShape(2, 16),)), "must differ")]:
+                          (ExportOptions(validation_cases=(TextShape(2, 16),)), "must differ"),
+                          (ExportOptions(validation_cases=(TextShape(2, 16, (16, 3)),)), "must differ")]:
         with pytest.raises(InputError, match=pattern):
             export(str(model_dirs("bert")), tmp_path / "x", opts)
     assert not (tmp_path / "x").exists()
@@ -169,5 +171,5 @@ def test_gpt2_is_not_a_bert(tmp_path):
     from transformers import GPT2Config, GPT2Model
 
     GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
-    with pytest.raises(UnsupportedModelError, match="'gpt2' model; torchship exports BERT-like encoders"):
-        export(str(tmp_path / "gpt2"), tmp_path / "out")
+    with pytest.raises(UnsupportedModelError, match="'gpt2' model .*use export-gpt2.*exports BERT-like encoders"):
+        export(str(tmp_path / "gpt2"), tmp_path / "out", ExportOptions(kind="encoder"))

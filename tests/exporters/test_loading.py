@@ -1,5 +1,6 @@
 import pytest
 from safetensors.torch import load_file
+from transformers import AutoModel
 
 from tiny import make_model
 from torchship import loading
@@ -42,7 +43,7 @@ def test_pickle_weights_need_consent(tmp_path, model_dirs):
         loading.weight_policy(ref, allow_pickle=False)
     assert loading.weight_policy(ref, allow_pickle=True) is False  # allowed: use_safetensors=False
     config = loading.load_config(ref)
-    model = loading.load_model(ref, config, task="feature-extraction", allow_pickle=True)
+    model = loading.load_model(ref, config, model_class=AutoModel, allow_pickle=True)
     assert not model.training
 
 
@@ -69,6 +70,6 @@ def test_offline_mode_is_respected(monkeypatch):
 def test_safetensors_folder_loads_in_eval_mode(model_dirs):
     ref = loading.resolve(str(model_dirs("roberta")))
     assert loading.weight_policy(ref, allow_pickle=False) is True
-    model = loading.load_model(ref, loading.load_config(ref), task="feature-extraction")
+    model = loading.load_model(ref, loading.load_config(ref), model_class=AutoModel)
     assert not model.training
     assert type(model).__name__ == type(make_model("roberta")).__name__

@@ -14,7 +14,7 @@ from torchship.benchmarks.results import Accuracy, BenchReport, Environment, Mea
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
 from torchship.compare import rowwise_cosine
 from torchship.errors import InputError
-from torchship.exporters.inputs import TextShape, make_text_inputs
+from torchship.exporters.inputs import TextShape
 from torchship.runtimes import ORT_BACKENDS, RuntimeOptions, create_predictor
 
 
@@ -76,12 +76,13 @@ def _position_limit(artifact: Artifact) -> int:
 def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
                   progress: _progress.Progress = _progress.SILENT) -> BenchReport:
     artifact = Artifact.open(folder)
-    _check(artifact, options)
     manifest = artifact.manifest
-    cfg = json.loads((artifact.folder / "config.json").read_text())
-    gen = dict(vocab_size=int(cfg.get("vocab_size") or cfg.get("n_vocab", 100)),
-               type_vocab_size=int(cfg.get("type_vocab_size", 1) or 1),
-               pad_token_id=int(cfg.get("pad_token_id", 0) or 0))
+    spec = manifest.spec()
+    if spec.kind != "encoder":
+        raise InputError(f"{artifact.folder} holds a {spec.kind}; benchmark it with torchship bench-generate")
+    _check(artifact, options)
+    config = manifest.load_config(artifact.folder)
+    io = manifest.io()
     runtime = RuntimeOptions(threads=options.threads, spin=options.spin, reference_model=options.reference_model)
     predictors = {b: create_predictor(artifact, b, runtime) for b in options.backends}
     for name, p in predictors.items():
@@ -93,7 +94,7 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
     measurements = []
     try:
         for i, (batch, seq) in enumerate(shapes, 1):
-            feeds = make_text_inputs(manifest.input_names, TextShape(batch, seq), seed=options.seed + i, **gen)
+            feeds = spec.sample_inputs(config, io, TextShape(batch, seq), seed=options.seed + i)
             outputs = {name: p.infer(feeds)[main_output] for name, p in predictors.items()}
             label = f"[{i}/{len(shapes)}] batch {batch} x seq {seq}"
             progress.step(label)

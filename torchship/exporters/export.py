@@ -1,4 +1,4 @@
-"""Export a BERT-like encoder to ONNX, validate it against eager PyTorch, write the folder.
+"""Export a model to ONNX through its family's spec, validate against eager PyTorch, write the folder.
 
 The user's model is never touched: export runs on a deep copy, inside a wrapper module that is
 put in eval mode. (torch.onnx.export restores the *wrapper's* training flag afterwards; a wrapper
@@ -13,43 +13,33 @@ import io
 import json
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
-from torchship import _progress
-from torchship._fs import staged_dir
-from torchship._torch import make_wrapper, run_named
-from torchship.artifact import (Artifact, Manifest, ReferenceCase, Variant, library_versions,
-                                save_reference)
+from torchship import _progress, loading
+from torchship._fs import check_output_dir, staged_dir
+from torchship._torch import run_named
+from torchship.artifact import Artifact, Manifest, ReferenceCase, Variant, library_versions, save_reference
 from torchship.errors import ExportError, InputError
-from torchship import loading
-from torchship.exporters.inputs import TextShape, make_text_inputs
-from torchship.exporters.spec import (BATCH, SEQUENCE, TASKS, TEXT_CLASSIFICATION, EncoderSpec,
-                                      spec_for, task_from_architectures)
+from torchship.exporters.spec import TEXT_CLASSIFICATION, ModelIO, ModelSpec, spec_for
 from torchship.validation import check, run_reference_cases
 
 EXPORTERS = ("torchscript", "dynamo")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 MIN_OPSET, MAX_OPSET = 14, 23
 
-# Defaults per export path, chosen by measurement on all-MiniLM-L6-v2 (see README): TorchScript
-# from eager attention is the path whose graph ORT's transformer optimizer fuses completely
-# (EmbedLayerNormalization, Attention per layer, SkipLayerNormalization, BiasGelu). The dynamo
-# path emits ONNX's own Attention op from SDPA at opset 23 instead.
+# Defaults per export path, chosen by measurement on all-MiniLM-L6-v2 (scripts/fusion_matrix.py):
+# TorchScript from eager attention is the path whose graph ORT's transformer optimizer fuses
+# completely. The dynamo path emits ONNX's own Attention op from SDPA at opset 23 instead.
 PATH_DEFAULTS = {
     "torchscript": {"opset": 17, "attn_implementation": "eager"},
     "dynamo": {"opset": 23, "attn_implementation": "sdpa"},
 }
 
-DUMMY_SHAPE = TextShape(2, 16)
-VALIDATION_SHAPES = (TextShape(1, 9), TextShape(3, 23, (23, 11, 4)))
-
 
 @dataclass(frozen=True)
 class ExportOptions:
-    task: str | None = None  # None: from the checkpoint's architectures
+    task: str | None = None  # None: the family's default for the checkpoint
     exporter: str = "torchscript"
     opset: int | None = None  # None: the path's default
     attn_implementation: str | None = None  # None: the path's default
@@ -57,14 +47,13 @@ class ExportOptions:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     revision: str | None = None
-    dummy_shape: TextShape = DUMMY_SHAPE
-    validation_shapes: tuple[TextShape, ...] = field(default=VALIDATION_SHAPES)
+    kind: str | None = None  # "encoder" / "decoder": refuse other families (export-bert, export-gpt2)
+    dummy_case: object | None = None  # None: the family's
+    validation_cases: tuple | None = None  # None: the family's
 
     def resolved(self) -> "ExportOptions":
         if self.exporter not in EXPORTERS:
             raise InputError(f"unknown exporter {self.exporter!r}; use one of {', '.join(EXPORTERS)}")
-        if self.task is not None and self.task not in TASKS:
-            raise InputError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
         defaults = PATH_DEFAULTS[self.exporter]
         opset = self.opset if self.opset is not None else defaults["opset"]
         if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -74,37 +63,51 @@ class ExportOptions:
             raise InputError(f"unknown attention implementation {attn!r}; use eager or sdpa")
         if self.atol is not None and not self.atol > 0:
             raise InputError(f"--atol must be positive, got {self.atol}")
-        for shape in self.validation_shapes:
-            if shape == self.dummy_shape:
-                raise InputError("validation shapes must differ from the export's dummy shape")
         return replace(self, opset=opset, attn_implementation=attn)
 
 
-def _eager_outputs(model, feeds, output_names) -> dict[str, np.ndarray]:
-    return run_named(make_wrapper(model, output_names), feeds, tuple(feeds), output_names)
+@dataclass(frozen=True)
+class _Plan:
+    """What one export does: the family, the task, the cases, resolved from options and the model."""
+
+    spec: ModelSpec
+    task: str
+    io: ModelIO
+    dummy_case: object
+    validation_cases: tuple
+    atol: float
 
 
-def _run_export(wrapper, dummy: dict[str, np.ndarray], path: Path, spec_inputs, spec_outputs,
-                opts: ExportOptions) -> None:
+def _plan(spec: ModelSpec, model, task: str, opts: ExportOptions) -> _Plan:
+    if task not in spec.tasks:
+        raise InputError(f"unknown task {task!r} for {spec.family}; use one of {', '.join(spec.tasks)}")
+    dummy = opts.dummy_case or spec.dummy_case
+    cases = tuple(opts.validation_cases or spec.validation_cases)
+    for case in cases:
+        if spec.case_shape(case) == spec.case_shape(dummy):
+            raise InputError("validation shapes must differ from the export's dummy shape")
+    return _Plan(spec, task, spec.io(model, task), dummy, cases, opts.atol or spec.atol)
+
+
+def _run_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOptions) -> None:
     import torch
 
-    args = tuple(torch.from_numpy(dummy[t.name]) for t in spec_inputs)
-    input_names = [t.name for t in spec_inputs]
-    output_names = [t.name for t in spec_outputs]
+    args = tuple(torch.from_numpy(dummy[n]) for n in plan.io.input_names)
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
         if opts.exporter == "torchscript":
-            dynamic_axes = {t.name: {i: a for i, a in enumerate(t.axes) if isinstance(a, str) and a in (BATCH, SEQUENCE)}
-                            for t in (*spec_inputs, *spec_outputs)}
-            torch.onnx.export(wrapper, args, str(path), input_names=input_names,
-                              output_names=output_names, dynamic_axes=dynamic_axes,
+            dynamic_axes = {t.name: t.dynamic_axes() for t in (*plan.io.inputs, *plan.io.outputs)}
+            torch.onnx.export(wrapper, args, str(path), input_names=list(plan.io.input_names),
+                              output_names=list(plan.io.output_names), dynamic_axes=dynamic_axes,
                               opset_version=opts.opset, do_constant_folding=True, dynamo=False)
         else:
-            batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-            dynamic_shapes = tuple({0: batch, 1: seq} for _ in spec_inputs)
-            program = torch.onnx.export(wrapper, args, None, input_names=input_names,
-                                        output_names=output_names, dynamic_shapes=dynamic_shapes,
+            dims: dict[str, object] = {}
+            dynamic_shapes = tuple(
+                {i: dims.setdefault(name, torch.export.Dim.DYNAMIC) for i, name in t.dynamic_axes().items()}
+                for t in plan.io.inputs)
+            program = torch.onnx.export(wrapper, args, None, input_names=list(plan.io.input_names),
+                                        output_names=list(plan.io.output_names), dynamic_shapes=dynamic_shapes,
                                         opset_version=opts.opset, dynamo=True, verbose=False)
             program.save(str(path), external_data=False)
 
@@ -112,30 +115,31 @@ def _run_export(wrapper, dummy: dict[str, np.ndarray], path: Path, spec_inputs, 
 @dataclass(frozen=True)
 class _Loaded:
     model: object
-    config: object
     tokenizer: object | None
     source: dict
-    text: dict
+    source_folder: Path | None
 
 
 def export(model: str, output: str | Path, options: ExportOptions = ExportOptions(), *,
            progress: _progress.Progress = _progress.SILENT) -> Artifact:
     """Export the checkpoint ``model`` (hub id or folder) to the folder ``output``."""
     opts = options.resolved()
+    check_output_dir(Path(output))  # before minutes of loading, not after
     progress.step(f"loading {model}")
     ref = loading.resolve(model, revision=opts.revision)
     config = loading.load_config(ref, trust_remote_code=opts.trust_remote_code)
-    spec = spec_for(getattr(config, "model_type", "?"), source=model)
-    task = opts.task or task_from_architectures(getattr(config, "architectures", None))
-    torch_model = loading.load_model(ref, config, task=task, allow_pickle=opts.allow_pickle,
-                                     trust_remote_code=opts.trust_remote_code,
+    spec = spec_for(getattr(config, "model_type", "?"), source=model, kind=opts.kind)
+    task = opts.task or spec.default_task(config)
+    if task not in spec.tasks:
+        raise InputError(f"unknown task {task!r} for {spec.family}; use one of {', '.join(spec.tasks)}")
+    torch_model = loading.load_model(ref, config, model_class=spec.model_class(task),
+                                     allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code,
                                      attn_implementation=opts.attn_implementation)
     tokenizer = loading.load_tokenizer(ref, trust_remote_code=opts.trust_remote_code)
-    loaded = _Loaded(torch_model, config, tokenizer,
-                     {"model": model, "resolved": ref.describe(), "revision": ref.revision,
-                      "architectures": list(getattr(config, "architectures", None) or [])},
-                     _text_settings(ref, config, tokenizer, task))
-    return _export_loaded(loaded, spec, task, Path(output), opts, progress)
+    source = {"model": model, "resolved": ref.describe(), "revision": ref.revision,
+              "architectures": list(getattr(config, "architectures", None) or [])}
+    return _export_loaded(_Loaded(torch_model, tokenizer, source, ref.path), spec, task, Path(output), opts,
+                          progress)
 
 
 def export_model(model, output: str | Path, *, tokenizer=None, task: str | None = None,
@@ -143,94 +147,89 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
                  progress: _progress.Progress = _progress.SILENT) -> Artifact:
     """Export an already-loaded transformers model object; the object itself is left unchanged."""
     opts = options.resolved()
-    config = model.config
-    spec = spec_for(getattr(config, "model_type", "?"), source=type(model).__name__)
+    check_output_dir(Path(output))
+    spec = spec_for(getattr(model.config, "model_type", "?"), source=type(model).__name__, kind=opts.kind)
     if task is None:
-        task = TEXT_CLASSIFICATION if type(model).__name__.endswith("ForSequenceClassification") \
-            else task_from_architectures(None)
+        task = spec.default_task(replace_architectures(model))
     copied = copy.deepcopy(model).eval()
     if copied.config._attn_implementation != opts.attn_implementation:
         copied.set_attn_implementation(opts.attn_implementation)
-    loaded = _Loaded(copied, copied.config, tokenizer,
-                     {"model": getattr(config, "_name_or_path", "") or type(model).__name__,
-                      "resolved": "python object", "revision": None,
-                      "architectures": [type(model).__name__]},
-                     _text_settings(None, config, tokenizer, task))
-    return _export_loaded(loaded, spec, task, Path(output), opts, progress)
+    source = {"model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+              "resolved": "python object", "revision": None, "architectures": [type(model).__name__]}
+    return _export_loaded(_Loaded(copied, tokenizer, source, None), spec, task, Path(output), opts, progress)
 
 
-def _export_loaded(loaded: _Loaded, spec: EncoderSpec, task: str, output: Path,
+def replace_architectures(model):
+    """The model's config as the family spec sees it, with the object's own class as architecture."""
+    cfg = copy.copy(model.config)
+    cfg.architectures = [type(model).__name__]
+    return cfg
+
+
+def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                    opts: ExportOptions, progress: _progress.Progress) -> Artifact:
-    config = loaded.config
-    reference_model = loaded.model
-    has_pooler = getattr(reference_model, "pooler", None) is not None
-    num_labels = int(getattr(config, "num_labels", 2))
-    spec_inputs = spec.inputs()
-    spec_outputs = spec.outputs(task, has_pooler=has_pooler, num_labels=num_labels)
-    output_names = tuple(t.name for t in spec_outputs)
-    atol = opts.atol or spec.atol
-    gen = dict(vocab_size=int(config.vocab_size),
-               type_vocab_size=int(getattr(config, "type_vocab_size", 1) or 1),
-               pad_token_id=int(getattr(config, "pad_token_id", 0) or 0))
+    model = loaded.model
+    config = model.config
+    plan = _plan(spec, model, task, opts)
+    wrapper = spec.wrapper(model, plan.io)
 
     # Reference outputs from eager PyTorch, computed before the export touches anything.
     cases = []
-    for i, shape in enumerate(opts.validation_shapes):
-        feeds = make_text_inputs(spec.input_names, shape, seed=100 + i, **gen)
-        cases.append(ReferenceCase(shape.label(), feeds, _eager_outputs(reference_model, feeds, output_names)))
-    dummy = make_text_inputs(spec.input_names, opts.dummy_shape, seed=7, **gen)
+    for i, case in enumerate(plan.validation_cases):
+        feeds = spec.sample_inputs(config, plan.io, case, seed=100 + i)
+        cases.append(ReferenceCase(case.label(), feeds, run_named(wrapper, feeds, plan.io.input_names,
+                                                                  plan.io.output_names)))
+    dummy = spec.sample_inputs(config, plan.io, plan.dummy_case, seed=7)
 
     with staged_dir(output) as tmp:
         onnx_path = tmp / "model.onnx"
         progress.step(f"exporting with {opts.exporter} (opset {opts.opset}, {opts.attn_implementation} attention)")
         start = time.perf_counter()
-        export_copy = copy.deepcopy(reference_model).eval()
-        wrapper = make_wrapper(export_copy, output_names)
+        export_wrapper = spec.wrapper(copy.deepcopy(model).eval(), plan.io)
         try:
-            _run_export(wrapper, dummy, onnx_path, spec_inputs, spec_outputs, opts)
+            _run_export(export_wrapper, plan, dummy, onnx_path, opts)
         except Exception as exc:  # torch raises many exception types from deep inside
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise ExportError(f"torch.onnx.export ({opts.exporter}) failed: {first}; "
                               f"try --exporter {'dynamo' if opts.exporter == 'torchscript' else 'torchscript'}") from None
         finally:
-            del wrapper, export_copy
+            del export_wrapper
         seconds = time.perf_counter() - start
         _check_onnx(onnx_path)
 
         progress.step("validating against eager PyTorch")
         save_reference(tmp, cases)
-        report = run_reference_cases(onnx_path, cases, atol=atol)
+        report = run_reference_cases(onnx_path, cases, atol=plan.atol, spec=spec)
         check(report, what=f"the {opts.exporter} export")
 
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
         config.save_pretrained(tmp)
-        variant = Variant(
-            name="model", file="model.onnx", stage="export",
-            options={"exporter": opts.exporter, "opset": opts.opset},
-            size_bytes=onnx_path.stat().st_size, seconds=round(seconds, 3),
-            validation=report.to_json(),
-        )
+        if getattr(model, "generation_config", None) is not None and spec.kind == "decoder":
+            model.generation_config.save_pretrained(tmp)
+        variant = Variant(name="model", file="model.onnx", stage="export",
+                          options={"exporter": opts.exporter, "opset": opts.opset},
+                          size_bytes=onnx_path.stat().st_size, seconds=round(seconds, 3),
+                          validation=report.to_json())
         manifest = Manifest(
             source=loaded.source,
             family=spec.family, model_type=config.model_type, task=task,
             ort_model_type=spec.ort_model_type,
             num_heads=int(config.num_attention_heads), hidden_size=int(config.hidden_size),
             num_layers=int(config.num_hidden_layers),
-            inputs=[t.to_json() for t in spec_inputs],
-            outputs=[t.to_json() for t in spec_outputs],
+            inputs=[t.to_json() for t in plan.io.inputs],
+            outputs=[t.to_json() for t in plan.io.outputs],
             export={"exporter": opts.exporter, "opset": opts.opset,
                     "attn_implementation": opts.attn_implementation,
-                    "dummy_shape": [opts.dummy_shape.batch, opts.dummy_shape.sequence],
-                    "validation_shapes": [s.label() for s in opts.validation_shapes],
+                    "dummy_shape": list(spec.case_shape(plan.dummy_case)),
+                    "validation_shapes": [c.label() for c in plan.validation_cases],
                     "tokenizer": loaded.tokenizer is not None},
-            text=loaded.text,
+            text=_text_settings(loaded.source_folder, config, loaded.tokenizer, task),
             versions=library_versions(),
-            atol=atol,
+            atol=plan.atol,
             variants={"model": variant},
         )
-        artifact = Artifact(tmp, manifest)
-        artifact.save(manifest)
+        Artifact(tmp, manifest).save(manifest)
     return Artifact.open(output)
 
 
@@ -243,14 +242,12 @@ def _check_onnx(path: Path) -> None:
         raise ExportError(f"the exported file fails the ONNX checker: {str(exc).splitlines()[0][:300]}") from None
 
 
-def _text_settings(ref, config, tokenizer, task: str) -> dict:
+def _text_settings(folder: Path | None, config, tokenizer, task: str) -> dict:
     """How the text layer turns outputs into results: pooling for embeddings, labels for classifiers."""
     pooling, normalize, max_length, source = "mean", False, None, "default (mean pooling)"
-    folder = ref.path if ref is not None else None
     if folder is not None and (folder / "modules.json").is_file():
         try:
-            modules = json.loads((folder / "modules.json").read_text())
-            for module in modules:
+            for module in json.loads((folder / "modules.json").read_text()):
                 kind = module.get("type", "")
                 if kind.endswith("Pooling"):
                     pcfg = json.loads((folder / module["path"] / "config.json").read_text())
@@ -275,6 +272,6 @@ def _text_settings(ref, config, tokenizer, task: str) -> dict:
         if isinstance(tmax, int) and tmax < 100_000:
             max_length = tmax
     if max_length is None:
-        max_length = int(getattr(config, "max_position_embeddings", 512))
+        max_length = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 512))
     return {"pooling": pooling, "normalize": normalize, "max_length": int(max_length),
             "labels": labels, "settings_from": source}

@@ -1,21 +1,29 @@
 """Declarative export specs, one per model family, registered by Hugging Face ``model_type``.
 
-A spec says which inputs the model takes, which outputs a task has, which axes are dynamic and
-what they are called, the validation tolerance and the ONNX Runtime ``model_type`` used for
-fusion. How dummy tensors are made lives in :mod:`torchship.exporters.inputs`.
+A spec says which inputs and outputs a task has and which axes are dynamic (every axis named by a
+string; fixed sizes are ints), which transformers class to load, how to wrap the model in a module
+with a positional ``forward`` for the exporters, which input cases to export and validate with, the
+validation tolerance and ONNX Runtime's ``model_type`` for fusion. How the sample tensors of a case
+are made lives in :mod:`torchship.exporters.inputs`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 from torchship.errors import UnsupportedModelError
 
 FEATURE_EXTRACTION = "feature-extraction"
 TEXT_CLASSIFICATION = "text-classification"
-TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION)
+TEXT_GENERATION = "text-generation"
+TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION, TEXT_GENERATION)
 
 BATCH, SEQUENCE = "batch", "sequence"
+PAST_SEQUENCE, TOTAL_SEQUENCE = "past_sequence", "total_sequence"
+EMPTY_OK_AXES = frozenset({PAST_SEQUENCE})  # an empty past is how a decoder's first step runs
 
 
 @dataclass(frozen=True)
@@ -27,62 +35,92 @@ class TensorSpec:
     def to_json(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.axes)}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "TensorSpec":
+        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: a for i, a in enumerate(self.axes) if isinstance(a, str)}
+
 
 @dataclass(frozen=True)
-class EncoderSpec:
-    """A BERT-like text encoder: token ids in, hidden states (or logits) out."""
+class ModelIO:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
 
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+
+class Case(Protocol):
+    """An input shape to export or validate at; ``label`` names it in reports."""
+
+    def label(self) -> str: ...
+
+
+class ModelSpec(Protocol):
     family: str
+    kind: str  # "encoder" or "decoder"
     model_types: tuple[str, ...]
-    input_names: tuple[str, ...]
-    ort_model_type: str = "bert"
-    atol: float = 1e-4
-    opset: int = 17
-    tasks: tuple[str, ...] = field(default=TASKS)
+    tasks: tuple[str, ...]
+    ort_model_type: str
+    atol: float
+    dummy_case: Case
+    validation_cases: tuple[Case, ...]
 
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(n, "int64", (BATCH, SEQUENCE)) for n in self.input_names)
+    def default_task(self, config) -> str: ...
 
-    def outputs(self, task: str, *, has_pooler: bool, num_labels: int) -> tuple[TensorSpec, ...]:
-        if task == FEATURE_EXTRACTION:
-            outs = [TensorSpec("last_hidden_state", "float32", (BATCH, SEQUENCE, "hidden"))]
-            if has_pooler:
-                outs.append(TensorSpec("pooler_output", "float32", (BATCH, "hidden")))
-            return tuple(outs)
-        if task == TEXT_CLASSIFICATION:
-            return (TensorSpec("logits", "float32", (BATCH, num_labels)),)
-        raise UnsupportedModelError(f"task {task!r} is not one of {', '.join(self.tasks)}")
+    def model_class(self, task: str): ...
 
+    def io(self, model, task: str) -> ModelIO: ...
 
-_WITH_SEGMENTS = ("input_ids", "attention_mask", "token_type_ids")
-_NO_SEGMENTS = ("input_ids", "attention_mask")
+    def wrapper(self, model, io: ModelIO): ...
 
-ENCODER_SPECS: tuple[EncoderSpec, ...] = (
-    EncoderSpec("bert", ("bert",), _WITH_SEGMENTS),
-    EncoderSpec("roberta", ("roberta", "xlm-roberta", "camembert"), _NO_SEGMENTS),
-    EncoderSpec("distilbert", ("distilbert",), _NO_SEGMENTS),
-    EncoderSpec("electra", ("electra",), _WITH_SEGMENTS),
-)
+    def sample_inputs(self, config, io: ModelIO, case: Case, *, seed: int) -> dict[str, np.ndarray]: ...
 
-_BY_MODEL_TYPE = {mt: spec for spec in ENCODER_SPECS for mt in spec.model_types}
+    def case_shape(self, case: Case) -> tuple[int, ...]: ...
+
+    def compared_positions(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per output, where validation compares values (outputs not named: everywhere)."""
+        ...
 
 
-def supported_model_types() -> tuple[str, ...]:
-    return tuple(sorted(_BY_MODEL_TYPE))
+_REGISTRY: dict[str, ModelSpec] = {}
 
 
-def spec_for(model_type: str, *, source: str = "the model") -> EncoderSpec:
-    spec = _BY_MODEL_TYPE.get(model_type)
-    if spec is None:
-        raise UnsupportedModelError(
-            f"{source} is a {model_type!r} model; torchship exports BERT-like encoders of type "
-            f"{', '.join(supported_model_types())}"
-        )
+def register(spec: ModelSpec) -> ModelSpec:
+    for model_type in spec.model_types:
+        _REGISTRY[model_type] = spec
     return spec
 
 
-def task_from_architectures(architectures: list[str] | None) -> str:
-    """The task a checkpoint was saved for: a *ForSequenceClassification head, else features."""
-    if any(a.endswith("ForSequenceClassification") for a in architectures or ()):
-        return TEXT_CLASSIFICATION
-    return FEATURE_EXTRACTION
+def _load_registry() -> None:
+    # Importing the family modules registers their specs.
+    from torchship.exporters import decoders, encoders  # noqa: F401
+
+
+def supported_model_types(family_kind: str | None = None) -> tuple[str, ...]:
+    _load_registry()
+    return tuple(sorted(mt for mt, spec in _REGISTRY.items()
+                        if family_kind is None or spec.kind == family_kind))
+
+
+def spec_for(model_type: str, *, source: str = "the model", kind: str | None = None) -> ModelSpec:
+    """The spec for ``model_type``; ``kind`` ("encoder", "decoder") restricts what is accepted."""
+    _load_registry()
+    spec = _REGISTRY.get(model_type)
+    if spec is None or (kind is not None and spec.kind != kind):
+        what = {"encoder": "BERT-like encoders", "decoder": "GPT-2-like decoders"}.get(kind, "models")
+        hint = ""
+        if spec is not None:
+            hint = f" (it is a {spec.kind}: use {'export-gpt2' if spec.kind == 'decoder' else 'export-bert'})"
+        raise UnsupportedModelError(
+            f"{source} is a {model_type!r} model{hint}; this command exports {what} of type "
+            f"{', '.join(supported_model_types(kind))}"
+        )
+    return spec

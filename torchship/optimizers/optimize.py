@@ -85,7 +85,7 @@ def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *
                 if report.warning:
                     progress.step(report.warning)
             seconds = time.perf_counter() - start
-            validation = run_reference_cases(tmp, cases, atol=atol)
+            validation = run_reference_cases(tmp, cases, atol=atol, spec=manifest.spec())
             check(validation, what=f"the {name} variant")
             if tmp != final:
                 os.replace(tmp, final)

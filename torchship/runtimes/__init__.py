@@ -50,19 +50,20 @@ def create_predictor(artifact: Artifact, backend: str, options: RuntimeOptions =
             raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}; "
                              f"run: torchship optimize {artifact.folder}")
         variant = manifest.variants[name]
-        return OrtPredictor(artifact.path_of(name), manifest.input_names, manifest.output_names,
+        return OrtPredictor(artifact.path_of(name), manifest.io(),
                             threads=options.threads, spin=options.spin, device=options.device,
                             session_level=variant.options.get("session_level", "all"))
     if backend in TORCH_BACKENDS:
         from torchship.runtimes.torch_runtime import TorchPredictor
 
-        return TorchPredictor(_torch_loader(artifact, options.reference_model), manifest.input_names,
-                              manifest.output_names, mode=TORCH_BACKENDS[backend], threads=options.threads)
+        return TorchPredictor(_torch_builder(artifact, options.reference_model), manifest.io(),
+                              mode=TORCH_BACKENDS[backend], threads=options.threads)
     raise InputError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _torch_loader(artifact: Artifact, override: str | None):
-    """A function loading the export's source checkpoint the way a PyTorch user would."""
+def _torch_builder(artifact: Artifact, override: str | None):
+    """A function loading the export's source checkpoint the way a PyTorch user would, wrapped by
+    its family's spec; it also returns example inputs (for tracing)."""
     from torchship import loading
 
     manifest = artifact.manifest
@@ -72,10 +73,14 @@ def _torch_loader(artifact: Artifact, override: str | None):
     if not source or source == "python object":
         raise InputError(f"{artifact.folder} was exported from a Python object; pass the checkpoint "
                          "for the PyTorch backends with --reference-model")
+    spec = manifest.spec()
+    io = manifest.io()
 
-    def load():
+    def build():
         ref = loading.resolve(source)
         config = loading.load_config(ref)
-        return loading.load_model(ref, config, task=manifest.task)
+        model = loading.load_model(ref, config, model_class=spec.model_class(manifest.task))
+        example = spec.sample_inputs(model.config, io, spec.dummy_case, seed=0)
+        return spec.wrapper(model, io), example
 
-    return load
+    return build

@@ -12,14 +12,16 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from torchship.errors import InputError
+from torchship.exporters.spec import EMPTY_OK_AXES, ModelIO
 
 
 class Predictor(ABC):
     backend = "base"
 
-    def __init__(self, input_names: tuple[str, ...], output_names: tuple[str, ...]):
-        self.input_names = tuple(input_names)
-        self.output_names = tuple(output_names)
+    def __init__(self, io: ModelIO):
+        self.io = io
+        self.input_names = io.input_names
+        self.output_names = io.output_names
         self.active = False
         self.last_latency_s: float | None = None
 
@@ -50,21 +52,25 @@ class Predictor(ABC):
         return out
 
     def _checked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every declared input present, with its rank, fixed sizes and kind of dtype; cast to the declared dtype."""
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise InputError(f"{self.backend}: input {missing[0]!r} is missing; the model takes {', '.join(self.input_names)}")
         out = {}
-        shape = None
-        for name in self.input_names:
-            arr = np.asarray(feeds[name])
-            if arr.ndim != 2 or 0 in arr.shape:
-                raise InputError(f"{self.backend}: input {name!r} has shape {list(arr.shape)}; expected (batch, sequence) with both >= 1")
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise InputError(f"{self.backend}: input {name!r} has dtype {arr.dtype}; expected integers")
-            if shape is not None and arr.shape != shape:
-                raise InputError(f"{self.backend}: input {name!r} has shape {list(arr.shape)}, others {list(shape)}")
-            shape = arr.shape
-            out[name] = arr.astype(np.int64, copy=False)
+        for spec in self.io.inputs:
+            arr = np.asarray(feeds[spec.name])
+            want = np.dtype(spec.dtype)
+            if arr.ndim != len(spec.axes):
+                raise InputError(f"{self.backend}: input {spec.name!r} has shape {list(arr.shape)}; expected {list(spec.axes)}")
+            for size, axis in zip(arr.shape, spec.axes):
+                if isinstance(axis, int) and size != axis:
+                    raise InputError(f"{self.backend}: input {spec.name!r} has shape {list(arr.shape)}; expected {list(spec.axes)}")
+                if isinstance(axis, str) and size == 0 and axis not in EMPTY_OK_AXES:
+                    raise InputError(f"{self.backend}: input {spec.name!r} is empty along {axis!r}; give at least one")
+            if np.issubdtype(want, np.integer) != np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+                kind = "integers" if np.issubdtype(want, np.integer) else "floats"
+                raise InputError(f"{self.backend}: input {spec.name!r} has dtype {arr.dtype}; expected {kind}")
+            out[spec.name] = arr.astype(want, copy=False)
         return out
 
     @abstractmethod

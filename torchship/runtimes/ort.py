@@ -13,9 +13,9 @@ from torchship.runtimes.base import Predictor
 class OrtPredictor(Predictor):
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, input_names, output_names, *, threads: int | None = None,
+    def __init__(self, path: Path, io, *, threads: int | None = None,
                  spin: bool = False, session_level: str = "all", device: str = "cpu"):
-        super().__init__(input_names, output_names)
+        super().__init__(io)
         self.path = Path(path)
         self.threads = threads
         self.spin = spin

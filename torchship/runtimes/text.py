@@ -36,6 +36,19 @@ class Prediction:
         return rows
 
 
+def load_tokenizer(artifact: Artifact):
+    """The tokenizer saved in an exported folder (never remote code)."""
+    from transformers import AutoTokenizer
+
+    if not artifact.manifest.export.get("tokenizer"):
+        raise ArtifactError(f"{artifact.folder} holds no tokenizer (the checkpoint had none); "
+                            "save one into the folder with tokenizer.save_pretrained()")
+    try:
+        return AutoTokenizer.from_pretrained(str(artifact.folder))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"the tokenizer in {artifact.folder} cannot be loaded: {exc}") from None
+
+
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     if mode == "cls":
         return hidden[:, 0]
@@ -54,16 +67,8 @@ class TextModel:
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, predictor: Predictor) -> "TextModel":
-        from transformers import AutoTokenizer
-
-        if not artifact.manifest.export.get("tokenizer"):
-            raise ArtifactError(f"{artifact.folder} holds no tokenizer (the checkpoint had none); "
-                                "save one into the folder with tokenizer.save_pretrained()")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(artifact.folder))
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"the tokenizer in {artifact.folder} cannot be loaded: {exc}") from None
-        return cls(predictor, tokenizer, task=artifact.manifest.task, text_settings=artifact.manifest.text)
+        return cls(predictor, load_tokenizer(artifact), task=artifact.manifest.task,
+                   text_settings=artifact.manifest.text)
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.settings["max_length"],

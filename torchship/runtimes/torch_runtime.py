@@ -17,13 +17,13 @@ TORCH_MODES = ("eager", "torchscript", "compile")
 class TorchPredictor(Predictor):
     backend = "pytorch"
 
-    def __init__(self, model_loader, input_names, output_names, *, mode: str = "eager",
+    def __init__(self, builder, io, *, mode: str = "eager",
                  threads: int | None = None):
         if mode not in TORCH_MODES:
             raise InputError(f"unknown torch mode {mode!r}; use {', '.join(TORCH_MODES)}")
-        super().__init__(input_names, output_names)
+        super().__init__(io)
         self.backend = "pytorch" if mode == "eager" else f"pytorch-{mode}"
-        self._loader = model_loader
+        self._builder = builder  # () -> (wrapper module with positional forward, example feeds)
         self.mode = mode
         self.threads = threads
         self._fn = None
@@ -31,23 +31,17 @@ class TorchPredictor(Predictor):
     def _activate(self) -> None:
         import torch
 
-        from torchship._torch import make_wrapper
-
         if self.threads:
             torch.set_num_threads(self.threads)
-        wrapper = make_wrapper(self._loader().eval(), self.output_names)
+        wrapper, example = self._builder()
         if self.mode == "eager":
             self._fn = wrapper
         elif self.mode == "torchscript":
-            # Trace with a padded batch, so no "the mask is all ones" shortcut is baked into the graph.
-            ids = torch.full((2, 8), 5, dtype=torch.long)
-            mask = torch.ones_like(ids)
-            mask[1, 5:] = 0
-            example = tuple({"input_ids": ids, "attention_mask": mask}.get(n, torch.zeros_like(ids))
-                            for n in self.input_names)
+            # The spec's dummy case is padded, so no "the mask is all ones" shortcut is baked in.
+            args = tuple(torch.from_numpy(example[n]) for n in self.input_names)
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._fn = torch.jit.trace(wrapper, example, check_trace=False)
+                self._fn = torch.jit.trace(wrapper, args, check_trace=False)
         else:
             self._fn = torch.compile(wrapper, dynamic=True)
 

@@ -1,0 +1,131 @@
+"""GPT-2-like decoders with a KV cache.
+
+One model serves both phases: the prompt runs with a past length of 0 (prefill), and each new token
+runs with the previous step's ``present`` fed back as ``past`` (decode). Past and present names
+follow the convention other tools use and come only from :func:`past_names` / :func:`present_names`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from torchship.errors import UnsupportedModelError
+from torchship.exporters.spec import (BATCH, PAST_SEQUENCE, SEQUENCE, TEXT_GENERATION, TOTAL_SEQUENCE, ModelIO,
+                                      TensorSpec, register)
+
+
+def past_names(num_layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """``sequence`` new tokens after ``past`` cached ones; ``left_pad[i]`` leading pad positions of row i."""
+
+    batch: int
+    sequence: int
+    past: int
+    left_pad: tuple[int, ...] | None = None
+
+    def pads(self) -> tuple[int, ...]:
+        return self.left_pad if self.left_pad is not None else (0,) * self.batch
+
+    def label(self) -> str:
+        pad = "" if not any(self.pads()) else " left-padded"
+        return f"batch {self.batch} x seq {self.sequence} past {self.past}{pad}"
+
+
+def make_decoder_inputs(io: ModelIO, case: DecoderShape, *, num_heads: int, head_dim: int, vocab_size: int,
+                        seed: int = 0) -> dict[str, np.ndarray]:
+    """Random ids, a left-padded attention mask over past + new tokens, matching position ids and past."""
+    rng = np.random.default_rng(seed)
+    total = case.past + case.sequence
+    mask = np.ones((case.batch, total), dtype=np.int64)
+    for row, pad in enumerate(case.pads()):
+        if pad >= total:
+            raise ValueError(f"row {row} would be all padding")
+        mask[row, :pad] = 0
+    positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)[:, case.past:]
+    feeds = {
+        "input_ids": rng.integers(0, vocab_size, size=(case.batch, case.sequence), dtype=np.int64),
+        "attention_mask": mask,
+        "position_ids": positions.astype(np.int64),
+    }
+    for spec in io.inputs:
+        if spec.name.startswith("past_key_values."):
+            feeds[spec.name] = rng.standard_normal((case.batch, num_heads, case.past, head_dim)).astype(np.float32)
+    return {name: feeds[name] for name in io.input_names}
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    family: str
+    model_types: tuple[str, ...]
+    ort_model_type: str = "gpt2"
+    atol: float = 1e-4
+    kind: str = "decoder"
+    tasks: tuple[str, ...] = (TEXT_GENERATION,)
+    # Traced with past and left padding, so neither is baked in as "absent"; validated at past
+    # lengths 0 (prefill), 1 and 17, with batches > 1 and left padding.
+    dummy_case: DecoderShape = DecoderShape(2, 3, 5, (0, 2))
+    validation_cases: tuple[DecoderShape, ...] = (
+        DecoderShape(2, 7, 0, (0, 3)),
+        DecoderShape(2, 1, 1, (0, 1)),
+        DecoderShape(3, 1, 17, (0, 4, 9)),
+        DecoderShape(1, 4, 9),
+    )
+
+    def default_task(self, config) -> str:
+        return TEXT_GENERATION
+
+    def model_class(self, task: str):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def io(self, model, task: str) -> ModelIO:
+        if task != TEXT_GENERATION:
+            raise UnsupportedModelError(f"{self.family} models export {TEXT_GENERATION}, not {task!r}")
+        config = model.config
+        layers, heads = int(config.num_hidden_layers), int(config.num_attention_heads)
+        head_dim = int(config.hidden_size) // heads
+        inputs = [TensorSpec("input_ids", "int64", (BATCH, SEQUENCE)),
+                  TensorSpec("attention_mask", "int64", (BATCH, TOTAL_SEQUENCE)),
+                  TensorSpec("position_ids", "int64", (BATCH, SEQUENCE))]
+        inputs += [TensorSpec(n, "float32", (BATCH, heads, PAST_SEQUENCE, head_dim)) for n in past_names(layers)]
+        outputs = [TensorSpec("logits", "float32", (BATCH, SEQUENCE, int(config.vocab_size)))]
+        outputs += [TensorSpec(n, "float32", (BATCH, heads, TOTAL_SEQUENCE, head_dim)) for n in present_names(layers)]
+        return ModelIO(tuple(inputs), tuple(outputs))
+
+    def wrapper(self, model, io: ModelIO):
+        from torchship._torch import make_decoder_wrapper
+
+        return make_decoder_wrapper(model, int(model.config.num_hidden_layers))
+
+    def sample_inputs(self, config, io: ModelIO, case: DecoderShape, *, seed: int):
+        heads = int(config.num_attention_heads)
+        return make_decoder_inputs(io, case, num_heads=heads, head_dim=int(config.hidden_size) // heads,
+                                   vocab_size=int(config.vocab_size), seed=seed)
+
+    def case_shape(self, case: DecoderShape) -> tuple[int, ...]:
+        return (case.batch, case.sequence, case.past)
+
+    def compared_positions(self, feeds) -> dict:
+        """Real tokens only: a left-padded position of a causal model sees no real token, so its
+        output is undefined (PyTorch and ONNX Runtime fill it differently) and nothing reads it."""
+        mask = feeds["attention_mask"].astype(bool)  # (batch, total)
+        new = feeds["input_ids"].shape[1]
+        where = {"logits": mask[:, -new:, None]}
+        for name in feeds:
+            if name.startswith("past_key_values."):
+                where["present." + name[len("past_key_values."):]] = mask[:, None, :, None]
+        return where
+
+
+DECODER_SPECS = (register(DecoderSpec("gpt2", ("gpt2",))),)

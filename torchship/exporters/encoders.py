@@ -1,0 +1,84 @@
+"""BERT-like text encoders: token ids in, hidden states (or logits) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torchship.errors import UnsupportedModelError
+from torchship.exporters.inputs import TextShape, make_text_inputs
+from torchship.exporters.spec import (BATCH, FEATURE_EXTRACTION, SEQUENCE, TEXT_CLASSIFICATION, ModelIO,
+                                      TensorSpec, register)
+
+ENCODER_TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    family: str
+    model_types: tuple[str, ...]
+    input_names: tuple[str, ...]
+    ort_model_type: str = "bert"
+    atol: float = 1e-4
+    kind: str = "encoder"
+    tasks: tuple[str, ...] = ENCODER_TASKS
+    # The export traces at batch 2 x seq 16; validation runs at other shapes, one padded batch.
+    dummy_case: TextShape = TextShape(2, 16)
+    validation_cases: tuple[TextShape, ...] = (TextShape(1, 9), TextShape(3, 23, (23, 11, 4)))
+
+    def default_task(self, config) -> str:
+        """A *ForSequenceClassification checkpoint exports logits; anything else hidden states."""
+        archs = getattr(config, "architectures", None) or ()
+        return TEXT_CLASSIFICATION if any(a.endswith("ForSequenceClassification") for a in archs) \
+            else FEATURE_EXTRACTION
+
+    def model_class(self, task: str):
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification if task == TEXT_CLASSIFICATION else AutoModel
+
+    def io(self, model, task: str) -> ModelIO:
+        config = model.config
+        inputs = tuple(TensorSpec(n, "int64", (BATCH, SEQUENCE)) for n in self.input_names)
+        hidden = int(config.hidden_size)
+        if task == FEATURE_EXTRACTION:
+            outs = [TensorSpec("last_hidden_state", "float32", (BATCH, SEQUENCE, hidden))]
+            if getattr(model, "pooler", None) is not None:
+                outs.append(TensorSpec("pooler_output", "float32", (BATCH, hidden)))
+        elif task == TEXT_CLASSIFICATION:
+            outs = [TensorSpec("logits", "float32", (BATCH, int(config.num_labels)))]
+        else:
+            raise UnsupportedModelError(f"{self.family} models export {', '.join(self.tasks)}, not {task!r}")
+        return ModelIO(inputs, tuple(outs))
+
+    def wrapper(self, model, io: ModelIO):
+        from torchship._torch import make_encoder_wrapper
+
+        return make_encoder_wrapper(model, io.output_names)
+
+    def sample_inputs(self, config, io: ModelIO, case: TextShape, *, seed: int):
+        return make_text_inputs(io.input_names, case, seed=seed, **text_vocab(config))
+
+    def case_shape(self, case: TextShape) -> tuple[int, ...]:
+        return (case.batch, case.sequence)
+
+    def compared_positions(self, feeds) -> dict:
+        # Padded rows of a bidirectional encoder still attend to the real tokens: compare everything.
+        return {}
+
+
+def text_vocab(config) -> dict:
+    """What random token ids need to know about a text model's vocabulary."""
+    return dict(vocab_size=int(config.vocab_size),
+                type_vocab_size=int(getattr(config, "type_vocab_size", 1) or 1),
+                pad_token_id=int(getattr(config, "pad_token_id", 0) or 0))
+
+
+_WITH_SEGMENTS = ("input_ids", "attention_mask", "token_type_ids")
+_NO_SEGMENTS = ("input_ids", "attention_mask")
+
+ENCODER_SPECS = tuple(register(s) for s in (
+    EncoderSpec("bert", ("bert",), _WITH_SEGMENTS),
+    EncoderSpec("roberta", ("roberta", "xlm-roberta", "camembert"), _NO_SEGMENTS),
+    EncoderSpec("distilbert", ("distilbert",), _NO_SEGMENTS),
+    EncoderSpec("electra", ("electra",), _WITH_SEGMENTS),
+))
