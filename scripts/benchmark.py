@@ -22,19 +22,48 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BERT_BASE_CONFIG = ROOT.parent / "shared" / "data" / "bert-base-cased" / "config.json"
+GPT2_CONFIG = ROOT.parent / "shared" / "data" / "gpt2" / "config.json"
 SHAPES = ((1, 128), (8, 128), (1, 16))
 BACKENDS = ("torch", "ort", "ort-all", "ort-optimized")
 
 
-def random_bert_base(folder: Path, config_path: Path) -> Path:
+def random_model(folder: Path, config_path: Path, auto_class: str = "AutoModel") -> Path:
+    """The architecture in ``config_path`` with random weights, saved as a model folder."""
     import torch
-    from transformers import AutoConfig, AutoModel
+    import transformers
+    from transformers import AutoConfig
 
     cfg = json.loads(config_path.read_text())
     config = AutoConfig.for_model(cfg.pop("model_type"), **{k: v for k, v in cfg.items() if k != "architectures"})
     torch.manual_seed(0)
-    AutoModel.from_config(config).eval().save_pretrained(folder)
+    getattr(transformers, auto_class).from_config(config).eval().save_pretrained(folder)
     return folder
+
+
+def run_decoder(name: str, source: Path, work: Path, out: Path, threads: int, min_seconds: float, progress) -> dict:
+    from torchship.benchmarks.decoder import DecoderBenchOptions, run_decoder_benchmark
+    from torchship.benchmarks.report import write_report
+    from torchship.benchmarks.timing import TimingPlan
+    from torchship.exporters.export import ExportOptions, export
+    from torchship.optimizers import OptimizeOptions, optimize
+
+    folder = work / name
+    export(str(source), folder, ExportOptions(kind="decoder"), progress=progress)
+    artifact = optimize(folder, OptimizeOptions(levels=("all",)), progress=progress)
+    plan = replace(TimingPlan(), min_seconds=min_seconds, min_iterations=20)
+    backends = ("torch", "ort", "ort-all", "ort-optimized")
+    report = run_decoder_benchmark(folder, DecoderBenchOptions(backends=backends, batch_sizes=(1,), prompt=128,
+                                                               threads=threads, plan=plan), progress=progress)
+    write_report(report, out / name)
+    rows = []
+    for phase, seq in (("prefill", 128), ("decode", 1)):
+        t = report.find("torch", 1, seq, phase)
+        best = min((report.find(b, 1, seq, phase) for b in backends[1:]), key=lambda m: m.p50_ms)
+        rows.append({"phase": phase, "torch_p50_ms": t.p50_ms, "best_ort": best.backend, "best_ort_p50_ms": best.p50_ms,
+                     "speedup": t.p50_ms / best.p50_ms, "max_abs": best.accuracy.max_abs,
+                     "per_backend_p50_ms": {b: report.find(b, 1, seq, phase).p50_ms for b in backends}})
+    return {"model": name, "threads": threads, "fusion": artifact.manifest.variants["optimized"].fusion,
+            "decoder_rows": rows, "environment": report.environment.cpu}
 
 
 def run_model(name: str, source: Path, work: Path, out: Path, threads: int, min_seconds: float, min_iterations: int,
@@ -65,7 +94,26 @@ def run_model(name: str, source: Path, work: Path, out: Path, threads: int, min_
             "environment": report.environment.cpu}
 
 
+def decoder_markdown(results: list[dict]) -> str:
+    lines = ["| model | phase (batch 1, 128 tokens) | eager PyTorch p50 ms | best fp32 ORT | ORT p50 ms | speedup | logits max abs |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    for res in results:
+        for r in res["decoder_rows"]:
+            what = "prefill: 128-token prompt" if r["phase"] == "prefill" else "decode: 1 token, 128 past"
+            lines.append(f"| {res['model']} | {what} | {r['torch_p50_ms']:.2f} | {r['best_ort']} | {r['best_ort_p50_ms']:.2f} | "
+                         f"{r['speedup']:.2f}x | {r['max_abs']:.1e} |")
+    for res in results:
+        f = res["fusion"]
+        lines.append(f"\n- {res['model']}: fused attention {f['attention']}/{f['expected_attention']} in `ort-optimized`; "
+                     "p50 per backend (ms): " + "; ".join(
+                         f"{r['phase']} " + ", ".join(f"{b} {v:.2f}" for b, v in r["per_backend_p50_ms"].items())
+                         for r in res["decoder_rows"]))
+    return "\n".join(lines) + "\n"
+
+
 def summary_markdown(results: list[dict]) -> str:
+    if not results:
+        return ""
     lines = ["| model | batch | seq | eager PyTorch p50 ms | best fp32 ORT | ORT p50 ms | speedup | min cosine | max abs |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for res in results:
@@ -89,36 +137,44 @@ def main(argv=None) -> int:
     from torchship.demo import packaged_minilm
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="minilm,bert-base", help="comma-separated: minilm, bert-base")
+    ap.add_argument("--models", default="minilm,bert-base,gpt2", help="comma-separated: minilm, bert-base, gpt2")
     ap.add_argument("--output", type=Path, default=ROOT / "reports" / "benchmark")
     ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--min-seconds", type=float, default=5.0)
     ap.add_argument("--bert-base-config", type=Path, default=BERT_BASE_CONFIG)
+    ap.add_argument("--gpt2-config", type=Path, default=GPT2_CONFIG)
     args = ap.parse_args(argv)
     progress = Progress(step=lambda t: print(f"benchmark: {t}", file=sys.stderr, flush=True))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = set(models) - {"minilm", "bert-base"}
+    unknown = set(models) - {"minilm", "bert-base", "gpt2"}
     if unknown:
-        print(f"benchmark: error: unknown model {sorted(unknown)[0]!r}; use minilm, bert-base", file=sys.stderr)
+        print(f"benchmark: error: unknown model {sorted(unknown)[0]!r}; use minilm, bert-base, gpt2", file=sys.stderr)
         return 2
-    if "bert-base" in models and not args.bert_base_config.is_file():
-        print(f"benchmark: error: {args.bert_base_config} is missing; pass --bert-base-config", file=sys.stderr)
-        return 2
-    results = []
+    for name, path, flag in (("bert-base", args.bert_base_config, "--bert-base-config"),
+                             ("gpt2", args.gpt2_config, "--gpt2-config")):
+        if name in models and not path.is_file():
+            print(f"benchmark: error: {path} is missing; pass {flag}", file=sys.stderr)
+            return 2
+    results, decoders = [], []
     with tempfile.TemporaryDirectory(prefix="torchship-bench-") as tmp:
         work = Path(tmp)
         for name in models:
             if name == "minilm":
                 results.append(run_model("all-MiniLM-L6-v2", packaged_minilm(), work, args.output, args.threads,
                                          args.min_seconds, 30, progress))
-            else:
-                source = random_bert_base(work / "bert-base-src", args.bert_base_config)
+            elif name == "bert-base":
+                source = random_model(work / "bert-base-src", args.bert_base_config)
                 results.append(run_model("bert-base-cased-size", source, work, args.output, args.threads,
                                          args.min_seconds, 10, progress))
+            else:
+                source = random_model(work / "gpt2-src", args.gpt2_config, "AutoModelForCausalLM")
+                decoders.append(run_decoder("gpt2-small-size", source, work, args.output, args.threads,
+                                            args.min_seconds, progress))
     args.output.mkdir(parents=True, exist_ok=True)
-    text = summary_markdown(results)
-    (args.output / "SUMMARY.md").write_text(text)
-    (args.output / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = summary_markdown(results) + ("\n" + decoder_markdown(decoders) if decoders else "")
+    suffix = "" if set(models) == {"minilm", "bert-base", "gpt2"} else "-" + "-".join(models)
+    (args.output / f"SUMMARY{suffix}.md").write_text(text)
+    (args.output / f"summary{suffix}.json").write_text(json.dumps(results + decoders, indent=2) + "\n")
     print(text)
     print(f"reports: {args.output}")
     return 0

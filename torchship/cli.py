@@ -168,13 +168,28 @@ def _bench_options(backends, batch_sizes, seq_lens, threads, min_seconds, ort_sp
 @o.spin
 @o.reference_model
 @o.report_dir
+@o.prompt_length
 @friendly_errors
-def bench_cmd(folder, report_dir, **flags):
-    """Benchmark eager PyTorch against ONNX Runtime variants of FOLDER; writes JSON, Markdown and PNG."""
+def bench_cmd(folder, report_dir, prompt_length, **flags):
+    """Benchmark eager PyTorch against ONNX Runtime variants of FOLDER; writes JSON, Markdown and PNG.
+
+    Encoders: latency per batch size and sequence length. Decoders: prompt (prefill) latency at
+    --prompt-length, and one decode step with that much past, per batch size (--seq-lens unused).
+    """
+    from torchship.artifact import Artifact
     from torchship.benchmarks.report import markdown_table, write_report
     from torchship.benchmarks.run import run_benchmark
 
-    report = run_benchmark(folder, _bench_options(**flags), progress=_PROGRESS)
+    opts = _bench_options(**flags)
+    if Artifact.open(folder).manifest.spec().kind == "decoder":
+        from torchship.benchmarks.decoder import DecoderBenchOptions, run_decoder_benchmark
+
+        batch_sizes = tuple(sorted({b for b, _ in opts.shapes}))
+        report = run_decoder_benchmark(folder, DecoderBenchOptions(
+            backends=opts.backends, batch_sizes=batch_sizes, prompt=prompt_length, threads=opts.threads,
+            spin=opts.spin, plan=opts.plan, reference_model=opts.reference_model), progress=_PROGRESS)
+    else:
+        report = run_benchmark(folder, opts, progress=_PROGRESS)
     paths = write_report(report, report_dir or Path(folder) / "bench")
     click.echo(markdown_table(report))
     click.echo(f"\nreport: {paths['markdown']} (JSON {paths['json'].name}, chart {paths['png'].name})")

@@ -16,6 +16,9 @@ from urllib.parse import urlparse
 from torchship.errors import InputError, ModelLoadError
 
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# Files a saved tokenizer leaves; with none of them, transformers 5 would build an empty tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                    "sentencepiece.bpe.model", "tokenizer.model")
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 
@@ -151,6 +154,8 @@ def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False):
     """The checkpoint's tokenizer, or None when the checkpoint ships none."""
     from transformers import AutoTokenizer
 
+    if ref.path is not None and not any((ref.path / f).is_file() for f in _TOKENIZER_FILES):
+        return None
     try:
         return AutoTokenizer.from_pretrained(
             ref.load_id, revision=ref.revision, trust_remote_code=trust_remote_code

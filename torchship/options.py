@@ -45,3 +45,5 @@ reference_model = click.option("--reference-model", default=None, metavar="ID_OR
                                help="Checkpoint for the PyTorch backends; default: the export's source.")
 report_dir = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
                           help="Folder for the report; default: DIR/bench.")
+prompt_length = click.option("--prompt-length", type=int, default=128, show_default=True,
+                             help="Decoders: prompt tokens for the prefill, and the past length of the decode step.")

@@ -73,3 +73,10 @@ def test_safetensors_folder_loads_in_eval_mode(model_dirs):
     model = loading.load_model(ref, loading.load_config(ref), model_class=AutoModel)
     assert not model.training
     assert type(model).__name__ == type(make_model("roberta")).__name__
+
+
+def test_a_folder_without_tokenizer_files_has_no_tokenizer(tmp_path):
+    from tiny import make_decoder
+
+    make_decoder().save_pretrained(tmp_path / "bare")
+    assert loading.load_tokenizer(loading.resolve(str(tmp_path / "bare"))) is None

@@ -56,6 +56,7 @@ def test_unfused_attention_is_a_loud_warning(model_dirs, tmp_path):
     fusion = art.manifest.variants["optimized"].fusion
     assert fusion["attention"] < fusion["expected_attention"]
     assert fusion["warning"].startswith("WARNING: attention fused in 0 of 2 layers")
+    assert fusion["warning"].endswith("--attn-implementation eager for full fusion")
     assert any(s.startswith("WARNING") for s in steps)
     assert art.manifest.variants["optimized"].validation["passed"]  # still correct, just slower
 

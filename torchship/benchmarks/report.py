@@ -12,6 +12,8 @@ RESULTS_NAME = "results.json"
 
 
 def markdown_table(report: BenchReport) -> str:
+    if any(m.phase != "forward" for m in report.measurements):
+        return decoder_table(report)
     base = report.baseline
     lines = [
         f"| backend | batch | seq | p50 ms | p90 ms | p99 ms | samples/s | speedup vs {base} | max abs | min cosine |",
@@ -25,6 +27,22 @@ def markdown_table(report: BenchReport) -> str:
             f"{m.throughput:.1f} | {'-' if sp is None else f'{sp:.2f}x'} | "
             f"{'-' if acc is None else f'{acc.max_abs:.2e}'} | {'-' if acc is None else f'{acc.cosine_min:.6f}'} |"
         )
+    return "\n".join(lines)
+
+
+def decoder_table(report: BenchReport) -> str:
+    base = report.baseline
+    lines = [
+        f"| backend | phase | batch | new tokens | past | p50 ms | p90 ms | tokens/s | speedup vs {base} | logits max abs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in report.measurements:
+        sp = report.speedup(m)
+        tokens_per_s = m.batch * m.sequence * 1000.0 / m.mean_ms
+        acc = m.accuracy
+        lines.append(
+            f"| {m.backend} | {m.phase} | {m.batch} | {m.sequence} | {m.past} | {m.p50_ms:.2f} | {m.p90_ms:.2f} | "
+            f"{tokens_per_s:.1f} | {'-' if sp is None else f'{sp:.2f}x'} | {'-' if acc is None else f'{acc.max_abs:.2e}'} |")
     return "\n".join(lines)
 
 
@@ -54,22 +72,23 @@ def plot(report: BenchReport, path: Path) -> None:
 
     shapes = report.shapes()
     backends = report.backends()
+    phased = any(m.phase != "forward" for m in report.measurements)
     width = 0.8 / max(len(backends), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(shapes) + 2), 4.5), dpi=110)
     for j, backend in enumerate(backends):
         xs, ys = [], []
         for i, (b, s) in enumerate(shapes):
-            m = report.find(backend, b, s)
+            m = report.find(backend, b, s, _phase(report, b, s))
             if m is not None:
                 xs.append(i + (j - (len(backends) - 1) / 2) * width)
                 ys.append(m.p50_ms)
         bars = ax.bar(xs, ys, width, label=backend)
-        for bar, (b, s) in zip(bars, [sh for sh in shapes if report.find(backend, *sh)]):
-            sp = report.speedup(report.find(backend, b, s))
+        for bar, (b, s) in zip(bars, [sh for sh in shapes if report.find(backend, *sh, _phase(report, *sh))]):
+            sp = report.speedup(report.find(backend, b, s, _phase(report, b, s)))
             if sp is not None and backend != report.baseline:
                 ax.annotate(f"{sp:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(shapes)), [f"b{b} s{s}" for b, s in shapes])
+    ax.set_xticks(range(len(shapes)), [f"{_phase(report, b, s) + ' ' if phased else ''}b{b} s{s}" for b, s in shapes])
     ax.set_ylabel("median latency (ms, lower is better)")
     ax.set_yscale("log")
     ax.set_title(f"{Path(report.model).name}: {report.environment.threads} threads, {report.environment.cpu}"[:90],
@@ -78,6 +97,10 @@ def plot(report: BenchReport, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _phase(report: BenchReport, batch: int, sequence: int) -> str:
+    return next((m.phase for m in report.measurements if (m.batch, m.sequence) == (batch, sequence)), "forward")
 
 
 def write_report(report: BenchReport, folder: str | Path) -> dict[str, Path]:

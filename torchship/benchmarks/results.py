@@ -33,19 +33,21 @@ class Measurement:
     mean_ms: float
     min_ms: float
     accuracy: Accuracy | None = None
+    phase: str = "forward"  # "forward" for encoders; "prefill" or "decode" for decoders
+    past: int = 0
 
     @property
     def throughput(self) -> float:
-        """Samples per second, counting every row of the batch."""
+        """Samples per second counting every row of the batch (for a decode step: tokens per second)."""
         return self.batch * 1000.0 / self.mean_ms
 
     @classmethod
     def from_latencies(cls, backend: str, batch: int, sequence: int, seconds: list[float],
-                       accuracy: Accuracy | None = None) -> "Measurement":
+                       accuracy: Accuracy | None = None, *, phase: str = "forward", past: int = 0) -> "Measurement":
         ms = np.asarray(seconds) * 1000.0
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
         return cls(backend, batch, sequence, len(ms), float(p50), float(p90), float(p99),
-                   float(ms.mean()), float(ms.min()), accuracy)
+                   float(ms.mean()), float(ms.min()), accuracy, phase, past)
 
 
 @dataclass(frozen=True)
@@ -72,15 +74,15 @@ class BenchReport:
     measurements: tuple[Measurement, ...] = field(default_factory=tuple)
     baseline: str = "torch"
 
-    def find(self, backend: str, batch: int, sequence: int) -> Measurement | None:
+    def find(self, backend: str, batch: int, sequence: int, phase: str = "forward") -> Measurement | None:
         for m in self.measurements:
-            if (m.backend, m.batch, m.sequence) == (backend, batch, sequence):
+            if (m.backend, m.batch, m.sequence, m.phase) == (backend, batch, sequence, phase):
                 return m
         return None
 
     def speedup(self, m: Measurement) -> float | None:
-        """Median latency of the baseline over this backend's median, at the same shape."""
-        base = self.find(self.baseline, m.batch, m.sequence)
+        """Median latency of the baseline over this backend's median, at the same shape and phase."""
+        base = self.find(self.baseline, m.batch, m.sequence, m.phase)
         return None if base is None else base.p50_ms / m.p50_ms
 
     def shapes(self) -> list[tuple[int, int]]:

@@ -66,6 +66,7 @@ class Case(Protocol):
 class ModelSpec(Protocol):
     family: str
     kind: str  # "encoder" or "decoder"
+    fusion_hint: str  # printed with the warning when attention does not fuse
     model_types: tuple[str, ...]
     tasks: tuple[str, ...]
     ort_model_type: str

@@ -29,6 +29,7 @@ REPORTED_OPS = (
 class FusionReport:
     counts: dict[str, int]
     expected_attention: int  # one per transformer layer
+    hint: str = ""  # how to get full fusion for this family
 
     @property
     def attention(self) -> int:
@@ -43,8 +44,7 @@ class FusionReport:
         if self.attention_fused:
             return None
         return (f"WARNING: attention fused in {self.attention} of {self.expected_attention} layers; "
-                "the unfused layers run as plain MatMul/Softmax. Export with --exporter torchscript "
-                "--attn-implementation eager for full fusion")
+                f"the unfused layers run as plain MatMul/Softmax{'. ' + self.hint if self.hint else ''}")
 
     def to_json(self) -> dict:
         return {"counts": self.counts, "attention": self.attention,
@@ -59,7 +59,7 @@ def count_ops(path: Path) -> dict[str, int]:
 
 
 def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: int,
-         num_layers: int, use_gpu: bool = False) -> FusionReport:
+         num_layers: int, use_gpu: bool = False, hint: str = "") -> FusionReport:
     """Run ``onnxruntime.transformers.optimizer`` on ``src`` and save the result to ``dst``."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
@@ -81,4 +81,4 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-    return FusionReport(count_ops(dst), expected_attention=num_layers)
+    return FusionReport(count_ops(dst), expected_attention=num_layers, hint=hint)

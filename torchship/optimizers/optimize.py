@@ -80,7 +80,7 @@ def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *
             else:
                 report = fuse(src, tmp, model_type=job_opts["model_type"], num_heads=job_opts["num_heads"],
                               hidden_size=job_opts["hidden_size"], num_layers=manifest.num_layers,
-                              use_gpu=job_opts["use_gpu"])
+                              use_gpu=job_opts["use_gpu"], hint=manifest.spec().fusion_hint)
                 fusion = report.to_json()
                 if report.warning:
                     progress.step(report.warning)
