@@ -36,7 +36,12 @@ def random_model(folder: Path, config_path: Path, auto_class: str = "AutoModel")
     cfg = json.loads(config_path.read_text())
     config = AutoConfig.for_model(cfg.pop("model_type"), **{k: v for k, v in cfg.items() if k != "architectures"})
     torch.manual_seed(0)
-    getattr(transformers, auto_class).from_config(config).eval().save_pretrained(folder)
+    model = getattr(transformers, auto_class).from_config(config).eval()
+    with torch.no_grad():  # as in a trained checkpoint, biases are not all zero (the initializers zero them)
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") and "LayerNorm" not in name and ".ln_" not in name:
+                param.normal_(0.0, 0.02)
+    model.save_pretrained(folder)
     return folder
 
 

@@ -51,7 +51,12 @@ def make_decoder(model_type: str = "gpt2", *, seed: int = 0):
     config = AutoConfig.for_model(model_type, **TINY_DECODER_CONFIGS[model_type], vocab_size=n,
                                   bos_token_id=None, eos_token_id=None, pad_token_id=0)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # real checkpoints have non-zero biases; GPT-2's initializer zeroes them
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0.0, 0.02)
+    return model
 
 
 def save_decoder_dir(folder: Path, model_type: str = "gpt2") -> Path:

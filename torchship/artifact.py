@@ -64,6 +64,7 @@ class Manifest:
     versions: dict
     atol: float
     variants: dict[str, Variant]
+    skipped: dict[str, str] = field(default_factory=dict)  # variant name -> why it could not be made
     format: int = FORMAT_VERSION
 
     def to_json(self) -> dict:
@@ -77,7 +78,12 @@ class Manifest:
         return cls(**{**data, "variants": variants})
 
     def with_variant(self, variant: Variant) -> "Manifest":
-        return replace(self, variants={**self.variants, variant.name: variant})
+        skipped = {k: v for k, v in self.skipped.items() if k != variant.name}
+        return replace(self, variants={**self.variants, variant.name: variant}, skipped=skipped)
+
+    def with_skipped(self, name: str, reason: str) -> "Manifest":
+        variants = {k: v for k, v in self.variants.items() if k != name}
+        return replace(self, variants=variants, skipped={**self.skipped, name: reason})
 
     def io(self):
         from torchship.exporters.spec import ModelIO, TensorSpec

@@ -305,6 +305,8 @@ def _print_artifact(artifact) -> None:
         click.echo(line)
         if v.fusion and v.fusion.get("warning"):
             click.echo(f"  {v.fusion['warning']}", err=True)
+    for name, reason in m.skipped.items():
+        click.echo(f"  {name:13s} skipped: {reason}", err=True)
 
 
 if __name__ == "__main__":

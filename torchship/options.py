@@ -14,8 +14,9 @@ output = click.option("--output", "-o", "output", required=True, type=click.Path
                       help="Folder to write; replaced atomically if torchship wrote it before.")
 task = click.option("--task", type=click.Choice(TASKS), default=None,
                     help="What to export; default: from the checkpoint (classification head if it has one).")
-exporter = click.option("--exporter", type=click.Choice(EXPORTERS), default="torchscript", show_default=True,
-                        help="torch.onnx export path; torchscript fuses fully in ONNX Runtime (measured).")
+exporter = click.option("--exporter", type=click.Choice(EXPORTERS), default=None,
+                        help="torch.onnx export path; default, by measurement: torchscript for encoders "
+                             "(fuses fully in ONNX Runtime), dynamo for decoders (ONNX Attention ops with the KV cache).")
 opset = click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=None,
                      help="ONNX opset; default 17 for torchscript, 23 for dynamo.")
 attn = click.option("--attn-implementation", type=click.Choice(ATTN_IMPLEMENTATIONS), default=None,

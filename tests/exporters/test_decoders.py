@@ -72,3 +72,45 @@ def test_decoder_graph_has_no_baked_past_length(decoder_export):
     past = next(i for i in graph.graph.input if i.name == "past_key_values.0.key")
     dims = [d.dim_param or d.dim_value for d in past.type.tensor_type.shape.dim]
     assert dims == ["batch", 4, "past_sequence", 8]
+
+
+def test_decoders_default_to_dynamo_with_fused_attention(decoder_export):
+    from torchship.optimizers.fusion import count_ops
+
+    m = Artifact.open(decoder_export).manifest
+    assert (m.export["exporter"], m.export["opset"], m.export["attn_implementation"]) == ("dynamo", 23, "sdpa")
+    assert count_ops(decoder_export / "model.onnx")["Attention"] == m.num_layers  # one per layer, KV cache included
+    fusion = m.variants["optimized"].fusion
+    assert fusion["attention"] == fusion["expected_attention"] == 2 and fusion["warning"] is None
+
+
+def test_torchscript_decoder_path_validates_but_does_not_fuse(decoder_dir, tmp_path):
+    from torchship.optimizers import OptimizeOptions, optimize
+
+    art = export(str(decoder_dir), tmp_path / "ts", ExportOptions(exporter="torchscript"))
+    assert art.manifest.export["exporter"] == "torchscript" and art.manifest.variants["model"].validation["passed"]
+    fusion = optimize(tmp_path / "ts", OptimizeOptions(levels=())).manifest.variants["optimized"].fusion
+    assert fusion["attention"] == 0
+    assert fusion["warning"].endswith("Export with --exporter dynamo (the default for decoders) for ONNX Attention ops")
+
+
+def test_failed_fusion_is_recorded_and_the_other_variants_stay(tmp_path):
+    """GPT-2's initializer zeroes biases; the exporter then drops them and ORT's gpt2 optimizer fails."""
+    from torchship.exporters.export import export_model
+    from torchship.optimizers import OptimizeOptions, optimize
+
+    model = make_decoder()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.zero_()
+    export_model(model, tmp_path / "zero")
+    steps = []
+    from torchship._progress import Progress
+
+    art = optimize(tmp_path / "zero", OptimizeOptions(levels=("basic",)), progress=Progress(step=steps.append))
+    m = Artifact.open(tmp_path / "zero").manifest
+    assert "optimized" not in m.variants and "transformer optimizer failed" in m.skipped["optimized"]
+    assert m.variants["ort-basic"].validation["passed"]
+    assert any(s.startswith("WARNING: optimized skipped") for s in steps)
+    assert art.best_variant() == "ort-basic"

@@ -20,6 +20,7 @@ class EncoderSpec:
     ort_model_type: str = "bert"
     atol: float = 1e-4
     kind: str = "encoder"
+    default_exporter: str = "torchscript"
     fusion_hint: str = "Export with --exporter torchscript --attn-implementation eager for full fusion"
     tasks: tuple[str, ...] = ENCODER_TASKS
     # The export traces at batch 2 x seq 16; validation runs at other shapes, one padded batch.

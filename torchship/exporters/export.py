@@ -28,9 +28,10 @@ EXPORTERS = ("torchscript", "dynamo")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 MIN_OPSET, MAX_OPSET = 14, 23
 
-# Defaults per export path, chosen by measurement on all-MiniLM-L6-v2 (scripts/fusion_matrix.py):
-# TorchScript from eager attention is the path whose graph ORT's transformer optimizer fuses
-# completely. The dynamo path emits ONNX's own Attention op from SDPA at opset 23 instead.
+# Defaults per export path. Which path a family uses by default is the spec's ``default_exporter``,
+# chosen by measurement: for encoders TorchScript from eager attention, which ORT's transformer
+# optimizer fuses completely (scripts/fusion_matrix.py); for decoders the dynamo path, which emits
+# ONNX's own Attention op (with the KV cache) from SDPA at opset 23.
 PATH_DEFAULTS = {
     "torchscript": {"opset": 17, "attn_implementation": "eager"},
     "dynamo": {"opset": 23, "attn_implementation": "sdpa"},
@@ -40,7 +41,7 @@ PATH_DEFAULTS = {
 @dataclass(frozen=True)
 class ExportOptions:
     task: str | None = None  # None: the family's default for the checkpoint
-    exporter: str = "torchscript"
+    exporter: str | None = None  # None: the family's measured default
     opset: int | None = None  # None: the path's default
     attn_implementation: str | None = None  # None: the path's default
     atol: float | None = None  # None: the family's tolerance
@@ -51,19 +52,23 @@ class ExportOptions:
     dummy_case: object | None = None  # None: the family's
     validation_cases: tuple | None = None  # None: the family's
 
-    def resolved(self) -> "ExportOptions":
-        if self.exporter not in EXPORTERS:
+    def resolved(self, spec: ModelSpec | None = None) -> "ExportOptions":
+        """Check the options; with the family's ``spec``, fill in the defaults of its export path."""
+        if self.exporter is not None and self.exporter not in EXPORTERS:
             raise InputError(f"unknown exporter {self.exporter!r}; use one of {', '.join(EXPORTERS)}")
-        defaults = PATH_DEFAULTS[self.exporter]
-        opset = self.opset if self.opset is not None else defaults["opset"]
-        if not MIN_OPSET <= opset <= MAX_OPSET:
-            raise InputError(f"opset {opset} is out of range; use {MIN_OPSET} to {MAX_OPSET}")
-        attn = self.attn_implementation or defaults["attn_implementation"]
-        if attn not in ATTN_IMPLEMENTATIONS:
-            raise InputError(f"unknown attention implementation {attn!r}; use eager or sdpa")
         if self.atol is not None and not self.atol > 0:
             raise InputError(f"--atol must be positive, got {self.atol}")
-        return replace(self, opset=opset, attn_implementation=attn)
+        if self.opset is not None and not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise InputError(f"opset {self.opset} is out of range; use {MIN_OPSET} to {MAX_OPSET}")
+        if self.attn_implementation is not None and self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise InputError(f"unknown attention implementation {self.attn_implementation!r}; use eager or sdpa")
+        if spec is None:
+            return self
+        exporter = self.exporter or spec.default_exporter
+        defaults = PATH_DEFAULTS[exporter]
+        opset = self.opset if self.opset is not None else defaults["opset"]
+        attn = self.attn_implementation or defaults["attn_implementation"]
+        return replace(self, exporter=exporter, opset=opset, attn_implementation=attn)
 
 
 @dataclass(frozen=True)
@@ -102,14 +107,28 @@ def _run_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOptio
                               output_names=list(plan.io.output_names), dynamic_axes=dynamic_axes,
                               opset_version=opts.opset, do_constant_folding=True, dynamo=False)
         else:
-            dims: dict[str, object] = {}
-            dynamic_shapes = tuple(
-                {i: dims.setdefault(name, torch.export.Dim.DYNAMIC) for i, name in t.dynamic_axes().items()}
-                for t in plan.io.inputs)
             program = torch.onnx.export(wrapper, args, None, input_names=list(plan.io.input_names),
-                                        output_names=list(plan.io.output_names), dynamic_shapes=dynamic_shapes,
+                                        output_names=list(plan.io.output_names),
+                                        dynamic_shapes=_dynamic_shapes(wrapper, plan.io),
                                         opset_version=opts.opset, dynamo=True, verbose=False)
             program.save(str(path), external_data=False)
+
+
+def _dynamic_shapes(wrapper, io: ModelIO) -> tuple:
+    """torch.export's dynamic shapes, one named Dim per axis name, shaped like ``forward``'s arguments
+    (inputs taken by ``*args`` form one nested tuple, as torch.export requires)."""
+    import inspect
+
+    import torch
+
+    dims: dict[str, object] = {}
+    shapes = [{i: dims.setdefault(name, torch.export.Dim(name)) for i, name in t.dynamic_axes().items()}
+              for t in io.inputs]
+    params = inspect.signature(wrapper.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        fixed = sum(p.kind is not inspect.Parameter.VAR_POSITIONAL for p in params)
+        shapes = shapes[:fixed] + [tuple(shapes[fixed:])]
+    return tuple(shapes)
 
 
 @dataclass(frozen=True)
@@ -129,6 +148,7 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
     ref = loading.resolve(model, revision=opts.revision)
     config = loading.load_config(ref, trust_remote_code=opts.trust_remote_code)
     spec = spec_for(getattr(config, "model_type", "?"), source=model, kind=opts.kind)
+    opts = opts.resolved(spec)
     task = opts.task or spec.default_task(config)
     if task not in spec.tasks:
         raise InputError(f"unknown task {task!r} for {spec.family}; use one of {', '.join(spec.tasks)}")
@@ -146,9 +166,9 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
                  options: ExportOptions = ExportOptions(),
                  progress: _progress.Progress = _progress.SILENT) -> Artifact:
     """Export an already-loaded transformers model object; the object itself is left unchanged."""
-    opts = options.resolved()
     check_output_dir(Path(output))
-    spec = spec_for(getattr(model.config, "model_type", "?"), source=type(model).__name__, kind=opts.kind)
+    spec = spec_for(getattr(model.config, "model_type", "?"), source=type(model).__name__, kind=options.kind)
+    opts = options.resolved(spec)
     if task is None:
         task = spec.default_task(replace_architectures(model))
     copied = copy.deepcopy(model).eval()

@@ -66,6 +66,7 @@ class Case(Protocol):
 class ModelSpec(Protocol):
     family: str
     kind: str  # "encoder" or "decoder"
+    default_exporter: str  # the export path measured best for the family
     fusion_hint: str  # printed with the warning when attention does not fuse
     model_types: tuple[str, ...]
     tasks: tuple[str, ...]

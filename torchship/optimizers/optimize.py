@@ -11,7 +11,7 @@ from pathlib import Path
 from torchship import _progress
 from torchship._ort import GRAPH_LEVELS, make_session
 from torchship.artifact import Artifact, Variant, load_reference
-from torchship.errors import InputError
+from torchship.errors import ArtifactError, InputError
 from torchship.optimizers.fusion import count_ops, fuse
 from torchship.validation import check, run_reference_cases
 
@@ -78,9 +78,16 @@ def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *
                     notes = ("optimized for this machine's CPU (layout transforms); re-run optimize on the target",)
                 fusion = {"counts": count_ops(tmp)}
             else:
-                report = fuse(src, tmp, model_type=job_opts["model_type"], num_heads=job_opts["num_heads"],
-                              hidden_size=job_opts["hidden_size"], num_layers=manifest.num_layers,
-                              use_gpu=job_opts["use_gpu"], hint=manifest.spec().fusion_hint)
+                try:
+                    report = fuse(src, tmp, model_type=job_opts["model_type"], num_heads=job_opts["num_heads"],
+                                  hidden_size=job_opts["hidden_size"], num_layers=manifest.num_layers,
+                                  use_gpu=job_opts["use_gpu"], hint=manifest.spec().fusion_hint)
+                except ArtifactError as exc:
+                    # The other variants stand; this one is recorded as skipped, loudly.
+                    progress.step(f"WARNING: {name} skipped: {exc}")
+                    manifest = manifest.with_skipped(name, str(exc))
+                    artifact.save(manifest)
+                    continue
                 fusion = report.to_json()
                 if report.warning:
                     progress.step(report.warning)
