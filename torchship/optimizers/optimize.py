@@ -30,9 +30,72 @@ class OptimizeOptions:
         return self
 
 
-def _save_graph_level(src: Path, dst: Path, level: str) -> None:
-    """Let ORT optimize at ``level`` and write the optimized graph (an offline-optimized model)."""
-    make_session(src, level=level, optimized_model_path=dst)
+@contextlib.contextmanager
+def _staged_file(final: Path):
+    """Yield a temporary path beside ``final``; renamed to ``final`` on success, removed on error."""
+    tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+class _Context:
+    """What every variant needs: the export, the reference cases, the tolerance, the family."""
+
+    def __init__(self, artifact: Artifact, atol: float, progress: _progress.Progress):
+        self.folder = artifact.folder
+        self.manifest = artifact.manifest
+        self.src = artifact.path_of("model")
+        make_session(self.src)  # a corrupted export fails here, before anything is written
+        self.cases = load_reference(artifact.folder)
+        self.atol = atol
+        self.spec = artifact.manifest.spec()
+        self.progress = progress
+
+    def validated(self, path: Path, name: str):
+        report = run_reference_cases(path, self.cases, atol=self.atol, spec=self.spec)
+        check(report, what=f"the {name} variant")
+        return report
+
+
+def _graph_level_variant(ctx: _Context, level: str) -> Variant:
+    """ORT's own graph optimizations at ``level``, saved offline; the file runs at that level too."""
+    name = f"ort-{level}"
+    start = time.perf_counter()
+    notes: tuple[str, ...] = ()
+    if level == "disabled":  # changes nothing: the export itself, run without optimizations
+        path = ctx.src
+        validation = ctx.validated(path, name)
+    else:
+        path = ctx.folder / f"ort_{level}.onnx"
+        with _staged_file(path) as tmp:
+            make_session(ctx.src, level=level, optimized_model_path=tmp)
+            validation = ctx.validated(tmp, name)
+        if level == "all":
+            notes = ("optimized for this machine's CPU (layout transforms); re-run optimize on the target",)
+    return Variant(name=name, file=path.name, stage="ort-graph", options={"level": level, "session_level": level},
+                   size_bytes=path.stat().st_size, seconds=round(time.perf_counter() - start, 3),
+                   validation=validation.to_json(), fusion={"counts": count_ops(path)}, notes=notes)
+
+
+def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
+    """onnxruntime.transformers' fusion optimizer for the family's ORT model type, with a fusion report."""
+    m = ctx.manifest
+    options = {"model_type": m.ort_model_type, "num_heads": m.num_heads, "hidden_size": m.hidden_size,
+               "use_gpu": use_gpu}
+    path = ctx.folder / "model_optimized.onnx"
+    start = time.perf_counter()
+    with _staged_file(path) as tmp:
+        report = fuse(ctx.src, tmp, num_layers=m.num_layers, hint=ctx.spec.fusion_hint, **options)
+        if report.warning:
+            ctx.progress.step(report.warning)
+        validation = ctx.validated(tmp, "optimized")
+    return Variant(name="optimized", file=path.name, stage="transformer-fusion", options=options,
+                   size_bytes=path.stat().st_size, seconds=round(time.perf_counter() - start, 3),
+                   validation=validation.to_json(), fusion=report.to_json())
 
 
 def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *,
@@ -40,69 +103,24 @@ def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *
     """Add graph-level and transformer-fusion variants to the folder; returns the updated artifact.
 
     Each variant is written under a temporary name, validated, then renamed into place, so a
-    failure leaves the folder as it was.
+    failure leaves the folder as it was. A fusion the optimizer cannot do is recorded as skipped.
     """
     opts = options.resolved()
     artifact = Artifact.open(folder)
-    manifest = artifact.manifest
-    src = artifact.path_of("model")
-    make_session(src)  # a corrupted export fails here, before anything is written
-    cases = load_reference(artifact.folder)
-    atol = opts.atol or manifest.atol
-
-    jobs: list[tuple[str, str, dict]] = [(f"ort-{lv}", "ort-graph", {"level": lv}) for lv in opts.levels]
+    ctx = _Context(artifact, opts.atol or artifact.manifest.atol, progress)
+    jobs = [(f"ort-{lv}", lambda lv=lv: _graph_level_variant(ctx, lv)) for lv in opts.levels]
     if opts.transformer_fusion:
-        jobs.append(("optimized", "transformer-fusion",
-                     {"model_type": manifest.ort_model_type, "num_heads": manifest.num_heads,
-                      "hidden_size": manifest.hidden_size, "use_gpu": opts.use_gpu}))
-
-    for i, (name, stage, job_opts) in enumerate(jobs, 1):
+        jobs.append(("optimized", lambda: _fusion_variant(ctx, opts.use_gpu)))
+    manifest = artifact.manifest
+    for i, (name, make) in enumerate(jobs, 1):
         progress.step(f"[{i}/{len(jobs)}] {name}")
-        final = artifact.folder / f"{name.replace('-', '_')}.onnx" if name != "optimized" \
-            else artifact.folder / "model_optimized.onnx"
-        tmp = final.with_name(f".{final.stem}.partial.onnx")
-        start = time.perf_counter()
         try:
-            fusion = None
-            notes: tuple[str, ...] = ()
-            if stage == "ort-graph" and job_opts["level"] == "disabled":
-                # Level "disabled" changes nothing: the variant is the export run without optimizations.
-                final = src
-                tmp = src
-            if stage == "ort-graph":
-                if tmp != src:
-                    _save_graph_level(src, tmp, job_opts["level"])
-                # The saved graph runs at the same level it was optimized at, so levels stay distinct.
-                job_opts = {**job_opts, "session_level": job_opts["level"]}
-                if job_opts["level"] == "all":
-                    notes = ("optimized for this machine's CPU (layout transforms); re-run optimize on the target",)
-                fusion = {"counts": count_ops(tmp)}
-            else:
-                try:
-                    report = fuse(src, tmp, model_type=job_opts["model_type"], num_heads=job_opts["num_heads"],
-                                  hidden_size=job_opts["hidden_size"], num_layers=manifest.num_layers,
-                                  use_gpu=job_opts["use_gpu"], hint=manifest.spec().fusion_hint)
-                except ArtifactError as exc:
-                    # The other variants stand; this one is recorded as skipped, loudly.
-                    progress.step(f"WARNING: {name} skipped: {exc}")
-                    manifest = manifest.with_skipped(name, str(exc))
-                    artifact.save(manifest)
-                    continue
-                fusion = report.to_json()
-                if report.warning:
-                    progress.step(report.warning)
-            seconds = time.perf_counter() - start
-            validation = run_reference_cases(tmp, cases, atol=atol, spec=manifest.spec())
-            check(validation, what=f"the {name} variant")
-            if tmp != final:
-                os.replace(tmp, final)
-        finally:
-            if tmp != src:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-        variant = Variant(name=name, file=final.name, stage=stage, options=job_opts,
-                          size_bytes=final.stat().st_size, seconds=round(seconds, 3),
-                          validation=validation.to_json(), fusion=fusion, notes=notes)
-        manifest = manifest.with_variant(variant)
+            manifest = manifest.with_variant(make())
+        except ArtifactError as exc:
+            if name != "optimized":
+                raise
+            # The other variants stand; this one is recorded as skipped, loudly.
+            progress.step(f"WARNING: {name} skipped: {exc}")
+            manifest = manifest.with_skipped(name, str(exc))
         artifact.save(manifest)
     return artifact
