@@ -107,6 +107,20 @@ def main(argv=None) -> int:
                                     TimingPlan(warmup=20, min_iterations=200, min_seconds=1.0, pause_s=0))["mm"]
             print(f"  {SEQ}x{k}x{n}: {2 * SEQ * k * n / np.median(t) / 1e9:.0f} GFLOP/s")
 
+        # 3b. a matrix too big for the cache: GPT-2's LM head (768 x 50257), one token -> memory bandwidth
+        x = np.random.rand(1, 768).astype(np.float32)
+        w = np.random.rand(768, 50257).astype(np.float32)
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 768])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 50257])],
+                              [numpy_helper.from_array(w, "w")])
+        s = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                                 so_plain(ort, args.threads), providers=["CPUExecutionProvider"])
+        t = measure_interleaved({"mm": lambda: s.run(None, {"x": x})},
+                                TimingPlan(warmup=10, min_iterations=50, min_seconds=1.0, pause_s=0))["mm"]
+        print(f"  1x768x50257 (GPT-2's LM head, {w.nbytes / 1e6:.0f} MB): {w.nbytes / np.median(t) / 1e9:.1f} GB/s "
+              "(memory-bound: a decode step reads every weight once)")
+
         # 4. ORT session settings, interleaved with eager PyTorch
         settings = {
             "spinning off (torchship default)": {"session.intra_op.allow_spinning": "0"},
