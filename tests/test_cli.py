@@ -25,8 +25,9 @@ def assert_one_line_error(proc, pattern):
     assert pattern in errors[0], errors[0]
 
 
-@pytest.mark.parametrize("cmd", [("torchship",), ("export-bert",), ("torchship", "export"), ("torchship", "optimize"),
-                                 ("torchship", "bench"), ("torchship", "predict"), ("torchship", "demo")])
+@pytest.mark.parametrize("cmd", [("torchship",), ("export-bert",), ("export-gpt2",), ("torchship", "export"),
+                                 ("torchship", "optimize"), ("torchship", "bench"), ("torchship", "predict"),
+                                 ("torchship", "generate"), ("torchship", "demo")])
 def test_help(cmd):
     proc = run(*cmd, "--help")
     assert proc.returncode == 0 and "Usage:" in proc.stdout
@@ -114,3 +115,24 @@ def test_corrupted_onnx_and_nonsense_shapes(exported, tmp_path):
     assert_one_line_error(run("torchship", "bench", str(folder), "--backends", "ort", "--min-seconds", "0"),
                           "corrupted")
     assert not (folder / "bench").exists()
+
+
+def test_export_gpt2_bench_generate(decoder_dir, model_dirs, exported, tmp_path):
+    out = tmp_path / "gpt2"
+    proc = run("export-gpt2", "--model", str(decoder_dir), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "exporter dynamo opset 23" in proc.stdout and "fused: Attention 2/2" in proc.stdout
+    proc = run("torchship", "bench", str(out), "--batch-sizes", "1", "--prompt-length", "12", "--min-seconds", "0",
+               "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "| ort-optimized | decode | 1 | 1 | 12 |" in proc.stdout and "| torch | prefill | 1 | 12 | 0 |" in proc.stdout
+    proc = run("torchship", "generate", str(out), "hello world", "--max-new-tokens", "4", "--backend", "torch")
+    assert proc.returncode == 0, proc.stderr
+    # Bad inputs: an encoder to export-gpt2, a decoder to export-bert, a nonsense prompt length.
+    assert_one_line_error(run("export-gpt2", "--model", str(model_dirs("bert")), "-o", str(tmp_path / "x")),
+                          "use export-bert")
+    assert_one_line_error(run("export-bert", "--model", str(decoder_dir), "-o", str(tmp_path / "x")),
+                          "use export-gpt2")
+    assert_one_line_error(run("torchship", "bench", str(out), "--prompt-length", "5000"), "--prompt-length")
+    assert_one_line_error(run("torchship", "generate", str(exported("bert")), "hi"), "generate needs a decoder")
+    assert not (tmp_path / "x").exists()
