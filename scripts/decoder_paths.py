@@ -23,13 +23,13 @@ def main(argv=None) -> int:
     from benchmark import GPT2_CONFIG, random_model
 
     from torchship.artifact import Artifact
-    from torchship.benchmarks.decoder import _loader, _TorchCacheStep
+    from torchship.benchmarks.decoder import _TorchCacheStep
     from torchship.benchmarks.timing import TimingPlan, measure_interleaved
     from torchship.exporters.decoders import DecoderShape
     from torchship.exporters.export import ExportOptions, export
     from torchship.optimizers import OptimizeOptions, optimize
     from torchship.optimizers.fusion import count_ops
-    from torchship.runtimes import RuntimeOptions, create_predictor
+    from torchship.runtimes import RuntimeOptions, create_predictor, source_model_loader
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             for backend, label in (("ort", exporter), ("ort-optimized", f"{exporter} + fusion pass")):
                 if (backend == "ort") or "optimized" in art.manifest.variants:
                     preds[label] = create_predictor(Artifact.open(art.folder), backend, runtime).activate()
-        torch_step = _TorchCacheStep(_loader(ts, None), args.threads).activate()
+        torch_step = _TorchCacheStep(source_model_loader(ts), args.threads).activate()
         print(f"\n| phase | {' | '.join(['eager PyTorch', *preds])} |")
         print("|---|" + "---:|" * (len(preds) + 1))
         for phase, seq, past in (("prefill: 128-token prompt", 128, 0), ("decode: 1 token, 128 past", 1, 128)):

@@ -96,26 +96,27 @@ def export_cmd(model, output, optimize_after, **flags):
     _do_export(model, output, optimize_after, **flags)
 
 
-@click.command("export-bert", context_settings={"help_option_names": ["-h", "--help"]})
-@_export_params
-@click.option("--optimize/--no-optimize", "optimize_after", default=True, show_default=True,
-              help="Also save ORT graph levels and the transformer-fused model.")
-@friendly_errors
-def export_bert(model, output, optimize_after, **flags):
-    """Export a BERT-like encoder (BERT, RoBERTa, DistilBERT, ELECTRA, MiniLM) to ONNX, validated and optimized."""
-    _quiet_libraries()
-    _do_export(model, output, optimize_after, kind="encoder", **flags)
+def _family_export_command(name: str, kind: str, doc: str):
+    """A console script that exports one kind of family (export-bert, export-gpt2) and optimizes."""
+
+    @click.command(name, help=doc, context_settings={"help_option_names": ["-h", "--help"]})
+    @_export_params
+    @click.option("--optimize/--no-optimize", "optimize_after", default=True, show_default=True,
+                  help="Also save ORT graph levels and the transformer-fused model.")
+    @friendly_errors
+    def command(model, output, optimize_after, **flags):
+        _quiet_libraries()
+        _do_export(model, output, optimize_after, kind=kind, **flags)
+
+    return command
 
 
-@click.command("export-gpt2", context_settings={"help_option_names": ["-h", "--help"]})
-@_export_params
-@click.option("--optimize/--no-optimize", "optimize_after", default=True, show_default=True,
-              help="Also save ORT graph levels and the transformer-fused model.")
-@friendly_errors
-def export_gpt2(model, output, optimize_after, **flags):
-    """Export a GPT-2-like decoder with its KV cache to ONNX (one model for prompt and decode steps)."""
-    _quiet_libraries()
-    _do_export(model, output, optimize_after, kind="decoder", **flags)
+export_bert = _family_export_command(
+    "export-bert", "encoder",
+    "Export a BERT-like encoder (BERT, RoBERTa, DistilBERT, ELECTRA, MiniLM) to ONNX, validated and optimized.")
+export_gpt2 = _family_export_command(
+    "export-gpt2", "decoder",
+    "Export a GPT-2-like decoder with its KV cache to ONNX (one model for prompt and decode steps).")
 
 
 def export_bert_main():

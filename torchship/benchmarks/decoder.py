@@ -19,7 +19,7 @@ from torchship.benchmarks.run import accuracy_of, default_threads
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
 from torchship.errors import InputError
 from torchship.exporters.decoders import DecoderShape, past_names
-from torchship.runtimes import ORT_BACKENDS, RuntimeOptions, create_predictor
+from torchship.runtimes import ORT_BACKENDS, RuntimeOptions, create_predictor, source_model_loader
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def run_decoder_benchmark(folder, options: DecoderBenchOptions = DecoderBenchOpt
     torch_step = None
     if "torch" in options.backends:
         progress.step("loading torch")
-        torch_step = _TorchCacheStep(_loader(artifact, options.reference_model), options.threads).activate()
+        torch_step = _TorchCacheStep(source_model_loader(artifact, options.reference_model), options.threads).activate()
 
     measurements = []
     phases = [("prefill", options.prompt, 0), ("decode", 1, options.prompt)]
@@ -142,20 +142,3 @@ def run_decoder_benchmark(folder, options: DecoderBenchOptions = DecoderBenchOpt
         measurements=tuple(measurements),
         baseline=options.backends[0],
     )
-
-
-def _loader(artifact: Artifact, override: str | None):
-    from torchship import loading
-
-    manifest = artifact.manifest
-    source = override or manifest.source.get("resolved", "")
-    source = source[4:] if source.startswith("hub:") else source
-    if not source or source == "python object":
-        raise InputError(f"{artifact.folder} was exported from a Python object; pass --reference-model")
-    spec = manifest.spec()
-
-    def load():
-        ref = loading.resolve(source)
-        return loading.load_model(ref, loading.load_config(ref), model_class=spec.model_class(manifest.task))
-
-    return load

@@ -91,12 +91,18 @@ def plot(report: BenchReport, path: Path) -> None:
     ax.set_xticks(range(len(shapes)), [f"{_phase(report, b, s) + ' ' if phased else ''}b{b} s{s}" for b, s in shapes])
     ax.set_ylabel("median latency (ms, lower is better)")
     ax.set_yscale("log")
-    ax.set_title(f"{Path(report.model).name}: {report.environment.threads} threads, {report.environment.cpu}"[:90],
+    ax.set_title(f"{display_name(report.model)}: {report.environment.threads} threads, {report.environment.cpu}"[:90],
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def display_name(model: str) -> str:
+    """A hub id as it is; a folder by its last two components (checkpoint folders are often just 'model')."""
+    path = Path(model)
+    return "/".join(path.parts[-2:]) if path.is_absolute() or len(path.parts) > 2 else model
 
 
 def _phase(report: BenchReport, batch: int, sequence: int) -> str:

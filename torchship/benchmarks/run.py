@@ -79,7 +79,8 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
     manifest = artifact.manifest
     spec = manifest.spec()
     if spec.kind != "encoder":
-        raise InputError(f"{artifact.folder} holds a {spec.kind}; benchmark it with torchship bench-generate")
+        raise InputError(f"{artifact.folder} holds a {spec.kind}; benchmark it with run_decoder_benchmark "
+                         "(torchship bench picks it for decoders)")
     _check(artifact, options)
     config = manifest.load_config(artifact.folder)
     io = manifest.io()

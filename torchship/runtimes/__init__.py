@@ -61,9 +61,9 @@ def create_predictor(artifact: Artifact, backend: str, options: RuntimeOptions =
     raise InputError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _torch_builder(artifact: Artifact, override: str | None):
-    """A function loading the export's source checkpoint the way a PyTorch user would, wrapped by
-    its family's spec; it also returns example inputs (for tracing)."""
+def source_model_loader(artifact: Artifact, override: str | None = None):
+    """A function that loads the export's source checkpoint (or ``override``) the way a PyTorch user
+    would: the family's model class, default attention, eval mode."""
     from torchship import loading
 
     manifest = artifact.manifest
@@ -73,14 +73,23 @@ def _torch_builder(artifact: Artifact, override: str | None):
     if not source or source == "python object":
         raise InputError(f"{artifact.folder} was exported from a Python object; pass the checkpoint "
                          "for the PyTorch backends with --reference-model")
-    spec = manifest.spec()
-    io = manifest.io()
+    model_class = manifest.spec().model_class(manifest.task)
+
+    def load():
+        ref = loading.resolve(source)
+        return loading.load_model(ref, loading.load_config(ref), model_class=model_class)
+
+    return load
+
+
+def _torch_builder(artifact: Artifact, override: str | None):
+    """Loads the source model wrapped by its family's spec, with example inputs (for tracing)."""
+    load = source_model_loader(artifact, override)
+    spec = artifact.manifest.spec()
+    io = artifact.manifest.io()
 
     def build():
-        ref = loading.resolve(source)
-        config = loading.load_config(ref)
-        model = loading.load_model(ref, config, model_class=spec.model_class(manifest.task))
-        example = spec.sample_inputs(model.config, io, spec.dummy_case, seed=0)
-        return spec.wrapper(model, io), example
+        model = load()
+        return spec.wrapper(model, io), spec.sample_inputs(model.config, io, spec.dummy_case, seed=0)
 
     return build
