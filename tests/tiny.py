@@ -41,12 +41,24 @@ def make_tokenizer(folder: Path):
     return BertTokenizerFast(vocab={tok: i for i, tok in enumerate(vocabulary())}, do_lower_case=True)
 
 
-def make_decoder(model_type: str = "gpt2", *, seed: int = 0):
+def make_bpe_tokenizer():
+    """A GPT-2-style byte-level BPE tokenizer trained in code: like GPT-2's, it has no pad token."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([" ".join(WORDS)] * 20 + list(WORDS), vocab_size=300, min_frequency=1,
+                            special_tokens=["<|endoftext|>"], show_progress=False)
+    end = "<|endoftext|>"
+    return GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=end, bos_token=end, unk_token=end)
+
+
+def make_decoder(model_type: str = "gpt2", *, seed: int = 0, vocab_size: int | None = None):
     """A tiny random causal LM whose vocabulary matches the generated tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    n = len(vocabulary())
+    n = vocab_size or len(vocabulary())
     # No end-of-sequence token: a random model would emit it at once and end every test generation.
     config = AutoConfig.for_model(model_type, **TINY_DECODER_CONFIGS[model_type], vocab_size=n,
                                   bos_token_id=None, eos_token_id=None, pad_token_id=0)
@@ -59,10 +71,10 @@ def make_decoder(model_type: str = "gpt2", *, seed: int = 0):
     return model
 
 
-def save_decoder_dir(folder: Path, model_type: str = "gpt2") -> Path:
+def save_decoder_dir(folder: Path, model_type: str = "gpt2", *, bpe: bool = False) -> Path:
     folder = Path(folder)
-    tokenizer = make_tokenizer(folder)
-    model = make_decoder(model_type)
+    tokenizer = make_bpe_tokenizer() if bpe else make_tokenizer(folder)
+    model = make_decoder(model_type, vocab_size=len(tokenizer))
     model.generation_config.pad_token_id = 0
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

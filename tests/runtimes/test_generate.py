@@ -81,3 +81,26 @@ def test_generate_cli(decoder_export, decoder_dir, tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("hello ") and "per new token" in proc.stderr
     proc = subprocess.run([exe, "predict", str(decoder_export), "hello"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "use torchship generate" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gpt2_style_tokenizer_without_pad_token(tmp_path):
+    """GPT-2's BPE tokenizer has no pad token: prompts are padded with its end token, on the left."""
+    from tiny import save_decoder_dir
+    from torchship.exporters.export import export
+
+    src = save_decoder_dir(tmp_path / "bpe-gpt2", bpe=True)
+    assert AutoTokenizer.from_pretrained(src).pad_token is None
+    out = tmp_path / "onnx"
+    export(str(src), out)
+    prompts = ["the good dog is running fast and", "hello world"]
+    exe = str(Path(sys.executable).parent / "torchship")
+    proc = subprocess.run([exe, "generate", str(out), *prompts, "--max-new-tokens", "8", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    tok = AutoTokenizer.from_pretrained(src)
+    ids, mask = encode_prompts(tok, prompts)
+    assert mask[1, 0] == 0 and tok.pad_token == tok.eos_token
+    expected = hf_greedy(src, ids, mask, 8)
+    results = json.loads(proc.stdout)["results"]
+    assert [r["tokens"] for r in results] == expected.tolist()
+    assert results[0]["text"] == tok.decode(expected[0], skip_special_tokens=True)
