@@ -40,11 +40,13 @@ def test_decoder_export_io_and_validation(decoder_export):
         assert v.validation["passed"], v.name
 
 
-def test_decoder_export_matches_pytorch_at_new_shapes(decoder_export):
+def test_decoder_export_matches_pytorch_at_new_shapes(decoder_export, decoder_dir):
     """Independently of torchship's own validation: the graph is dynamic in batch, sequence and past."""
+    from transformers import AutoModelForCausalLM
+
     m = Artifact.open(decoder_export).manifest
     io = m.io()
-    model = make_decoder()
+    model = AutoModelForCausalLM.from_pretrained(decoder_dir).eval()  # the checkpoint that was exported
     wrapper = spec_for("gpt2").wrapper(model, io)
     sess = ort.InferenceSession(str(decoder_export / "model.onnx"), providers=["CPUExecutionProvider"])
     for case in (DecoderShape(4, 5, 0, (0, 1, 2, 4)), DecoderShape(2, 2, 30, (0, 13)), DecoderShape(1, 1, 60)):
