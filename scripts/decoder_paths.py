@@ -46,7 +46,7 @@ def main(argv=None) -> int:
             print(f"{exporter}: model.onnx {m.variants['model'].size_bytes / 1e6:.0f} MB, "
                   f"Attention ops {count_ops(out / 'model.onnx')['Attention']}, after fusion pass {fused}")
         ts = arts["torchscript"]
-        cfg, io, spec = ts.manifest.load_config(ts.folder), ts.manifest.io(), ts.manifest.spec()
+        cfg, io, spec = ts.load_config(), ts.manifest.io(), ts.manifest.spec()
         runtime = RuntimeOptions(threads=args.threads)
         preds = {}
         for exporter, art in arts.items():

@@ -30,11 +30,20 @@ def make_encoder_wrapper(model, output_names: tuple[str, ...]):
     return EncoderWrapper().eval()
 
 
+def cache_from_past(past, num_layers: int):
+    """A transformers DynamicCache from flat past tensors ordered layer by layer, key before value."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i in range(num_layers):
+        cache.update(past[2 * i], past[2 * i + 1], i)
+    return cache
+
+
 def make_decoder_wrapper(model, num_layers: int):
     """Wrap a causal LM so the KV cache travels as flat tensors: (ids, mask, positions, *past) ->
     (logits, *present), past and present ordered layer by layer, key before value."""
     import torch
-    from transformers import DynamicCache
 
     class DecoderWrapper(torch.nn.Module):
         def __init__(self):
@@ -42,9 +51,7 @@ def make_decoder_wrapper(model, num_layers: int):
             self.model = model
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
-            cache = DynamicCache()
-            for i in range(num_layers):
-                cache.update(past[2 * i], past[2 * i + 1], i)
+            cache = cache_from_past(past, num_layers)
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=cache, use_cache=True, return_dict=True)
             present = []

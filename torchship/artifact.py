@@ -96,15 +96,6 @@ class Manifest:
 
         return spec_for(self.model_type)
 
-    def load_config(self, folder: Path):
-        """The transformers config saved beside the model."""
-        from transformers import AutoConfig
-
-        try:
-            return AutoConfig.from_pretrained(str(folder))
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"{folder}/config.json cannot be read ({exc}); re-run torchship export") from None
-
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(i["name"] for i in self.inputs)
@@ -190,6 +181,23 @@ class Artifact:
         if not path.is_file():
             raise ArtifactError(f"{path} is missing; re-run torchship export or optimize")
         return path
+
+    def load_config(self):
+        """The transformers config saved beside the model."""
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(str(self.folder))
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{self.folder}/config.json cannot be read ({exc}); re-run torchship export") from None
+
+    def require_kind(self, kind: str, hint: str) -> "Artifact":
+        """Refuse a folder of the other kind of family ("encoder", "decoder"), saying what to use instead."""
+        actual = self.manifest.spec().kind
+        if actual != kind:
+            article = "an" if actual[0] in "aeiou" else "a"
+            raise InputError(f"{self.folder} holds {article} {actual}; {hint}")
+        return self
 
     def best_variant(self) -> str:
         """The most optimized validated variant: transformer fusion, else ORT graph 'all', else the export."""

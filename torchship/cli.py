@@ -12,7 +12,7 @@ import click
 
 from torchship import options as o
 from torchship._progress import Progress
-from torchship.errors import InputError, TorchshipError
+from torchship.errors import TorchshipError
 
 _PROGRESS = Progress(step=lambda text: click.echo(f"torchship: {text}", err=True))
 
@@ -211,9 +211,7 @@ def predict_cmd(folder, texts, backend, device, as_json):
     from torchship.runtimes import RuntimeOptions, create_predictor
     from torchship.runtimes.text import TextModel
 
-    artifact = Artifact.open(folder)
-    if artifact.manifest.spec().kind != "encoder":
-        raise InputError(f"{folder} holds a {artifact.manifest.spec().kind}; use torchship generate")
+    artifact = Artifact.open(folder).require_kind("encoder", "use torchship generate")
     backend = _resolve_backend(artifact, backend)
     predictor = create_predictor(artifact, backend, RuntimeOptions(device=device))
     with predictor:
@@ -248,9 +246,7 @@ def generate_cmd(folder, prompts, max_new_tokens, backend, device, as_json):
     from torchship.runtimes.generate import Generator, encode_prompts
     from torchship.runtimes.text import load_tokenizer
 
-    artifact = Artifact.open(folder)
-    if artifact.manifest.spec().kind != "decoder":
-        raise InputError(f"{folder} holds a {artifact.manifest.spec().kind}; generate needs a decoder (export-gpt2)")
+    artifact = Artifact.open(folder).require_kind("decoder", "generate needs a decoder (export-gpt2)")
     backend = _resolve_backend(artifact, backend)
     tokenizer = load_tokenizer(artifact)
     ids, mask = encode_prompts(tokenizer, list(prompts))

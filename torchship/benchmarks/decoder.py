@@ -14,7 +14,7 @@ import numpy as np
 
 from torchship import _progress
 from torchship.artifact import Artifact, library_versions
-from torchship.benchmarks.results import Accuracy, BenchReport, Environment, Measurement
+from torchship.benchmarks.results import BenchReport, Environment, Measurement
 from torchship.benchmarks.run import accuracy_of, default_threads
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
 from torchship.errors import InputError
@@ -52,7 +52,8 @@ class _TorchCacheStep:
     def step_fn(self, feeds: dict[str, np.ndarray], layers: int, phase: str):
         """A callable running one timed forward; it returns the logits."""
         import torch
-        from transformers import DynamicCache
+
+        from torchship._torch import cache_from_past
 
         args = {k: torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "position_ids")}
         model = self.model
@@ -61,11 +62,8 @@ class _TorchCacheStep:
                 with torch.inference_mode():
                     return model(**args, use_cache=True).logits
             return prefill
-        names = past_names(layers)
         new_tokens = feeds["input_ids"].shape[1]
-        cache = DynamicCache()
-        for i in range(layers):
-            cache.update(torch.from_numpy(feeds[names[2 * i]]), torch.from_numpy(feeds[names[2 * i + 1]]), i)
+        cache = cache_from_past([torch.from_numpy(feeds[n]) for n in past_names(layers)], layers)
 
         def decode():
             with torch.inference_mode():
@@ -77,26 +75,25 @@ class _TorchCacheStep:
 
 def run_decoder_benchmark(folder, options: DecoderBenchOptions = DecoderBenchOptions(), *,
                           progress: _progress.Progress = _progress.SILENT) -> BenchReport:
-    artifact = Artifact.open(folder)
+    artifact = Artifact.open(folder).require_kind("decoder", "use torchship bench")
     manifest = artifact.manifest
     spec = manifest.spec()
-    if spec.kind != "decoder":
-        raise InputError(f"{artifact.folder} holds an {spec.kind}; use torchship bench")
-    config = manifest.load_config(artifact.folder)
-    limit = int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024))
+    config = artifact.load_config()
+    limit = spec.max_positions(config)
     if not 1 <= options.prompt < limit:
         raise InputError(f"--prompt-length must be between 1 and {limit - 1} (the model's positions), got {options.prompt}")
     if options.threads < 1 or any(b < 1 for b in options.batch_sizes):
         raise InputError("--threads and batch sizes must be 1 or more")
     for backend in options.backends:
-        if backend in ORT_BACKENDS and ORT_BACKENDS[backend] not in manifest.variants:
-            raise InputError(f"{artifact.folder} has no variant for backend {backend}; run: torchship optimize {folder}")
         if backend not in ORT_BACKENDS and backend != "torch":
             raise InputError(f"backend {backend!r} is not available for decoders; use torch or an ort backend")
     io = manifest.io()
     layers = manifest.num_layers
     runtime = RuntimeOptions(threads=options.threads, spin=options.spin)
-    ort_preds = {b: create_predictor(artifact, b, runtime).activate() for b in options.backends if b != "torch"}
+    # Creating a predictor loads nothing; a missing variant fails here, before anything runs.
+    ort_preds = {b: create_predictor(artifact, b, runtime) for b in options.backends if b != "torch"}
+    for pred in ort_preds.values():
+        pred.activate()
     torch_step = None
     if "torch" in options.backends:
         progress.step("loading torch")

@@ -53,7 +53,7 @@ def markdown(report: BenchReport) -> str:
         "",
         f"CPU: {env.cpu} ({env.logical_cpus} logical CPUs); threads for every backend: {env.threads}; "
         f"ORT spinning: {'on' if env.ort_spinning else 'off'}; GPU: {env.gpu or 'none'}.",
-        f"Versions: " + ", ".join(f"{k} {v}" for k, v in env.versions.items() if k not in ("platform",) and v),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in env.versions.items() if k not in ("platform",) and v),
         "",
         f"Latencies are medians (p50) and tails over {report.settings['min_iterations']}+ runs per backend, "
         "backends interleaved in blocks. Accuracy compares the first output with the baseline on the same inputs "

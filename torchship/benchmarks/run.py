@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -45,46 +44,28 @@ def accuracy_of(ref: np.ndarray, got: np.ndarray, *, reference: str, output: str
                     float(cos.min()), float(cos.mean()))
 
 
-def _check(artifact: Artifact, opts: BenchOptions) -> None:
+def _check(artifact: Artifact, config, opts: BenchOptions) -> None:
     if opts.threads < 1:
         raise InputError(f"--threads must be 1 or more, got {opts.threads}")
-    limit = _position_limit(artifact)
+    limit = artifact.manifest.spec().max_positions(config)
     if not opts.shapes or any(b < 1 or s < 1 for b, s in opts.shapes):
         raise InputError(f"benchmark shapes must be positive (batch, sequence) pairs, got {list(opts.shapes)}")
     too_long = [s for _, s in opts.shapes if s > limit]
     if too_long:
         raise InputError(f"sequence length {too_long[0]} exceeds the model's limit of {limit} positions")
-    for backend in opts.backends:
-        if backend in ORT_BACKENDS and ORT_BACKENDS[backend] not in artifact.manifest.variants:
-            raise InputError(f"{artifact.folder} has no variant for backend {backend}; "
-                             f"run: torchship optimize {artifact.folder}")
-
-
-def _position_limit(artifact: Artifact) -> int:
-    cfg_path = artifact.folder / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError):
-        return 512
-    limit = int(cfg.get("max_position_embeddings", 512))
-    # RoBERTa-style models offset positions by the padding index.
-    if cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
-        limit -= int(cfg.get("pad_token_id", 1)) + 1
-    return limit
 
 
 def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
                   progress: _progress.Progress = _progress.SILENT) -> BenchReport:
-    artifact = Artifact.open(folder)
+    artifact = Artifact.open(folder).require_kind(
+        "encoder", "benchmark it with run_decoder_benchmark (torchship bench picks it for decoders)")
     manifest = artifact.manifest
     spec = manifest.spec()
-    if spec.kind != "encoder":
-        raise InputError(f"{artifact.folder} holds a {spec.kind}; benchmark it with run_decoder_benchmark "
-                         "(torchship bench picks it for decoders)")
-    _check(artifact, options)
-    config = manifest.load_config(artifact.folder)
+    config = artifact.load_config()
+    _check(artifact, config, options)
     io = manifest.io()
     runtime = RuntimeOptions(threads=options.threads, spin=options.spin, reference_model=options.reference_model)
+    # Creating a predictor loads nothing; a missing variant fails here, before anything runs.
     predictors = {b: create_predictor(artifact, b, runtime) for b in options.backends}
     for name, p in predictors.items():
         progress.step(f"loading {name}")

@@ -41,6 +41,11 @@ class DecoderShape:
         return f"batch {self.batch} x seq {self.sequence} past {self.past}{pad}"
 
 
+def positions_from_mask(mask: np.ndarray) -> np.ndarray:
+    """Position ids that count only real tokens (left padding sits at 0), as transformers does."""
+    return np.clip(mask.cumsum(axis=1) - 1, 0, None).astype(np.int64)
+
+
 def make_decoder_inputs(io: ModelIO, case: DecoderShape, *, num_heads: int, head_dim: int, vocab_size: int,
                         seed: int = 0) -> dict[str, np.ndarray]:
     """Random ids, a left-padded attention mask over past + new tokens, matching position ids and past."""
@@ -51,11 +56,10 @@ def make_decoder_inputs(io: ModelIO, case: DecoderShape, *, num_heads: int, head
         if pad >= total:
             raise ValueError(f"row {row} would be all padding")
         mask[row, :pad] = 0
-    positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)[:, case.past:]
     feeds = {
         "input_ids": rng.integers(0, vocab_size, size=(case.batch, case.sequence), dtype=np.int64),
         "attention_mask": mask,
-        "position_ids": positions.astype(np.int64),
+        "position_ids": positions_from_mask(mask)[:, case.past:],
     }
     for spec in io.inputs:
         if spec.name.startswith("past_key_values."):
@@ -116,6 +120,9 @@ class DecoderSpec:
         heads = int(config.num_attention_heads)
         return make_decoder_inputs(io, case, num_heads=heads, head_dim=int(config.hidden_size) // heads,
                                    vocab_size=int(config.vocab_size), seed=seed)
+
+    def max_positions(self, config) -> int:
+        return int(config.max_position_embeddings)
 
     def case_shape(self, case: DecoderShape) -> tuple[int, ...]:
         return (case.batch, case.sequence, case.past)

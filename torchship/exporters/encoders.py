@@ -20,6 +20,7 @@ class EncoderSpec:
     ort_model_type: str = "bert"
     atol: float = 1e-4
     kind: str = "encoder"
+    positions_after_padding: bool = False  # RoBERTa-style: position ids start at pad_token_id + 1
     default_exporter: str = "torchscript"
     fusion_hint: str = "Export with --exporter torchscript --attn-implementation eager for full fusion"
     tasks: tuple[str, ...] = ENCODER_TASKS
@@ -60,6 +61,12 @@ class EncoderSpec:
     def sample_inputs(self, config, io: ModelIO, case: TextShape, *, seed: int):
         return make_text_inputs(io.input_names, case, seed=seed, **text_vocab(config))
 
+    def max_positions(self, config) -> int:
+        limit = int(config.max_position_embeddings)
+        if self.positions_after_padding:
+            limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+        return limit
+
     def case_shape(self, case: TextShape) -> tuple[int, ...]:
         return (case.batch, case.sequence)
 
@@ -80,7 +87,7 @@ _NO_SEGMENTS = ("input_ids", "attention_mask")
 
 ENCODER_SPECS = tuple(register(s) for s in (
     EncoderSpec("bert", ("bert",), _WITH_SEGMENTS),
-    EncoderSpec("roberta", ("roberta", "xlm-roberta", "camembert"), _NO_SEGMENTS),
+    EncoderSpec("roberta", ("roberta", "xlm-roberta", "camembert"), _NO_SEGMENTS, positions_after_padding=True),
     EncoderSpec("distilbert", ("distilbert",), _NO_SEGMENTS),
     EncoderSpec("electra", ("electra",), _WITH_SEGMENTS),
 ))

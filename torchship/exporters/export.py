@@ -83,9 +83,15 @@ class _Plan:
     atol: float
 
 
-def _plan(spec: ModelSpec, model, task: str, opts: ExportOptions) -> _Plan:
+def _resolve_task(spec: ModelSpec, requested: str | None, config) -> str:
+    """The requested task, else the family's default for this config; checked before any loading."""
+    task = requested or spec.default_task(config)
     if task not in spec.tasks:
         raise InputError(f"unknown task {task!r} for {spec.family}; use one of {', '.join(spec.tasks)}")
+    return task
+
+
+def _plan(spec: ModelSpec, model, task: str, opts: ExportOptions) -> _Plan:
     dummy = opts.dummy_case or spec.dummy_case
     cases = tuple(opts.validation_cases or spec.validation_cases)
     for case in cases:
@@ -149,9 +155,7 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
     config = loading.load_config(ref, trust_remote_code=opts.trust_remote_code)
     spec = spec_for(getattr(config, "model_type", "?"), source=model, kind=opts.kind)
     opts = opts.resolved(spec)
-    task = opts.task or spec.default_task(config)
-    if task not in spec.tasks:
-        raise InputError(f"unknown task {task!r} for {spec.family}; use one of {', '.join(spec.tasks)}")
+    task = _resolve_task(spec, opts.task, config)
     torch_model = loading.load_model(ref, config, model_class=spec.model_class(task),
                                      allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code,
                                      attn_implementation=opts.attn_implementation)
@@ -169,8 +173,7 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
     check_output_dir(Path(output))
     spec = spec_for(getattr(model.config, "model_type", "?"), source=type(model).__name__, kind=options.kind)
     opts = options.resolved(spec)
-    if task is None:
-        task = spec.default_task(replace_architectures(model))
+    task = _resolve_task(spec, task, _config_naming_class(model))
     copied = copy.deepcopy(model).eval()
     if copied.config._attn_implementation != opts.attn_implementation:
         copied.set_attn_implementation(opts.attn_implementation)
@@ -179,7 +182,7 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
     return _export_loaded(_Loaded(copied, tokenizer, source, None), spec, task, Path(output), opts, progress)
 
 
-def replace_architectures(model):
+def _config_naming_class(model):
     """The model's config as the family spec sees it, with the object's own class as architecture."""
     cfg = copy.copy(model.config)
     cfg.architectures = [type(model).__name__]

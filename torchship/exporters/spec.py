@@ -87,6 +87,10 @@ class ModelSpec(Protocol):
 
     def case_shape(self, case: Case) -> tuple[int, ...]: ...
 
+    def max_positions(self, config) -> int:
+        """The longest sequence (past included) the model's position embeddings allow."""
+        ...
+
     def compared_positions(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per output, where validation compares values (outputs not named: everywhere)."""
         ...

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from torchship.errors import InputError
-from torchship.exporters.decoders import past_names, present_names
+from torchship.exporters.decoders import past_names, positions_from_mask, present_names
 from torchship.runtimes.base import Predictor
 
 
@@ -28,10 +28,6 @@ class Generation:
         return int(self.tokens.shape[1])
 
 
-def positions_from_mask(mask: np.ndarray) -> np.ndarray:
-    return np.clip(mask.cumsum(axis=1) - 1, 0, None).astype(np.int64)
-
-
 class Generator:
     def __init__(self, predictor: Predictor, *, num_layers: int, num_heads: int, head_dim: int,
                  eos_token_id: int | None, pad_token_id: int):
@@ -44,7 +40,7 @@ class Generator:
     @classmethod
     def from_artifact(cls, artifact, predictor: Predictor) -> "Generator":
         m = artifact.manifest
-        config = m.load_config(artifact.folder)
+        config = artifact.load_config()
         gen = _generation_defaults(artifact.folder, config)
         return cls(predictor, num_layers=m.num_layers, num_heads=m.num_heads, head_dim=m.hidden_size // m.num_heads,
                    eos_token_id=gen["eos_token_id"], pad_token_id=gen["pad_token_id"])
