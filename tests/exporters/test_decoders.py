@@ -116,3 +116,8 @@ def test_failed_fusion_is_recorded_and_the_other_variants_stay(tmp_path):
     assert m.variants["ort-basic"].validation["passed"]
     assert any(s.startswith("WARNING: optimized skipped") for s in steps)
     assert art.best_variant() == "ort-basic"
+    from torchship.errors import InputError
+    from torchship.runtimes import create_predictor
+
+    with pytest.raises(InputError, match=r"optimize skipped it \(the transformer optimizer failed"):
+        create_predictor(art, "ort-optimized")

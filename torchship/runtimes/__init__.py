@@ -46,6 +46,9 @@ def create_predictor(artifact: Artifact, backend: str, options: RuntimeOptions =
         from torchship.runtimes.ort import OrtPredictor
 
         name = ORT_BACKENDS[backend]
+        if name in manifest.skipped:
+            raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}: optimize "
+                             f"skipped it ({manifest.skipped[name]}); choose another backend")
         if name not in manifest.variants:
             raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}; "
                              f"run: torchship optimize {artifact.folder}")
