@@ -71,3 +71,18 @@ def decoder_export(decoder_dir, tmp_path_factory):
     export(str(decoder_dir), out, ExportOptions(kind="decoder"))
     optimize(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def unet_dirs(tmp_path_factory):
+    """Factory: a saved tiny diffusers UNet folder per input channel count (4: text-to-image, 9: inpainting)."""
+    from tiny import save_unet_dir
+
+    cache = {}
+
+    def get(in_channels: int = 4) -> Path:
+        if in_channels not in cache:
+            cache[in_channels] = save_unet_dir(tmp_path_factory.mktemp(f"unet{in_channels}") / "unet", in_channels)
+        return cache[in_channels]
+
+    return get

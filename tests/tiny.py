@@ -104,3 +104,28 @@ def save_model_dir(folder: Path, model_type: str, task: str = "feature-extractio
     return folder
 
 
+
+
+# Tiny diffusers UNets, one per registered UNet class; test_unet keeps this in step with the registry.
+# Two down blocks (so latents must be multiples of 2), cross-attention in one of them, as Stable
+# Diffusion's blocks are laid out; the 9-channel variant is the inpainting layout (4 latent + 4
+# masked-image latent + 1 mask).
+TINY_UNET = dict(sample_size=16, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
+                 attention_head_dim=2, norm_num_groups=8)
+TINY_UNET_CONFIGS = {"UNet2DConditionModel": TINY_UNET}
+
+
+def make_unet(in_channels: int = 4, *, seed: int = 0, **overrides):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**{**TINY_UNET, "in_channels": in_channels, **overrides}).eval()
+
+
+def save_unet_dir(folder: Path, in_channels: int = 4, **overrides) -> Path:
+    folder = Path(folder)
+    make_unet(in_channels, **overrides).save_pretrained(folder)
+    return folder

@@ -63,10 +63,18 @@ def make_session(path: Path, *, threads: int | None = None, spin: bool = False, 
                  device: str = "cpu", optimized_model_path: Path | None = None):
     import onnxruntime as ort
 
+    from torchship.external_data import check_file, data_file_name
+
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"ONNX file {path} is missing")
+    external = bool(check_file(path))  # refuses data files outside the model's folder, before ORT reads any
     so = session_options(threads=threads, spin=spin, level=level, optimized_model_path=optimized_model_path)
+    if optimized_model_path is not None and external:
+        # A large model saved after optimization keeps its weights in one data file beside it.
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                    data_file_name(optimized_model_path))
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
         return ort.InferenceSession(str(path), so, providers=providers_for(device))
     except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
@@ -77,14 +85,19 @@ def make_session(path: Path, *, threads: int | None = None, spin: bool = False, 
                             "the file is corrupted or incomplete, re-run torchship export") from None
 
 
-def load_onnx(path: Path, *, load_external_data: bool = False):
-    """``onnx.load`` with a clear error for missing or corrupted files."""
+def load_onnx(path: Path, *, load_external_data: bool = False, checked: bool = True):
+    """``onnx.load`` with a clear error for missing or corrupted files; ``checked``: refuse external
+    data outside the model's folder first (see torchship.external_data)."""
     import onnx
     from google.protobuf.message import DecodeError
 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"ONNX file {path} is missing")
+    if checked and load_external_data:
+        from torchship.external_data import check_file
+
+        check_file(path)
     try:
         return onnx.load(str(path), load_external_data=load_external_data)
     except (DecodeError, ValueError, OSError) as exc:

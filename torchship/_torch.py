@@ -62,6 +62,21 @@ def make_decoder_wrapper(model, num_layers: int):
     return DecoderWrapper().eval()
 
 
+def make_unet_wrapper(model):
+    """Wrap a diffusers UNet: (sample, timestep, encoder_hidden_states) -> (predicted noise,)."""
+    import torch
+
+    class UNetWrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return (self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0],)
+
+    return UNetWrapper().eval()
+
+
 def run_named(fn, feeds: dict[str, np.ndarray], input_names, output_names) -> dict[str, np.ndarray]:
     """Call a positional wrapper under inference mode on numpy feeds; numpy outputs by name."""
     import torch

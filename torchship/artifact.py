@@ -65,6 +65,7 @@ class Manifest:
     atol: float
     variants: dict[str, Variant]
     skipped: dict[str, str] = field(default_factory=dict)  # variant name -> why it could not be made
+    shapes: dict | None = None  # the shape config resolved against the model (torchship.shapes)
     format: int = FORMAT_VERSION
 
     def to_json(self) -> dict:
@@ -95,6 +96,12 @@ class Manifest:
         from torchship.exporters.spec import spec_for
 
         return spec_for(self.model_type)
+
+    def resolved_shapes(self):
+        """The shape config given at export, resolved (None when there was none)."""
+        from torchship.shapes import ResolvedShapes
+
+        return ResolvedShapes.from_json(self.shapes) if self.shapes else None
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -183,18 +190,13 @@ class Artifact:
         return path
 
     def load_config(self):
-        """The transformers config saved beside the model."""
-        from transformers import AutoConfig
+        """The model config saved beside the model (transformers config, or a diffusers config dict)."""
+        return self.manifest.spec().load_saved_config(self.folder)
 
-        try:
-            return AutoConfig.from_pretrained(str(self.folder))
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"{self.folder}/config.json cannot be read ({exc}); re-run torchship export") from None
-
-    def require_kind(self, kind: str, hint: str) -> "Artifact":
-        """Refuse a folder of the other kind of family ("encoder", "decoder"), saying what to use instead."""
+    def require_kind(self, kind: str | tuple[str, ...], hint: str) -> "Artifact":
+        """Refuse a folder of another kind of family ("encoder", "decoder", "unet"), saying what to use instead."""
         actual = self.manifest.spec().kind
-        if actual != kind:
+        if actual not in ((kind,) if isinstance(kind, str) else kind):
             article = "an" if actual[0] in "aeiou" else "a"
             raise InputError(f"{self.folder} holds {article} {actual}; {hint}")
         return self
@@ -202,6 +204,10 @@ class Artifact:
     def best_variant(self) -> str:
         """The most optimized validated variant: transformer fusion, else ORT graph 'all', else the export."""
         order = ["optimized", "ort-all", "ort-extended", "ort-basic", "model"]
+        preferred = self.manifest.spec().preferred_variant
+        if preferred in order:  # a family whose fused variant measured slower prefers another
+            order.remove(preferred)
+            order.insert(0, preferred)
         valid = [n for n in order if n in self.manifest.variants
                  and (self.manifest.variants[n].validation or {}).get("passed")]
         return valid[0] if valid else "model"
@@ -211,11 +217,20 @@ class Artifact:
         self.manifest = manifest
 
 
+def model_bytes(path: Path) -> int:
+    """Size of an ONNX model on disk: the graph file plus its external data file, if any."""
+    from torchship.external_data import data_file_name
+
+    path = Path(path)
+    data = path.with_name(data_file_name(path))
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
 def library_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("torchship", "torch", "transformers", "onnx", "onnxruntime", "onnxscript", "numpy"):
+    for dist in ("torchship", "torch", "transformers", "diffusers", "onnx", "onnxruntime", "onnxscript", "numpy"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:

@@ -33,6 +33,7 @@ def _quiet_libraries() -> None:
         transformers.utils.logging.disable_progress_bar()
     except ImportError:
         pass
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
 
 
 def friendly_errors(fn):
@@ -60,17 +61,19 @@ def main():
 
 
 def _export_options(task, exporter, opset, attn_implementation, atol, allow_pickle, trust_remote_code, revision,
-                    kind=None):
+                    shape_config, external_data, kind=None):
     from torchship.exporters.export import ExportOptions
+    from torchship.shapes import load_shape_config
 
     return ExportOptions(task=task, exporter=exporter, opset=opset, attn_implementation=attn_implementation,
                          atol=atol, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                         revision=revision, kind=kind)
+                         revision=revision, kind=kind, external_data=external_data,
+                         shapes=load_shape_config(shape_config) if shape_config else None)
 
 
 def _export_params(fn):
-    for deco in reversed((o.model, o.output, o.task, o.exporter, o.opset, o.attn, o.atol, o.allow_pickle,
-                          o.trust_remote_code, o.revision)):
+    for deco in reversed((o.model, o.output, o.task, o.exporter, o.opset, o.attn, o.atol, o.shape_config,
+                          o.external_data, o.allow_pickle, o.trust_remote_code, o.revision)):
         fn = deco(fn)
     return fn
 
@@ -78,7 +81,8 @@ def _export_params(fn):
 def _do_export(model, output, optimize_after, **flags):
     from torchship.exporters.export import export
 
-    artifact = export(model, output, _export_options(**flags), progress=_PROGRESS)
+    options = _export_options(**flags)  # a bad shape config fails here, before any loading
+    artifact = export(model, output, options, progress=_PROGRESS)
     if optimize_after:
         from torchship.optimizers import optimize
 
@@ -119,12 +123,22 @@ export_gpt2 = _family_export_command(
     "Export a GPT-2-like decoder with its KV cache to ONNX (one model for prompt and decode steps).")
 
 
+export_unet = _family_export_command(
+    "export-unet", "unet",
+    "Export a diffusers UNet2DConditionModel (Stable Diffusion, inpainting) to ONNX, validated and optimized. "
+    "Weights over 1 GiB go to model.onnx.data beside the graph. Needs torchship[diffusers].")
+
+
 def export_bert_main():
     export_bert()
 
 
 def export_gpt2_main():
     export_gpt2()
+
+
+def export_unet_main():
+    export_unet()
 
 
 @main.command("optimize")
@@ -143,17 +157,14 @@ def optimize_cmd(folder, levels, no_fusion, atol):
     _print_artifact(artifact)
 
 
-def _bench_options(backends, batch_sizes, seq_lens, threads, min_seconds, ort_spin, reference_model):
+def _bench_options(backends, threads, min_seconds, ort_spin, reference_model):
     from dataclasses import replace
 
-    from torchship.benchmarks.run import BenchOptions, default_threads, grid
+    from torchship.benchmarks.run import BenchOptions, default_threads
     from torchship.benchmarks.timing import TimingPlan
-    from torchship.exporters.inputs import parse_shape_list
     from torchship.runtimes import parse_backends
 
     return BenchOptions(backends=parse_backends(backends),
-                        shapes=grid(parse_shape_list(batch_sizes, what="--batch-sizes"),
-                                    parse_shape_list(seq_lens, what="--seq-lens")),
                         threads=default_threads() if threads is None else threads,
                         spin=ort_spin, plan=replace(TimingPlan(), min_seconds=min_seconds),
                         reference_model=reference_model)
@@ -164,6 +175,7 @@ def _bench_options(backends, batch_sizes, seq_lens, threads, min_seconds, ort_sp
 @o.backends
 @o.batch_sizes
 @o.seq_lens
+@o.shape_config
 @o.threads
 @o.min_seconds
 @o.spin
@@ -171,29 +183,53 @@ def _bench_options(backends, batch_sizes, seq_lens, threads, min_seconds, ort_sp
 @o.report_dir
 @o.prompt_length
 @friendly_errors
-def bench_cmd(folder, report_dir, prompt_length, **flags):
+def bench_cmd(folder, report_dir, prompt_length, batch_sizes, seq_lens, shape_config, **flags):
     """Benchmark eager PyTorch against ONNX Runtime variants of FOLDER; writes JSON, Markdown and PNG.
 
-    Encoders: latency per batch size and sequence length. Decoders: prompt (prefill) latency at
-    --prompt-length, and one decode step with that much past, per batch size (--seq-lens unused).
+    Encoders: latency per batch size and sequence length. UNets: one denoising step at the shape
+    config's use shape (or the model's native latent size, 77 tokens). Decoders: prompt (prefill)
+    latency at --prompt-length, and one decode step with that much past, per batch size.
     """
+    from dataclasses import replace
+
     from torchship.artifact import Artifact
     from torchship.benchmarks.report import markdown_table, write_report
-    from torchship.benchmarks.run import run_benchmark
+    from torchship.benchmarks.run import bench_sizes, run_benchmark
+    from torchship.exporters.inputs import parse_shape_list
+    from torchship.exporters.spec import BATCH, SEQUENCE
 
     opts = _bench_options(**flags)
-    if Artifact.open(folder).manifest.spec().kind == "decoder":
+    artifact = Artifact.open(folder)
+    resolved = _bench_shapes(artifact, shape_config)
+    if resolved is not None:  # a config given here replaces the one kept at export
+        artifact.manifest = replace(artifact.manifest, shapes=resolved.to_json())
+    batches = parse_shape_list(batch_sizes, what="--batch-sizes") if batch_sizes else None
+    seqs = parse_shape_list(seq_lens, what="--seq-lens") if seq_lens else None
+    device = resolved.device if resolved is not None else "cpu"
+    sizes = bench_sizes(artifact, artifact.load_config(), batch_sizes=batches, seq_lens=seqs)
+    if artifact.manifest.spec().kind == "decoder":
         from torchship.benchmarks.decoder import DecoderBenchOptions, run_decoder_benchmark
 
-        batch_sizes = tuple(sorted({b for b, _ in opts.shapes}))
+        prompt = prompt_length or sizes[0][SEQUENCE]
         report = run_decoder_benchmark(folder, DecoderBenchOptions(
-            backends=opts.backends, batch_sizes=batch_sizes, prompt=prompt_length, threads=opts.threads,
-            spin=opts.spin, plan=opts.plan, reference_model=opts.reference_model), progress=_PROGRESS)
+            backends=opts.backends, batch_sizes=tuple(dict.fromkeys(sz[BATCH] for sz in sizes)), prompt=prompt,
+            threads=opts.threads, spin=opts.spin, plan=opts.plan, reference_model=opts.reference_model),
+            progress=_PROGRESS)
     else:
-        report = run_benchmark(folder, opts, progress=_PROGRESS)
+        report = run_benchmark(folder, replace(opts, sizes=sizes, device=device), progress=_PROGRESS)
     paths = write_report(report, report_dir or Path(folder) / "bench")
     click.echo(markdown_table(report))
     click.echo(f"\nreport: {paths['markdown']} (JSON {paths['json'].name}, chart {paths['png'].name})")
+
+
+def _bench_shapes(artifact, shape_config):
+    """The --config given to bench, checked against the folder's model; else the one kept at export."""
+    from torchship.exporters.spec import EMPTY_OK_AXES
+    from torchship.shapes import load_shape_config, resolve
+
+    if shape_config:
+        return resolve(load_shape_config(shape_config), artifact.manifest.io(), empty_ok_axes=EMPTY_OK_AXES)
+    return artifact.manifest.resolved_shapes()
 
 
 @main.command("predict")

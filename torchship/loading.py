@@ -7,9 +7,10 @@ an unreachable hub fails at once with one line, instead of retrying for half a m
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,6 +21,10 @@ _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
                     "sentencepiece.bpe.model", "tokenizer.model")
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+DIFFUSERS_SAFE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
+DIFFUSERS_PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin.index.json")
+# A diffusers pipeline folder holds its components in subfolders; the one torchship exports:
+PIPELINE_COMPONENT = "unet"
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class ModelRef:
     name: str
     path: Path | None  # local folder, or None for a hub id
     revision: str | None = None
+    subfolder: str | None = None  # hub ids of diffusers pipelines: the component's folder
 
     @property
     def load_id(self) -> str:
@@ -51,6 +57,8 @@ def resolve(model: str, *, revision: str | None = None) -> ModelRef:
     if path.exists():
         if not path.is_dir():
             raise InputError(f"{model} is a file; --model takes a model folder or a hub id")
+        if (path / "model_index.json").is_file() and (path / PIPELINE_COMPONENT / "config.json").is_file():
+            path = path / PIPELINE_COMPONENT  # a diffusers pipeline: its UNet
         if not (path / "config.json").is_file():
             raise ModelLoadError(
                 f"{model} has no config.json, so it is not a Hugging Face model folder; "
@@ -62,22 +70,23 @@ def resolve(model: str, *, revision: str | None = None) -> ModelRef:
     return ModelRef(model, None, revision)
 
 
-def weight_policy(ref: ModelRef, *, allow_pickle: bool) -> bool | None:
-    """The ``use_safetensors`` argument for from_pretrained, refusing silent pickle loading."""
+def weight_policy(ref: ModelRef, *, allow_pickle: bool, safe=_SAFE_WEIGHTS, pickle=_PICKLE_WEIGHTS) -> bool | None:
+    """The ``use_safetensors`` argument for from_pretrained, refusing silent pickle loading.
+    ``safe`` and ``pickle`` are the weight file names of the checkpoint's library."""
     if ref.path is None:
         return None if allow_pickle else True
     files = {p.name for p in ref.path.iterdir()}
-    if files & set(_SAFE_WEIGHTS):
+    if files & set(safe):
         return True
-    if files & set(_PICKLE_WEIGHTS):
+    if files & set(pickle):
         if allow_pickle:
             return False
         raise ModelLoadError(
-            f"{ref.path} holds only pickle weights (pytorch_model.bin), which can run code when "
-            "loaded; convert them to model.safetensors, or pass --allow-pickle if you trust the file"
+            f"{ref.path} holds only pickle weights ({pickle[0]}), which can run code when "
+            f"loaded; convert them to {safe[0]}, or pass --allow-pickle if you trust the file"
         )
     raise ModelLoadError(
-        f"{ref.path} has a config.json but no weights (model.safetensors); "
+        f"{ref.path} has a config.json but no weights ({safe[0]}); "
         "pass the folder that save_pretrained() wrote"
     )
 
@@ -105,6 +114,65 @@ def _not_available(ref: ModelRef, why: str) -> ModelLoadError:
     )
 
 
+def peek(ref: ModelRef) -> tuple[str, ModelRef]:
+    """The checkpoint's model type, read from its config.json without loading any library, and the
+    ref to load from. The type is transformers' ``model_type``, or for diffusers the ``_class_name``;
+    a diffusers pipeline on the hub resolves to its UNet subfolder."""
+    if ref.path is not None:
+        data = _read_config_json(ref.path / "config.json")
+    else:
+        data = None
+        for sub in (None, PIPELINE_COMPONENT):
+            path = _hub_file(ref, "config.json", subfolder=sub)
+            if path is not None:
+                data, ref = _read_config_json(path), replace(ref, subfolder=sub)
+                break
+        if data is None:
+            raise ModelLoadError(f"{ref.name!r} on the hub has no config.json (nor unet/config.json); "
+                                 "pass a transformers model or a diffusers UNet")
+    model_type = data.get("_class_name") or data.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise ModelLoadError(f"the config.json of {ref.name!r} names neither a model_type (transformers) nor a "
+                             "_class_name (diffusers); pass the folder that save_pretrained() wrote")
+    return model_type, ref
+
+
+def _read_config_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path} could not be read: {first_line(exc)}") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"{path} is not usable: not valid JSON ({first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not usable: it holds no JSON object")
+    return data
+
+
+def _hub_file(ref: ModelRef, filename: str, *, subfolder: str | None = None) -> Path | None:
+    """A file of a hub repo: from the cache, else from the hub when it can be reached; None when the
+    repo has no such file."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    kwargs = dict(repo_id=ref.name, filename=filename, subfolder=subfolder, revision=ref.revision)
+    try:
+        return Path(hf_hub_download(**kwargs, local_files_only=True))
+    except (LocalEntryNotFoundError, EntryNotFoundError, OSError, ValueError):
+        pass
+    if _offline():
+        raise _not_available(ref, "HF_HUB_OFFLINE is set")
+    reason = _hub_reachable()
+    if reason:
+        raise _not_available(ref, reason)
+    try:
+        return Path(hf_hub_download(**kwargs))
+    except EntryNotFoundError:
+        return None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {ref.name!r} from the hub: {first_line(exc)}") from None
+
+
 def load_config(ref: ModelRef, *, trust_remote_code: bool = False):
     """Load the model's config, from the cache first for hub ids."""
     from transformers import AutoConfig
@@ -113,9 +181,9 @@ def load_config(ref: ModelRef, *, trust_remote_code: bool = False):
         try:
             return AutoConfig.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
         except ValueError as exc:
-            raise ModelLoadError(f"{ref.path}/config.json is not usable: {_first_line(exc)}") from None
+            raise ModelLoadError(f"{ref.path}/config.json is not usable: {first_line(exc)}") from None
         except OSError as exc:
-            raise ModelLoadError(f"{ref.path}/config.json could not be read: {_first_line(exc)}") from None
+            raise ModelLoadError(f"{ref.path}/config.json could not be read: {first_line(exc)}") from None
     kwargs = dict(revision=ref.revision, trust_remote_code=trust_remote_code)
     try:
         return AutoConfig.from_pretrained(ref.name, local_files_only=True, **kwargs)
@@ -129,7 +197,7 @@ def load_config(ref: ModelRef, *, trust_remote_code: bool = False):
     try:
         return AutoConfig.from_pretrained(ref.name, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load {ref.name!r} from the hub: {_first_line(exc)}") from None
+        raise ModelLoadError(f"cannot load {ref.name!r} from the hub: {first_line(exc)}") from None
 
 
 def load_model(ref: ModelRef, config, *, model_class, allow_pickle: bool = False,
@@ -146,7 +214,7 @@ def load_model(ref: ModelRef, config, *, model_class, allow_pickle: bool = False
     try:
         model = model_class.from_pretrained(ref.load_id, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load the weights of {ref.name!r}: {_first_line(exc)}") from None
+        raise ModelLoadError(f"cannot load the weights of {ref.name!r}: {first_line(exc)}") from None
     return model.eval()
 
 
@@ -164,6 +232,6 @@ def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False):
         return None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

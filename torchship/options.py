@@ -7,6 +7,7 @@ import click
 from torchship._ort import GRAPH_LEVELS
 from torchship.exporters.export import ATTN_IMPLEMENTATIONS, EXPORTERS, MAX_OPSET, MIN_OPSET
 from torchship.exporters.spec import TASKS
+from torchship.external_data import MODES as EXTERNAL_DATA_MODES
 
 model = click.option("--model", "-m", "model", required=True, metavar="ID_OR_DIR",
                      help="Hugging Face hub id (e.g. bert-base-cased) or a local model folder.")
@@ -22,7 +23,7 @@ opset = click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), defau
 attn = click.option("--attn-implementation", type=click.Choice(ATTN_IMPLEMENTATIONS), default=None,
                     help="Attention code traced into the graph; default eager for torchscript, sdpa for dynamo.")
 atol = click.option("--atol", type=float, default=None,
-                    help="Max abs difference allowed against eager PyTorch (default: the family's, 1e-4).")
+                    help="Max abs difference allowed against eager PyTorch (default: the family's: 1e-4 for text models, 1e-3 for UNets).")
 allow_pickle = click.option("--allow-pickle", is_flag=True,
                             help="Allow loading pickle weights (pytorch_model.bin). Only for files you trust.")
 trust_remote_code = click.option("--trust-remote-code", is_flag=True,
@@ -36,8 +37,19 @@ threads = click.option("--threads", type=int, default=None,
 backends = click.option("--backends", default="torch,ort,ort-optimized", show_default=True,
                         help="Comma-separated: torch, torchscript, torch-compile, ort, ort-optimized, "
                              "ort-basic, ort-extended, ort-all, ort-disabled.")
-batch_sizes = click.option("--batch-sizes", default="1,8", show_default=True, help="Comma-separated batch sizes.")
-seq_lens = click.option("--seq-lens", default="16,128", show_default=True, help="Comma-separated sequence lengths.")
+batch_sizes = click.option("--batch-sizes", default=None,
+                           help="Comma-separated batch sizes; default: the shape config's use shape, else 1,8 "
+                                "for encoders and 1 for UNets and decoders.")
+seq_lens = click.option("--seq-lens", default=None,
+                        help="Comma-separated sequence (text token) lengths; default: the shape config's use "
+                             "shape, else 16,128 for encoders and 77 for UNets.")
+shape_config = click.option("--config", "shape_config", type=click.Path(dir_okay=False), default=None,
+                            help="Shape config (YAML): device, and per input min/use/max shapes. Export validates "
+                                 "at min, use and max and keeps it in the folder; bench runs at use.")
+external_data = click.option("--external-data", type=click.Choice(EXTERNAL_DATA_MODES), default="auto",
+                             show_default=True,
+                             help="Keep weights in model.onnx.data beside the graph: auto above 1 GiB of weights "
+                                  "(ONNX files cannot exceed 2 GB), always, or never.")
 min_seconds = click.option("--min-seconds", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
                            help="Minimum measured time per backend and shape.")
 spin = click.option("--ort-spin/--no-ort-spin", default=False, show_default=True,
@@ -46,5 +58,6 @@ reference_model = click.option("--reference-model", default=None, metavar="ID_OR
                                help="Checkpoint for the PyTorch backends; default: the export's source.")
 report_dir = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
                           help="Folder for the report; default: DIR/bench.")
-prompt_length = click.option("--prompt-length", type=int, default=128, show_default=True,
-                             help="Decoders: prompt tokens for the prefill, and the past length of the decode step.")
+prompt_length = click.option("--prompt-length", type=int, default=None,
+                             help="Decoders: prompt tokens for the prefill, and the past length of the decode step "
+                                  "(default: the shape config's use sequence, else 128).")

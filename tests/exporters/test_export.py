@@ -83,7 +83,7 @@ def test_manifest_records_versions_and_source(exported, model_dirs):
     for key in ("torch", "transformers", "onnx", "onnxruntime", "torchship"):
         assert data["versions"][key]
     assert data["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}
-    assert data["variants"]["model"]["options"] == {"exporter": "torchscript", "opset": 17}
+    assert data["variants"]["model"]["options"] == {"exporter": "torchscript", "opset": 17, "external_data": False}
 
 
 @pytest.mark.parametrize("train_mode", [False, True])

@@ -82,6 +82,6 @@ def test_corrupted_onnx_is_a_clear_error_and_leaves_the_folder(model_dirs, tmp_p
     data = (folder / "model.onnx").read_bytes()
     (folder / "model.onnx").write_bytes(data[: len(data) // 3])
     before = sorted(p.name for p in folder.iterdir())
-    with pytest.raises(ArtifactError, match="cannot load .*model.onnx.*corrupted"):
+    with pytest.raises(ArtifactError, match="cannot (load|read) .*model.onnx.*corrupted"):
         optimize(folder)
     assert sorted(p.name for p in folder.iterdir()) == before

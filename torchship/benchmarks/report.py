@@ -12,8 +12,10 @@ RESULTS_NAME = "results.json"
 
 
 def markdown_table(report: BenchReport) -> str:
-    if any(m.phase != "forward" for m in report.measurements):
+    if any(m.phase in ("prefill", "decode") for m in report.measurements):
         return decoder_table(report)
+    if any(m.phase == "step" for m in report.measurements):
+        return step_table(report)
     base = report.baseline
     lines = [
         f"| backend | batch | seq | p50 ms | p90 ms | p99 ms | samples/s | speedup vs {base} | max abs | min cosine |",
@@ -46,6 +48,21 @@ def decoder_table(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+def step_table(report: BenchReport) -> str:
+    """UNets: one denoising step per row, its input shape spelled out."""
+    base = report.baseline
+    lines = [f"| backend | inputs | p50 ms | p90 ms | samples/s | speedup vs {base} | max abs | cosine |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for m in report.measurements:
+        sp = report.speedup(m)
+        acc = m.accuracy
+        lines.append(
+            f"| {m.backend} | {m.shape} | {m.p50_ms:.1f} | {m.p90_ms:.1f} | {m.throughput:.2f} | "
+            f"{'-' if sp is None else f'{sp:.2f}x'} | {'-' if acc is None else f'{acc.max_abs:.2e}'} | "
+            f"{'-' if acc is None else f'{acc.cosine_min:.6f}'} |")
+    return "\n".join(lines)
+
+
 def markdown(report: BenchReport) -> str:
     env = report.environment
     return "\n".join([
@@ -70,30 +87,29 @@ def plot(report: BenchReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shapes = report.shapes()
+    keys = report.keys()
     backends = report.backends()
-    phased = any(m.phase != "forward" for m in report.measurements)
     width = 0.8 / max(len(backends), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(shapes) + 2), 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(keys) + 2), 4.5), dpi=110)
     for j, backend in enumerate(backends):
-        xs, ys = [], []
-        for i, (b, s) in enumerate(shapes):
-            m = report.find(backend, b, s, _phase(report, b, s))
-            if m is not None:
-                xs.append(i + (j - (len(backends) - 1) / 2) * width)
-                ys.append(m.p50_ms)
-        bars = ax.bar(xs, ys, width, label=backend)
-        for bar, (b, s) in zip(bars, [sh for sh in shapes if report.find(backend, *sh, _phase(report, *sh))]):
-            sp = report.speedup(report.find(backend, b, s, _phase(report, b, s)))
+        for i, key in enumerate(keys):
+            m = report.at(backend, key)
+            if m is None:
+                continue
+            bar = ax.bar([i + (j - (len(backends) - 1) / 2) * width], [m.p50_ms], width,
+                         label=backend, color=f"C{j}")[0]
+            sp = report.speedup(m)
             if sp is not None and backend != report.baseline:
                 ax.annotate(f"{sp:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(shapes)), [f"{_phase(report, b, s) + ' ' if phased else ''}b{b} s{s}" for b, s in shapes])
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.set_xticks(range(len(keys)), [_tick(k) for k in keys])
     ax.set_ylabel("median latency (ms, lower is better)")
     ax.set_yscale("log")
     ax.set_title(f"{display_name(report.model)}: {report.environment.threads} threads, {report.environment.cpu}"[:90],
                  fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -105,8 +121,11 @@ def display_name(model: str) -> str:
     return "/".join(path.parts[-2:]) if path.is_absolute() or len(path.parts) > 2 else model
 
 
-def _phase(report: BenchReport, batch: int, sequence: int) -> str:
-    return next((m.phase for m in report.measurements if (m.batch, m.sequence) == (batch, sequence)), "forward")
+def _tick(key: tuple) -> str:
+    batch, sequence, phase, past, shape = key
+    if phase == "step":
+        return shape.replace(" latents x ", "\n").replace("batch ", "b")
+    return f"{phase + ' ' if phase != 'forward' else ''}b{batch} s{sequence}"
 
 
 def write_report(report: BenchReport, folder: str | Path) -> dict[str, Path]:

@@ -33,8 +33,14 @@ class Measurement:
     mean_ms: float
     min_ms: float
     accuracy: Accuracy | None = None
-    phase: str = "forward"  # "forward" for encoders; "prefill" or "decode" for decoders
+    phase: str = "forward"  # "forward" for encoders; "prefill" or "decode" for decoders; "step" for UNets
     past: int = 0
+    shape: str = ""  # the case's label, e.g. "batch 1 x 64x64 latents x 77 tokens"
+
+    @property
+    def key(self) -> tuple:
+        """What makes two measurements comparable: the same inputs in the same phase."""
+        return (self.batch, self.sequence, self.phase, self.past, self.shape)
 
     @property
     def throughput(self) -> float:
@@ -43,11 +49,12 @@ class Measurement:
 
     @classmethod
     def from_latencies(cls, backend: str, batch: int, sequence: int, seconds: list[float],
-                       accuracy: Accuracy | None = None, *, phase: str = "forward", past: int = 0) -> "Measurement":
+                       accuracy: Accuracy | None = None, *, phase: str = "forward", past: int = 0,
+                       shape: str = "") -> "Measurement":
         ms = np.asarray(seconds) * 1000.0
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
         return cls(backend, batch, sequence, len(ms), float(p50), float(p90), float(p99),
-                   float(ms.mean()), float(ms.min()), accuracy, phase, past)
+                   float(ms.mean()), float(ms.min()), accuracy, phase, past, shape)
 
 
 @dataclass(frozen=True)
@@ -74,22 +81,27 @@ class BenchReport:
     measurements: tuple[Measurement, ...] = field(default_factory=tuple)
     baseline: str = "torch"
 
-    def find(self, backend: str, batch: int, sequence: int, phase: str = "forward") -> Measurement | None:
+    def find(self, backend: str, batch: int, sequence: int, phase: str | None = None) -> Measurement | None:
+        """The first measurement of ``backend`` at this batch and sequence (and phase, if given)."""
         for m in self.measurements:
-            if (m.backend, m.batch, m.sequence, m.phase) == (backend, batch, sequence, phase):
+            if (m.backend, m.batch, m.sequence) == (backend, batch, sequence) and phase in (None, m.phase):
                 return m
         return None
 
+    def at(self, backend: str, key: tuple) -> Measurement | None:
+        return next((m for m in self.measurements if m.backend == backend and m.key == key), None)
+
     def speedup(self, m: Measurement) -> float | None:
-        """Median latency of the baseline over this backend's median, at the same shape and phase."""
-        base = self.find(self.baseline, m.batch, m.sequence, m.phase)
+        """Median latency of the baseline over this backend's median, at the same inputs and phase."""
+        base = self.at(self.baseline, m.key)
         return None if base is None else base.p50_ms / m.p50_ms
 
-    def shapes(self) -> list[tuple[int, int]]:
+    def keys(self) -> list[tuple]:
+        """The distinct inputs measured (Measurement.key), in order."""
         seen = []
         for m in self.measurements:
-            if (m.batch, m.sequence) not in seen:
-                seen.append((m.batch, m.sequence))
+            if m.key not in seen:
+                seen.append(m.key)
         return seen
 
     def backends(self) -> list[str]:

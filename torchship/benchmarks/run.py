@@ -1,4 +1,9 @@
-"""Benchmark backends on an exported folder across batch sizes and sequence lengths."""
+"""Benchmark backends on an exported folder (encoders and UNets) at one or more input shapes.
+
+Shapes are named axis sizes (``{"batch": 1, "sequence": 128}``), from flags, from the shape config
+the folder was exported with (its ``use`` shape), or the family's defaults; the family's spec turns
+them into inputs, so the harness knows nothing of any one family.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ from torchship.benchmarks.results import Accuracy, BenchReport, Environment, Mea
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
 from torchship.compare import rowwise_cosine
 from torchship.errors import InputError
-from torchship.exporters.inputs import TextShape
+from torchship.exporters.spec import BATCH, SEQUENCE
 from torchship.runtimes import ORT_BACKENDS, RuntimeOptions, create_predictor
+
+PHASES = {"encoder": "forward", "unet": "step"}
 
 
 def default_threads() -> int:
@@ -24,17 +31,14 @@ def default_threads() -> int:
 @dataclass(frozen=True)
 class BenchOptions:
     backends: tuple[str, ...] = ("torch", "ort", "ort-optimized")
-    shapes: tuple[tuple[int, int], ...] = ((1, 16), (8, 16), (1, 128), (8, 128))  # (batch, sequence)
+    shapes: tuple[tuple[int, int], ...] | None = None  # encoders: (batch, sequence) pairs
+    sizes: tuple[dict, ...] | None = None  # any family: named axis sizes; None: shapes, else bench_sizes()
+    device: str = "cpu"
     threads: int = field(default_factory=default_threads)
     spin: bool = False
     plan: TimingPlan = TimingPlan()
     reference_model: str | None = None
     seed: int = 0
-
-
-def grid(batch_sizes, seq_lens) -> tuple[tuple[int, int], ...]:
-    """Every (batch, sequence) pair, shorter sequences first."""
-    return tuple((b, s) for s in seq_lens for b in batch_sizes)
 
 
 def accuracy_of(ref: np.ndarray, got: np.ndarray, *, reference: str, output: str) -> Accuracy:
@@ -44,27 +48,48 @@ def accuracy_of(ref: np.ndarray, got: np.ndarray, *, reference: str, output: str
                     float(cos.min()), float(cos.mean()))
 
 
-def _check(artifact: Artifact, config, opts: BenchOptions) -> None:
+def bench_sizes(artifact: Artifact, config, *, batch_sizes=None, seq_lens=None) -> tuple[dict, ...]:
+    """The shapes to measure: the export's shape config ``use`` shape, else the family's defaults;
+    ``batch_sizes`` and ``seq_lens`` (from flags) replace the batch and sequence axes."""
+    spec = artifact.manifest.spec()
+    resolved = artifact.manifest.resolved_shapes()
+    base = (resolved.sizes("use"),) if resolved is not None else tuple(spec.bench_sizes(config))
+    if batch_sizes:
+        base = tuple({**b, BATCH: n} for b in base for n in batch_sizes)
+    if seq_lens:
+        base = tuple({**b, SEQUENCE: n} for n in seq_lens for b in base)
+    unique = []
+    for sizes in base:
+        if sizes not in unique:
+            unique.append(sizes)
+    return tuple(unique)
+
+
+def _cases(spec, config, opts: BenchOptions, artifact: Artifact) -> list:
     if opts.threads < 1:
         raise InputError(f"--threads must be 1 or more, got {opts.threads}")
-    limit = artifact.manifest.spec().max_positions(config)
-    if not opts.shapes or any(b < 1 or s < 1 for b, s in opts.shapes):
-        raise InputError(f"benchmark shapes must be positive (batch, sequence) pairs, got {list(opts.shapes)}")
-    too_long = [s for _, s in opts.shapes if s > limit]
-    if too_long:
-        raise InputError(f"sequence length {too_long[0]} exceeds the model's limit of {limit} positions")
+    if opts.sizes is not None:
+        sizes = opts.sizes
+    elif opts.shapes is not None:
+        sizes = tuple({BATCH: b, SEQUENCE: s} for b, s in opts.shapes)
+    else:
+        sizes = bench_sizes(artifact, config)
+    if not sizes or any(v < 1 for sz in sizes for k, v in sz.items() if k in (BATCH, SEQUENCE)):
+        raise InputError(f"benchmark shapes must have positive batch and sequence sizes, got {list(sizes)}")
+    return [spec.case_for(sz, config) for sz in sizes]
 
 
 def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
                   progress: _progress.Progress = _progress.SILENT) -> BenchReport:
     artifact = Artifact.open(folder).require_kind(
-        "encoder", "benchmark it with run_decoder_benchmark (torchship bench picks it for decoders)")
+        tuple(PHASES), "benchmark it with run_decoder_benchmark (torchship bench picks it for decoders)")
     manifest = artifact.manifest
     spec = manifest.spec()
     config = artifact.load_config()
-    _check(artifact, config, options)
+    cases = _cases(spec, config, options, artifact)
     io = manifest.io()
-    runtime = RuntimeOptions(threads=options.threads, spin=options.spin, reference_model=options.reference_model)
+    runtime = RuntimeOptions(threads=options.threads, spin=options.spin, reference_model=options.reference_model,
+                             device=options.device)
     # Creating a predictor loads nothing; a missing variant fails here, before anything runs.
     predictors = {b: create_predictor(artifact, b, runtime) for b in options.backends}
     for name, p in predictors.items():
@@ -72,13 +97,13 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
         p.activate()
     reference = "torch" if "torch" in predictors else options.backends[0]
     main_output = manifest.output_names[0]
-    shapes = list(options.shapes)
+    phase = PHASES[spec.kind]
     measurements = []
     try:
-        for i, (batch, seq) in enumerate(shapes, 1):
-            feeds = spec.sample_inputs(config, io, TextShape(batch, seq), seed=options.seed + i)
+        for i, case in enumerate(cases, 1):
+            feeds = spec.sample_inputs(config, io, case, seed=options.seed + i)
             outputs = {name: p.infer(feeds)[main_output] for name, p in predictors.items()}
-            label = f"[{i}/{len(shapes)}] batch {batch} x seq {seq}"
+            label = f"[{i}/{len(cases)}] {case.label()}"
             progress.step(label)
             times = measure_interleaved(
                 {name: (lambda p=p: p.infer(feeds)) for name, p in predictors.items()}, options.plan,
@@ -86,7 +111,8 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
             for name in predictors:
                 acc = None if name == reference else accuracy_of(
                     outputs[reference], outputs[name], reference=reference, output=main_output)
-                measurements.append(Measurement.from_latencies(name, batch, seq, times[name], acc))
+                measurements.append(Measurement.from_latencies(name, case.batch, case.sequence, times[name], acc,
+                                                               phase=phase, shape=case.label()))
     finally:
         for p in predictors.values():
             p.deactivate()
@@ -95,9 +121,10 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
         model=manifest.source.get("model", str(artifact.folder)),
         variant_files=files,
         environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),
-        settings={"backends": list(options.backends), "shapes": [list(sh) for sh in shapes], "warmup": options.plan.warmup,
+        settings={"backends": list(options.backends), "shapes": [c.label() for c in cases],
+                  "device": options.device, "warmup": options.plan.warmup,
                   "min_iterations": options.plan.min_iterations, "min_seconds": options.plan.min_seconds,
-                  "interleaved_blocks": options.plan.block, "inputs": "random token ids, full length, seeded"},
+                  "interleaved_blocks": options.plan.block, "inputs": spec.bench_inputs},
         measurements=tuple(measurements),
         baseline=reference,
     )

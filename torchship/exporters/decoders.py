@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from torchship.errors import UnsupportedModelError
+from torchship.exporters.encoders import check_positions, text_fusion_settings
+from torchship.exporters.sources import TransformersSource
 from torchship.exporters.spec import (BATCH, PAST_SEQUENCE, SEQUENCE, TEXT_GENERATION, TOTAL_SEQUENCE, ModelIO,
                                       TensorSpec, register)
 
@@ -68,7 +70,7 @@ def make_decoder_inputs(io: ModelIO, case: DecoderShape, *, num_heads: int, head
 
 
 @dataclass(frozen=True)
-class DecoderSpec:
+class DecoderSpec(TransformersSource):
     family: str
     model_types: tuple[str, ...]
     ort_model_type: str = "gpt2"
@@ -88,6 +90,8 @@ class DecoderSpec:
         DecoderShape(3, 1, 17, (0, 4, 9)),
         DecoderShape(1, 4, 9),
     )
+    bench_inputs: str = "random token ids, seeded"
+    preferred_variant: str | None = None
 
     def default_task(self, config) -> str:
         return TEXT_GENERATION
@@ -126,6 +130,17 @@ class DecoderSpec:
 
     def case_shape(self, case: DecoderShape) -> tuple[int, ...]:
         return (case.batch, case.sequence, case.past)
+
+    def case_for(self, sizes: dict[str, int], config) -> DecoderShape:
+        case = DecoderShape(sizes[BATCH], sizes[SEQUENCE], sizes[PAST_SEQUENCE])
+        check_positions(case.past + case.sequence, self.max_positions(config))
+        return case
+
+    def bench_sizes(self, config) -> list[dict[str, int]]:
+        return [{BATCH: 1, SEQUENCE: min(128, self.max_positions(config)), PAST_SEQUENCE: 0}]
+
+    def fusion_settings(self, model) -> dict:
+        return text_fusion_settings(model.config)
 
     def compared_positions(self, feeds) -> dict:
         """Real tokens only: a left-padded position of a causal model sees no real token, so its

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torchship.errors import UnsupportedModelError
+from torchship.errors import InputError, UnsupportedModelError
 from torchship.exporters.inputs import TextShape, make_text_inputs
+from torchship.exporters.sources import TransformersSource
 from torchship.exporters.spec import (BATCH, FEATURE_EXTRACTION, SEQUENCE, TEXT_CLASSIFICATION, ModelIO,
                                       TensorSpec, register)
 
@@ -13,7 +14,7 @@ ENCODER_TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION)
 
 
 @dataclass(frozen=True)
-class EncoderSpec:
+class EncoderSpec(TransformersSource):
     family: str
     model_types: tuple[str, ...]
     input_names: tuple[str, ...]
@@ -27,6 +28,8 @@ class EncoderSpec:
     # The export traces at batch 2 x seq 16; validation runs at other shapes, one padded batch.
     dummy_case: TextShape = TextShape(2, 16)
     validation_cases: tuple[TextShape, ...] = (TextShape(1, 9), TextShape(3, 23, (23, 11, 4)))
+    bench_inputs: str = "random token ids, full length, seeded"
+    preferred_variant: str | None = None
 
     def default_task(self, config) -> str:
         """A *ForSequenceClassification checkpoint exports logits; anything else hidden states."""
@@ -70,9 +73,31 @@ class EncoderSpec:
     def case_shape(self, case: TextShape) -> tuple[int, ...]:
         return (case.batch, case.sequence)
 
+    def case_for(self, sizes: dict[str, int], config) -> TextShape:
+        case = TextShape(sizes[BATCH], sizes[SEQUENCE])
+        check_positions(case.sequence, self.max_positions(config))
+        return case
+
+    def bench_sizes(self, config) -> list[dict[str, int]]:
+        limit = self.max_positions(config)
+        return [{BATCH: b, SEQUENCE: min(s, limit)} for s in (16, 128) for b in (1, 8)]
+
+    def fusion_settings(self, model) -> dict:
+        return text_fusion_settings(model.config)
+
     def compared_positions(self, feeds) -> dict:
         # Padded rows of a bidirectional encoder still attend to the real tokens: compare everything.
         return {}
+
+
+def check_positions(length: int, limit: int) -> None:
+    if length > limit:
+        raise InputError(f"sequence length {length} exceeds the model's limit of {limit} positions")
+
+
+def text_fusion_settings(config) -> dict:
+    return {"num_heads": int(config.num_attention_heads), "hidden_size": int(config.hidden_size),
+            "num_layers": int(config.num_hidden_layers)}
 
 
 def text_vocab(config) -> dict:

@@ -11,17 +11,20 @@ import contextlib
 import copy
 import io
 import json
+import shutil
 import time
+import types
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torchship import _progress, loading
+from torchship import _progress, external_data, loading, shapes
 from torchship._fs import check_output_dir, staged_dir
 from torchship._torch import run_named
-from torchship.artifact import Artifact, Manifest, ReferenceCase, Variant, library_versions, save_reference
+from torchship.artifact import (Artifact, Manifest, ReferenceCase, Variant, library_versions, model_bytes,
+                                save_reference)
 from torchship.errors import ExportError, InputError
-from torchship.exporters.spec import TEXT_CLASSIFICATION, ModelIO, ModelSpec, spec_for
+from torchship.exporters.spec import EMPTY_OK_AXES, TEXT_CLASSIFICATION, ModelIO, ModelSpec, spec_for
 from torchship.validation import check, run_reference_cases
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -48,9 +51,11 @@ class ExportOptions:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     revision: str | None = None
-    kind: str | None = None  # "encoder" / "decoder": refuse other families (export-bert, export-gpt2)
+    kind: str | None = None  # "encoder" / "decoder" / "unet": refuse other families (export-bert, ...)
     dummy_case: object | None = None  # None: the family's
-    validation_cases: tuple | None = None  # None: the family's
+    validation_cases: tuple | None = None  # None: the shape config's min/use/max, else the family's
+    shapes: shapes.ShapeConfig | None = None  # the shapes the model must serve (validated, kept in the manifest)
+    external_data: str = "auto"  # auto: above 1 GiB of weights; always; never
 
     def resolved(self, spec: ModelSpec | None = None) -> "ExportOptions":
         """Check the options; with the family's ``spec``, fill in the defaults of its export path."""
@@ -62,6 +67,9 @@ class ExportOptions:
             raise InputError(f"opset {self.opset} is out of range; use {MIN_OPSET} to {MAX_OPSET}")
         if self.attn_implementation is not None and self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise InputError(f"unknown attention implementation {self.attn_implementation!r}; use eager or sdpa")
+        if self.external_data not in external_data.MODES:
+            raise InputError(f"unknown external data mode {self.external_data!r}; use "
+                             f"{', '.join(external_data.MODES)}")
         if spec is None:
             return self
         exporter = self.exporter or spec.default_exporter
@@ -81,6 +89,8 @@ class _Plan:
     dummy_case: object
     validation_cases: tuple
     atol: float
+    shapes: shapes.ResolvedShapes | None = None
+    use_case: object | None = None  # the shape config's use case, whose outputs the config may state
 
 
 def _resolve_task(spec: ModelSpec, requested: str | None, config) -> str:
@@ -93,14 +103,39 @@ def _resolve_task(spec: ModelSpec, requested: str | None, config) -> str:
 
 def _plan(spec: ModelSpec, model, task: str, opts: ExportOptions) -> _Plan:
     dummy = opts.dummy_case or spec.dummy_case
-    cases = tuple(opts.validation_cases or spec.validation_cases)
-    for case in cases:
-        if spec.case_shape(case) == spec.case_shape(dummy):
-            raise InputError("validation shapes must differ from the export's dummy shape")
-    return _Plan(spec, task, spec.io(model, task), dummy, cases, opts.atol or spec.atol)
+    model_io = spec.io(model, task)
+    resolved = use_case = None
+    if opts.shapes is not None:
+        resolved = shapes.resolve(opts.shapes, model_io, empty_ok_axes=EMPTY_OK_AXES)
+        config_cases = {}
+        for which in shapes.WHICH:  # min, use, max; the same shape twice is validated once
+            case = spec.case_for(resolved.sizes(which), model.config)
+            config_cases.setdefault(spec.case_shape(case), case)
+        use_case = spec.case_for(resolved.sizes("use"), model.config)
+        cases = tuple(opts.validation_cases or config_cases.values())
+    else:
+        cases = tuple(opts.validation_cases or spec.validation_cases)
+    others = [c for c in cases if spec.case_shape(c) != spec.case_shape(dummy)]
+    if not others or (opts.shapes is None and len(others) < len(cases)):
+        raise InputError("validation shapes must differ from the export's dummy shape "
+                         f"({dummy.label()}); widen the shape config's min..max")
+    return _Plan(spec, task, model_io, dummy, cases, opts.atol or spec.atol, resolved, use_case)
 
 
-def _run_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOptions) -> None:
+def _run_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOptions) -> bool:
+    """Export into a scratch folder beside ``path``, then write ``path`` by torchship's external-data
+    rules (one ``.data`` file, only when large); returns whether it has external data."""
+    scratch = path.parent / ".export"
+    scratch.mkdir()
+    try:
+        _torch_export(wrapper, plan, dummy, scratch / path.name, opts)
+        _name_axes(scratch / path.name, plan.io)
+        return external_data.normalize(scratch / path.name, path, opts.external_data)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _torch_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOptions) -> None:
     import torch
 
     args = tuple(torch.from_numpy(dummy[n]) for n in plan.io.input_names)
@@ -117,24 +152,50 @@ def _run_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOptio
                                         output_names=list(plan.io.output_names),
                                         dynamic_shapes=_dynamic_shapes(wrapper, plan.io),
                                         opset_version=opts.opset, dynamo=True, verbose=False)
-            program.save(str(path), external_data=False)
+            program.save(str(path), external_data=opts.external_data != "never" and _is_large(wrapper))
 
 
 def _dynamic_shapes(wrapper, io: ModelIO) -> tuple:
-    """torch.export's dynamic shapes, one named Dim per axis name, shaped like ``forward``'s arguments
-    (inputs taken by ``*args`` form one nested tuple, as torch.export requires)."""
+    """torch.export's dynamic shapes, each axis by its name, shaped like ``forward``'s arguments
+    (inputs taken by ``*args`` form one nested tuple, as torch.export requires). Names rather than
+    ``Dim`` objects: torch.export may then relate axes itself (a UNet's latent sizes are even; its
+    timestep count equals the batch in the trace) instead of failing and exporting a second time."""
     import inspect
 
-    import torch
-
-    dims: dict[str, object] = {}
-    shapes = [{i: dims.setdefault(name, torch.export.Dim(name)) for i, name in t.dynamic_axes().items()}
-              for t in io.inputs]
+    shapes = [dict(t.dynamic_axes()) for t in io.inputs]
     params = inspect.signature(wrapper.forward).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         fixed = sum(p.kind is not inspect.Parameter.VAR_POSITIONAL for p in params)
         shapes = shapes[:fixed] + [tuple(shapes[fixed:])]
     return tuple(shapes)
+
+
+def _name_axes(path: Path, io: ModelIO) -> None:
+    """Give the graph's inputs and outputs the spec's axis names. The dynamo exporter names an axis by
+    what it traced (a UNet's timestep axis as "batch", output sizes as formulas); the declared names
+    are what the manifest, shape configs and serving configs refer to."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    specs = {t.name: t for t in (*io.inputs, *io.outputs)}
+    changed = False
+    for value in (*model.graph.input, *model.graph.output):
+        spec = specs.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        if spec is None or len(dims) != len(spec.axes):
+            continue
+        for dim, axis in zip(dims, spec.axes):
+            if isinstance(axis, str) and dim.dim_param != axis:
+                dim.dim_param = axis
+                changed = True
+    if changed:
+        onnx.save(model, str(path))  # external data references stay as they are
+
+
+def _is_large(module) -> bool:
+    """Whether a module's weights pass the external-data threshold."""
+    size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return size > external_data.THRESHOLD_BYTES
 
 
 @dataclass(frozen=True)
@@ -152,15 +213,16 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
     check_output_dir(Path(output))  # before minutes of loading, not after
     progress.step(f"loading {model}")
     ref = loading.resolve(model, revision=opts.revision)
-    config = loading.load_config(ref, trust_remote_code=opts.trust_remote_code)
-    spec = spec_for(getattr(config, "model_type", "?"), source=model, kind=opts.kind)
+    model_type, ref = loading.peek(ref)
+    spec = spec_for(model_type, source=model, kind=opts.kind)
     opts = opts.resolved(spec)
+    config = spec.load_config(ref, trust_remote_code=opts.trust_remote_code)
     task = _resolve_task(spec, opts.task, config)
-    torch_model = loading.load_model(ref, config, model_class=spec.model_class(task),
-                                     allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code,
-                                     attn_implementation=opts.attn_implementation)
-    tokenizer = loading.load_tokenizer(ref, trust_remote_code=opts.trust_remote_code)
-    source = {"model": model, "resolved": ref.describe(), "revision": ref.revision,
+    torch_model = spec.load_model(ref, config, task, allow_pickle=opts.allow_pickle,
+                                  trust_remote_code=opts.trust_remote_code,
+                                  attn_implementation=opts.attn_implementation)
+    tokenizer = spec.load_tokenizer(ref, trust_remote_code=opts.trust_remote_code)
+    source = {"model": model, "resolved": ref.describe(), "revision": ref.revision, "subfolder": ref.subfolder,
               "architectures": list(getattr(config, "architectures", None) or [])}
     return _export_loaded(_Loaded(torch_model, tokenizer, source, ref.path), spec, task, Path(output), opts,
                           progress)
@@ -171,22 +233,22 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
                  progress: _progress.Progress = _progress.SILENT) -> Artifact:
     """Export an already-loaded transformers model object; the object itself is left unchanged."""
     check_output_dir(Path(output))
-    spec = spec_for(getattr(model.config, "model_type", "?"), source=type(model).__name__, kind=options.kind)
+    spec = spec_for(_model_type_of(model), source=type(model).__name__, kind=options.kind)
     opts = options.resolved(spec)
-    task = _resolve_task(spec, task, _config_naming_class(model))
-    copied = copy.deepcopy(model).eval()
-    if copied.config._attn_implementation != opts.attn_implementation:
-        copied.set_attn_implementation(opts.attn_implementation)
+    task = _resolve_task(spec, task, types.SimpleNamespace(architectures=[type(model).__name__]))
+    copied = spec.prepare_copy(copy.deepcopy(model).eval(), opts.attn_implementation)
     source = {"model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
               "resolved": "python object", "revision": None, "architectures": [type(model).__name__]}
     return _export_loaded(_Loaded(copied, tokenizer, source, None), spec, task, Path(output), opts, progress)
 
 
-def _config_naming_class(model):
-    """The model's config as the family spec sees it, with the object's own class as architecture."""
-    cfg = copy.copy(model.config)
-    cfg.architectures = [type(model).__name__]
-    return cfg
+def _model_type_of(model) -> str:
+    """transformers' model_type, or for diffusers models their class name (as in their config.json)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if isinstance(config, dict) and "_class_name" in config:
+        model_type = config["_class_name"]
+    return model_type or type(model).__name__
 
 
 def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
@@ -202,21 +264,27 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
         feeds = spec.sample_inputs(config, plan.io, case, seed=100 + i)
         cases.append(ReferenceCase(case.label(), feeds, run_named(wrapper, feeds, plan.io.input_names,
                                                                   plan.io.output_names)))
+    if plan.use_case is not None:
+        use_outputs = next((c.outputs for c, case in zip(cases, plan.validation_cases)
+                            if spec.case_shape(case) == spec.case_shape(plan.use_case)), {})
+        shapes.check_outputs(plan.shapes, use_outputs, source=opts.shapes.source)
     dummy = spec.sample_inputs(config, plan.io, plan.dummy_case, seed=7)
 
     with staged_dir(output) as tmp:
         onnx_path = tmp / "model.onnx"
         progress.step(f"exporting with {opts.exporter} (opset {opts.opset}, {opts.attn_implementation} attention)")
         start = time.perf_counter()
-        export_wrapper = spec.wrapper(copy.deepcopy(model).eval(), plan.io)
+        # The model is torchship's own here (loaded, or deep-copied from the caller's object), and the
+        # reference outputs are already computed, so the export may run on it directly: a second copy
+        # would cost a UNet's 3.5 GB.
         try:
-            _run_export(export_wrapper, plan, dummy, onnx_path, opts)
+            external = _run_export(wrapper, plan, dummy, onnx_path, opts)
+        except (ExportError, InputError):
+            raise
         except Exception as exc:  # torch raises many exception types from deep inside
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise ExportError(f"torch.onnx.export ({opts.exporter}) failed: {first}; "
                               f"try --exporter {'dynamo' if opts.exporter == 'torchscript' else 'torchscript'}") from None
-        finally:
-            del export_wrapper
         seconds = time.perf_counter() - start
         _check_onnx(onnx_path)
 
@@ -227,19 +295,18 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
 
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
-        config.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None and spec.kind == "decoder":
-            model.generation_config.save_pretrained(tmp)
+        spec.save_config(model, tmp)
+        fusion = spec.fusion_settings(model)
         variant = Variant(name="model", file="model.onnx", stage="export",
-                          options={"exporter": opts.exporter, "opset": opts.opset},
-                          size_bytes=onnx_path.stat().st_size, seconds=round(seconds, 3),
+                          options={"exporter": opts.exporter, "opset": opts.opset, "external_data": external},
+                          size_bytes=model_bytes(onnx_path), seconds=round(seconds, 3),
                           validation=report.to_json())
         manifest = Manifest(
             source=loaded.source,
-            family=spec.family, model_type=config.model_type, task=task,
+            family=spec.family, model_type=_model_type_of(model), task=task,
             ort_model_type=spec.ort_model_type,
-            num_heads=int(config.num_attention_heads), hidden_size=int(config.hidden_size),
-            num_layers=int(config.num_hidden_layers),
+            num_heads=int(fusion["num_heads"]), hidden_size=int(fusion["hidden_size"]),
+            num_layers=int(fusion["num_layers"]),
             inputs=[t.to_json() for t in plan.io.inputs],
             outputs=[t.to_json() for t in plan.io.outputs],
             export={"exporter": opts.exporter, "opset": opts.opset,
@@ -247,10 +314,11 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                     "dummy_shape": list(spec.case_shape(plan.dummy_case)),
                     "validation_shapes": [c.label() for c in plan.validation_cases],
                     "tokenizer": loaded.tokenizer is not None},
-            text=_text_settings(loaded.source_folder, config, loaded.tokenizer, task),
+            text=_text_settings(loaded.source_folder, config, loaded.tokenizer, task) if spec.has_text else {},
             versions=library_versions(),
             atol=plan.atol,
             variants={"model": variant},
+            shapes=plan.shapes.to_json() if plan.shapes is not None else None,
         )
         Artifact(tmp, manifest).save(manifest)
     return Artifact.open(output)

@@ -19,7 +19,8 @@ from torchship.errors import UnsupportedModelError
 FEATURE_EXTRACTION = "feature-extraction"
 TEXT_CLASSIFICATION = "text-classification"
 TEXT_GENERATION = "text-generation"
-TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION, TEXT_GENERATION)
+DENOISING = "denoising"  # diffusion UNets: predict the noise in latents
+TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION, TEXT_GENERATION, DENOISING)
 
 BATCH, SEQUENCE = "batch", "sequence"
 PAST_SEQUENCE, TOTAL_SEQUENCE = "past_sequence", "total_sequence"
@@ -64,8 +65,12 @@ class Case(Protocol):
 
 
 class ModelSpec(Protocol):
+    """A family's export spec. Loading (load_config, load_model, load_tokenizer, save_config,
+    load_saved_config, prepare_copy, has_text) comes from its source mixin in
+    :mod:`torchship.exporters.sources`."""
+
     family: str
-    kind: str  # "encoder" or "decoder"
+    kind: str  # "encoder", "decoder" or "unet"
     default_exporter: str  # the export path measured best for the family
     fusion_hint: str  # printed with the warning when attention does not fuse
     model_types: tuple[str, ...]
@@ -74,6 +79,8 @@ class ModelSpec(Protocol):
     atol: float
     dummy_case: Case
     validation_cases: tuple[Case, ...]
+    bench_inputs: str  # how benchmark inputs are made, for the report
+    preferred_variant: str | None  # put first by Artifact.best_variant, when measured best for the family
 
     def default_task(self, config) -> str: ...
 
@@ -87,6 +94,20 @@ class ModelSpec(Protocol):
 
     def case_shape(self, case: Case) -> tuple[int, ...]: ...
 
+    def case_for(self, sizes: dict[str, int], config) -> Case:
+        """The case with these named axis sizes (from a shape config); InputError if the model cannot
+        run it (too long for its positions, latents of the wrong multiple, ...)."""
+        ...
+
+    def bench_sizes(self, config) -> list[dict[str, int]]:
+        """The shapes (named axis sizes) a benchmark runs at when neither flags nor a shape config say."""
+        ...
+
+    def fusion_settings(self, model) -> dict:
+        """num_heads, hidden_size for ORT's transformer optimizer, and num_layers: how many attention
+        fusions a complete fusion gives."""
+        ...
+
     def max_positions(self, config) -> int:
         """The longest sequence (past included) the model's position embeddings allow."""
         ...
@@ -97,6 +118,9 @@ class ModelSpec(Protocol):
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+KIND_WORDS = {"encoder": "BERT-like encoders", "decoder": "GPT-2-like decoders", "unet": "diffusion UNets"}
+KIND_ONE = {"encoder": "an encoder", "decoder": "a decoder", "unet": "a diffusion UNet"}
+KIND_COMMANDS = {"encoder": "export-bert", "decoder": "export-gpt2", "unet": "export-unet"}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -107,7 +131,7 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def _load_registry() -> None:
     # Importing the family modules registers their specs.
-    from torchship.exporters import decoders, encoders  # noqa: F401
+    from torchship.exporters import decoders, encoders, unet  # noqa: F401
 
 
 def supported_model_types(family_kind: str | None = None) -> tuple[str, ...]:
@@ -121,10 +145,10 @@ def spec_for(model_type: str, *, source: str = "the model", kind: str | None = N
     _load_registry()
     spec = _REGISTRY.get(model_type)
     if spec is None or (kind is not None and spec.kind != kind):
-        what = {"encoder": "BERT-like encoders", "decoder": "GPT-2-like decoders"}.get(kind, "models")
+        what = KIND_WORDS.get(kind, "models")
         hint = ""
         if spec is not None:
-            hint = f" (it is a {spec.kind}: use {'export-gpt2' if spec.kind == 'decoder' else 'export-bert'})"
+            hint = f" (it is {KIND_ONE[spec.kind]}: use {KIND_COMMANDS[spec.kind]})"
         raise UnsupportedModelError(
             f"{source} is a {model_type!r} model{hint}; this command exports {what} of type "
             f"{', '.join(supported_model_types(kind))}"

@@ -58,13 +58,24 @@ def count_ops(path: Path) -> dict[str, int]:
     return {op: counts.get(op, 0) for op in REPORTED_OPS}
 
 
+# Fusions whose operators ONNX Runtime implements only for CUDA (NhwcConv, GroupNorm, SkipGroupNorm,
+# BiasSplitGelu, BiasAdd); a CPU session cannot load a model that has them. ORT enables them for "unet".
+_CUDA_ONLY_FUSIONS = ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
+                      "enable_bias_add")
+
+
 def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: int,
-         num_layers: int, use_gpu: bool = False, hint: str = "") -> FusionReport:
-    """Run ``onnxruntime.transformers.optimizer`` on ``src`` and save the result to ``dst``."""
+         num_layers: int, use_gpu: bool = False, hint: str = "", external_data: bool = False) -> FusionReport:
+    """Run ``onnxruntime.transformers.optimizer`` on ``src`` and save the result to ``dst`` (with its
+    weights in ``dst.data`` when ``external_data``)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions(model_type)
+    if not use_gpu:
+        for flag in _CUDA_ONLY_FUSIONS:
+            if hasattr(options, flag):
+                setattr(options, flag, False)
     quiet = io.StringIO()
     loggers = [logging.getLogger(n) for n in ("onnxruntime.transformers", "fusion_base", "onnx_model")]
     levels = [lg.level for lg in loggers]
@@ -75,7 +86,8 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
             optimized = optimize_model(str(src), model_type=model_type, num_heads=num_heads,
                                        hidden_size=hidden_size, opt_level=0,
                                        optimization_options=options, use_gpu=use_gpu)
-            optimized.save_model_to_file(str(dst))
+            optimized.save_model_to_file(str(dst), use_external_data_format=external_data,
+                                         all_tensors_to_one_file=True)
     except Exception as exc:  # the optimizer raises assorted errors on graphs it does not expect
         raise ArtifactError(f"the transformer optimizer failed on {src.name}: {exc}") from None
     finally:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from torchship import _progress
 from torchship._ort import GRAPH_LEVELS, make_session
-from torchship.artifact import Artifact, Variant, load_reference
+from torchship.artifact import Artifact, Variant, load_reference, model_bytes
+from torchship.external_data import data_file_name, uses_external_data
 from torchship.errors import ArtifactError, InputError
 from torchship.optimizers.fusion import count_ops, fuse
 from torchship.validation import check, run_reference_cases
@@ -31,15 +34,23 @@ class OptimizeOptions:
 
 
 @contextlib.contextmanager
-def _staged_file(final: Path):
-    """Yield a temporary path beside ``final``; renamed to ``final`` on success, removed on error."""
-    tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
+def _staged_model(final: Path):
+    """Yield a path with ``final``'s name in a scratch folder beside it. On success the model and its
+    external data file (whose location inside the model is just its name) move into place, data
+    first; on error the scratch folder goes and the folder is as it was."""
+    scratch = Path(tempfile.mkdtemp(prefix=f".{final.stem}.", suffix=".partial", dir=final.parent))
     try:
+        tmp = scratch / final.name
         yield tmp
+        data = scratch / data_file_name(final)
+        if data.is_file():
+            os.replace(data, final.with_name(data.name))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                final.with_name(data.name).unlink()  # a stale data file of an earlier, larger variant
         os.replace(tmp, final)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class _Context:
@@ -50,6 +61,7 @@ class _Context:
         self.manifest = artifact.manifest
         self.src = artifact.path_of("model")
         make_session(self.src)  # a corrupted export fails here, before anything is written
+        self.external = uses_external_data(self.src)  # large models keep external data in every variant
         self.cases = load_reference(artifact.folder)
         self.atol = atol
         self.spec = artifact.manifest.spec()
@@ -71,13 +83,13 @@ def _graph_level_variant(ctx: _Context, level: str) -> Variant:
         validation = ctx.validated(path, name)
     else:
         path = ctx.folder / f"ort_{level}.onnx"
-        with _staged_file(path) as tmp:
+        with _staged_model(path) as tmp:
             make_session(ctx.src, level=level, optimized_model_path=tmp)
             validation = ctx.validated(tmp, name)
         if level == "all":
             notes = ("optimized for this machine's CPU (layout transforms); re-run optimize on the target",)
     return Variant(name=name, file=path.name, stage="ort-graph", options={"level": level, "session_level": level},
-                   size_bytes=path.stat().st_size, seconds=round(time.perf_counter() - start, 3),
+                   size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
                    validation=validation.to_json(), fusion={"counts": count_ops(path)}, notes=notes)
 
 
@@ -88,13 +100,14 @@ def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
                "use_gpu": use_gpu}
     path = ctx.folder / "model_optimized.onnx"
     start = time.perf_counter()
-    with _staged_file(path) as tmp:
-        report = fuse(ctx.src, tmp, num_layers=m.num_layers, hint=ctx.spec.fusion_hint, **options)
+    with _staged_model(path) as tmp:
+        report = fuse(ctx.src, tmp, num_layers=m.num_layers, hint=ctx.spec.fusion_hint,
+                      external_data=ctx.external, **options)
         if report.warning:
             ctx.progress.step(report.warning)
         validation = ctx.validated(tmp, "optimized")
     return Variant(name="optimized", file=path.name, stage="transformer-fusion", options=options,
-                   size_bytes=path.stat().st_size, seconds=round(time.perf_counter() - start, 3),
+                   size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
                    validation=validation.to_json(), fusion=report.to_json())
 
 

@@ -76,11 +76,11 @@ def source_model_loader(artifact: Artifact, override: str | None = None):
     if not source or source == "python object":
         raise InputError(f"{artifact.folder} was exported from a Python object; pass the checkpoint "
                          "for the PyTorch backends with --reference-model")
-    model_class = manifest.spec().model_class(manifest.task)
+    spec = manifest.spec()
 
     def load():
-        ref = loading.resolve(source)
-        return loading.load_model(ref, loading.load_config(ref), model_class=model_class)
+        _, ref = loading.peek(loading.resolve(source))
+        return spec.load_model(ref, spec.load_config(ref), manifest.task)
 
     return load
 
