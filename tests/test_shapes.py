@@ -140,3 +140,14 @@ def test_unets_with_extra_conditioning_are_refused_clearly(key):
 
     with pytest.raises(UnsupportedModelError, match=f"sets {key}=.*text-conditioned UNets"):
         unet_io(**{key: "text_time" if key != "time_cond_proj_dim" else 256})
+
+
+def test_decoder_mask_length_must_be_past_plus_new():
+    gpt2 = spec_for("gpt2")
+    config = types.SimpleNamespace(max_position_embeddings=64)
+    case = gpt2.case_for({"batch": 2, "sequence": 1, "past_sequence": 8, "total_sequence": 9}, config)
+    assert (case.batch, case.sequence, case.past) == (2, 1, 8)
+    with pytest.raises(InputError, match="attention_mask covers 10 positions, but past \\(8\\) plus new tokens"):
+        gpt2.case_for({"batch": 2, "sequence": 1, "past_sequence": 8, "total_sequence": 10}, config)
+    with pytest.raises(InputError, match="exceeds the model's limit of 64"):
+        gpt2.case_for({"batch": 1, "sequence": 60, "past_sequence": 8}, config)

@@ -41,7 +41,8 @@ def session_options(*, threads: int | None = None, spin: bool = False, level: st
     return so
 
 
-def providers_for(device: str) -> list[str]:
+def providers_for(device: str) -> list:
+    """ORT providers for ``device``: auto, cpu, cuda or cuda:N (a shape config's device)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -49,14 +50,16 @@ def providers_for(device: str) -> list[str]:
         device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if device == "cuda":
+    index = device[len("cuda:"):] if device.startswith("cuda:") else "0" if device == "cuda" else None
+    if index is not None and index.isdigit():
         if "CUDAExecutionProvider" not in available:
             raise BackendUnavailable(
-                "the CUDA execution provider is not available (onnxruntime-gpu and a GPU are needed); "
-                "pip install 'torchship[gpu]' on a machine with an NVIDIA GPU, or use --device cpu"
+                f"device {device} was asked for, but the CUDA execution provider is not available "
+                "(onnxruntime-gpu and a GPU are needed); pip install 'torchship[gpu]' on a machine with an "
+                "NVIDIA GPU, or use device cpu"
             )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise BackendUnavailable(f"unknown device {device!r}; use auto, cpu or cuda")
+        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+    raise BackendUnavailable(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
 def make_session(path: Path, *, threads: int | None = None, spin: bool = False, level: str = "all",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from torchship.errors import UnsupportedModelError
+from torchship.errors import InputError, UnsupportedModelError
 from torchship.exporters.encoders import check_positions, text_fusion_settings
 from torchship.exporters.sources import TransformersSource
 from torchship.exporters.spec import (BATCH, PAST_SEQUENCE, SEQUENCE, TEXT_GENERATION, TOTAL_SEQUENCE, ModelIO,
@@ -133,6 +133,10 @@ class DecoderSpec(TransformersSource):
 
     def case_for(self, sizes: dict[str, int], config) -> DecoderShape:
         case = DecoderShape(sizes[BATCH], sizes[SEQUENCE], sizes[PAST_SEQUENCE])
+        total = sizes.get(TOTAL_SEQUENCE, case.past + case.sequence)
+        if total != case.past + case.sequence:
+            raise InputError(f"attention_mask covers {total} positions, but past ({case.past}) plus new tokens "
+                             f"({case.sequence}) make {case.past + case.sequence}; make them agree")
         check_positions(case.past + case.sequence, self.max_positions(config))
         return case
 

@@ -140,7 +140,7 @@ def _torch_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOpt
 
     args = tuple(torch.from_numpy(dummy[n]) for n in plan.io.input_names)
     sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_torch_logs():
         warnings.simplefilter("ignore")
         if opts.exporter == "torchscript":
             dynamic_axes = {t.name: t.dynamic_axes() for t in (*plan.io.inputs, *plan.io.outputs)}
@@ -168,6 +168,22 @@ def _dynamic_shapes(wrapper, io: ModelIO) -> tuple:
         fixed = sum(p.kind is not inspect.Parameter.VAR_POSITIONAL for p in params)
         shapes = shapes[:fixed] + [tuple(shapes[fixed:])]
     return tuple(shapes)
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch's logging setup (initialized when torch.export first runs) resets the levels of its own
+    loggers, so the exporter's notes ("torchvision is not installed", ...) reach the terminal even
+    when the CLI quieted torch.onnx; they are turned down for the export only."""
+    import logging
+
+    import torch._logging
+
+    torch._logging.set_logs(onnx=logging.ERROR, export=logging.ERROR)
+    try:
+        yield
+    finally:
+        torch._logging.set_logs()
 
 
 def _name_axes(path: Path, io: ModelIO) -> None:
