@@ -204,10 +204,6 @@ class Artifact:
     def best_variant(self) -> str:
         """The most optimized validated variant: transformer fusion, else ORT graph 'all', else the export."""
         order = ["optimized", "ort-all", "ort-extended", "ort-basic", "model"]
-        preferred = self.manifest.spec().preferred_variant
-        if preferred in order:  # a family whose fused variant measured slower prefers another
-            order.remove(preferred)
-            order.insert(0, preferred)
         valid = [n for n in order if n in self.manifest.variants
                  and (self.manifest.variants[n].validation or {}).get("passed")]
         return valid[0] if valid else "model"

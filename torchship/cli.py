@@ -247,7 +247,8 @@ def predict_cmd(folder, texts, backend, device, as_json):
     from torchship.runtimes import RuntimeOptions, create_predictor
     from torchship.runtimes.text import TextModel
 
-    artifact = Artifact.open(folder).require_kind("encoder", "use torchship generate")
+    artifact = Artifact.open(folder).require_kind(
+        "encoder", "predict runs text encoders; for a decoder use torchship generate, for a UNet torchship bench")
     backend = _resolve_backend(artifact, backend)
     predictor = create_predictor(artifact, backend, RuntimeOptions(device=device))
     with predictor:

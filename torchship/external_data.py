@@ -153,10 +153,16 @@ def normalize(src: Path, dst: Path, mode: str = "auto") -> bool:
     graph_only = load_onnx(src, load_external_data=False, checked=False)
     locations = external_locations(graph_only)
     check_locations(src, locations)
-    if not locations and mode != "always" and initializer_bytes(graph_only) <= THRESHOLD_BYTES:
+    large = initializer_bytes(graph_only) > THRESHOLD_BYTES
+    if not locations and mode != "always" and not large:
         if src != dst:
             os.replace(src, dst)
         return False
+    if locations == [data_file_name(src)] and src.name == dst.name and (mode == "always" or (large and mode == "auto")):
+        if src != dst:  # already as torchship writes it (the dynamo exporter's own layout): move, not rewrite
+            os.replace(src.with_name(locations[0]), dst.with_name(locations[0]))
+            os.replace(src, dst)
+        return True
     del graph_only
     model = onnx.load(str(src), load_external_data=True)
     external = wants_external(model, mode)

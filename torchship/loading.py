@@ -157,20 +157,27 @@ def _hub_file(ref: ModelRef, filename: str, *, subfolder: str | None = None) -> 
 
     kwargs = dict(repo_id=ref.name, filename=filename, subfolder=subfolder, revision=ref.revision)
     try:
-        return Path(hf_hub_download(**kwargs, local_files_only=True))
-    except (LocalEntryNotFoundError, EntryNotFoundError, OSError, ValueError):
+        return _cache_then_hub(ref, lambda local: Path(hf_hub_download(**kwargs, local_files_only=local)),
+                               (LocalEntryNotFoundError, EntryNotFoundError, OSError, ValueError))
+    except EntryNotFoundError:
+        return None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {ref.name!r} from the hub: {first_line(exc)}") from None
+
+
+def _cache_then_hub(ref: ModelRef, fetch, cache_misses: tuple):
+    """``fetch(local_only=True)``; on a cache miss, ``fetch(False)`` when the hub can be reached, else
+    one clear error at once (transformers would retry for half a minute)."""
+    try:
+        return fetch(True)
+    except cache_misses:
         pass
     if _offline():
         raise _not_available(ref, "HF_HUB_OFFLINE is set")
     reason = _hub_reachable()
     if reason:
         raise _not_available(ref, reason)
-    try:
-        return Path(hf_hub_download(**kwargs))
-    except EntryNotFoundError:
-        return None
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load {ref.name!r} from the hub: {first_line(exc)}") from None
+    return fetch(False)
 
 
 def load_config(ref: ModelRef, *, trust_remote_code: bool = False):
@@ -186,16 +193,8 @@ def load_config(ref: ModelRef, *, trust_remote_code: bool = False):
             raise ModelLoadError(f"{ref.path}/config.json could not be read: {first_line(exc)}") from None
     kwargs = dict(revision=ref.revision, trust_remote_code=trust_remote_code)
     try:
-        return AutoConfig.from_pretrained(ref.name, local_files_only=True, **kwargs)
-    except (OSError, ValueError):
-        pass
-    if _offline():
-        raise _not_available(ref, "HF_HUB_OFFLINE is set")
-    reason = _hub_reachable()
-    if reason:
-        raise _not_available(ref, reason)
-    try:
-        return AutoConfig.from_pretrained(ref.name, **kwargs)
+        return _cache_then_hub(ref, lambda local: AutoConfig.from_pretrained(ref.name, local_files_only=local,
+                                                                             **kwargs), (OSError, ValueError))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load {ref.name!r} from the hub: {first_line(exc)}") from None
 

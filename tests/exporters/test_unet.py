@@ -143,6 +143,7 @@ def test_export_unet_cli_inpainting_then_bench(unet_dirs, tmp_path):
     assert "| ort | batch 1 x 16x16 latents x 77 tokens |" in proc.stdout  # the model's sample_size, 77 tokens
     assert json.loads((out / "bench" / "results.json").read_text())["settings"]["shapes"] == \
         ["batch 1 x 16x16 latents x 77 tokens"]
+    one_line_error(run("torchship", "predict", str(out), "some text"), "for a UNet torchship bench")
 
 
 def test_cli_bad_shape_configs_and_wrong_family(unet_dirs, model_dirs, tmp_path):

@@ -74,7 +74,7 @@ def markdown(report: BenchReport) -> str:
         "",
         f"Latencies are medians (p50) and tails over {report.settings['min_iterations']}+ runs per backend, "
         "backends interleaved in blocks. Accuracy compares the first output with the baseline on the same inputs "
-        "(min cosine is per token for hidden states).",
+        "(min cosine is per row of the last axis: per token for hidden states).",
         "",
         markdown_table(report),
         "",

@@ -91,7 +91,6 @@ class DecoderSpec(TransformersSource):
         DecoderShape(1, 4, 9),
     )
     bench_inputs: str = "random token ids, seeded"
-    preferred_variant: str | None = None
 
     def default_task(self, config) -> str:
         return TEXT_GENERATION

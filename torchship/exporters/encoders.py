@@ -29,7 +29,6 @@ class EncoderSpec(TransformersSource):
     dummy_case: TextShape = TextShape(2, 16)
     validation_cases: tuple[TextShape, ...] = (TextShape(1, 9), TextShape(3, 23, (23, 11, 4)))
     bench_inputs: str = "random token ids, full length, seeded"
-    preferred_variant: str | None = None
 
     def default_task(self, config) -> str:
         """A *ForSequenceClassification checkpoint exports logits; anything else hidden states."""

@@ -214,8 +214,11 @@ def _is_large(module) -> bool:
     return size > external_data.THRESHOLD_BYTES
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Loaded:
+    """What export works on; ``model`` is let go (set to None) once it is no longer needed, so a
+    large model is not held in memory while ONNX Runtime validates the export."""
+
     model: object
     tokenizer: object | None
     source: dict
@@ -234,14 +237,13 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
     opts = opts.resolved(spec)
     config = spec.load_config(ref, trust_remote_code=opts.trust_remote_code)
     task = _resolve_task(spec, opts.task, config)
-    torch_model = spec.load_model(ref, config, task, allow_pickle=opts.allow_pickle,
-                                  trust_remote_code=opts.trust_remote_code,
-                                  attn_implementation=opts.attn_implementation)
-    tokenizer = spec.load_tokenizer(ref, trust_remote_code=opts.trust_remote_code)
     source = {"model": model, "resolved": ref.describe(), "revision": ref.revision, "subfolder": ref.subfolder,
               "architectures": list(getattr(config, "architectures", None) or [])}
-    return _export_loaded(_Loaded(torch_model, tokenizer, source, ref.path), spec, task, Path(output), opts,
-                          progress)
+    loaded = _Loaded(spec.load_model(ref, config, task, allow_pickle=opts.allow_pickle,
+                                     trust_remote_code=opts.trust_remote_code,
+                                     attn_implementation=opts.attn_implementation),
+                     spec.load_tokenizer(ref, trust_remote_code=opts.trust_remote_code), source, ref.path)
+    return _export_loaded(loaded, spec, task, Path(output), opts, progress)
 
 
 def export_model(model, output: str | Path, *, tokenizer=None, task: str | None = None,
@@ -252,10 +254,10 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
     spec = spec_for(_model_type_of(model), source=type(model).__name__, kind=options.kind)
     opts = options.resolved(spec)
     task = _resolve_task(spec, task, types.SimpleNamespace(architectures=[type(model).__name__]))
-    copied = spec.prepare_copy(copy.deepcopy(model).eval(), opts.attn_implementation)
     source = {"model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
               "resolved": "python object", "revision": None, "architectures": [type(model).__name__]}
-    return _export_loaded(_Loaded(copied, tokenizer, source, None), spec, task, Path(output), opts, progress)
+    loaded = _Loaded(spec.prepare_copy(copy.deepcopy(model).eval(), opts.attn_implementation), tokenizer, source, None)
+    return _export_loaded(loaded, spec, task, Path(output), opts, progress)
 
 
 def _model_type_of(model) -> str:
@@ -269,7 +271,9 @@ def _model_type_of(model) -> str:
 
 def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                    opts: ExportOptions, progress: _progress.Progress) -> Artifact:
-    model = loaded.model
+    import gc
+
+    model, loaded.model = loaded.model, None  # from here on, this function holds the only reference
     config = model.config
     plan = _plan(spec, model, task, opts)
     wrapper = spec.wrapper(model, plan.io)
@@ -303,6 +307,11 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                               f"try --exporter {'dynamo' if opts.exporter == 'torchscript' else 'torchscript'}") from None
         seconds = time.perf_counter() - start
         _check_onnx(onnx_path)
+        spec.save_config(model, tmp)
+        fusion = spec.fusion_settings(model)
+        model_type = _model_type_of(model)
+        del model, wrapper  # PyTorch's copy of the weights goes before ONNX Runtime loads its own
+        gc.collect()
 
         progress.step("validating against eager PyTorch")
         save_reference(tmp, cases)
@@ -311,15 +320,13 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
 
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
-        spec.save_config(model, tmp)
-        fusion = spec.fusion_settings(model)
         variant = Variant(name="model", file="model.onnx", stage="export",
                           options={"exporter": opts.exporter, "opset": opts.opset, "external_data": external},
                           size_bytes=model_bytes(onnx_path), seconds=round(seconds, 3),
                           validation=report.to_json())
         manifest = Manifest(
             source=loaded.source,
-            family=spec.family, model_type=_model_type_of(model), task=task,
+            family=spec.family, model_type=model_type, task=task,
             ort_model_type=spec.ort_model_type,
             num_heads=int(fusion["num_heads"]), hidden_size=int(fusion["hidden_size"]),
             num_layers=int(fusion["num_layers"]),

@@ -80,7 +80,6 @@ class ModelSpec(Protocol):
     dummy_case: Case
     validation_cases: tuple[Case, ...]
     bench_inputs: str  # how benchmark inputs are made, for the report
-    preferred_variant: str | None  # put first by Artifact.best_variant, when measured best for the family
 
     def default_task(self, config) -> str: ...
 

@@ -83,7 +83,6 @@ class UNetSpec(DiffusersSource):
     dummy_case: UNetShape = UNetShape(2, 64, 32, 11, 2)
     validation_cases: tuple[UNetShape, ...] = (UNetShape(1, 32, 32, 7, 1), UNetShape(3, 32, 64, 13, 1))
     bench_inputs: str = "Gaussian latents and text states, timesteps in 0..999, seeded"
-    preferred_variant: str | None = None
 
     def default_task(self, config) -> str:
         return DENOISING
