@@ -157,17 +157,18 @@ def optimize_cmd(folder, levels, no_fusion, atol):
     _print_artifact(artifact)
 
 
-def _bench_options(backends, threads, min_seconds, ort_spin, reference_model):
+def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_spin, reference_model):
     from dataclasses import replace
 
     from torchship.benchmarks.run import BenchOptions, default_threads
     from torchship.benchmarks.timing import TimingPlan
     from torchship.runtimes import parse_backends
 
+    plan = replace(TimingPlan(), min_seconds=min_seconds, warmup=warmup, min_iterations=min_iterations,
+                   block=min(TimingPlan().block, min_iterations))
     return BenchOptions(backends=parse_backends(backends),
                         threads=default_threads() if threads is None else threads,
-                        spin=ort_spin, plan=replace(TimingPlan(), min_seconds=min_seconds),
-                        reference_model=reference_model)
+                        spin=ort_spin, plan=plan, reference_model=reference_model)
 
 
 @main.command("bench")
@@ -178,6 +179,8 @@ def _bench_options(backends, threads, min_seconds, ort_spin, reference_model):
 @o.shape_config
 @o.threads
 @o.min_seconds
+@o.warmup
+@o.min_iterations
 @o.spin
 @o.reference_model
 @o.report_dir

@@ -52,6 +52,11 @@ external_data = click.option("--external-data", type=click.Choice(EXTERNAL_DATA_
                                   "(ONNX files cannot exceed 2 GB), always, or never.")
 min_seconds = click.option("--min-seconds", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
                            help="Minimum measured time per backend and shape.")
+warmup = click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+                      help="Untimed runs per backend and shape before timing.")
+min_iterations = click.option("--min-iterations", type=click.IntRange(min=1), default=30, show_default=True,
+                              help="Timed runs per backend and shape, at least (a UNet step takes seconds on a "
+                                   "CPU: lower this for a quick look).")
 spin = click.option("--ort-spin/--no-ort-spin", default=False, show_default=True,
                     help="Let ORT worker threads spin between runs (lower latency, burns a core).")
 reference_model = click.option("--reference-model", default=None, metavar="ID_OR_DIR",

@@ -138,11 +138,13 @@ def test_export_unet_cli_inpainting_then_bench(unet_dirs, tmp_path):
     proc = run("export-unet", "--model", str(unet_dirs(9)), "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "model_optimized.onnx" in proc.stdout and "exporting with dynamo" in proc.stderr
-    proc = run("torchship", "bench", str(out), "--backends", "torch,ort", "--min-seconds", "0")
+    proc = run("torchship", "bench", str(out), "--backends", "torch,ort", "--min-seconds", "0", "--warmup", "1",
+               "--min-iterations", "3")
     assert proc.returncode == 0, proc.stderr
     assert "| ort | batch 1 x 16x16 latents x 77 tokens |" in proc.stdout  # the model's sample_size, 77 tokens
-    assert json.loads((out / "bench" / "results.json").read_text())["settings"]["shapes"] == \
-        ["batch 1 x 16x16 latents x 77 tokens"]
+    settings = json.loads((out / "bench" / "results.json").read_text())["settings"]
+    assert settings["shapes"] == ["batch 1 x 16x16 latents x 77 tokens"]
+    assert (settings["warmup"], settings["min_iterations"]) == (1, 3)
     one_line_error(run("torchship", "predict", str(out), "some text"), "for a UNet torchship bench")
 
 
