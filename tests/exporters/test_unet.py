@@ -75,6 +75,7 @@ def test_export_with_shape_config_validates_min_use_max_and_benchmarks_at_use(un
     assert [m.shape for m in report.measurements] == ["batch 1 x 16x16 latents x 9 tokens"] * 2
     assert {m.phase for m in report.measurements} == {"step"}
     assert report.measurements[1].accuracy.max_abs < 1e-4
+    assert type(report).from_json(report.to_json()) == report  # results.json reads back (re-plotting)
 
 
 def test_export_leaves_the_users_unet_alone(tmp_path):

@@ -106,7 +106,9 @@ def plot(report: BenchReport, path: Path) -> None:
     unique = dict(zip(labels, handles))
     ax.set_xticks(range(len(keys)), [_tick(k) for k in keys])
     ax.set_ylabel("median latency (ms, lower is better)")
-    ax.set_yscale("log")
+    values = [m.p50_ms for m in report.measurements]
+    if values and max(values) > 10 * min(values):  # shapes of very different cost: log scale
+        ax.set_yscale("log")
     ax.set_title(f"{display_name(report.model)}: {report.environment.threads} threads, {report.environment.cpu}"[:90],
                  fontsize=9)
     ax.legend(unique.values(), unique.keys(), fontsize=8)

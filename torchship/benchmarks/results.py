@@ -111,6 +111,18 @@ class BenchReport:
                 seen.append(m.backend)
         return seen
 
+    @classmethod
+    def from_json(cls, data: dict) -> "BenchReport":
+        """A report read back from its results.json (to re-plot or compare runs)."""
+        fields = set(Measurement.__dataclass_fields__)
+        rows = []
+        for row in data["measurements"]:
+            acc = row.get("accuracy")
+            rows.append(Measurement(**{**{k: v for k, v in row.items() if k in fields},
+                                       "accuracy": Accuracy(**acc) if acc else None}))
+        return cls(data["model"], data["variant_files"], Environment(**data["environment"]), data["settings"],
+                   tuple(rows), data.get("baseline", "torch"))
+
     def to_json(self) -> dict:
         rows = []
         for m in self.measurements:
