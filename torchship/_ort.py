@@ -88,19 +88,14 @@ def make_session(path: Path, *, threads: int | None = None, spin: bool = False, 
                             "the file is corrupted or incomplete, re-run torchship export") from None
 
 
-def load_onnx(path: Path, *, load_external_data: bool = False, checked: bool = True):
-    """``onnx.load`` with a clear error for missing or corrupted files; ``checked``: refuse external
-    data outside the model's folder first (see torchship.external_data)."""
+def load_onnx(path: Path, *, load_external_data: bool = False):
+    """``onnx.load`` with a clear error for missing or corrupted files."""
     import onnx
     from google.protobuf.message import DecodeError
 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"ONNX file {path} is missing")
-    if checked and load_external_data:
-        from torchship.external_data import check_file
-
-        check_file(path)
     try:
         return onnx.load(str(path), load_external_data=load_external_data)
     except (DecodeError, ValueError, OSError) as exc:

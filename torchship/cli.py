@@ -203,14 +203,13 @@ def bench_cmd(folder, report_dir, prompt_length, batch_sizes, seq_lens, shape_co
 
     opts = _bench_options(**flags)
     artifact = Artifact.open(folder)
-    resolved = _bench_shapes(artifact, shape_config)
-    if resolved is not None:  # a config given here replaces the one kept at export
-        artifact.manifest = replace(artifact.manifest, shapes=resolved.to_json())
+    spec = artifact.manifest.spec()
+    resolved = _bench_shapes(artifact, shape_config)  # a config given here replaces the one kept at export
     batches = parse_shape_list(batch_sizes, what="--batch-sizes") if batch_sizes else None
     seqs = parse_shape_list(seq_lens, what="--seq-lens") if seq_lens else None
     device = resolved.device if resolved is not None else "cpu"
-    sizes = bench_sizes(artifact, artifact.load_config(), batch_sizes=batches, seq_lens=seqs)
-    if artifact.manifest.spec().kind == "decoder":
+    sizes = bench_sizes(spec, artifact.load_config(), resolved, batch_sizes=batches, seq_lens=seqs)
+    if spec.kind == "decoder":
         from torchship.benchmarks.decoder import DecoderBenchOptions, run_decoder_benchmark
 
         prompt = prompt_length or sizes[0][SEQUENCE]

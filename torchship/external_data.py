@@ -73,13 +73,18 @@ def external_locations(model) -> list[str]:
 
 
 def initializer_bytes(model) -> int:
-    """Bytes of tensor data in a ModelProto (loaded with its external data, or inline)."""
+    """Bytes of tensor data in a ModelProto, from each tensor's dims and type, so it is the same whether
+    the data is inline, loaded, or still external (exporters do not always record a "length")."""
+    import numpy as np
+    import onnx
+
     total = 0
     for tensor in _tensors(model.graph):
-        if _location(tensor) is not None:
-            total += sum(int(e.value) for e in tensor.external_data if e.key == "length")
+        if tensor.data_type == onnx.TensorProto.STRING:
+            total += tensor.ByteSize()
         else:
-            total += len(tensor.raw_data) or tensor.ByteSize()
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            total += int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
     return total
 
 
@@ -107,21 +112,13 @@ def check_file(model_path: Path) -> list[str]:
     """Check the external data of an ONNX file without loading it; returns its locations."""
     from torchship._ort import load_onnx
 
-    locations = external_locations(load_onnx(model_path, load_external_data=False, checked=False))
+    locations = external_locations(load_onnx(model_path))
     check_locations(model_path, locations)
     return locations
 
 
 def uses_external_data(model_path: Path) -> bool:
     return bool(check_file(model_path))
-
-
-def wants_external(model, mode: str = "auto") -> bool:
-    if mode not in MODES:
-        raise InputError(f"unknown external data mode {mode!r}; use {', '.join(MODES)}")
-    if mode != "auto":
-        return mode == "always"
-    return initializer_bytes(model) > THRESHOLD_BYTES
 
 
 def save_model(model, path: Path, *, external: bool) -> None:
@@ -150,21 +147,21 @@ def normalize(src: Path, dst: Path, mode: str = "auto") -> bool:
     from torchship._ort import load_onnx
 
     src, dst = Path(src), Path(dst)
-    graph_only = load_onnx(src, load_external_data=False, checked=False)
+    graph_only = load_onnx(src)
     locations = external_locations(graph_only)
     check_locations(src, locations)
-    large = initializer_bytes(graph_only) > THRESHOLD_BYTES
-    if not locations and mode != "always" and not large:
+    if mode not in MODES:
+        raise InputError(f"unknown external data mode {mode!r}; use {', '.join(MODES)}")
+    external = mode == "always" or (mode == "auto" and initializer_bytes(graph_only) > THRESHOLD_BYTES)
+    if not locations and not external:
         if src != dst:
             os.replace(src, dst)
         return False
-    if locations == [data_file_name(src)] and src.name == dst.name and (mode == "always" or (large and mode == "auto")):
+    if locations == [data_file_name(src)] and src.name == dst.name and external:
         if src != dst:  # already as torchship writes it (the dynamo exporter's own layout): move, not rewrite
             os.replace(src.with_name(locations[0]), dst.with_name(locations[0]))
             os.replace(src, dst)
         return True
     del graph_only
-    model = onnx.load(str(src), load_external_data=True)
-    external = wants_external(model, mode)
-    save_model(model, dst, external=external)
+    save_model(onnx.load(str(src), load_external_data=True), dst, external=external)
     return external

@@ -48,11 +48,9 @@ def accuracy_of(ref: np.ndarray, got: np.ndarray, *, reference: str, output: str
                     float(cos.min()), float(cos.mean()))
 
 
-def bench_sizes(artifact: Artifact, config, *, batch_sizes=None, seq_lens=None) -> tuple[dict, ...]:
-    """The shapes to measure: the export's shape config ``use`` shape, else the family's defaults;
+def bench_sizes(spec, config, resolved=None, *, batch_sizes=None, seq_lens=None) -> tuple[dict, ...]:
+    """The shapes to measure: a resolved shape config's ``use`` shape, else the family's defaults;
     ``batch_sizes`` and ``seq_lens`` (from flags) replace the batch and sequence axes."""
-    spec = artifact.manifest.spec()
-    resolved = artifact.manifest.resolved_shapes()
     base = (resolved.sizes("use"),) if resolved is not None else tuple(spec.bench_sizes(config))
     if batch_sizes:
         base = tuple({**b, BATCH: n} for b in base for n in batch_sizes)
@@ -73,7 +71,7 @@ def _cases(spec, config, opts: BenchOptions, artifact: Artifact) -> list:
     elif opts.shapes is not None:
         sizes = tuple({BATCH: b, SEQUENCE: s} for b, s in opts.shapes)
     else:
-        sizes = bench_sizes(artifact, config)
+        sizes = bench_sizes(spec, config, artifact.manifest.resolved_shapes())
     if not sizes or any(v < 1 for sz in sizes for k, v in sz.items() if k in (BATCH, SEQUENCE)):
         raise InputError(f"benchmark shapes must have positive batch and sequence sizes, got {list(sizes)}")
     return [spec.case_for(sz, config) for sz in sizes]

@@ -23,7 +23,7 @@ from torchship._fs import check_output_dir, staged_dir
 from torchship._torch import run_named
 from torchship.artifact import (Artifact, Manifest, ReferenceCase, Variant, library_versions, model_bytes,
                                 save_reference)
-from torchship.errors import ExportError, InputError
+from torchship.errors import ExportError, InputError, TorchshipError
 from torchship.exporters.spec import EMPTY_OK_AXES, TEXT_CLASSIFICATION, ModelIO, ModelSpec, spec_for
 from torchship.validation import check, run_reference_cases
 
@@ -107,18 +107,18 @@ def _plan(spec: ModelSpec, model, task: str, opts: ExportOptions) -> _Plan:
     resolved = use_case = None
     if opts.shapes is not None:
         resolved = shapes.resolve(opts.shapes, model_io, empty_ok_axes=EMPTY_OK_AXES)
-        config_cases = {}
-        for which in shapes.WHICH:  # min, use, max; the same shape twice is validated once
-            case = spec.case_for(resolved.sizes(which), model.config)
-            config_cases.setdefault(spec.case_shape(case), case)
-        use_case = spec.case_for(resolved.sizes("use"), model.config)
-        cases = tuple(opts.validation_cases or config_cases.values())
+        by_which = {w: spec.case_for(resolved.sizes(w), model.config) for w in shapes.WHICH}
+        use_case = by_which["use"]
+        distinct = {}
+        for case in by_which.values():  # min, use, max; a shape given twice is validated once
+            distinct.setdefault(spec.case_shape(case), case)
+        cases = tuple(opts.validation_cases or distinct.values())
     else:
         cases = tuple(opts.validation_cases or spec.validation_cases)
     others = [c for c in cases if spec.case_shape(c) != spec.case_shape(dummy)]
     if not others or (opts.shapes is None and len(others) < len(cases)):
-        raise InputError("validation shapes must differ from the export's dummy shape "
-                         f"({dummy.label()}); widen the shape config's min..max")
+        hint = "; widen the shape config's min..max" if opts.shapes is not None else ""
+        raise InputError(f"validation shapes must differ from the export's dummy shape ({dummy.label()}){hint}")
     return _Plan(spec, task, model_io, dummy, cases, opts.atol or spec.atol, resolved, use_case)
 
 
@@ -299,7 +299,7 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
         # would cost a UNet's 3.5 GB.
         try:
             external = _run_export(wrapper, plan, dummy, onnx_path, opts)
-        except (ExportError, InputError):
+        except TorchshipError:  # ours (e.g. external data checks) say what is wrong themselves
             raise
         except Exception as exc:  # torch raises many exception types from deep inside
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

@@ -14,7 +14,8 @@ from torchship.errors import ArtifactError, BackendUnavailable, ModelLoadError
 
 
 class TransformersSource:
-    """Checkpoints that ``save_pretrained`` of a transformers model wrote."""
+    """Checkpoints that ``save_pretrained`` of a transformers model wrote; the spec names the Auto
+    class per task with ``model_class(task)``."""
 
     has_text = True  # a tokenizer and text settings travel with the export
 
@@ -100,7 +101,7 @@ class DiffusersSource:
             with _quiet_diffusers():
                 model = cls.from_pretrained(ref.load_id, subfolder=ref.subfolder, revision=ref.revision,
                                             use_safetensors=use_safetensors)
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load the weights of {ref.name!r}: {loading.first_line(exc)}") from None
         return model.eval()
 

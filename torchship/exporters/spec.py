@@ -83,8 +83,6 @@ class ModelSpec(Protocol):
 
     def default_task(self, config) -> str: ...
 
-    def model_class(self, task: str): ...
-
     def io(self, model, task: str) -> ModelIO: ...
 
     def wrapper(self, model, io: ModelIO): ...
@@ -105,10 +103,6 @@ class ModelSpec(Protocol):
     def fusion_settings(self, model) -> dict:
         """num_heads, hidden_size for ORT's transformer optimizer, and num_layers: how many attention
         fusions a complete fusion gives."""
-        ...
-
-    def max_positions(self, config) -> int:
-        """The longest sequence (past included) the model's position embeddings allow."""
         ...
 
     def compared_positions(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -136,9 +136,6 @@ class UNetSpec(DiffusersSource):
         size = size if isinstance(size, int) and size > 0 else 64
         return [{BATCH: 1, HEIGHT: size, WIDTH: size, SEQUENCE: 77, STEPS: 1}]
 
-    def max_positions(self, config) -> int:
-        return 1 << 30  # text states are not position-embedded here; any length runs
-
     def compared_positions(self, feeds) -> dict:
         return {}
 
