@@ -195,10 +195,11 @@ class Artifact:
 
     def require_kind(self, kind: str | tuple[str, ...], hint: str) -> "Artifact":
         """Refuse a folder of another kind of family ("encoder", "decoder", "unet"), saying what to use instead."""
+        from torchship.exporters.spec import KIND_ONE
+
         actual = self.manifest.spec().kind
         if actual not in ((kind,) if isinstance(kind, str) else kind):
-            article = "an" if actual[0] in "aeiou" else "a"
-            raise InputError(f"{self.folder} holds {article} {actual}; {hint}")
+            raise InputError(f"{self.folder} holds {KIND_ONE[actual]}; {hint}")
         return self
 
     def best_variant(self) -> str:

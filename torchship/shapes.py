@@ -91,7 +91,11 @@ def load_shape_config(path: str | Path) -> ShapeConfig:
 
         data = yaml.safe_load(text) if path.suffix.lower() != ".json" else json.loads(text)
     except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        if mark is not None and problem:  # yaml: say what and where, not what it was parsing
+            first = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+        else:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"shape config {path} is not valid YAML/JSON: {first}") from None
     return parse_shape_config(data, source=str(path))
 
