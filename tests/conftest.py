@@ -55,6 +55,18 @@ def minilm_dir():
 
 
 @pytest.fixture(scope="session")
+def minilm_export(minilm_dir, tmp_path_factory):
+    """The packaged MiniLM exported and transformer-fused once per session (copy it before changing it)."""
+    from torchship.exporters.export import export
+    from torchship.optimizers import OptimizeOptions, optimize
+
+    out = tmp_path_factory.mktemp("minilm") / "onnx"
+    export(str(minilm_dir), out)
+    optimize(out, OptimizeOptions(levels=()))
+    return out
+
+
+@pytest.fixture(scope="session")
 def decoder_dir(tmp_path_factory):
     from tiny import save_decoder_dir
 

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 
 from torchship.artifact import Artifact
-from torchship.exporters.export import export
-from torchship.optimizers import OptimizeOptions, optimize
 from torchship.runtimes import RuntimeOptions, create_predictor
 from torchship.runtimes.text import TextModel
 
@@ -19,13 +17,6 @@ SENTENCES = [
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def minilm_export(minilm_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("minilm") / "onnx"
-    export(str(minilm_dir), out)
-    optimize(out, OptimizeOptions(levels=()))
-    return out
 
 
 def test_minilm_fuses_fully(minilm_export):

@@ -66,6 +66,7 @@ class Manifest:
     variants: dict[str, Variant]
     skipped: dict[str, str] = field(default_factory=dict)  # variant name -> why it could not be made
     shapes: dict | None = None  # the shape config resolved against the model (torchship.shapes)
+    quantization: dict | None = None  # int8 candidates tried by torchship quantize, with their numbers
     format: int = FORMAT_VERSION
 
     def to_json(self) -> dict:

@@ -24,6 +24,7 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs advice on the root logger
     for name in ("transformers", "huggingface_hub", "torch.onnx", "onnxruntime", "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -155,6 +156,85 @@ def optimize_cmd(folder, levels, no_fusion, atol):
     artifact = optimize(folder, OptimizeOptions(levels=names, transformer_fusion=not no_fusion, atol=atol),
                         progress=_PROGRESS)
     _print_artifact(artifact)
+
+
+def _choices(value: str, *, what: str) -> tuple[bool, ...]:
+    return {"yes": (True,), "no": (False,), "both": (True, False)}[value]
+
+
+@main.command("quantize")
+@click.argument("folder", type=click.Path())
+@click.option("--int8", "int8", is_flag=True, default=True,
+              help="Make an int8 variant (the default and, for now, the only precision quantize makes).")
+@click.option("--method", type=click.Choice(["auto", "dynamic", "static", "both"]), default="auto", show_default=True,
+              help="auto: dynamic, plus static when --calibration is given.")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="Calibration data for static int8: a text file (one text per line) or an .npz with one array "
+                   "per model input (samples on the first axis).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--per-channel", type=click.Choice(["both", "yes", "no"]), default="both", show_default=True,
+              help="Per-channel weight scales; 'both' tries each and keeps the better by measurement.")
+@click.option("--reduce-range", type=click.Choice(["no", "yes", "both"]), default="no", show_default=True,
+              help="7-bit weights (avoids saturation in the int8 kernels of CPUs without VNNI).")
+@click.option("--from", "sources", default=None,
+              help="Variants to quantize, comma-separated: model (the export), optimized (transformer-fused). "
+                   "Default: both that exist.")
+@click.option("--op-types", default=None, help="Op types to quantize, comma-separated (e.g. MatMul,Attention); "
+                                               "default: ONNX Runtime's for the method.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave nodes whose names match PATTERN (fnmatch, e.g. '*layer.5*') in fp32; repeatable.")
+@o.budget
+@o.eval_texts
+@o.threads
+@friendly_errors
+def quantize_cmd(folder, int8, method, calibration, calibration_method, per_channel, reduce_range, sources,
+                 op_types, exclude, budget, eval_texts, threads):
+    """Make an int8 variant of FOLDER: try several quantizations, keep the fastest within the accuracy budget."""
+    from torchship.optimizers.quantize import QuantizeOptions, quantize
+
+    methods = {"auto": ("dynamic", "static") if calibration else ("dynamic",), "dynamic": ("dynamic",),
+               "static": ("static",), "both": ("dynamic", "static")}[method]
+    opts = QuantizeOptions(
+        methods=methods, per_channel=_choices(per_channel, what="--per-channel"),
+        reduce_range=_choices(reduce_range, what="--reduce-range"),
+        sources=_split(sources), op_types=_split(op_types), exclude=tuple(exclude), calibration=calibration,
+        calibration_method=calibration_method, eval_texts=eval_texts, budget=budget, threads=threads)
+    try:
+        artifact = quantize(folder, opts, progress=_PROGRESS)
+    finally:
+        _print_candidates(folder)
+    v = artifact.manifest.variants["int8"]
+    click.echo(f"kept {v.options['name']} as {artifact.folder / v.file} ({v.size_bytes / 1e6:.1f} MB, "
+               f"{v.validation['metric']} {v.validation['mean']:.4f}, {v.options['speedup_vs_fp32']:.2f}x the fp32 "
+               f"export at {v.options['shape']})")
+
+
+def _split(text: str | None) -> tuple[str, ...] | None:
+    items = tuple(t.strip() for t in (text or "").split(",") if t.strip())
+    return items or None
+
+
+def _print_candidates(folder) -> None:
+    from torchship.artifact import Artifact
+
+    try:
+        q = Artifact.open(folder).manifest.quantization
+    except TorchshipError:
+        return
+    if not q:
+        return
+    click.echo("| candidate | accuracy mean | min | p50 ms | vs fp32 | kept |")
+    click.echo("|---|---:|---:|---:|---:|---|")
+    for c in q["candidates"]:
+        acc = c["accuracy"] or {}
+        mean = f"{acc['mean']:.4f}" if acc else "-"
+        low = f"{acc['min']:.4f}" if acc else "-"
+        p50 = f"{c['p50_ms']:.2f}" if c.get("p50_ms") else "-"
+        ratio = f"{c['speedup_vs_fp32']:.2f}x" if c.get("speedup_vs_fp32") else "-"
+        kept = ("yes" if c["name"] == q["chosen"] else c["error"] if c["error"]
+                else "no: slower" if c["passed"] else "no: below budget")
+        click.echo(f"| {c['name']} | {mean} | {low} | {p50} | {ratio} | {kept} |")
 
 
 def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_spin, reference_model):

@@ -66,3 +66,9 @@ report_dir = click.option("--report", "report_dir", type=click.Path(file_okay=Fa
 prompt_length = click.option("--prompt-length", type=int, default=None,
                              help="Decoders: prompt tokens for the prefill, and the past length of the decode step "
                                   "(default: the shape config's use sequence, else 128).")
+budget = click.option("--budget", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.99, show_default=True,
+                      help="Accuracy floor against the fp32 model: mean sentence-embedding cosine (embedding "
+                           "models), label agreement (classifiers) or output cosine (other models).")
+eval_texts = click.option("--eval-texts", type=click.Path(dir_okay=False), default=None,
+                          help="Texts (one per line) the accuracy is measured on; default: torchship's 60 varied "
+                               "sentences (torchship/data/sentences.txt).")

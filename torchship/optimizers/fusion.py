@@ -52,6 +52,11 @@ class FusionReport:
                 "attention_fused": self.attention_fused, "warning": self.warning}
 
 
+def op_histogram(path: Path) -> dict[str, int]:
+    """Every op type in the graph with its count, most frequent first."""
+    return dict(Counter(node.op_type for node in load_onnx(path).graph.node).most_common())
+
+
 def count_ops(path: Path) -> dict[str, int]:
     model = load_onnx(path)
     counts = Counter(node.op_type for node in model.graph.node)

@@ -17,6 +17,8 @@ ORT_BACKENDS = {
     "ort-basic": "ort-basic",
     "ort-extended": "ort-extended",
     "ort-all": "ort-all",
+    "ort-int8": "int8",  # torchship quantize
+    "ort-fp16": "fp16",  # torchship optimize --fp16 (for GPUs; ONNX Runtime's CPU provider runs it slowly)
 }
 TORCH_BACKENDS = {"torch": "eager", "torchscript": "torchscript", "torch-compile": "compile"}
 BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS)

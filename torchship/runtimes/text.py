@@ -58,6 +58,20 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     return (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
 
 
+def encode_texts(tokenizer, texts: list[str], input_names, max_length: int) -> dict[str, np.ndarray]:
+    """Tokenize ``texts`` into one padded batch holding exactly the model's inputs."""
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    feeds = {}
+    for name in input_names:
+        if name in enc:
+            feeds[name] = enc[name].astype(np.int64)
+        elif name == "token_type_ids":
+            feeds[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
+        else:
+            raise ArtifactError(f"the tokenizer gives no {name!r}, which the model needs")
+    return feeds
+
+
 class TextModel:
     def __init__(self, predictor: Predictor, tokenizer, *, task: str, text_settings: dict):
         self.predictor = predictor
@@ -71,17 +85,7 @@ class TextModel:
                    text_settings=artifact.manifest.text)
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.settings["max_length"],
-                             return_tensors="np")
-        feeds = {}
-        for name in self.predictor.input_names:
-            if name in enc:
-                feeds[name] = enc[name].astype(np.int64)
-            elif name == "token_type_ids":
-                feeds[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
-            else:
-                raise ArtifactError(f"the tokenizer gives no {name!r}, which the model needs")
-        return feeds
+        return encode_texts(self.tokenizer, texts, self.predictor.input_names, self.settings["max_length"])
 
     def predict(self, texts: str | list[str]) -> Prediction:
         items = [texts] if isinstance(texts, str) else list(texts)
