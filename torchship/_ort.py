@@ -63,7 +63,10 @@ def providers_for(device: str) -> list:
 
 
 def make_session(path: Path, *, threads: int | None = None, spin: bool = False, level: str = "all",
-                 device: str = "cpu", optimized_model_path: Path | None = None):
+                 device: str = "cpu", optimized_model_path: Path | None = None,
+                 disabled_optimizers: tuple[str, ...] = ()):
+    """An ORT session for ``path``; ``disabled_optimizers`` names ORT graph transformers to skip (a variant
+    records them when it was measured faster without, e.g. SkipLayerNormFusion)."""
     import onnxruntime as ort
 
     from torchship.external_data import check_file, data_file_name
@@ -79,7 +82,8 @@ def make_session(path: Path, *, threads: int | None = None, spin: bool = False, 
                                     data_file_name(optimized_model_path))
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
-        return ort.InferenceSession(str(path), so, providers=providers_for(device))
+        extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
+        return ort.InferenceSession(str(path), so, providers=providers_for(device), **extra)
     except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
             ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:

@@ -147,15 +147,71 @@ def export_unet_main():
 @o.levels
 @o.no_fusion
 @o.atol
+@click.option("--fp16", is_flag=True,
+              help="Also write model_fp16.onnx for GPU targets: fp16 weights and compute, fp32 inputs and outputs, "
+                   "nodes whose fp32 activations come near the fp16 range kept in fp32, checked for NaN/inf.")
+@click.option("--fp16-block", default=None, metavar="OPS",
+              help="Op types to keep in fp32 in the fp16 model, comma-separated, beside ONNX Runtime's default list.")
+@click.option("--fp16-budget", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.999, show_default=True,
+              help="Accuracy floor of the fp16 model against the fp32 one (same metric as quantize --budget).")
+@click.option("--openvino", is_flag=True,
+              help="Also write OpenVINO IR: openvino/ (fp32) and openvino_fp16/ (fp16 weights). "
+                   "Needs torchship[openvino].")
 @friendly_errors
-def optimize_cmd(folder, levels, no_fusion, atol):
+def optimize_cmd(folder, levels, no_fusion, atol, fp16, fp16_block, fp16_budget, openvino):
     """Add ORT graph-level and transformer-fused variants to an exported FOLDER, each validated."""
     from torchship.optimizers import OptimizeOptions, optimize
 
     names = tuple(lv.strip() for lv in levels.split(",") if lv.strip())
-    artifact = optimize(folder, OptimizeOptions(levels=names, transformer_fusion=not no_fusion, atol=atol),
+    if openvino:
+        from torchship.runtimes.openvino import require_openvino
+
+        require_openvino()  # before any variant is made
+    artifact = optimize(folder, OptimizeOptions(levels=names, transformer_fusion=not no_fusion, atol=atol, fp16=fp16,
+                                                fp16_block=_split(fp16_block) or (), fp16_budget=fp16_budget,
+                                                openvino=openvino),
                         progress=_PROGRESS)
     _print_artifact(artifact)
+
+
+@main.command("tensorrt")
+@click.argument("folder", type=click.Path())
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True,
+              help="int8 builds from the folder's static int8 (QDQ) variant, with fp16 where TensorRT prefers it.")
+@o.shape_config
+@click.option("--min-shapes", default=None, help="trtexec style: input_ids:1x1,attention_mask:1x1")
+@click.option("--opt-shapes", default=None, help="The shapes TensorRT tunes for, e.g. input_ids:1x128,...")
+@click.option("--max-shapes", default=None, help="The largest shapes the engine accepts.")
+@friendly_errors
+def tensorrt_cmd(folder, precision, shape_config, min_shapes, opt_shapes, max_shapes):
+    """Build (or find in FOLDER/tensorrt/) a TensorRT engine for FOLDER's model on this GPU.
+
+    Profiles come from --config, else from --min/--opt/--max-shapes, else the config kept at export, else
+    batch and sequence from 1 up to the benchmark defaults. Engines are cached by model digest, shapes,
+    precision, GPU and TensorRT version; a timing cache makes rebuilds faster. Needs torchship[tensorrt]
+    and an NVIDIA GPU."""
+    from torchship.artifact import Artifact
+    from torchship.exporters.spec import EMPTY_OK_AXES
+    from torchship.runtimes.tensorrt import (EngineCache, artifact_profiles, build_engine, profiles_from_shapes,
+                                             require_tensorrt, shape_config_from_flags)
+    from torchship.shapes import load_shape_config, resolve
+
+    artifact = Artifact.open(folder)
+    io = artifact.manifest.io()
+    if shape_config:
+        profiles = profiles_from_shapes(resolve(load_shape_config(shape_config), io, empty_ok_axes=EMPTY_OK_AXES), io)
+    elif min_shapes or opt_shapes or max_shapes:
+        config = shape_config_from_flags(min_shapes, opt_shapes, max_shapes)
+        profiles = profiles_from_shapes(resolve(config, io, empty_ok_axes=EMPTY_OK_AXES), io)
+    else:
+        profiles = artifact_profiles(artifact)
+    flags = {"fp32": (), "fp16": ("fp16",), "int8": ("fp16", "int8")}[precision]
+    source = artifact.path_of("int8") if precision == "int8" else artifact.path_of("model")
+    require_tensorrt()
+    built = build_engine(source, profiles, precision=flags, cache=EngineCache.beside(artifact.folder),
+                         progress=_PROGRESS)
+    click.echo(f"{built.path} ({'from cache' if built.from_cache else f'built in {built.seconds:.0f} s'}; "
+               + ", ".join(f"{p.name} {list(p.min)}..{list(p.max)} opt {list(p.opt)}" for p in profiles) + ")")
 
 
 def _choices(value: str, *, what: str) -> tuple[bool, ...]:
@@ -178,8 +234,8 @@ def _choices(value: str, *, what: str) -> tuple[bool, ...]:
 @click.option("--reduce-range", type=click.Choice(["no", "yes", "both"]), default="no", show_default=True,
               help="7-bit weights (avoids saturation in the int8 kernels of CPUs without VNNI).")
 @click.option("--from", "sources", default=None,
-              help="Variants to quantize, comma-separated: model (the export), optimized (transformer-fused). "
-                   "Default: both that exist.")
+              help="Variants to quantize, comma-separated: model (the export), optimized (transformer-fused), "
+                   "optimized-ln (fused, but residual Add + LayerNorm unfused). Default: all that apply.")
 @click.option("--op-types", default=None, help="Op types to quantize, comma-separated (e.g. MatMul,Attention); "
                                                "default: ONNX Runtime's for the method.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",

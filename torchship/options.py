@@ -36,7 +36,8 @@ threads = click.option("--threads", type=int, default=None,
                        help="Threads for every backend (torch and ORT alike); default: all CPUs.")
 backends = click.option("--backends", default="torch,ort,ort-optimized", show_default=True,
                         help="Comma-separated: torch, torchscript, torch-compile, ort, ort-optimized, "
-                             "ort-basic, ort-extended, ort-all, ort-disabled.")
+                             "ort-basic, ort-extended, ort-all, ort-disabled, ort-int8, ort-fp16, openvino, "
+                             "openvino-fp16; on a GPU: ort-cuda, ort-cuda-fp16, tensorrt, tensorrt-fp16, tensorrt-int8.")
 batch_sizes = click.option("--batch-sizes", default=None,
                            help="Comma-separated batch sizes; default: the shape config's use shape, else 1,8 "
                                 "for encoders and 1 for UNets and decoders.")

@@ -14,7 +14,7 @@ from torchship import _progress
 from torchship._ort import GRAPH_LEVELS, make_session
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
 from torchship.external_data import data_file_name, uses_external_data
-from torchship.errors import ArtifactError, InputError
+from torchship.errors import ArtifactError, InputError, ValidationError
 from torchship.optimizers.fusion import count_ops, fuse
 from torchship.validation import check, run_reference_cases
 
@@ -25,6 +25,10 @@ class OptimizeOptions:
     transformer_fusion: bool = True
     use_gpu: bool = False
     atol: float | None = None  # None: the tolerance recorded at export
+    fp16: bool = False  # also write model_fp16.onnx (for GPU targets)
+    fp16_block: tuple[str, ...] = ()  # op types kept in fp32, beside ORT's default block list
+    fp16_budget: float = 0.999  # accuracy floor of the fp16 variant against the fp32 model
+    openvino: bool = False  # also write OpenVINO IR: fp32, and fp16-compressed weights
 
     def resolved(self) -> "OptimizeOptions":
         bad = [lv for lv in self.levels if lv not in GRAPH_LEVELS]
@@ -124,16 +128,31 @@ def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *
     jobs = [(f"ort-{lv}", lambda lv=lv: _graph_level_variant(ctx, lv)) for lv in opts.levels]
     if opts.transformer_fusion:
         jobs.append(("optimized", lambda: _fusion_variant(ctx, opts.use_gpu)))
-    manifest = artifact.manifest
+    if opts.fp16:
+        from torchship.optimizers.fp16 import fp16_variant
+
+        jobs.append(("fp16", lambda: fp16_variant(artifact, op_block_list=opts.fp16_block, budget=opts.fp16_budget,
+                                                  progress=progress)))
+    if opts.openvino:
+        from torchship.runtimes.openvino import openvino_variants
+
+        jobs.append(("openvino", lambda: openvino_variants(artifact, progress=progress)))
+    failed = []
     for i, (name, make) in enumerate(jobs, 1):
         progress.step(f"[{i}/{len(jobs)}] {name}")
         try:
-            manifest = manifest.with_variant(make())
-        except ArtifactError as exc:
-            if name != "optimized":
+            made = make()
+            for variant in made if isinstance(made, list) else [made]:
+                artifact.manifest = artifact.manifest.with_variant(variant)
+        except (ArtifactError, ValidationError) as exc:
+            if name not in ("optimized", "fp16") or (name == "optimized" and isinstance(exc, ValidationError)):
                 raise
             # The other variants stand; this one is recorded as skipped, loudly.
             progress.step(f"WARNING: {name} skipped: {exc}")
-            manifest = manifest.with_skipped(name, str(exc))
-        artifact.save(manifest)
+            artifact.manifest = artifact.manifest.with_skipped(name, str(exc))
+            if name == "fp16":
+                failed.append(exc)
+        artifact.save(artifact.manifest)
+    if failed:
+        raise failed[0]  # asked for and not made: the command fails, the reason is in the manifest too
     return artifact

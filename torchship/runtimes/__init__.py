@@ -21,7 +21,12 @@ ORT_BACKENDS = {
     "ort-fp16": "fp16",  # torchship optimize --fp16 (for GPUs; ONNX Runtime's CPU provider runs it slowly)
 }
 TORCH_BACKENDS = {"torch": "eager", "torchscript": "torchscript", "torch-compile": "compile"}
-BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS)
+# ONNX Runtime with the CUDA provider and IO binding: backend -> the variants it runs, first present wins.
+ORT_CUDA_BACKENDS = {"ort-cuda": ("optimized", "model"), "ort-cuda-fp16": ("fp16",)}
+OPENVINO_BACKENDS = {"openvino": "openvino", "openvino-fp16": "openvino-fp16"}  # torchship optimize --openvino
+# TensorRT engines built (or found in DIR/tensorrt/) from the export on first use: backend -> precision flags.
+TENSORRT_BACKENDS = {"tensorrt": (), "tensorrt-fp16": ("fp16",), "tensorrt-int8": ("fp16", "int8")}
+BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS, *ORT_CUDA_BACKENDS, *OPENVINO_BACKENDS, *TENSORRT_BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -42,22 +47,50 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return names
 
 
+_MAKES = {"int8": "torchship quantize {folder} --int8", "fp16": "torchship optimize {folder} --fp16",
+          "openvino": "torchship optimize {folder} --openvino", "openvino-fp16": "torchship optimize {folder} --openvino"}
+
+
+def _require_variant(artifact: Artifact, backend: str, *names: str) -> str:
+    """The first of ``names`` the folder holds, or an error that says which command makes it."""
+    manifest = artifact.manifest
+    for name in names:
+        if name in manifest.variants:
+            return name
+    name = names[0]
+    if name in manifest.skipped:
+        raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}: it was "
+                         f"skipped ({manifest.skipped[name]}); choose another backend")
+    make = _MAKES.get(name, "torchship optimize {folder}").format(folder=artifact.folder)
+    raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}; run: {make}")
+
+
 def create_predictor(artifact: Artifact, backend: str, options: RuntimeOptions = RuntimeOptions()) -> Predictor:
     manifest = artifact.manifest
+    if backend in ORT_CUDA_BACKENDS:
+        from torchship.runtimes.ort import OrtCudaPredictor
+
+        name = _require_variant(artifact, backend, *ORT_CUDA_BACKENDS[backend])
+        device = options.device if options.device.startswith("cuda") else "cuda"
+        return OrtCudaPredictor(artifact.path_of(name), manifest.io(), threads=options.threads, device=device)
+    if backend in OPENVINO_BACKENDS:
+        from torchship.runtimes.openvino import OpenVINOPredictor
+
+        name = _require_variant(artifact, backend, OPENVINO_BACKENDS[backend])
+        return OpenVINOPredictor(artifact.path_of(name), manifest.io(), threads=options.threads)
+    if backend in TENSORRT_BACKENDS:
+        from torchship.runtimes.tensorrt import EngineBackedPredictor
+
+        return EngineBackedPredictor.for_artifact(artifact, TENSORRT_BACKENDS[backend])
     if backend in ORT_BACKENDS:
         from torchship.runtimes.ort import OrtPredictor
 
-        name = ORT_BACKENDS[backend]
-        if name in manifest.skipped:
-            raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}: optimize "
-                             f"skipped it ({manifest.skipped[name]}); choose another backend")
-        if name not in manifest.variants:
-            raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}; "
-                             f"run: torchship optimize {artifact.folder}")
+        name = _require_variant(artifact, backend, ORT_BACKENDS[backend])
         variant = manifest.variants[name]
         return OrtPredictor(artifact.path_of(name), manifest.io(),
                             threads=options.threads, spin=options.spin, device=options.device,
-                            session_level=variant.options.get("session_level", "all"))
+                            session_level=variant.options.get("session_level", "all"),
+                            disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())))
     if backend in TORCH_BACKENDS:
         from torchship.runtimes.torch_runtime import TorchPredictor
 

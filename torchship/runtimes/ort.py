@@ -14,8 +14,10 @@ class OrtPredictor(Predictor):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, io, *, threads: int | None = None,
-                 spin: bool = False, session_level: str = "all", device: str = "cpu"):
+                 spin: bool = False, session_level: str = "all", device: str = "cpu",
+                 disabled_optimizers: tuple[str, ...] = ()):
         super().__init__(io)
+        self.disabled_optimizers = tuple(disabled_optimizers)
         self.path = Path(path)
         self.threads = threads
         self.spin = spin
@@ -25,7 +27,8 @@ class OrtPredictor(Predictor):
 
     def _activate(self) -> None:
         self._session = make_session(self.path, threads=self.threads, spin=self.spin,
-                                     level=self.session_level, device=self.device)
+                                     level=self.session_level, device=self.device,
+                                     disabled_optimizers=self.disabled_optimizers)
 
     def _infer(self, feeds):
         values = self._session.run(list(self.output_names), feeds)
@@ -33,3 +36,24 @@ class OrtPredictor(Predictor):
 
     def _deactivate(self) -> None:
         self._session = None
+
+
+class OrtCudaPredictor(OrtPredictor):
+    """ONNX Runtime on the CUDA provider with IO binding: inputs copied to the GPU once per run, outputs
+    left on the GPU until the run ends, then copied back (what a GPU server does per request)."""
+
+    backend = "onnxruntime-cuda"
+
+    def __init__(self, path: Path, io, *, threads: int | None = None, device: str = "cuda"):
+        super().__init__(path, io, threads=threads, device=device)
+        self.device_id = int(device.split(":", 1)[1]) if ":" in device else 0
+
+    def _infer(self, feeds):
+        binding = self._session.io_binding()
+        for name, arr in feeds.items():
+            binding.bind_cpu_input(name, arr)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", self.device_id)
+        self._session.run_with_iobinding(binding)
+        values = binding.copy_outputs_to_cpu()
+        return {n: np.asarray(v) for n, v in zip(self.output_names, values)}

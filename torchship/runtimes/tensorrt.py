@@ -560,3 +560,53 @@ class TensorRTPredictor(Predictor):
         if self._runner is not None:
             self._runner.deactivate()
         self._runner = None
+
+
+def artifact_profiles(artifact) -> tuple[InputProfile, ...]:
+    """Profiles for an exported folder: its shape config (min/use/max) when it has one, else from 1 up to
+    the largest of the family's benchmark shapes, optimized for that largest shape."""
+    m = artifact.manifest
+    spec = m.spec()
+    if spec.kind not in ("encoder", "unet"):
+        raise InputError(f"{artifact.folder} holds {spec.kind} model; TensorRT engines are built for encoders "
+                         "and UNets (decoders with a KV cache are not supported yet)")
+    resolved = m.resolved_shapes()
+    if resolved is None:
+        sizes = spec.bench_sizes(artifact.load_config())
+        axes = {a: (1, max(s[a] for s in sizes), max(s[a] for s in sizes)) for a in sizes[0]}
+        resolved = ResolvedShapes("cuda", axes, {}, {})
+    return profiles_from_shapes(resolved, m.io())
+
+
+class EngineBackedPredictor(TensorRTPredictor):
+    """A folder's model on TensorRT: the engine comes from the folder's engine cache, or is built on
+    first activation (minutes) from the export, or from the static int8 (QDQ) variant for int8."""
+
+    def __init__(self, onnx_path: Path, io: ModelIO, profiles, precision, cache: EngineCache,
+                 progress: _progress.Progress | None = None):
+        super().__init__(cache.folder / "unbuilt.plan", io)
+        self.onnx_path = Path(onnx_path)
+        self.profiles = tuple(profiles)
+        self.precision = normalize_precision(precision)
+        self.cache = cache
+        self.progress = progress
+
+    @classmethod
+    def for_artifact(cls, artifact, precision, progress=None) -> "EngineBackedPredictor":
+        precision = normalize_precision(precision)
+        source = artifact.path_of("model")  # TensorRT fuses itself and cannot read ORT's contrib ops
+        if "int8" in precision:
+            int8 = artifact.manifest.variants.get("int8")
+            if int8 is None or int8.options.get("method") != "static":
+                raise InputError(f"TensorRT int8 needs a static int8 (QDQ) model in {artifact.folder}; make one "
+                                 f"with: torchship quantize {artifact.folder} --method static --calibration FILE")
+            source = artifact.path_of("int8")
+        return cls(source, artifact.manifest.io(), artifact_profiles(artifact), precision,
+                   EngineCache.beside(artifact.folder), progress)
+
+    def _activate(self) -> None:
+        require_tensorrt()
+        built = build_engine(self.onnx_path, self.profiles, precision=self.precision, cache=self.cache,
+                             progress=self.progress)
+        self.engine_path = built.path
+        super()._activate()
