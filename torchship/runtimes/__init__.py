@@ -59,8 +59,9 @@ def _require_variant(artifact: Artifact, backend: str, *names: str) -> str:
             return name
     name = names[0]
     if name in manifest.skipped:
-        raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}: it was "
-                         f"skipped ({manifest.skipped[name]}); choose another backend")
+        step = "quantize" if name == "int8" else "optimize"
+        raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}: {step} skipped it "
+                         f"({manifest.skipped[name]}); choose another backend")
     make = _MAKES.get(name, "torchship optimize {folder}").format(folder=artifact.folder)
     raise InputError(f"{artifact.folder} has no {name!r} variant for backend {backend}; run: {make}")
 
