@@ -79,13 +79,18 @@ class ResolvedShapes:
 
 def load_shape_config(path: str | Path) -> ShapeConfig:
     """Read and check a shape config file on its own (types, ranks, min <= use <= max)."""
+    return parse_shape_config(read_config_file(path), source=str(path))
+
+
+def read_config_file(path: str | Path, *, what: str = "shape config"):
+    """The YAML (or .json) mapping in ``path``, with one-line errors for a missing or malformed file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"shape config {path} does not exist; pass a YAML file with device and inputs")
+        raise InputError(f"{what} {path} does not exist; pass a YAML file with device and inputs")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"shape config {path} cannot be read: {exc}") from None
+        raise InputError(f"{what} {path} cannot be read: {exc}") from None
     try:
         import yaml
 
@@ -96,8 +101,8 @@ def load_shape_config(path: str | Path) -> ShapeConfig:
             first = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
         else:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"shape config {path} is not valid YAML/JSON: {first}") from None
-    return parse_shape_config(data, source=str(path))
+        raise InputError(f"{what} {path} is not valid YAML/JSON: {first}") from None
+    return data
 
 
 def parse_shape_config(data, *, source: str = "shape config") -> ShapeConfig:

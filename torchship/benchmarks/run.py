@@ -21,7 +21,7 @@ from torchship.errors import InputError
 from torchship.exporters.spec import BATCH, SEQUENCE
 from torchship.runtimes import ORT_BACKENDS, RuntimeOptions, create_predictor
 
-PHASES = {"encoder": "forward", "unet": "step"}
+PHASES = {"encoder": "forward", "unet": "step", "onnx": "forward"}
 
 
 def default_threads() -> int:

@@ -111,9 +111,11 @@ class ModelSpec(Protocol):
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
-KIND_WORDS = {"encoder": "BERT-like encoders", "decoder": "GPT-2-like decoders", "unet": "diffusion UNets"}
-KIND_ONE = {"encoder": "an encoder", "decoder": "a decoder", "unet": "a diffusion UNet"}
-KIND_COMMANDS = {"encoder": "export-bert", "decoder": "export-gpt2", "unet": "export-unet"}
+KIND_WORDS = {"encoder": "BERT-like encoders", "decoder": "GPT-2-like decoders", "unet": "diffusion UNets",
+              "onnx": "ONNX files"}
+KIND_ONE = {"encoder": "an encoder", "decoder": "a decoder", "unet": "a diffusion UNet",
+            "onnx": "a model imported from an ONNX file"}
+KIND_COMMANDS = {"encoder": "export-bert", "decoder": "export-gpt2", "unet": "export-unet", "onnx": "torchship auto"}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -124,13 +126,13 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def _load_registry() -> None:
     # Importing the family modules registers their specs.
-    from torchship.exporters import decoders, encoders, unet  # noqa: F401
+    from torchship.exporters import decoders, encoders, onnx_file, unet  # noqa: F401
 
 
 def supported_model_types(family_kind: str | None = None) -> tuple[str, ...]:
     _load_registry()
-    return tuple(sorted(mt for mt, spec in _REGISTRY.items()
-                        if family_kind is None or spec.kind == family_kind))
+    return tuple(sorted(mt for mt, spec in _REGISTRY.items()  # ONNX files are imported, not exported
+                        if (family_kind is None and spec.kind != "onnx") or spec.kind == family_kind))
 
 
 def spec_for(model_type: str, *, source: str = "the model", kind: str | None = None) -> ModelSpec:

@@ -60,7 +60,8 @@ class QuantizeOptions:
     eval_texts: str | None = None  # None: torchship/data/sentences.txt
     budget: float = 0.99  # floor on the mean of the accuracy metric
     threads: int | None = None
-    timing: TimingPlan = TimingPlan(warmup=3, min_iterations=20, min_seconds=1.0)
+    # max_iterations bounds a sub-millisecond model, whose 2,000 runs would be mostly the pauses between blocks
+    timing: TimingPlan = TimingPlan(warmup=3, min_iterations=20, min_seconds=1.0, max_iterations=300)
 
     def checked(self) -> "QuantizeOptions":
         for m in self.methods:

@@ -1,0 +1,131 @@
+"""Triton model repositories: config.pbtxt parsed with Triton's own schema, the model loadable at the
+declared shapes."""
+
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from torchship.cli import main
+from torchship.errors import InputError
+from torchship.exporters.export import ExportOptions, export
+from torchship.optimizers import OptimizeOptions, optimize
+from torchship.triton import TritonOptions, parse_config, write_triton_repo
+
+NP = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_INT32": np.int32}
+_DTYPE_NAMES = {9: "TYPE_INT64", 11: "TYPE_FP32", 8: "TYPE_INT32"}
+
+
+def _run_declared(config, model_path, batch=3, dynamic=7):
+    """Feed ORT inputs built from the config's dims (batch prepended when Triton batches)."""
+    feeds = {}
+    for inp in config.input:
+        dims = [dynamic if d == -1 else d for d in inp.dims]
+        if config.max_batch_size > 0:
+            dims = [min(batch, config.max_batch_size)] + dims
+        dtype = NP[_DTYPE_NAMES[inp.data_type]]
+        value = 1 if "mask" in inp.name else 0 if "type" in inp.name else 5
+        feeds[inp.name] = np.full(dims, value, dtype)
+    session = ort.InferenceSession(str(model_path))
+    outs = session.run([o.name for o in config.output], feeds)
+    for out, value in zip(config.output, outs):
+        dims = list(out.dims)
+        got = list(value.shape[1:]) if config.max_batch_size > 0 else list(value.shape)
+        assert len(got) == len(dims) and all(d == -1 or d == g for d, g in zip(dims, got)), (out.name, got, dims)
+    return outs
+
+
+@pytest.fixture(scope="module")
+def folder(exported, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("triton") / "bert"
+    shutil.copytree(exported("bert", optimized=True), dst)
+    return dst
+
+
+def test_onnx_variant_repository_parses_with_tritons_schema_and_loads(folder, tmp_path):
+    path = write_triton_repo(folder, tmp_path / "repo", TritonOptions(preferred_batch_sizes=(2, 4), instances=2))
+    assert path == tmp_path / "repo" / "bert" and sorted(p.name for p in (path / "1").iterdir()) == ["model.onnx"]
+    config = parse_config((path / "config.pbtxt").read_text())
+    assert config.name == "bert" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
+    assert [i.name for i in config.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert list(config.input[0].dims) == [-1]  # batch handled through max_batch_size
+    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+    assert config.instance_group[0].count == 2 and config.instance_group[0].kind == 2  # KIND_CPU
+    _run_declared(config, path / "1" / "model.onnx")
+
+
+def test_without_triton_batching_dims_are_full(folder, tmp_path):
+    path = write_triton_repo(folder, tmp_path / "repo", TritonOptions(variant="model", name="plain", max_batch_size=0))
+    config = parse_config((path / "config.pbtxt").read_text())
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [-1, -1]
+    assert not config.HasField("dynamic_batching")
+    _run_declared(config, path / "1" / "model.onnx")
+
+
+def test_openvino_variant_uses_the_openvino_backend(folder, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+    optimize(folder, OptimizeOptions(levels=(), transformer_fusion=False, openvino=True))
+    path = write_triton_repo(folder, tmp_path / "repo", TritonOptions(variant="openvino", name="bert_ov"))
+    config = parse_config((path / "config.pbtxt").read_text())
+    assert config.backend == "openvino" and not config.platform
+    assert sorted(p.name for p in (path / "1").iterdir()) == ["model.bin", "model.xml"]
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path / "1" / "model.xml")), "CPU")
+    ids = np.full((2, 7), 5, np.int64)
+    res = compiled({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    assert res[compiled.output("last_hidden_state")].shape[:2] == (2, 7)
+
+
+def test_external_data_is_relocated_under_tritons_file_name(model_dirs, tmp_path):
+    out = tmp_path / "ext"
+    export(str(model_dirs("bert")), out, ExportOptions(external_data="always"))
+    path = write_triton_repo(out, tmp_path / "repo", TritonOptions(variant="model"))
+    assert sorted(p.name for p in (path / "1").iterdir()) == ["model.onnx", "model.onnx.data"]
+    _run_declared(parse_config((path / "config.pbtxt").read_text()), path / "1" / "model.onnx")
+
+
+def test_a_typo_never_reaches_a_server():
+    with pytest.raises(InputError, match="platfrom"):
+        parse_config('name: "x"\nplatfrom: "onnxruntime_onnx"\n')
+    with pytest.raises(InputError, match="Triton's schema"):
+        parse_config('name: "x"\ninput { name: "a" data_type: TYPE_INT46 }\n')
+
+
+def test_bad_requests_are_one_line(folder, tmp_path):
+    with pytest.raises(InputError, match="no variant or backend 'nope'"):
+        write_triton_repo(folder, tmp_path / "r", TritonOptions(variant="nope"))
+    with pytest.raises(InputError, match="exceed max_batch_size"):
+        write_triton_repo(folder, tmp_path / "r", TritonOptions(preferred_batch_sizes=(16,)))
+    r = CliRunner().invoke(main, ["triton", str(folder), "--output", str(tmp_path / "r"), "--variant",
+                                  "tensorrt-fp16"])
+    assert r.exit_code == 1 and "torchship[tensorrt]" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "r" / "bert").exists()
+
+
+def test_without_tritonclient_one_line_names_the_extra(folder, tmp_path):
+    code = ("import sys; sys.modules['tritonclient'] = None; from torchship.cli import main; "
+            f"main(['triton', {str(folder)!r}, '--output', {str(tmp_path / 'r')!r}])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 1 and "pip install 'torchship[triton]'" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_writes_from_an_auto_output_folder(tmp_path, exported):
+    """An auto output folder: the variant auto chose is the default."""
+    import json
+
+    auto = tmp_path / "auto"
+    (auto / "model").parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(exported("bert", optimized=True), auto / "model")
+    (auto / "summary.json").write_text(json.dumps({"chosen": "ort-all"}))
+    r = CliRunner().invoke(main, ["triton", str(auto), "--output", str(tmp_path / "repo"), "--name", "enc"])
+    assert r.exit_code == 0, r.output
+    assert re.search(r'platform: "onnxruntime_onnx"', r.output)
+    assert (tmp_path / "repo" / "enc" / "1" / "model.onnx").read_bytes() == (auto / "model" / "ort_all.onnx").read_bytes()

@@ -1,0 +1,240 @@
+"""A Triton Inference Server model repository for one variant of a torchship folder.
+
+``write_triton_repo`` writes ``REPO/<name>/config.pbtxt`` and ``REPO/<name>/1/<model file>``:
+
+- ONNX variants (the export, ORT levels, fused, int8, fp16): platform ``onnxruntime_onnx``,
+  ``model.onnx`` (with ``model.onnx.data`` for external weights, relocated under the new name);
+- TensorRT engines: platform ``tensorrt_plan``, ``model.plan``;
+- OpenVINO IR: backend ``openvino``, ``model.xml`` + ``model.bin``.
+
+Inputs and outputs carry Triton data types and dims. When every input and output starts with the
+``batch`` axis, batching is Triton's: ``max_batch_size`` (from the shape config's max batch, or
+the flag) and dims without the batch axis; otherwise ``max_batch_size: 0`` and full dims. Dynamic
+axes are -1. Dynamic batching and instance groups come from flags.
+
+The text is parsed with Triton's own model-configuration schema (the ``model_config.proto``
+definitions that the ``tritonclient`` package ships) before anything is written, so a typo cannot
+reach a server; then the dims are checked against the model file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torchship.errors import ArtifactError, BackendUnavailable, InputError
+
+EXTRA = "torchship[triton]"
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
+                 "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+KINDS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    variant: str | None = None  # None: the one auto chose, else the folder's best validated variant
+    name: str | None = None  # model name in the repository; default: the folder's name
+    max_batch_size: int | None = None  # None: the shape config's max batch, else 8
+    dynamic_batching: bool = True
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 100
+    instances: int = 1
+    kind: str = "cpu"  # instance group kind: cpu or gpu
+
+
+@dataclass
+class TritonModel:
+    name: str
+    platform: str | None
+    backend: str | None
+    files: dict[str, Path]  # name in the version folder -> source file
+    inputs: list[tuple[str, str, list[int]]] = field(default_factory=list)  # name, TYPE_*, dims
+    outputs: list[tuple[str, str, list[int]]] = field(default_factory=list)
+    max_batch_size: int = 0
+
+
+def model_config_schema():
+    """Triton's ``ModelConfig`` message class, from the tritonclient package (no grpc import needed)."""
+    try:
+        spec = importlib.util.find_spec("tritonclient")
+    except (ImportError, ValueError):  # blocked or broken installs
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendUnavailable(f"tritonclient is not installed, and the config is checked with its schema; "
+                                 f"pip install '{EXTRA}'")
+    path = Path(list(spec.submodule_search_locations)[0]) / "grpc" / "model_config_pb2.py"
+    if not path.is_file():
+        raise BackendUnavailable(f"this tritonclient has no grpc/model_config_pb2.py; pip install '{EXTRA}'")
+    module_spec = importlib.util.spec_from_file_location("torchship_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.ModelConfig
+
+
+def parse_config(text: str):
+    """Parse config.pbtxt text with Triton's schema; InputError naming the problem if it does not fit."""
+    from google.protobuf import text_format
+
+    try:
+        return text_format.Parse(text, model_config_schema()())
+    except text_format.ParseError as exc:
+        raise InputError(f"the Triton config does not fit Triton's schema: {exc}") from None
+
+
+def _resolve_source(folder: Path):
+    """(torchship folder, variant chosen by auto or None) for a model folder or an auto output folder."""
+    from torchship.auto import MODEL_DIR, SUMMARY, read_summary
+
+    folder = Path(folder)
+    if (folder / SUMMARY).is_file():
+        return folder / MODEL_DIR, read_summary(folder).get("chosen")
+    return folder, None
+
+
+def _variant_backend(artifact, backend_or_variant: str):
+    """(variant name or None, engine precision or None) for a backend name or a variant name."""
+    from torchship.runtimes import OPENVINO_BACKENDS, ORT_BACKENDS, ORT_CUDA_BACKENDS, TENSORRT_BACKENDS
+
+    if backend_or_variant in artifact.manifest.variants:
+        return backend_or_variant, None
+    if backend_or_variant in ORT_BACKENDS:
+        return ORT_BACKENDS[backend_or_variant], None
+    if backend_or_variant in OPENVINO_BACKENDS:
+        return OPENVINO_BACKENDS[backend_or_variant], None
+    if backend_or_variant in ORT_CUDA_BACKENDS:
+        names = [n for n in ORT_CUDA_BACKENDS[backend_or_variant] if n in artifact.manifest.variants]
+        return (names[0] if names else ORT_CUDA_BACKENDS[backend_or_variant][0]), None
+    if backend_or_variant in TENSORRT_BACKENDS:
+        return None, TENSORRT_BACKENDS[backend_or_variant]
+    raise InputError(f"{artifact.folder} has no variant or backend {backend_or_variant!r}; it has "
+                     f"{', '.join(artifact.manifest.variants)}")
+
+
+def _tensors(specs, batched: bool) -> list[tuple[str, str, list[int]]]:
+    out = []
+    for t in specs:
+        if t.dtype not in TRITON_DTYPES:
+            raise InputError(f"tensor {t.name!r} has dtype {t.dtype}, which has no Triton data type here")
+        axes = t.axes[1:] if batched else t.axes
+        out.append((t.name, TRITON_DTYPES[t.dtype], [a if isinstance(a, int) else -1 for a in axes]))
+    return out
+
+
+def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> TritonModel:
+    """What the repository entry will hold, checked, without writing anything."""
+    from torchship.artifact import Artifact
+    from torchship.external_data import data_file_name
+
+    if options.kind not in KINDS:
+        raise InputError(f"unknown instance kind {options.kind!r}; use {', '.join(KINDS)}")
+    if options.instances < 1:
+        raise InputError(f"--instances must be 1 or more, got {options.instances}")
+    model_folder, chosen = _resolve_source(folder)
+    artifact = Artifact.open(model_folder)
+    m = artifact.manifest
+    pick = options.variant or chosen or artifact.best_variant()
+    variant, engine = _variant_backend(artifact, pick)
+    io = m.io()
+    batched = all(t.axes and t.axes[0] == "batch" for t in (*io.inputs, *io.outputs))
+    resolved = m.resolved_shapes()
+    if options.max_batch_size is not None:
+        if options.max_batch_size < 0:
+            raise InputError(f"--max-batch-size must be 0 or more, got {options.max_batch_size}")
+        max_batch = options.max_batch_size
+    elif batched:
+        max_batch = resolved.axes["batch"][2] if resolved is not None and "batch" in resolved.axes else 8
+    else:
+        max_batch = 0
+    if max_batch == 0:
+        batched = False
+    name = options.name or Path(folder).resolve().name
+    if not name or "/" in name or name.startswith("."):
+        raise InputError(f"model name {name!r} cannot be a Triton model folder name; pass --name")
+    if engine is not None:
+        from torchship.runtimes.tensorrt import EngineBackedPredictor
+
+        predictor = EngineBackedPredictor.for_artifact(artifact, engine)
+        predictor.activate()  # builds or finds the engine; raises the one-line error without a GPU
+        files = {"model.plan": predictor.engine_path}
+        predictor.deactivate()
+        platform, backend = "tensorrt_plan", None
+    else:
+        path = artifact.path_of(variant)
+        if path.suffix == ".xml":
+            files = {"model.xml": path, "model.bin": path.with_suffix(".bin")}
+            platform, backend = None, "openvino"
+        else:
+            files = {"model.onnx": path}
+            data = path.with_name(data_file_name(path))
+            if data.is_file():
+                files["model.onnx.data"] = data
+            platform, backend = "onnxruntime_onnx", None
+    return TritonModel(name, platform, backend, files, _tensors(io.inputs, batched), _tensors(io.outputs, batched),
+                       max_batch)
+
+
+def config_text(model: TritonModel, options: TritonOptions = TritonOptions()) -> str:
+    lines = [f'name: "{model.name}"']
+    lines.append(f'platform: "{model.platform}"' if model.platform else f'backend: "{model.backend}"')
+    lines.append(f"max_batch_size: {model.max_batch_size}")
+    for key, tensors in (("input", model.inputs), ("output", model.outputs)):
+        for name, dtype, dims in tensors:
+            lines.append(f'{key} {{\n  name: "{name}"\n  data_type: {dtype}\n  dims: [ {", ".join(map(str, dims))} ]\n}}')
+    if options.dynamic_batching and model.max_batch_size > 0:
+        preferred = "".join(f"\n  preferred_batch_size: {b}" for b in options.preferred_batch_sizes)
+        lines.append(f"dynamic_batching {{{preferred}\n  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}")
+    kind = "KIND_GPU" if options.kind == "gpu" else "KIND_CPU"
+    lines.append(f"instance_group [\n  {{\n    count: {options.instances}\n    kind: {kind}\n  }}\n]")
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repo(folder: str | Path, repo: str | Path, options: TritonOptions = TritonOptions()) -> Path:
+    """Write ``repo/<name>/`` for a variant of ``folder``; returns that model folder."""
+    import os
+    import tempfile
+
+    from torchship.external_data import normalize
+
+    for b in options.preferred_batch_sizes:
+        if b < 1:
+            raise InputError(f"preferred batch sizes must be 1 or more, got {b}")
+    model = plan_model(folder, options)
+    if any(b > model.max_batch_size for b in options.preferred_batch_sizes) and model.max_batch_size:
+        raise InputError(f"preferred batch sizes {list(options.preferred_batch_sizes)} exceed max_batch_size "
+                         f"{model.max_batch_size}")
+    text = config_text(model, options)
+    parse_config(text)  # Triton's schema, before anything is written
+    repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise InputError(f"--output {repo} is a file; pass a folder for the model repository")
+    repo.mkdir(parents=True, exist_ok=True)
+    final = repo / model.name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}.", suffix=".partial", dir=repo))
+    try:
+        version = tmp / "1"
+        version.mkdir()
+        for target, source in model.files.items():
+            if not Path(source).is_file():
+                raise ArtifactError(f"{source} is missing; re-run the step that made it")
+            if target == "model.onnx":
+                staged = version / ".source.onnx"
+                shutil.copyfile(source, staged)
+                data = [t for t in model.files if t == "model.onnx.data"]
+                if data:  # its location inside the graph names the old file: copy, then rewrite as model.onnx.data
+                    shutil.copyfile(model.files["model.onnx.data"], version / Path(model.files["model.onnx.data"]).name)
+                normalize(staged, version / "model.onnx", "always" if data else "never")
+                staged.unlink(missing_ok=True)
+                old = version / Path(model.files["model.onnx.data"]).name if data else None
+                if old is not None and old.name != "model.onnx.data" and old.exists():
+                    old.unlink()
+            elif target != "model.onnx.data":
+                shutil.copyfile(source, version / target)
+        (tmp / "config.pbtxt").write_text(text)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
