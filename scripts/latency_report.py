@@ -35,6 +35,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "scripts" / "auto_minilm.yml")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "auto")
     args = parser.parse_args()
+    args.label = Path(args.model).name if args.model else "all-MiniLM-L6-v2 (packaged)"
     if args.model is None:
         from torchship.demo import packaged_minilm
 
@@ -65,7 +66,7 @@ def main() -> int:
 def render(summary: dict, wall: float, args) -> str:
     rows = summary["variants"]
     torch_p50 = summary["torch_p50_ms"]
-    lines = [f"# Latency report: {Path(args.model).name}", "",
+    lines = [f"# Latency report: {args.label}", "",
              f"`python scripts/latency_report.py --config {args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config}`"
              f": `torchship auto` took {wall:.0f} s ({wall / 60:.1f} min) on {summary['environment'].get('cpu')}, "
              f"{summary['config']['threads']} threads; use shape {summary['shape']}; budget "
