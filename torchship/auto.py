@@ -230,6 +230,8 @@ def _build_float_variants(artifact, config: AutoConfig, rows: dict, progress) ->
     fp32, fp16 = "fp32" in config.precisions, "fp16" in config.precisions
     _skip(rows, [b for b, v in VARIANTS.items() if v[0] not in config.precisions], "precision not in the config")
     _skip(rows, [b for b, v in VARIANTS.items() if v[1] == "cuda" and not on_gpu], "device is cpu")
+    # On a GPU config the sweep is about the GPU: CPU variants would be timed on another device.
+    _skip(rows, [b for b, v in VARIANTS.items() if v[1] == "cpu" and on_gpu], f"device is {config.shapes.device}")
     fusion = bool(m.ort_model_type)
     if not fusion:
         _skip(rows, ["ort-optimized"], "no transformer fusion for this model (ONNX file of unknown family)")
