@@ -274,6 +274,7 @@ def quantize(folder: str | Path, options: QuantizeOptions = QuantizeOptions(), *
              progress: _progress.Progress = _progress.SILENT) -> Artifact:
     """Build int8 candidates, measure them, and save the fastest within the budget as ``model_int8.onnx``."""
     options = options.checked()
+    started = time.perf_counter()
     artifact = Artifact.open(folder)
     m = artifact.manifest
     spec = m.spec()
@@ -311,7 +312,7 @@ def quantize(folder: str | Path, options: QuantizeOptions = QuantizeOptions(), *
                 continue
             progress.step(f"    {o.accuracy.describe()} {'ok' if o.accuracy.passed else 'BELOW BUDGET'}")
         _time(artifact, spec, src_fp32, [o for o in outcomes if o.passed], options, progress)
-        return _keep_best(artifact, outcomes, options, probe)
+        return _keep_best(artifact, outcomes, options, probe, started)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -338,7 +339,7 @@ def _time(artifact: Artifact, spec, src_fp32: Path, built: list[Outcome], option
 
 
 def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOptions,
-               probe: AccuracyProbe) -> Artifact:
+               probe: AccuracyProbe, started: float) -> Artifact:
     from torchship.optimizers.optimize import _staged_model
 
     passing = sorted((o for o in outcomes if o.passed), key=lambda o: o.p50_ms)
@@ -365,7 +366,8 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
     variant = Variant(name=VARIANT, file=FILE, stage="quantization",
                       options={**best.candidate.to_json(), "precision": "int8", "p50_ms": best.p50_ms, **best.extra,
                                "calibration": Path(options.calibration).name if options.calibration else None,
-                               "calibration_method": options.calibration_method if options.calibration else None},
+                               "calibration_method": options.calibration_method if options.calibration else None,
+                               "search_s": round(time.perf_counter() - started, 1)},  # the whole measured search
                       size_bytes=model_bytes(final), seconds=round(best.build_s, 3), validation=validation,
                       fusion={"counts": op_histogram(final)})
     manifest = artifact.manifest.with_variant(variant)
