@@ -142,3 +142,25 @@ def test_auto_on_minilm_picks_a_variant_within_budget(minilm_dir, tmp_path):
     assert chosen.speedup_vs_torch > 1.0
     assert rows["ort-int8"].status == "ok" and rows["ort-int8"].metric_mean >= 0.99
     assert np.isfinite([r.p50_ms for r in report.rows if r.status == "ok"]).all()
+
+
+def test_auto_on_a_decoder_times_the_use_shapes_decode_step(decoder_dir, tmp_path):
+    """GPT-2: the config names the past (batch, heads, past, head size); a use shape with past is one decode
+    step with that much past, timed as generate() runs it, eager PyTorch with its KV cache beside."""
+    import json as _json
+
+    heads = _json.loads((decoder_dir / "config.json").read_text())["n_head"]
+    head = _json.loads((decoder_dir / "config.json").read_text())["n_embd"] // heads
+    cfg = tmp_path / "auto.yml"
+    cfg.write_text("device: cpu\ninputs:\n"
+                   "  input_ids: {min: [1, 1], use: [1, 1], max: [2, 16]}\n"
+                   "  attention_mask: {min: [1, 1], use: [1, 17], max: [2, 48]}\n"
+                   f"  past_key_values.0.key: {{min: [1, {heads}, 0, {head}], use: [1, {heads}, 16, {head}], "
+                   f"max: [2, {heads}, 32, {head}]}}\n"
+                   "budget: 0.9\nprecisions: [fp32, int8]\nthreads: 1\nmin_seconds: 0\n")
+    report = run_auto(str(decoder_dir), load_auto_config(cfg), tmp_path / "out")
+    assert report.shape == "decode step: batch 1, 1 new token, past 16"
+    rows = {r.backend: r for r in report.rows}
+    assert report.torch_p50_ms > 0 and rows["ort"].status == "ok" and rows["ort"].p50_ms > 0
+    assert rows["ort"].metric == "output_cosine" and rows["ort"].cosine > 0.999
+    assert report.chosen in rows and rows[report.chosen].chosen

@@ -351,10 +351,13 @@ def _benchmark(artifact, config: AutoConfig, rows: dict, usable: list[str], thre
                      "precisions": list(config.precisions), "threads": threads, "use": use}
     if not backends:
         return report
-    bench = run_benchmark(artifact.folder, BenchOptions(backends=backends, sizes=(use,), threads=threads,
-                                                        plan=plan, device=config.shapes.device), progress=progress)
-    by = {x.backend: x for x in bench.measurements}
-    report.shape = next(iter(by.values())).shape
+    if m.spec().kind == "decoder":
+        by, report.shape = _decoder_bench(artifact, use, backends, threads, plan, progress)
+    else:
+        bench = run_benchmark(artifact.folder, BenchOptions(backends=backends, sizes=(use,), threads=threads,
+                                                            plan=plan, device=config.shapes.device), progress=progress)
+        by = {x.backend: x for x in bench.measurements}
+        report.shape = next(iter(by.values())).shape
     report.torch_p50_ms = by["torch"].p50_ms if "torch" in by else None
     for backend in usable:
         x, row = by[backend], rows[backend]
@@ -363,6 +366,22 @@ def _benchmark(artifact, config: AutoConfig, rows: dict, usable: list[str], thre
         if report.torch_p50_ms:
             row.speedup_vs_torch = report.torch_p50_ms / x.p50_ms
     return report
+
+
+def _decoder_bench(artifact, use: dict, backends, threads: int, plan, progress):
+    """Decoders are timed as generate() runs them: a use shape with past tokens is one decode step with
+    that much past; without past, the prefill of the prompt."""
+    from torchship.benchmarks.decoder import DecoderBenchOptions, run_decoder_benchmark
+    from torchship.exporters.spec import BATCH, PAST_SEQUENCE, SEQUENCE
+
+    past = use.get(PAST_SEQUENCE, 0)
+    phase, prompt = ("decode", past) if past > 0 else ("prefill", use[SEQUENCE])
+    bench = run_decoder_benchmark(artifact.folder, DecoderBenchOptions(
+        backends=backends, batch_sizes=(use[BATCH],), prompt=prompt, threads=threads, plan=plan), progress=progress)
+    by = {x.backend: x for x in bench.measurements if x.phase == phase}
+    label = (f"decode step: batch {use[BATCH]}, 1 new token, past {past}" if phase == "decode"
+             else f"prefill: batch {use[BATCH]} x {prompt} tokens")
+    return by, label
 
 
 def _choose(report: AutoReport) -> None:

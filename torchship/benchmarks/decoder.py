@@ -19,7 +19,7 @@ from torchship.benchmarks.run import accuracy_of, default_threads
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
 from torchship.errors import InputError
 from torchship.exporters.decoders import DecoderShape, past_names
-from torchship.runtimes import ORT_BACKENDS, RuntimeOptions, create_predictor, source_model_loader
+from torchship.runtimes import ORT_BACKENDS, TORCH_BACKENDS, RuntimeOptions, create_predictor, source_model_loader
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,9 @@ def run_decoder_benchmark(folder, options: DecoderBenchOptions = DecoderBenchOpt
     if options.threads < 1 or any(b < 1 for b in options.batch_sizes):
         raise InputError("--threads and batch sizes must be 1 or more")
     for backend in options.backends:
-        if backend not in ORT_BACKENDS and backend != "torch":
-            raise InputError(f"backend {backend!r} is not available for decoders; use torch or an ort backend")
+        if backend in TORCH_BACKENDS and backend != "torch":
+            raise InputError(f"backend {backend!r} is not available for decoders; use torch (eager, with its KV "
+                             "cache) or an ONNX backend")
     io = manifest.io()
     layers = manifest.num_layers
     runtime = RuntimeOptions(threads=options.threads, spin=options.spin)
