@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchship.errors import ArtifactError, BackendUnavailable
+from torchship.errors import ArtifactError, BackendUnavailable, first_line
 
 GRAPH_LEVELS = ("disabled", "basic", "extended", "all")
 
@@ -41,6 +41,12 @@ def session_options(*, threads: int | None = None, spin: bool = False, level: st
     return so
 
 
+def cuda_index(device: str) -> int | None:
+    """The GPU index of ``cuda`` (0) or ``cuda:N``; None for any other device name."""
+    index = device[len("cuda:"):] if device.startswith("cuda:") else "0" if device == "cuda" else None
+    return int(index) if index is not None and index.isdigit() else None
+
+
 def providers_for(device: str) -> list:
     """ORT providers for ``device``: auto, cpu, cuda or cuda:N (a shape config's device)."""
     import onnxruntime as ort
@@ -50,15 +56,15 @@ def providers_for(device: str) -> list:
         device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    index = device[len("cuda:"):] if device.startswith("cuda:") else "0" if device == "cuda" else None
-    if index is not None and index.isdigit():
+    index = cuda_index(device)
+    if index is not None:
         if "CUDAExecutionProvider" not in available:
             raise BackendUnavailable(
                 f"device {device} was asked for, but the CUDA execution provider is not available "
                 "(onnxruntime-gpu and a GPU are needed); pip install 'torchship[gpu]' on a machine with an "
                 "NVIDIA GPU, or use device cpu"
             )
-        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     raise BackendUnavailable(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
@@ -87,9 +93,16 @@ def make_session(path: Path, *, threads: int | None = None, spin: bool = False, 
     except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
             ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"ONNX Runtime cannot load {path}: {first[:300]}; "
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {first_line(exc)}; "
                             "the file is corrupted or incomplete, re-run torchship export") from None
+
+
+def ort_runner(path: Path, *, threads: int | None = None, disabled_optimizers: tuple[str, ...] = ()):
+    """A function feeds -> {output name: array} over one session of ``path``; feeds may hold extra names."""
+    session = make_session(path, threads=threads, disabled_optimizers=disabled_optimizers)
+    names = [o.name for o in session.get_outputs()]
+    inputs = [i.name for i in session.get_inputs()]
+    return lambda feeds: dict(zip(names, session.run(names, {n: feeds[n] for n in inputs})))
 
 
 def load_onnx(path: Path, *, load_external_data: bool = False):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship import _progress
-from torchship.errors import InputError, TorchshipError
+from torchship.errors import InputError, TorchshipError, first_line
 
 PRECISIONS = ("fp32", "fp16", "int8")
 AUTO_KEYS = ("budget", "precisions", "threads", "min_seconds")
@@ -227,24 +227,27 @@ def _build_float_variants(artifact, config: AutoConfig, rows: dict, progress) ->
 
     m = artifact.manifest
     on_gpu = config.shapes.device.startswith("cuda")
-    fp32, fp16 = "fp32" in config.precisions, "fp16" in config.precisions
     _skip(rows, [b for b, v in VARIANTS.items() if v[0] not in config.precisions], "precision not in the config")
     _skip(rows, [b for b, v in VARIANTS.items() if v[1] == "cuda" and not on_gpu], "device is cpu")
     # On a GPU config the sweep is about the GPU: CPU variants would be timed on another device.
     _skip(rows, [b for b, v in VARIANTS.items() if v[1] == "cpu" and on_gpu], f"device is {config.shapes.device}")
-    fusion = bool(m.ort_model_type)
-    if not fusion:
+    if not m.ort_model_type:
         _skip(rows, ["ort-optimized"], "no transformer fusion for this model (ONNX file of unknown family)")
-    levels = ("basic", "extended", "all") if fp32 else ()
-    optimize(artifact.folder, OptimizeOptions(levels=levels, transformer_fusion=fusion and fp32, use_gpu=on_gpu),
+
+    def wanted(*backends) -> bool:  # build only what a row still in the running needs
+        return any(rows[b].status == "ok" for b in backends)
+
+    levels = tuple(lv for lv in ("basic", "extended", "all") if wanted(f"ort-{lv}"))
+    fusion = bool(m.ort_model_type) and wanted("ort-optimized", "ort-cuda")
+    optimize(artifact.folder, OptimizeOptions(levels=levels, transformer_fusion=fusion, use_gpu=on_gpu),
              progress=progress)
-    if fp32 or fp16:
+    if wanted("openvino", "openvino-fp16"):
         try:
             optimize(artifact.folder, OptimizeOptions(levels=(), transformer_fusion=False, openvino=True),
                      progress=progress)
         except TorchshipError as exc:
             _fail(rows, ["openvino", "openvino-fp16"], exc)
-    if on_gpu and fp16:
+    if wanted("ort-cuda-fp16"):
         try:
             optimize(artifact.folder, OptimizeOptions(levels=(), transformer_fusion=False, fp16=True,
                                                       fp16_budget=config.budget), progress=progress)
@@ -253,23 +256,22 @@ def _build_float_variants(artifact, config: AutoConfig, rows: dict, progress) ->
 
 
 def _fail(rows: dict, backends, exc: Exception) -> None:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     kind = "below budget" if "budget" in first else "failed"
     for b in backends:
         if rows[b].status == "ok":
-            rows[b].status = f"{kind}: {first[:300]}"
+            rows[b].status = f"{kind}: {first}"
 
 
 def _build_int8(artifact, config: AutoConfig, rows: dict, threads: int, progress) -> None:
-    if "int8" not in config.precisions:
-        return
     from torchship.optimizers.quantize import QuantizeOptions, quantize
 
-    try:
-        quantize(artifact.folder, QuantizeOptions(budget=config.budget, threads=threads), progress=progress)
-    except TorchshipError as exc:
-        _fail(rows, ["ort-int8"], exc)
-    if config.shapes.device.startswith("cuda") and rows["tensorrt-int8"].status == "ok":
+    if rows["ort-int8"].status == "ok":  # int8 in the precisions, and a CPU config
+        try:
+            quantize(artifact.folder, QuantizeOptions(budget=config.budget, threads=threads), progress=progress)
+        except TorchshipError as exc:
+            _fail(rows, ["ort-int8"], exc)
+    if rows["tensorrt-int8"].status == "ok":
         int8 = artifact.manifest.variants.get("int8")
         if int8 is None or int8.options.get("method") != "static":
             rows["tensorrt-int8"].status = ("skipped: TensorRT int8 needs a static int8 (QDQ) model; "
@@ -280,7 +282,8 @@ def _validate(artifact, config: AutoConfig, rows: dict, threads: int, progress) 
     """Accuracy of every buildable variant against the fp32 original (the export, run by ORT)."""
     from torchship.artifact import Artifact
     from torchship.compare import cosine
-    from torchship.optimizers.accuracy import AccuracyProbe, ort_runner
+    from torchship._ort import ort_runner
+    from torchship.optimizers.accuracy import AccuracyProbe
     from torchship.runtimes import RuntimeOptions, create_predictor
 
     artifact = Artifact.open(artifact.folder)
@@ -324,14 +327,10 @@ def _validate(artifact, config: AutoConfig, rows: dict, threads: int, progress) 
 
 
 def _variant_of(artifact, backend: str):
-    from torchship.runtimes import OPENVINO_BACKENDS, ORT_BACKENDS, ORT_CUDA_BACKENDS
+    from torchship.runtimes import backend_variants
 
-    names = (ORT_BACKENDS.get(backend),) if backend in ORT_BACKENDS else \
-        (OPENVINO_BACKENDS.get(backend),) if backend in OPENVINO_BACKENDS else ORT_CUDA_BACKENDS.get(backend, ())
-    for name in names:
-        if name in artifact.manifest.variants:
-            return artifact.manifest.variants[name]
-    return None
+    variants = artifact.manifest.variants
+    return next((variants[n] for n in backend_variants(backend) if n in variants), None)
 
 
 def _benchmark(artifact, config: AutoConfig, rows: dict, usable: list[str], threads: int, progress) -> AutoReport:

@@ -7,6 +7,13 @@ exits non-zero. A traceback from the CLI means a bug in torchship, not in the us
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int | None = 300) -> str:
+    """The first line of an exception's message (its type's name when it has none), at most ``limit`` chars:
+    what a one-line error quotes of a library's multi-line failure."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class TorchshipError(Exception):
     """Base class for every error torchship raises on purpose."""
 

@@ -165,3 +165,23 @@ def normalize(src: Path, dst: Path, mode: str = "auto") -> bool:
     del graph_only
     save_model(onnx.load(str(src), load_external_data=True), dst, external=external)
     return external
+
+
+def copy_model(src: Path, dst: Path, mode: str = "keep") -> bool:
+    """Copy the ONNX file ``src`` and the data files it names to ``dst`` (another name, another folder),
+    its weights relocated into ``dst``'s one data file when it has external data. ``mode``: keep (external
+    when ``src`` is), or as :func:`normalize`. Returns whether ``dst`` uses external data."""
+    import shutil
+    import tempfile
+
+    src, dst = Path(src), Path(dst)
+    locations = check_file(src)
+    scratch = Path(tempfile.mkdtemp(prefix=".copy.", suffix=".partial", dir=dst.parent))
+    try:
+        staged = scratch / src.name
+        shutil.copyfile(src, staged)
+        for location in locations:
+            shutil.copyfile(src.parent / location, scratch / location)
+        return normalize(staged, dst, ("always" if locations else "never") if mode == "keep" else mode)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchship.errors import InputError
+from torchship.errors import InputError, first_line
 
 WHICH = ("min", "use", "max")
 _ALIASES = {"min": ("min", "min_shape"), "use": ("use", "use_shape", "opt", "opt_shape"),
@@ -100,7 +100,7 @@ def read_config_file(path: str | Path, *, what: str = "shape config"):
         if mark is not None and problem:  # yaml: say what and where, not what it was parsing
             first = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
         else:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, limit=None)
         raise InputError(f"{what} {path} is not valid YAML/JSON: {first}") from None
     return data
 

@@ -95,17 +95,14 @@ def _resolve_source(folder: Path):
 
 def _variant_backend(artifact, backend_or_variant: str):
     """(variant name or None, engine precision or None) for a backend name or a variant name."""
-    from torchship.runtimes import OPENVINO_BACKENDS, ORT_BACKENDS, ORT_CUDA_BACKENDS, TENSORRT_BACKENDS
+    from torchship.runtimes import TENSORRT_BACKENDS, backend_variants
 
-    if backend_or_variant in artifact.manifest.variants:
+    variants = artifact.manifest.variants
+    if backend_or_variant in variants:
         return backend_or_variant, None
-    if backend_or_variant in ORT_BACKENDS:
-        return ORT_BACKENDS[backend_or_variant], None
-    if backend_or_variant in OPENVINO_BACKENDS:
-        return OPENVINO_BACKENDS[backend_or_variant], None
-    if backend_or_variant in ORT_CUDA_BACKENDS:
-        names = [n for n in ORT_CUDA_BACKENDS[backend_or_variant] if n in artifact.manifest.variants]
-        return (names[0] if names else ORT_CUDA_BACKENDS[backend_or_variant][0]), None
+    names = backend_variants(backend_or_variant)
+    if names:
+        return next((n for n in names if n in variants), names[0]), None
     if backend_or_variant in TENSORRT_BACKENDS:
         return None, TENSORRT_BACKENDS[backend_or_variant]
     raise InputError(f"{artifact.folder} has no variant or backend {backend_or_variant!r}; it has "
@@ -125,7 +122,6 @@ def _tensors(specs, batched: bool) -> list[tuple[str, str, list[int]]]:
 def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> TritonModel:
     """What the repository entry will hold, checked, without writing anything."""
     from torchship.artifact import Artifact
-    from torchship.external_data import data_file_name
 
     if options.kind not in KINDS:
         raise InputError(f"unknown instance kind {options.kind!r}; use {', '.join(KINDS)}")
@@ -167,9 +163,6 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
             platform, backend = None, "openvino"
         else:
             files = {"model.onnx": path}
-            data = path.with_name(data_file_name(path))
-            if data.is_file():
-                files["model.onnx.data"] = data
             platform, backend = "onnxruntime_onnx", None
     return TritonModel(name, platform, backend, files, _tensors(io.inputs, batched), _tensors(io.outputs, batched),
                        max_batch)
@@ -195,7 +188,7 @@ def write_triton_repo(folder: str | Path, repo: str | Path, options: TritonOptio
     import os
     import tempfile
 
-    from torchship.external_data import normalize
+    from torchship.external_data import copy_model
 
     for b in options.preferred_batch_sizes:
         if b < 1:
@@ -218,18 +211,9 @@ def write_triton_repo(folder: str | Path, repo: str | Path, options: TritonOptio
         for target, source in model.files.items():
             if not Path(source).is_file():
                 raise ArtifactError(f"{source} is missing; re-run the step that made it")
-            if target == "model.onnx":
-                staged = version / ".source.onnx"
-                shutil.copyfile(source, staged)
-                data = [t for t in model.files if t == "model.onnx.data"]
-                if data:  # its location inside the graph names the old file: copy, then rewrite as model.onnx.data
-                    shutil.copyfile(model.files["model.onnx.data"], version / Path(model.files["model.onnx.data"]).name)
-                normalize(staged, version / "model.onnx", "always" if data else "never")
-                staged.unlink(missing_ok=True)
-                old = version / Path(model.files["model.onnx.data"]).name if data else None
-                if old is not None and old.name != "model.onnx.data" and old.exists():
-                    old.unlink()
-            elif target != "model.onnx.data":
+            if target == "model.onnx":  # with its weights, if external, relocated as model.onnx.data
+                copy_model(source, version / target)
+            else:
                 shutil.copyfile(source, version / target)
         (tmp / "config.pbtxt").write_text(text)
         if final.exists():

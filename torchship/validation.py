@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchship._ort import make_session
+from torchship._ort import ort_runner
 from torchship.artifact import ReferenceCase
 from torchship.compare import ComparisonReport, compare_outputs
 from torchship.errors import ValidationError
@@ -17,14 +17,15 @@ from torchship.errors import ValidationError
 def run_reference_cases(path: Path, cases: list[ReferenceCase], *, atol: float, spec=None,
                         threads: int | None = None) -> ComparisonReport:
     """Run every case through ONNX Runtime; ``spec.compared_positions`` limits where values are compared."""
-    session = make_session(path, threads=threads)
-    output_names = [o.name for o in session.get_outputs()]
+    return compare_cases(ort_runner(path, threads=threads), cases, atol=atol, spec=spec)
+
+
+def compare_cases(run, cases: list[ReferenceCase], *, atol: float, spec=None) -> ComparisonReport:
+    """Run every case through ``run`` (feeds -> outputs by name, any backend) and compare with its outputs."""
     items = []
     for case in cases:
-        feeds = {i.name: case.inputs[i.name] for i in session.get_inputs()}
-        got = dict(zip(output_names, session.run(output_names, feeds)))
         where = spec.compared_positions(case.inputs) if spec is not None else None
-        items.extend(compare_outputs(case.outputs, got, atol=atol, case=case.label, where=where))
+        items.extend(compare_outputs(case.outputs, run(case.inputs), atol=atol, case=case.label, where=where))
     return ComparisonReport(tuple(items))
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from torchship.artifact import Artifact
 from torchship.cli import main
 from torchship.exporters.export import export
 from torchship.optimizers import OptimizeOptions, optimize

@@ -11,7 +11,8 @@ from torchship.artifact import Artifact
 from torchship.benchmarks.timing import TimingPlan
 from torchship.cli import main
 from torchship.errors import InputError, ValidationError
-from torchship.optimizers.accuracy import DEFAULT_TEXTS, AccuracyProbe, ort_runner, read_texts
+from torchship._ort import ort_runner
+from torchship.optimizers.accuracy import DEFAULT_TEXTS, AccuracyProbe, read_texts
 from torchship.optimizers.quantize import FILE, QuantizeOptions, quantize
 from torchship.runtimes import RuntimeOptions, create_predictor
 from torchship.runtimes.text import TextModel

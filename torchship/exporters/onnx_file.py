@@ -15,7 +15,6 @@ zeros, ``position*`` counts up; float inputs are standard normal.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,7 +150,7 @@ def import_onnx(path: str | Path, output: str | Path, shape_config, *, progress=
     from torchship._ort import load_onnx, make_session
     from torchship.artifact import Artifact, Manifest, ReferenceCase, Variant, library_versions, model_bytes, \
         save_reference
-    from torchship.external_data import check_file, normalize
+    from torchship.external_data import copy_model
     from torchship.shapes import resolve
     from torchship.validation import check, run_reference_cases
 
@@ -162,8 +161,7 @@ def import_onnx(path: str | Path, output: str | Path, shape_config, *, progress=
     if shape_config is None:
         raise InputError(f"{path.name} is an ONNX file: give a shape config (--config) with min/use/max sizes "
                          "for its inputs, since there is no model config to take them from")
-    check_file(path)
-    make_session(path)  # a corrupted file fails here, with the usual message
+    make_session(path)  # refuses data files outside its folder, then a corrupted file, with the usual messages
     graph = load_onnx(path)
     io = graph_io(graph)
     resolved = resolve(shape_config, io)
@@ -172,14 +170,7 @@ def import_onnx(path: str | Path, output: str | Path, shape_config, *, progress=
     check_output_dir(output)
     with staged_dir(output) as tmp:
         progress.step(f"copying {path.name} (and its data) into the folder")
-        staged = tmp / ".source.onnx"
-        shutil.copyfile(path, staged)
-        for location in check_file(path):  # the data files it names, beside it
-            shutil.copyfile(path.parent / location, tmp / location)
-        normalize(staged, tmp / "model.onnx", "auto")
-        for location in check_file(path):
-            if (tmp / location).exists() and location != "model.onnx.data":
-                (tmp / location).unlink()
+        copy_model(path, tmp / "model.onnx", "auto")
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         progress.step("reference outputs: the original file in ONNX Runtime at the min, use and max shapes")
         session = make_session(path)

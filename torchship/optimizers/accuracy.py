@@ -132,11 +132,3 @@ class AccuracyProbe:
             return AccuracyResult(self.metric, float("nan"), float("nan"), int(per.size), budget, extra)
         return AccuracyResult(self.metric, float(per.mean()), float(per.min()), int(per.size), budget, extra)
 
-
-def ort_runner(path: Path, *, threads: int | None = None, disabled_optimizers: tuple[str, ...] = ()) -> Runner:
-    from torchship._ort import make_session
-
-    session = make_session(path, threads=threads, disabled_optimizers=disabled_optimizers)
-    names = [o.name for o in session.get_outputs()]
-    inputs = [i.name for i in session.get_inputs()]
-    return lambda feeds: dict(zip(names, session.run(names, {n: feeds[n] for n in inputs})))

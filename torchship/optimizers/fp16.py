@@ -25,7 +25,8 @@ from torchship import _progress
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
 from torchship.errors import ValidationError
 from torchship.external_data import save_model, uses_external_data
-from torchship.optimizers.accuracy import AccuracyProbe, ort_runner
+from torchship._ort import ort_runner
+from torchship.optimizers.accuracy import AccuracyProbe
 from torchship.optimizers.fusion import op_histogram
 from torchship.validation import run_reference_cases
 

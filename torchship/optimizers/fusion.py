@@ -58,8 +58,7 @@ def op_histogram(path: Path) -> dict[str, int]:
 
 
 def count_ops(path: Path) -> dict[str, int]:
-    model = load_onnx(path)
-    counts = Counter(node.op_type for node in model.graph.node)
+    counts = op_histogram(path)
     return {op: counts.get(op, 0) for op in REPORTED_OPS}
 
 

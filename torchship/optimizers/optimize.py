@@ -115,6 +115,11 @@ def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
                    validation=validation.to_json(), fusion=report.to_json())
 
 
+# Failures that skip a variant instead of failing the command: the fusion optimizer's crashes on graphs it
+# does not expect, and an fp16 model that cannot be made or misses its budget (recorded, then reported).
+_SKIPPABLE = {"optimized": ArtifactError, "fp16": (ArtifactError, ValidationError)}
+
+
 def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *,
              progress: _progress.Progress = _progress.SILENT) -> Artifact:
     """Add graph-level and transformer-fusion variants to the folder; returns the updated artifact.
@@ -137,22 +142,20 @@ def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *
         from torchship.runtimes.openvino import openvino_variants
 
         jobs.append(("openvino", lambda: openvino_variants(artifact, progress=progress)))
-    failed = []
+    fp16_error = None
     for i, (name, make) in enumerate(jobs, 1):
         progress.step(f"[{i}/{len(jobs)}] {name}")
         try:
             made = make()
             for variant in made if isinstance(made, list) else [made]:
                 artifact.manifest = artifact.manifest.with_variant(variant)
-        except (ArtifactError, ValidationError) as exc:
-            if name not in ("optimized", "fp16") or (name == "optimized" and isinstance(exc, ValidationError)):
-                raise
+        except _SKIPPABLE.get(name, ()) as exc:
             # The other variants stand; this one is recorded as skipped, loudly.
             progress.step(f"WARNING: {name} skipped: {exc}")
             artifact.manifest = artifact.manifest.with_skipped(name, str(exc))
             if name == "fp16":
-                failed.append(exc)
+                fp16_error = exc
         artifact.save(artifact.manifest)
-    if failed:
-        raise failed[0]  # asked for and not made: the command fails, the reason is in the manifest too
+    if fp16_error is not None:
+        raise fp16_error  # asked for and not made: the command fails, the reason is in the manifest too
     return artifact

@@ -32,7 +32,8 @@ from torchship.artifact import Artifact, Variant, load_reference, model_bytes
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
 from torchship.errors import ArtifactError, InputError, ValidationError
 from torchship.external_data import normalize, uses_external_data
-from torchship.optimizers.accuracy import AccuracyProbe, AccuracyResult, ort_runner, read_texts
+from torchship._ort import ort_runner
+from torchship.optimizers.accuracy import AccuracyProbe, AccuracyResult, read_texts
 from torchship.optimizers.fusion import op_histogram
 from torchship.validation import run_reference_cases
 
@@ -234,8 +235,9 @@ def _build(c: Candidate, src: Path, dst: Path, *, calibration: list[dict] | None
         def get_next(self):
             return next(self._it, None)
 
-    pre = scratch / f"pre_{dst.name}"
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, save_as_external_data=external)
+    pre = scratch / f"pre_{src.name}"  # one pre-processed graph per source, shared by its static candidates
+    if not pre.is_file():
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, save_as_external_data=external)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calibration_method]
     quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,

@@ -51,6 +51,16 @@ _MAKES = {"int8": "torchship quantize {folder} --int8", "fp16": "torchship optim
           "openvino": "torchship optimize {folder} --openvino", "openvino-fp16": "torchship optimize {folder} --openvino"}
 
 
+def backend_variants(backend: str) -> tuple[str, ...]:
+    """The folder variants ``backend`` runs, first present wins; empty for the backends that bring their own
+    model (PyTorch, TensorRT engines)."""
+    if backend in ORT_BACKENDS:
+        return (ORT_BACKENDS[backend],)
+    if backend in OPENVINO_BACKENDS:
+        return (OPENVINO_BACKENDS[backend],)
+    return ORT_CUDA_BACKENDS.get(backend, ())
+
+
 def _require_variant(artifact: Artifact, backend: str, *names: str) -> str:
     """The first of ``names`` the folder holds, or an error that says which command makes it."""
     manifest = artifact.manifest
@@ -71,13 +81,13 @@ def create_predictor(artifact: Artifact, backend: str, options: RuntimeOptions =
     if backend in ORT_CUDA_BACKENDS:
         from torchship.runtimes.ort import OrtCudaPredictor
 
-        name = _require_variant(artifact, backend, *ORT_CUDA_BACKENDS[backend])
+        name = _require_variant(artifact, backend, *backend_variants(backend))
         device = options.device if options.device.startswith("cuda") else "cuda"
         return OrtCudaPredictor(artifact.path_of(name), manifest.io(), threads=options.threads, device=device)
     if backend in OPENVINO_BACKENDS:
         from torchship.runtimes.openvino import OpenVINOPredictor
 
-        name = _require_variant(artifact, backend, OPENVINO_BACKENDS[backend])
+        name = _require_variant(artifact, backend, *backend_variants(backend))
         return OpenVINOPredictor(artifact.path_of(name), manifest.io(), threads=options.threads)
     if backend in TENSORRT_BACKENDS:
         from torchship.runtimes.tensorrt import EngineBackedPredictor
@@ -86,7 +96,7 @@ def create_predictor(artifact: Artifact, backend: str, options: RuntimeOptions =
     if backend in ORT_BACKENDS:
         from torchship.runtimes.ort import OrtPredictor
 
-        name = _require_variant(artifact, backend, ORT_BACKENDS[backend])
+        name = _require_variant(artifact, backend, *backend_variants(backend))
         variant = manifest.variants[name]
         return OrtPredictor(artifact.path_of(name), manifest.io(),
                             threads=options.threads, spin=options.spin, device=options.device,

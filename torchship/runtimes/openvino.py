@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship import _progress
-from torchship.errors import ArtifactError, BackendUnavailable, ValidationError
+from torchship.errors import ArtifactError, BackendUnavailable, ValidationError, first_line
 from torchship.runtimes.base import Predictor
 
 EXTRA = "torchship[openvino]"
@@ -65,8 +65,7 @@ class OpenVINOPredictor(Predictor):
         try:
             self._compiled = core.compile_model(core.read_model(str(self.xml)), self.device, config)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ArtifactError(f"OpenVINO cannot load {self.xml}: {first[:300]}") from None
+            raise ArtifactError(f"OpenVINO cannot load {self.xml}: {first_line(exc)}") from None
         self._request = self._compiled.create_infer_request()
 
     def _infer(self, feeds):
@@ -87,9 +86,9 @@ def openvino_variants(artifact, *, progress: _progress.Progress = _progress.SILE
     """Write ``openvino/model.xml`` (fp32) and ``openvino_fp16/model.xml`` (fp16 weights), each validated:
     fp32 against eager PyTorch at the export's tolerance, fp16 on the accuracy probe."""
     from torchship.artifact import Variant, load_reference
-    from torchship.compare import ComparisonReport, compare_outputs
-    from torchship.optimizers.accuracy import AccuracyProbe, ort_runner
-    from torchship.validation import check
+    from torchship._ort import ort_runner
+    from torchship.optimizers.accuracy import AccuracyProbe
+    from torchship.validation import check, compare_cases
 
     ov = require_openvino()
     m = artifact.manifest
@@ -107,12 +106,7 @@ def openvino_variants(artifact, *, progress: _progress.Progress = _progress.SILE
             predictor = OpenVINOPredictor(staging / IR_NAME, m.io())
             with predictor:
                 run = predictor.infer
-                items = []
-                for case in cases:
-                    got = run(case.inputs)
-                    items.extend(compare_outputs(case.outputs, got, atol=float("inf") if fp16 else m.atol,
-                                                 case=case.label, where=spec.compared_positions(case.inputs)))
-                report = ComparisonReport(tuple(items))
+                report = compare_cases(run, cases, atol=float("inf") if fp16 else m.atol, spec=spec)
                 validation = report.to_json()
                 if fp16:
                     probe = AccuracyProbe.for_artifact(artifact)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship._ort import make_session
+from torchship._ort import cuda_index, make_session
 from torchship.runtimes.base import Predictor
 
 
@@ -46,7 +46,7 @@ class OrtCudaPredictor(OrtPredictor):
 
     def __init__(self, path: Path, io, *, threads: int | None = None, device: str = "cuda"):
         super().__init__(path, io, threads=threads, device=device)
-        self.device_id = int(device.split(":", 1)[1]) if ":" in device else 0
+        self.device_id = cuda_index(device) or 0
 
     def _infer(self, feeds):
         binding = self._session.io_binding()

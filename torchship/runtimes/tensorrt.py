@@ -25,7 +25,7 @@ import numpy as np
 
 from torchship import _progress
 from torchship._fs import write_json_atomic
-from torchship.errors import ArtifactError, BackendUnavailable, InputError
+from torchship.errors import ArtifactError, BackendUnavailable, InputError, first_line
 from torchship.exporters.spec import ModelIO
 from torchship.external_data import data_file_name
 from torchship.runtimes.base import Predictor
@@ -460,7 +460,7 @@ def _build_bytes(trt, onnx_path, profiles, precision, cache, calibration_feeds, 
             build = _engine_loader(trt, onnx_path, profiles, precision, cache, calibration_feeds, workspace_bytes)
             data = build()
     except PolygraphyException as exc:
-        raise ArtifactError(f"TensorRT cannot build an engine from {onnx_path}: {_first_line(exc)}") from None
+        raise ArtifactError(f"TensorRT cannot build an engine from {onnx_path}: {first_line(exc)}") from None
     return bytes(data), time.perf_counter() - start
 
 
@@ -483,11 +483,6 @@ def _engine_loader(trt, onnx_path, profiles, precision, cache, calibration_feeds
     )
     return EngineBytesFromNetwork(NetworkFromOnnxPath(str(onnx_path)), config=config,
                                   save_timing_cache=str(cache.timing))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +512,7 @@ class TensorRTPredictor(Predictor):
         try:
             runner.activate()  # deserializes the engine, then makes its execution context
         except PolygraphyException as exc:
-            raise ArtifactError(f"TensorRT cannot load the engine {self.engine_path}: {_first_line(exc)}; it is "
+            raise ArtifactError(f"TensorRT cannot load the engine {self.engine_path}: {first_line(exc)}; it is "
                                 "corrupted or was built by another TensorRT version or for another GPU, rebuild "
                                 "it") from None
         try:
