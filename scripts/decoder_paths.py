@@ -23,13 +23,14 @@ def main(argv=None) -> int:
     from benchmark import GPT2_CONFIG, random_model
 
     from torchship.artifact import Artifact
-    from torchship.benchmarks.decoder import _TorchCacheStep
     from torchship.benchmarks.timing import TimingPlan, measure_interleaved
     from torchship.exporters.decoders import DecoderShape
     from torchship.exporters.export import ExportOptions, export
+    from torchship.exporters.spec import family_of, saved_config
     from torchship.optimizers import OptimizeOptions, optimize
     from torchship.optimizers.fusion import count_ops
     from torchship.runtimes import RuntimeOptions, create_predictor, source_model_loader
+    from torchship.runtimes.torch_runtime import TorchCachedDecoder
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -46,19 +47,20 @@ def main(argv=None) -> int:
             print(f"{exporter}: model.onnx {m.variants['model'].size_bytes / 1e6:.0f} MB, "
                   f"Attention ops {count_ops(out / 'model.onnx')['Attention']}, after fusion pass {fused}")
         ts = arts["torchscript"]
-        cfg, io, spec = ts.load_config(), ts.manifest.io(), ts.manifest.spec()
+        cfg, io, spec = saved_config(ts), ts.manifest.io(), family_of(ts.manifest)
         runtime = RuntimeOptions(threads=args.threads)
         preds = {}
         for exporter, art in arts.items():
             for backend, label in (("ort", exporter), ("ort-optimized", f"{exporter} + fusion pass")):
                 if (backend == "ort") or "optimized" in art.manifest.variants:
                     preds[label] = create_predictor(Artifact.open(art.folder), backend, runtime).activate()
-        torch_step = _TorchCacheStep(source_model_loader(ts), args.threads).activate()
+        torch_step = TorchCachedDecoder(source_model_loader(ts), io, num_layers=ts.manifest.num_layers,
+                                        threads=args.threads).activate()
         print(f"\n| phase | {' | '.join(['eager PyTorch', *preds])} |")
         print("|---|" + "---:|" * (len(preds) + 1))
         for phase, seq, past in (("prefill: 128-token prompt", 128, 0), ("decode: 1 token, 128 past", 1, 128)):
             feeds = spec.sample_inputs(cfg, io, DecoderShape(1, seq, past), seed=1)
-            fns = {"torch": torch_step.step_fn(feeds, ts.manifest.num_layers, "prefill" if past == 0 else "decode")}
+            fns = {"torch": torch_step.timed_step(feeds)}
             fns.update({k: (lambda p=p: p.infer(feeds)) for k, p in preds.items()})
             t = measure_interleaved(fns, TimingPlan(min_seconds=5, min_iterations=30))
             base = np.median(t["torch"])

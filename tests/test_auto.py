@@ -38,7 +38,7 @@ def test_auto_builds_validates_and_benchmarks_every_cpu_variant(auto_out):
     assert set(rows) == set(VARIANTS)
     for backend in ("ort-cuda", "ort-cuda-fp16", "tensorrt", "tensorrt-fp16", "tensorrt-int8"):
         assert rows[backend]["status"] == "skipped: device is cpu"
-    cpu = [b for b, v in VARIANTS.items() if v[1] == "cpu"]
+    cpu = [name for name, b in VARIANTS.items() if not b.needs_gpu]
     for b in cpu:
         r = rows[b]
         assert r["status"] == "ok", (b, r["status"])

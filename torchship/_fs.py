@@ -1,4 +1,10 @@
-"""Atomic writes: a reader never sees a half-written file or folder."""
+"""Staging: every output is written under a temporary name beside its place, then renamed into place.
+
+A reader never sees a half-written file or folder, and an error or Ctrl-C (any exception, even
+KeyboardInterrupt) leaves the place as it was and removes the temporary files. Outputs get the
+modes that a plain ``open``/``mkdir`` under the user's umask gives (``mkdtemp`` alone would leave a
+folder that only its owner can read). Every writer in torchship goes through these helpers.
+"""
 
 from __future__ import annotations
 
@@ -21,27 +27,77 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _normal_mode(path: Path) -> None:
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path, name: str = "scratch") -> Iterator[Path]:
+    """A temporary folder inside ``parent`` (on the same file system as the outputs), always removed."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_file(final: Path, companions: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a path with ``final``'s name in a scratch folder beside it; on success it replaces ``final``.
+
+    ``companions`` are names of files written beside it that belong to it (an ONNX model's external data
+    file): on success the ones written move into place first, and stale ones of an earlier version go."""
+    final = Path(final)
+    with scratch_dir(final.parent, final.name) as scratch:
+        tmp = scratch / final.name
+        yield tmp
+        for name in companions:
+            made, old = scratch / name, final.with_name(name)
+            if made.is_file():
+                os.replace(made, old)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    old.unlink()
+        if not tmp.exists():
+            raise FileNotFoundError(f"{tmp.name} was not written")
+        if tmp.is_dir():
+            _normal_mode(tmp)
+            if final.is_dir():
+                os.replace(final, scratch / ".old")  # removed with the scratch folder
+        os.replace(tmp, final)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with staged_file(Path(path)) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with staged_file(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def check_writable(folder: Path, *, flag: str = "--output") -> None:
+    """Refuse, before any work, an output whose parent cannot hold it (a file in the way, no permission)."""
+    folder = Path(folder).absolute()
+    parent = folder.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {folder} cannot be made: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {folder} cannot be written: no permission to write in {parent}; "
+                         "choose a folder you can write to")
+
+
 def check_output_dir(output: Path, *, marker: str = MANIFEST_NAME) -> None:
-    """Refuse to replace a non-empty folder that torchship did not write."""
+    """Refuse to replace a non-empty folder that torchship did not write, or a place it cannot write."""
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise InputError(f"output {output} is a file; pass a folder path for --output")
@@ -50,6 +106,7 @@ def check_output_dir(output: Path, *, marker: str = MANIFEST_NAME) -> None:
             f"output folder {output} is not empty and was not written by torchship; "
             "choose a new or empty folder"
         )
+    check_writable(output)
 
 
 @contextlib.contextmanager
@@ -60,18 +117,11 @@ def staged_dir(output: Path, *, marker: str = MANIFEST_NAME) -> Iterator[Path]:
     """
     output = Path(output).absolute()
     check_output_dir(output, marker=marker)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
+    with scratch_dir(output.parent, output.name) as scratch:
+        tmp = scratch / "new"
+        tmp.mkdir()
         yield tmp
+        _normal_mode(tmp)
         if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-            os.replace(output, old / "prev")
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            os.replace(output, scratch / "old")
+        os.replace(tmp, output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torchship.errors import ArtifactError, BackendUnavailable, first_line
+from torchship.external_data import check_file, data_file_name
 
 GRAPH_LEVELS = ("disabled", "basic", "extended", "all")
 
@@ -70,17 +71,16 @@ def providers_for(device: str) -> list:
 
 def make_session(path: Path, *, threads: int | None = None, spin: bool = False, level: str = "all",
                  device: str = "cpu", optimized_model_path: Path | None = None,
-                 disabled_optimizers: tuple[str, ...] = ()):
+                 disabled_optimizers: tuple[str, ...] = (), fix: str = "re-run torchship export"):
     """An ORT session for ``path``; ``disabled_optimizers`` names ORT graph transformers to skip (a variant
-    records them when it was measured faster without, e.g. SkipLayerNormFusion)."""
+    records them when it was measured faster without, e.g. SkipLayerNormFusion). ``fix`` names the
+    command that makes the file again, for the error of a missing or corrupted file."""
     import onnxruntime as ort
-
-    from torchship.external_data import check_file, data_file_name
 
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"ONNX file {path} is missing")
-    external = bool(check_file(path))  # refuses data files outside the model's folder, before ORT reads any
+        raise ArtifactError(f"ONNX file {path} is missing; {fix}")
+    external = bool(check_file(path, fix=fix))  # refuses data files outside the folder, before ORT reads any
     so = session_options(threads=threads, spin=spin, level=level, optimized_model_path=optimized_model_path)
     if optimized_model_path is not None and external:
         # A large model saved after optimization keeps its weights in one data file beside it.
@@ -94,27 +94,15 @@ def make_session(path: Path, *, threads: int | None = None, spin: bool = False, 
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
             ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:
         raise ArtifactError(f"ONNX Runtime cannot load {path}: {first_line(exc)}; "
-                            "the file is corrupted or incomplete, re-run torchship export") from None
+                            f"the file is corrupted or incomplete, {fix}") from None
 
 
-def ort_runner(path: Path, *, threads: int | None = None, disabled_optimizers: tuple[str, ...] = ()):
+def ort_runner(path: Path, *, threads: int | None = None, disabled_optimizers: tuple[str, ...] = (),
+               fix: str = "re-run torchship export"):
     """A function feeds -> {output name: array} over one session of ``path``; feeds may hold extra names."""
-    session = make_session(path, threads=threads, disabled_optimizers=disabled_optimizers)
+    session = make_session(path, threads=threads, disabled_optimizers=disabled_optimizers, fix=fix)
     names = [o.name for o in session.get_outputs()]
     inputs = [i.name for i in session.get_inputs()]
     return lambda feeds: dict(zip(names, session.run(names, {n: feeds[n] for n in inputs})))
 
 
-def load_onnx(path: Path, *, load_external_data: bool = False):
-    """``onnx.load`` with a clear error for missing or corrupted files."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"ONNX file {path} is missing")
-    try:
-        return onnx.load(str(path), load_external_data=load_external_data)
-    except (DecodeError, ValueError, OSError) as exc:
-        raise ArtifactError(f"cannot read {path}: {str(exc)[:200]}; the file is corrupted or incomplete, "
-                            "re-run torchship export") from None

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship._fs import MANIFEST_NAME, write_json_atomic
+from torchship import variants as backends_table
+from torchship._fs import MANIFEST_NAME, staged_file, write_json_atomic
 from torchship.errors import ArtifactError, InputError
+from torchship.external_data import data_file_name
+from torchship.tensors import ModelIO, TensorSpec
 
 FORMAT_VERSION = 1
 REFERENCE_NAME = "reference.npz"
@@ -67,6 +70,7 @@ class Manifest:
     skipped: dict[str, str] = field(default_factory=dict)  # variant name -> why it could not be made
     shapes: dict | None = None  # the shape config resolved against the model (torchship.shapes)
     quantization: dict | None = None  # int8 candidates tried by torchship quantize, with their numbers
+    model_config: dict | None = None  # the family's normalized view of the config (exporters.spec.NormalizedConfig)
     format: int = FORMAT_VERSION
 
     def to_json(self) -> dict:
@@ -87,16 +91,9 @@ class Manifest:
         variants = {k: v for k, v in self.variants.items() if k != name}
         return replace(self, variants=variants, skipped={**self.skipped, name: reason})
 
-    def io(self):
-        from torchship.exporters.spec import ModelIO, TensorSpec
-
+    def io(self) -> ModelIO:
         return ModelIO(tuple(TensorSpec.from_json(t) for t in self.inputs),
                        tuple(TensorSpec.from_json(t) for t in self.outputs))
-
-    def spec(self):
-        from torchship.exporters.spec import spec_for
-
-        return spec_for(self.model_type)
 
     def resolved_shapes(self):
         """The shape config given at export, resolved (None when there was none)."""
@@ -120,6 +117,18 @@ class ReferenceCase:
     outputs: dict[str, np.ndarray]
 
 
+def new_manifest(*, source: dict, family: str, model_type: str, task: str, ort_model_type: str, fusion: dict,
+                 io: ModelIO, export: dict, text: dict, atol: float, variant: Variant, shapes: dict | None,
+                 model_config: dict | None) -> Manifest:
+    """The manifest of a new folder holding one variant (an export, or an imported ONNX file)."""
+    return Manifest(source=source, family=family, model_type=model_type, task=task, ort_model_type=ort_model_type,
+                    num_heads=int(fusion["num_heads"]), hidden_size=int(fusion["hidden_size"]),
+                    num_layers=int(fusion["num_layers"]), inputs=[t.to_json() for t in io.inputs],
+                    outputs=[t.to_json() for t in io.outputs], export=export, text=text,
+                    versions=library_versions(), atol=atol, variants={variant.name: variant}, shapes=shapes,
+                    model_config=model_config)
+
+
 def save_reference(folder: Path, cases: list[ReferenceCase]) -> None:
     arrays = {}
     for i, case in enumerate(cases):
@@ -128,9 +137,9 @@ def save_reference(folder: Path, cases: list[ReferenceCase]) -> None:
             arrays[f"{i}/in/{k}"] = v
         for k, v in case.outputs.items():
             arrays[f"{i}/out/{k}"] = v
-    tmp = folder / (REFERENCE_NAME + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(folder / REFERENCE_NAME)
+    with staged_file(Path(folder) / REFERENCE_NAME) as tmp:
+        with open(tmp, "wb") as fh:  # a file object: numpy would append .npz to a path
+            np.savez_compressed(fh, **arrays)
 
 
 def load_reference(folder: Path) -> list[ReferenceCase]:
@@ -190,23 +199,9 @@ class Artifact:
             raise ArtifactError(f"{path} is missing; re-run torchship export or optimize")
         return path
 
-    def load_config(self):
-        """The model config saved beside the model (transformers config, or a diffusers config dict)."""
-        return self.manifest.spec().load_saved_config(self.folder)
-
-    def require_kind(self, kind: str | tuple[str, ...], hint: str) -> "Artifact":
-        """Refuse a folder of another kind of family ("encoder", "decoder", "unet"), saying what to use instead."""
-        from torchship.exporters.spec import KIND_ONE
-
-        actual = self.manifest.spec().kind
-        if actual not in ((kind,) if isinstance(kind, str) else kind):
-            raise InputError(f"{self.folder} holds {KIND_ONE[actual]}; {hint}")
-        return self
-
     def best_variant(self) -> str:
-        """The most optimized validated variant: transformer fusion, else ORT graph 'all', else the export."""
-        order = ["optimized", "ort-all", "ort-extended", "ort-basic", "model"]
-        valid = [n for n in order if n in self.manifest.variants
+        """The most optimized validated variant, in the backend table's preference order."""
+        valid = [n for n in backends_table.preference_order() if n in self.manifest.variants
                  and (self.manifest.variants[n].validation or {}).get("passed")]
         return valid[0] if valid else "model"
 
@@ -217,8 +212,6 @@ class Artifact:
 
 def model_bytes(path: Path) -> int:
     """Size of an ONNX model on disk: the graph file plus its external data file, if any."""
-    from torchship.external_data import data_file_name
-
     path = Path(path)
     data = path.with_name(data_file_name(path))
     return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)

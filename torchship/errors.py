@@ -57,3 +57,7 @@ class ValidationError(TorchshipError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class BudgetError(ValidationError):
+    """A lower-precision variant misses its accuracy budget against the fp32 model."""

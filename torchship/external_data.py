@@ -21,7 +21,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from torchship._fs import scratch_dir, staged_file
 from torchship.errors import ArtifactError, InputError
+from torchship.onnx_io import load_onnx
 
 THRESHOLD_BYTES = 1 << 30  # 1 GiB of initializers: half the protobuf limit, room for optimizer growth
 INLINE_BELOW_BYTES = 1024  # tensors smaller than this stay in the graph
@@ -108,11 +110,9 @@ def check_locations(model_path: Path, locations: list[str]) -> None:
                                 "move the whole folder, not the .onnx file alone")
 
 
-def check_file(model_path: Path) -> list[str]:
+def check_file(model_path: Path, *, fix: str = "re-run torchship export") -> list[str]:
     """Check the external data of an ONNX file without loading it; returns its locations."""
-    from torchship._ort import load_onnx
-
-    locations = external_locations(load_onnx(model_path))
+    locations = external_locations(load_onnx(model_path, fix=fix))
     check_locations(model_path, locations)
     return locations
 
@@ -144,8 +144,6 @@ def normalize(src: Path, dst: Path, mode: str = "auto") -> bool:
     above; returns whether ``dst`` uses external data. ``src`` and ``dst`` may be the same path."""
     import onnx
 
-    from torchship._ort import load_onnx
-
     src, dst = Path(src), Path(dst)
     graph_only = load_onnx(src)
     locations = external_locations(graph_only)
@@ -172,16 +170,18 @@ def copy_model(src: Path, dst: Path, mode: str = "keep") -> bool:
     its weights relocated into ``dst``'s one data file when it has external data. ``mode``: keep (external
     when ``src`` is), or as :func:`normalize`. Returns whether ``dst`` uses external data."""
     import shutil
-    import tempfile
 
     src, dst = Path(src), Path(dst)
     locations = check_file(src)
-    scratch = Path(tempfile.mkdtemp(prefix=".copy.", suffix=".partial", dir=dst.parent))
-    try:
+    with scratch_dir(dst.parent, "copy") as scratch:
         staged = scratch / src.name
         shutil.copyfile(src, staged)
         for location in locations:
             shutil.copyfile(src.parent / location, scratch / location)
         return normalize(staged, dst, ("always" if locations else "never") if mode == "keep" else mode)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def staged_model(final: Path):
+    """:func:`torchship._fs.staged_file` for an ONNX model: its external data file (whose location inside
+    the model is just its name) moves into place with it, and a stale one of an earlier version goes."""
+    return staged_file(Path(final), companions=(data_file_name(final),))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from torchship.errors import InputError, ModelLoadError
+from torchship.errors import InputError, ModelLoadError, first_line
 
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # Files a saved tokenizer leaves; with none of them, transformers 5 would build an empty tokenizer.
@@ -218,7 +218,8 @@ def load_model(ref: ModelRef, config, *, model_class, allow_pickle: bool = False
 
 
 def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False):
-    """The checkpoint's tokenizer, or None when the checkpoint ships none."""
+    """The checkpoint's tokenizer, or None when a local checkpoint ships no tokenizer files. Files that are
+    there but cannot be loaded are an error, not a silent None."""
     from transformers import AutoTokenizer
 
     if ref.path is not None and not any((ref.path / f).is_file() for f in _TOKENIZER_FILES):
@@ -227,10 +228,10 @@ def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False):
         return AutoTokenizer.from_pretrained(
             ref.load_id, revision=ref.revision, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError, TypeError):
-        return None
+    except (OSError, ValueError, TypeError) as exc:
+        if ref.path is None:  # a hub repository without a tokenizer
+            return None
+        raise ModelLoadError(f"the tokenizer files in {ref.path} cannot be loaded: {first_line(exc)}; fix them, "
+                             "or remove them to export without a tokenizer") from None
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -8,6 +8,7 @@ from torchship._ort import GRAPH_LEVELS
 from torchship.exporters.export import ATTN_IMPLEMENTATIONS, EXPORTERS, MAX_OPSET, MIN_OPSET
 from torchship.exporters.spec import TASKS
 from torchship.external_data import MODES as EXTERNAL_DATA_MODES
+from torchship.variants import choices_help
 
 model = click.option("--model", "-m", "model", required=True, metavar="ID_OR_DIR",
                      help="Hugging Face hub id (e.g. bert-base-cased) or a local model folder.")
@@ -32,12 +33,10 @@ revision = click.option("--revision", default=None, help="Hub revision (branch, 
 levels = click.option("--levels", default=",".join(GRAPH_LEVELS), show_default=True,
                       help="ORT graph optimization levels to save as offline-optimized files.")
 no_fusion = click.option("--no-fusion", is_flag=True, help="Skip the transformer fusion optimizer.")
-threads = click.option("--threads", type=int, default=None,
+threads = click.option("--threads", type=click.IntRange(min=1), default=None,
                        help="Threads for every backend (torch and ORT alike); default: all CPUs.")
 backends = click.option("--backends", default="torch,ort,ort-optimized", show_default=True,
-                        help="Comma-separated: torch, torchscript, torch-compile, ort, ort-optimized, "
-                             "ort-basic, ort-extended, ort-all, ort-disabled, ort-int8, ort-fp16, openvino, "
-                             "openvino-fp16; on a GPU: ort-cuda, ort-cuda-fp16, tensorrt, tensorrt-fp16, tensorrt-int8.")
+                        help=f"Comma-separated: {choices_help()}.")
 batch_sizes = click.option("--batch-sizes", default=None,
                            help="Comma-separated batch sizes; default: the shape config's use shape, else 1,8 "
                                 "for encoders and 1 for UNets and decoders.")

@@ -30,7 +30,7 @@ from torchship.errors import InputError, first_line
 WHICH = ("min", "use", "max")
 _ALIASES = {"min": ("min", "min_shape"), "use": ("use", "use_shape", "opt", "opt_shape"),
             "max": ("max", "max_shape")}
-_TOP_KEYS = ("device", "inputs", "outputs")
+TOP_KEYS = ("device", "inputs", "outputs")
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,9 @@ def read_config_file(path: str | Path, *, what: str = "shape config"):
 def parse_shape_config(data, *, source: str = "shape config") -> ShapeConfig:
     if not isinstance(data, dict):
         raise InputError(f"{source} must be a mapping with 'device' and 'inputs'")
-    unknown = [k for k in data if k not in _TOP_KEYS]
+    unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
-        raise InputError(f"{source}: unknown key {unknown[0]!r}; the keys are {', '.join(_TOP_KEYS)}")
+        raise InputError(f"{source}: unknown key {unknown[0]!r}; the keys are {', '.join(TOP_KEYS)}")
     device = parse_device(data.get("device", "cpu"), source=source)
     raw_inputs = _named_entries(data.get("inputs"), "inputs", source)
     if not raw_inputs:

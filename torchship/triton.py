@@ -93,20 +93,22 @@ def _resolve_source(folder: Path):
     return folder, None
 
 
-def _variant_backend(artifact, backend_or_variant: str):
-    """(variant name or None, engine precision or None) for a backend name or a variant name."""
-    from torchship.runtimes import TENSORRT_BACKENDS, backend_variants
+def _pick(artifact, name: str):
+    """(variant name or None, the table's backend) for a backend name or a variant name."""
+    from torchship.variants import BY_NAME, backend_of_variant, backend_variants
 
     variants = artifact.manifest.variants
-    if backend_or_variant in variants:
-        return backend_or_variant, None
-    names = backend_variants(backend_or_variant)
-    if names:
-        return next((n for n in names if n in variants), names[0]), None
-    if backend_or_variant in TENSORRT_BACKENDS:
-        return None, TENSORRT_BACKENDS[backend_or_variant]
-    raise InputError(f"{artifact.folder} has no variant or backend {backend_or_variant!r}; it has "
-                     f"{', '.join(artifact.manifest.variants)}")
+    if name in variants:
+        return name, backend_of_variant(name)
+    if name not in BY_NAME:
+        raise InputError(f"{artifact.folder} has no variant or backend {name!r}; it has "
+                         f"{', '.join(artifact.manifest.variants)}")
+    record = BY_NAME[name]
+    if record.triton is None:
+        raise InputError(f"backend {name!r} cannot be served by Triton; choose one of the folder's variants: "
+                         f"{', '.join(variants)}")
+    names = backend_variants(name)
+    return (next((n for n in names if n in variants), names[0]) if names else None), record
 
 
 def _tensors(specs, batched: bool) -> list[tuple[str, str, list[int]]]:
@@ -131,7 +133,7 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
     artifact = Artifact.open(model_folder)
     m = artifact.manifest
     pick = options.variant or chosen or artifact.best_variant()
-    variant, engine = _variant_backend(artifact, pick)
+    variant, record = _pick(artifact, pick)
     io = m.io()
     batched = all(t.axes and t.axes[0] == "batch" for t in (*io.inputs, *io.outputs))
     resolved = m.resolved_shapes()
@@ -148,22 +150,16 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
     name = options.name or Path(folder).resolve().name
     if not name or "/" in name or name.startswith("."):
         raise InputError(f"model name {name!r} cannot be a Triton model folder name; pass --name")
-    if engine is not None:
-        from torchship.runtimes.tensorrt import EngineBackedPredictor
+    if variant is None:  # an engine: found in the folder's cache, or built on this GPU
+        from torchship.optimizers.tensorrt_build import engine_for_artifact
 
-        predictor = EngineBackedPredictor.for_artifact(artifact, engine)
-        predictor.activate()  # builds or finds the engine; raises the one-line error without a GPU
-        files = {"model.plan": predictor.engine_path}
-        predictor.deactivate()
-        platform, backend = "tensorrt_plan", None
+        files = {"model.plan": engine_for_artifact(artifact, record.settings["flags"]).path}
     else:
         path = artifact.path_of(variant)
-        if path.suffix == ".xml":
-            files = {"model.xml": path, "model.bin": path.with_suffix(".bin")}
-            platform, backend = None, "openvino"
-        else:
-            files = {"model.onnx": path}
-            platform, backend = "onnxruntime_onnx", None
+        files = {"model.xml": path, "model.bin": path.with_suffix(".bin")} if path.suffix == ".xml" \
+            else {"model.onnx": path}
+    key, value = record.triton
+    platform, backend = (value, None) if key == "platform" else (None, value)
     return TritonModel(name, platform, backend, files, _tensors(io.inputs, batched), _tensors(io.outputs, batched),
                        max_batch)
 
@@ -185,9 +181,7 @@ def config_text(model: TritonModel, options: TritonOptions = TritonOptions()) ->
 
 def write_triton_repo(folder: str | Path, repo: str | Path, options: TritonOptions = TritonOptions()) -> Path:
     """Write ``repo/<name>/`` for a variant of ``folder``; returns that model folder."""
-    import os
-    import tempfile
-
+    from torchship._fs import staged_file
     from torchship.external_data import copy_model
 
     for b in options.preferred_batch_sizes:
@@ -204,10 +198,9 @@ def write_triton_repo(folder: str | Path, repo: str | Path, options: TritonOptio
         raise InputError(f"--output {repo} is a file; pass a folder for the model repository")
     repo.mkdir(parents=True, exist_ok=True)
     final = repo / model.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}.", suffix=".partial", dir=repo))
-    try:
+    with staged_file(final) as tmp:
         version = tmp / "1"
-        version.mkdir()
+        version.mkdir(parents=True)
         for target, source in model.files.items():
             if not Path(source).is_file():
                 raise ArtifactError(f"{source} is missing; re-run the step that made it")
@@ -216,9 +209,4 @@ def write_triton_repo(folder: str | Path, repo: str | Path, options: TritonOptio
             else:
                 shutil.copyfile(source, version / target)
         (tmp / "config.pbtxt").write_text(text)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -73,7 +73,7 @@ def test_export_with_shape_config_validates_min_use_max_and_benchmarks_at_use(un
 
     report = run_benchmark(out, BenchOptions(backends=("torch", "ort-optimized"), threads=1, plan=QUICK))
     assert [m.shape for m in report.measurements] == ["batch 1 x 16x16 latents x 9 tokens"] * 2
-    assert {m.phase for m in report.measurements} == {"step"}
+    assert {m.phase for m in report.measurements} == {"denoise"}
     assert report.measurements[1].accuracy.max_abs < 1e-4
     assert type(report).from_json(report.to_json()) == report  # results.json reads back (re-plotting)
 

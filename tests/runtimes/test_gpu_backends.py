@@ -15,7 +15,8 @@ from torchship.artifact import Artifact
 from torchship.cli import main
 from torchship.errors import BackendUnavailable, InputError
 from torchship.runtimes import BACKENDS, RuntimeOptions, create_predictor, parse_backends
-from torchship.runtimes.tensorrt import artifact_profiles, require_tensorrt
+from torchship.optimizers.tensorrt_profiles import artifact_profiles
+from torchship.runtimes.tensorrt import require_tensorrt
 
 HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()
 

@@ -8,9 +8,10 @@ import pytest
 
 from torchship.errors import ArtifactError, BackendUnavailable, InputError
 from torchship.exporters.spec import ModelIO, TensorSpec
-from torchship.runtimes.tensorrt import (EXTRA, EngineCache, InputProfile, TensorRTPredictor, build_engine,
-                                         engine_cache_key, model_digest, profiles_from_shapes, require_tensorrt,
-                                         shape_config_from_flags)
+from torchship.optimizers.tensorrt_build import build_engine
+from torchship.optimizers.tensorrt_cache import EngineCache, engine_cache_key, model_digest
+from torchship.optimizers.tensorrt_profiles import InputProfile, profiles_from_shapes, shape_config_from_flags
+from torchship.runtimes.tensorrt import EXTRA, TensorRTPredictor, require_tensorrt
 from torchship.shapes import ResolvedShapes, parse_shape_config, resolve
 
 

@@ -15,11 +15,12 @@ import numpy as np
 from torchship import _progress
 from torchship.artifact import Artifact, library_versions
 from torchship.benchmarks.results import BenchReport, Environment, Measurement
-from torchship.benchmarks.run import accuracy_of, default_threads
+from torchship.benchmarks.run import accuracy_of, default_threads, variant_files
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
 from torchship.errors import InputError
-from torchship.exporters.decoders import DecoderShape, past_names
-from torchship.runtimes import ORT_BACKENDS, TORCH_BACKENDS, RuntimeOptions, create_predictor, source_model_loader
+from torchship.exporters.spec import BATCH, DECODE, PAST_SEQUENCE, PREFILL, SEQUENCE, require_family, saved_config
+from torchship.runtimes import RuntimeOptions, check_backend, create_predictor, source_model_loader
+from torchship.runtimes.torch_runtime import TorchCachedDecoder
 
 
 @dataclass(frozen=True)
@@ -34,103 +35,56 @@ class DecoderBenchOptions:
     seed: int = 0
 
 
-class _TorchCacheStep:
-    """Eager PyTorch forward with a transformers DynamicCache, as generate() runs it."""
-
-    def __init__(self, builder_source, threads: int):
-        self._source = builder_source
-        self.threads = threads
-        self.model = None
-
-    def activate(self):
-        import torch
-
-        torch.set_num_threads(self.threads)
-        self.model = self._source().eval()
-        return self
-
-    def step_fn(self, feeds: dict[str, np.ndarray], layers: int, phase: str):
-        """A callable running one timed forward; it returns the logits."""
-        import torch
-
-        from torchship._torch import cache_from_past
-
-        args = {k: torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "position_ids")}
-        model = self.model
-        if phase == "prefill":  # no past: the model starts its own cache, as generate() does
-            def prefill():
-                with torch.inference_mode():
-                    return model(**args, use_cache=True).logits
-            return prefill
-        new_tokens = feeds["input_ids"].shape[1]
-        cache = cache_from_past([torch.from_numpy(feeds[n]) for n in past_names(layers)], layers)
-
-        def decode():
-            with torch.inference_mode():
-                logits = model(**args, past_key_values=cache, use_cache=True).logits
-            cache.crop(-new_tokens)  # back to the same past for the next timed step
-            return logits
-        return decode
-
-
 def run_decoder_benchmark(folder, options: DecoderBenchOptions = DecoderBenchOptions(), *,
                           progress: _progress.Progress = _progress.SILENT) -> BenchReport:
-    artifact = Artifact.open(folder).require_kind("decoder", "use torchship bench")
+    artifact = Artifact.open(folder)
+    spec = require_family(artifact, "use torchship bench", phase=DECODE)
     manifest = artifact.manifest
-    spec = manifest.spec()
-    config = artifact.load_config()
-    limit = spec.max_positions(config)
+    config = saved_config(artifact)
+    limit = spec.normalized(config).max_positions
     if not 1 <= options.prompt < limit:
         raise InputError(f"--prompt-length must be between 1 and {limit - 1} (the model's positions), got {options.prompt}")
     if options.threads < 1 or any(b < 1 for b in options.batch_sizes):
         raise InputError("--threads and batch sizes must be 1 or more")
-    for backend in options.backends:
-        if backend in TORCH_BACKENDS and backend != "torch":
-            raise InputError(f"backend {backend!r} is not available for decoders; use torch (eager, with its KV "
-                             "cache) or an ONNX backend")
     io = manifest.io()
-    layers = manifest.num_layers
     runtime = RuntimeOptions(threads=options.threads, spin=options.spin)
-    # Creating a predictor loads nothing; a missing variant fails here, before anything runs.
-    ort_preds = {b: create_predictor(artifact, b, runtime) for b in options.backends if b != "torch"}
-    for pred in ort_preds.values():
-        pred.activate()
-    torch_step = None
+    # Creating a predictor loads nothing; a missing variant or a backend the family cannot run fails here.
+    predictors = {b: create_predictor(artifact, b, runtime) for b in options.backends if b != "torch"}
     if "torch" in options.backends:
-        progress.step("loading torch")
-        torch_step = _TorchCacheStep(source_model_loader(artifact, options.reference_model), options.threads).activate()
-
+        check_backend(artifact, "torch")
+        predictors["torch"] = TorchCachedDecoder(source_model_loader(artifact, options.reference_model), io,
+                                                 num_layers=manifest.num_layers, threads=options.threads)
+    predictors = {b: predictors[b] for b in options.backends}
     measurements = []
-    phases = [("prefill", options.prompt, 0), ("decode", 1, options.prompt)]
+    phases = [(PREFILL, options.prompt, 0), (DECODE, 1, options.prompt)]
     total = len(phases) * len(options.batch_sizes)
     n = 0
-    for batch in options.batch_sizes:
-        for phase, seq, past in phases:
-            n += 1
-            feeds = spec.sample_inputs(config, io, DecoderShape(batch, seq, past), seed=options.seed + n)
-            fns, logits = {}, {}
-            for backend in options.backends:
-                if backend == "torch":
-                    fns[backend] = torch_step.step_fn(feeds, layers, phase)
-                    logits[backend] = fns[backend]().numpy()
-                else:
-                    pred = ort_preds[backend]
-                    fns[backend] = lambda pred=pred: pred.infer(feeds)
-                    logits[backend] = pred.infer(feeds)["logits"]
-            label = f"[{n}/{total}] {phase}: batch {batch}, {seq} new tokens, past {past}"
-            progress.step(label)
-            times = measure_interleaved(fns, options.plan)
-            ref = options.backends[0]
-            for backend in options.backends:
-                acc = None if backend == ref else accuracy_of(logits[ref][:, -1], logits[backend][:, -1],
-                                                              reference=ref, output="logits (last token)")
-                measurements.append(Measurement.from_latencies(backend, batch, seq, times[backend], acc,
-                                                               phase=phase, past=past))
-    for pred in ort_preds.values():
-        pred.deactivate()
+    try:
+        for name, pred in predictors.items():
+            progress.step(f"loading {name}")
+            pred.activate()
+        for batch in options.batch_sizes:
+            for phase, seq, past in phases:
+                n += 1
+                case = spec.case_for({BATCH: batch, SEQUENCE: seq, PAST_SEQUENCE: past}, config)
+                feeds = spec.sample_inputs(config, io, case, seed=options.seed + n)
+                fns = {b: _timed(p, feeds) for b, p in predictors.items()}
+                logits = {b: np.asarray(fn()) for b, fn in fns.items()}
+                label = f"[{n}/{total}] {phase}: batch {batch}, {seq} new tokens, past {past}"
+                progress.step(label)
+                times = measure_interleaved(fns, options.plan)
+                ref = options.backends[0]
+                for backend in options.backends:
+                    acc = None if backend == ref else accuracy_of(logits[ref][:, -1], logits[backend][:, -1],
+                                                                  reference=ref, output="logits (last token)")
+                    measurements.append(Measurement.from_latencies(backend, batch, seq, times[backend], acc,
+                                                                   phase=phase, past=past))
+    finally:
+        for pred in predictors.values():
+            pred.deactivate()
     return BenchReport(
         model=manifest.source.get("model", str(artifact.folder)),
-        variant_files={b: manifest.variants[ORT_BACKENDS[b]].file for b in options.backends if b in ORT_BACKENDS},
+        variant_files=variant_files(artifact, options.backends),
         environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),
         settings={"backends": list(options.backends), "batch_sizes": list(options.batch_sizes),
                   "prompt": options.prompt, "warmup": options.plan.warmup,
@@ -140,3 +94,11 @@ def run_decoder_benchmark(folder, options: DecoderBenchOptions = DecoderBenchOpt
         measurements=tuple(measurements),
         baseline=options.backends[0],
     )
+
+
+def _timed(predictor, feeds):
+    """A callable running one timed step and returning the logits: eager PyTorch on its carried cache,
+    any other backend through ``infer``."""
+    if isinstance(predictor, TorchCachedDecoder):
+        return predictor.timed_step(feeds)
+    return lambda: predictor.infer(feeds)["logits"]

@@ -14,7 +14,7 @@ RESULTS_NAME = "results.json"
 def markdown_table(report: BenchReport) -> str:
     if any(m.phase in ("prefill", "decode") for m in report.measurements):
         return decoder_table(report)
-    if any(m.phase == "step" for m in report.measurements):
+    if any(m.phase in ("denoise", "step") for m in report.measurements):  # "step": reports before 0.2
         return step_table(report)
     base = report.baseline
     lines = [
@@ -125,9 +125,9 @@ def display_name(model: str) -> str:
 
 def _tick(key: tuple) -> str:
     batch, sequence, phase, past, shape = key
-    if phase == "step":
+    if phase in ("denoise", "step"):
         return shape.replace(" latents x ", "\n").replace("batch ", "b")
-    return f"{phase + ' ' if phase != 'forward' else ''}b{batch} s{sequence}"
+    return f"{phase + ' ' if phase in ('prefill', 'decode') else ''}b{batch} s{sequence}"
 
 
 def write_report(report: BenchReport, folder: str | Path) -> dict[str, Path]:

@@ -33,7 +33,7 @@ class Measurement:
     mean_ms: float
     min_ms: float
     accuracy: Accuracy | None = None
-    phase: str = "forward"  # "forward" for encoders; "prefill" or "decode" for decoders; "step" for UNets
+    phase: str = "encode"  # the family's phase (exporters.spec): encode, prefill, decode, denoise, forward
     past: int = 0
     shape: str = ""  # the case's label, e.g. "batch 1 x 64x64 latents x 77 tokens"
 

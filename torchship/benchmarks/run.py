@@ -18,10 +18,9 @@ from torchship.benchmarks.results import Accuracy, BenchReport, Environment, Mea
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
 from torchship.compare import rowwise_cosine
 from torchship.errors import InputError
-from torchship.exporters.spec import BATCH, SEQUENCE
-from torchship.runtimes import ORT_BACKENDS, RuntimeOptions, create_predictor
-
-PHASES = {"encoder": "forward", "unet": "step", "onnx": "forward"}
+from torchship.exporters.spec import BATCH, DECODE, SEQUENCE, family_of, saved_config
+from torchship.runtimes import RuntimeOptions, create_predictor
+from torchship.variants import backend_variants
 
 
 def default_threads() -> int:
@@ -79,11 +78,13 @@ def _cases(spec, config, opts: BenchOptions, artifact: Artifact) -> list:
 
 def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
                   progress: _progress.Progress = _progress.SILENT) -> BenchReport:
-    artifact = Artifact.open(folder).require_kind(
-        tuple(PHASES), "benchmark it with run_decoder_benchmark (torchship bench picks it for decoders)")
+    artifact = Artifact.open(folder)
     manifest = artifact.manifest
-    spec = manifest.spec()
-    config = artifact.load_config()
+    spec = family_of(manifest)
+    if DECODE in spec.phases:
+        raise InputError(f"{artifact.folder} holds {spec.group.one}; benchmark it with run_decoder_benchmark "
+                         "(torchship bench picks it for decoders)")
+    config = saved_config(artifact)
     cases = _cases(spec, config, options, artifact)
     io = manifest.io()
     runtime = RuntimeOptions(threads=options.threads, spin=options.spin, reference_model=options.reference_model,
@@ -95,7 +96,7 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
         p.activate()
     reference = "torch" if "torch" in predictors else options.backends[0]
     main_output = manifest.output_names[0]
-    phase = PHASES[spec.kind]
+    phase = spec.phases[0]
     measurements = []
     try:
         for i, case in enumerate(cases, 1):
@@ -114,10 +115,9 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
     finally:
         for p in predictors.values():
             p.deactivate()
-    files = {b: manifest.variants[ORT_BACKENDS[b]].file for b in options.backends if b in ORT_BACKENDS}
     return BenchReport(
         model=manifest.source.get("model", str(artifact.folder)),
-        variant_files=files,
+        variant_files=variant_files(artifact, options.backends),
         environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),
         settings={"backends": list(options.backends), "shapes": [c.label() for c in cases],
                   "device": options.device, "warmup": options.plan.warmup,
@@ -126,3 +126,13 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
         measurements=tuple(measurements),
         baseline=reference,
     )
+
+
+def variant_files(artifact: Artifact, backends) -> dict[str, str]:
+    """The file each backend ran, for the report (backends that bring their own model have none)."""
+    out = {}
+    for name in backends:
+        variant = next((v for v in backend_variants(name) if v in artifact.manifest.variants), None)
+        if variant is not None:
+            out[name] = artifact.manifest.variants[variant].file
+    return out

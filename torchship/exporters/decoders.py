@@ -12,10 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from torchship.errors import InputError, UnsupportedModelError
-from torchship.exporters.encoders import check_positions, text_fusion_settings
+from torchship.exporters.encoders import check_positions, text_fusion_settings, text_normalized
 from torchship.exporters.sources import TransformersSource
-from torchship.exporters.spec import (BATCH, PAST_SEQUENCE, SEQUENCE, TEXT_GENERATION, TOTAL_SEQUENCE, ModelIO,
-                                      TensorSpec, register)
+from torchship.exporters.spec import (BATCH, DECODE, PAST_SEQUENCE, PREFILL, SEQUENCE, TEXT_GENERATION,
+                                      TOTAL_SEQUENCE, FamilyGroup, ModelIO, NormalizedConfig, SpecDefaults, TensorSpec,
+                                      register)
+
+DECODERS = FamilyGroup("decoder", "GPT-2-like decoders", "a decoder", "export-gpt2",
+                       "Export a GPT-2-like decoder with its KV cache to ONNX (one model for prompt and decode steps), "
+                       "validated and optimized.")
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -70,12 +75,14 @@ def make_decoder_inputs(io: ModelIO, case: DecoderShape, *, num_heads: int, head
 
 
 @dataclass(frozen=True)
-class DecoderSpec(TransformersSource):
+class DecoderSpec(SpecDefaults, TransformersSource):
     family: str
     model_types: tuple[str, ...]
     ort_model_type: str = "gpt2"
     atol: float = 1e-4
-    kind: str = "decoder"
+    group: FamilyGroup = DECODERS
+    phases: tuple[str, ...] = (PREFILL, DECODE)
+    text_api: str | None = "generate"
     default_exporter: str = "dynamo"
     # ORT's gpt2 fusion matches only the graph of old transformers; the dynamo export carries ONNX's
     # own Attention op instead (measured: fused in every layer, fastest decode step).
@@ -94,6 +101,22 @@ class DecoderSpec(TransformersSource):
 
     def default_task(self, config) -> str:
         return TEXT_GENERATION
+
+    def normalized(self, config) -> NormalizedConfig:
+        return text_normalized(config, self.max_positions(config))
+
+    def backend_problem(self, backend) -> str | None:
+        if backend.runtime == "tensorrt":
+            return "TensorRT engines are built for encoders and UNets (decoders with a KV cache are not supported yet)"
+        if backend.runtime == "pytorch" and backend.settings.get("mode") != "eager":
+            return (f"backend {backend.name!r} is not available for decoders; use torch (eager, with its KV cache) "
+                    "or an ONNX backend")
+        return None
+
+    def save_config(self, model, folder) -> None:
+        super().save_config(model, folder)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(folder)
 
     def model_class(self, task: str):
         from transformers import AutoModelForCausalLM

@@ -7,20 +7,25 @@ from dataclasses import dataclass
 from torchship.errors import InputError, UnsupportedModelError
 from torchship.exporters.inputs import TextShape, make_text_inputs
 from torchship.exporters.sources import TransformersSource
-from torchship.exporters.spec import (BATCH, FEATURE_EXTRACTION, SEQUENCE, TEXT_CLASSIFICATION, ModelIO,
-                                      TensorSpec, register)
+from torchship.exporters.spec import (BATCH, ENCODE, FEATURE_EXTRACTION, SEQUENCE, TEXT_CLASSIFICATION, FamilyGroup,
+                                      ModelIO, NormalizedConfig, SpecDefaults, TensorSpec, register)
 
 ENCODER_TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION)
+ENCODERS = FamilyGroup(
+    "encoder", "BERT-like encoders", "an encoder", "export-bert",
+    "Export a BERT-like encoder (BERT, RoBERTa, DistilBERT, ELECTRA, MiniLM) to ONNX, validated and optimized.")
 
 
 @dataclass(frozen=True)
-class EncoderSpec(TransformersSource):
+class EncoderSpec(SpecDefaults, TransformersSource):
     family: str
     model_types: tuple[str, ...]
     input_names: tuple[str, ...]
     ort_model_type: str = "bert"
     atol: float = 1e-4
-    kind: str = "encoder"
+    group: FamilyGroup = ENCODERS
+    phases: tuple[str, ...] = (ENCODE,)
+    text_api: str | None = "predict"
     positions_after_padding: bool = False  # RoBERTa-style: position ids start at pad_token_id + 1
     default_exporter: str = "torchscript"
     fusion_hint: str = "Export with --exporter torchscript --attn-implementation eager for full fusion"
@@ -35,6 +40,9 @@ class EncoderSpec(TransformersSource):
         archs = getattr(config, "architectures", None) or ()
         return TEXT_CLASSIFICATION if any(a.endswith("ForSequenceClassification") for a in archs) \
             else FEATURE_EXTRACTION
+
+    def normalized(self, config) -> NormalizedConfig:
+        return text_normalized(config, self.max_positions(config))
 
     def model_class(self, task: str):
         from transformers import AutoModel, AutoModelForSequenceClassification
@@ -92,6 +100,17 @@ class EncoderSpec(TransformersSource):
 def check_positions(length: int, limit: int) -> None:
     if length > limit:
         raise InputError(f"sequence length {length} exceeds the model's limit of {limit} positions")
+
+
+def text_normalized(config, max_positions: int) -> NormalizedConfig:
+    """The normalized view of a transformers text config (its attribute maps name the fields alike)."""
+    heads = int(config.num_attention_heads)
+    hidden = int(config.hidden_size)
+    return NormalizedConfig(hidden_size=hidden, num_heads=heads,
+                            num_kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
+                            num_layers=int(config.num_hidden_layers), vocab_size=int(config.vocab_size),
+                            max_positions=int(max_positions),
+                            head_dim=int(getattr(config, "head_dim", None) or hidden // heads))
 
 
 def text_fusion_settings(config) -> dict:

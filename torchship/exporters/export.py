@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
-import shutil
 import time
 import types
 import warnings
@@ -19,12 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torchship import _progress, external_data, loading, shapes
-from torchship._fs import check_output_dir, staged_dir
+from torchship._fs import check_output_dir, scratch_dir, staged_dir
 from torchship._torch import run_named
-from torchship.artifact import (Artifact, Manifest, ReferenceCase, Variant, library_versions, model_bytes,
-                                save_reference)
-from torchship.errors import ExportError, InputError, TorchshipError
-from torchship.exporters.spec import EMPTY_OK_AXES, TEXT_CLASSIFICATION, ModelIO, ModelSpec, spec_for
+from torchship.artifact import Artifact, ReferenceCase, Variant, model_bytes, new_manifest, save_reference
+from torchship.errors import ExportError, InputError, TorchshipError, first_line
+from torchship.exporters.sources import model_type_of
+from torchship.exporters.spec import EMPTY_OK_AXES, ModelIO, ModelSpec, spec_for
 from torchship.validation import check, run_reference_cases
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -125,14 +123,10 @@ def _plan(spec: ModelSpec, model, task: str, opts: ExportOptions) -> _Plan:
 def _run_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOptions) -> bool:
     """Export into a scratch folder beside ``path``, then write ``path`` by torchship's external-data
     rules (one ``.data`` file, only when large); returns whether it has external data."""
-    scratch = path.parent / ".export"
-    scratch.mkdir()
-    try:
+    with scratch_dir(path.parent, "export") as scratch:
         _torch_export(wrapper, plan, dummy, scratch / path.name, opts)
         _name_axes(scratch / path.name, plan.io)
         return external_data.normalize(scratch / path.name, path, opts.external_data)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _torch_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOptions) -> None:
@@ -243,6 +237,9 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
                                      trust_remote_code=opts.trust_remote_code,
                                      attn_implementation=opts.attn_implementation),
                      spec.load_tokenizer(ref, trust_remote_code=opts.trust_remote_code), source, ref.path)
+    if loaded.tokenizer is None and spec.text_api:
+        progress.step(f"WARNING: {model} has no tokenizer; the folder will serve token ids only (torchship "
+                      f"{spec.text_api} needs one: save it into the folder with tokenizer.save_pretrained())")
     return _export_loaded(loaded, spec, task, Path(output), opts, progress)
 
 
@@ -251,22 +248,13 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
                  progress: _progress.Progress = _progress.SILENT) -> Artifact:
     """Export an already-loaded transformers model object; the object itself is left unchanged."""
     check_output_dir(Path(output))
-    spec = spec_for(_model_type_of(model), source=type(model).__name__, kind=options.kind)
+    spec = spec_for(model_type_of(model), source=type(model).__name__, kind=options.kind)
     opts = options.resolved(spec)
     task = _resolve_task(spec, task, types.SimpleNamespace(architectures=[type(model).__name__]))
     source = {"model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
               "resolved": "python object", "revision": None, "architectures": [type(model).__name__]}
     loaded = _Loaded(spec.prepare_copy(copy.deepcopy(model).eval(), opts.attn_implementation), tokenizer, source, None)
     return _export_loaded(loaded, spec, task, Path(output), opts, progress)
-
-
-def _model_type_of(model) -> str:
-    """transformers' model_type, or for diffusers models their class name (as in their config.json)."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if isinstance(config, dict) and "_class_name" in config:
-        model_type = config["_class_name"]
-    return model_type or type(model).__name__
 
 
 def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
@@ -302,14 +290,14 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
         except TorchshipError:  # ours (e.g. external data checks) say what is wrong themselves
             raise
         except Exception as exc:  # torch raises many exception types from deep inside
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise ExportError(f"torch.onnx.export ({opts.exporter}) failed: {first}; "
+            raise ExportError(f"torch.onnx.export ({opts.exporter}) failed: {first_line(exc)}; "
                               f"try --exporter {'dynamo' if opts.exporter == 'torchscript' else 'torchscript'}") from None
         seconds = time.perf_counter() - start
         _check_onnx(onnx_path)
         spec.save_config(model, tmp)
         fusion = spec.fusion_settings(model)
-        model_type = _model_type_of(model)
+        normalized = spec.normalized(config)
+        model_type = model_type_of(model)
         del model, wrapper  # PyTorch's copy of the weights goes before ONNX Runtime loads its own
         gc.collect()
 
@@ -324,25 +312,17 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                           options={"exporter": opts.exporter, "opset": opts.opset, "external_data": external},
                           size_bytes=model_bytes(onnx_path), seconds=round(seconds, 3),
                           validation=report.to_json())
-        manifest = Manifest(
-            source=loaded.source,
-            family=spec.family, model_type=model_type, task=task,
-            ort_model_type=spec.ort_model_type,
-            num_heads=int(fusion["num_heads"]), hidden_size=int(fusion["hidden_size"]),
-            num_layers=int(fusion["num_layers"]),
-            inputs=[t.to_json() for t in plan.io.inputs],
-            outputs=[t.to_json() for t in plan.io.outputs],
+        manifest = new_manifest(
+            source=loaded.source, family=spec.family, model_type=model_type, task=task,
+            ort_model_type=spec.ort_model_type, fusion=fusion, io=plan.io,
             export={"exporter": opts.exporter, "opset": opts.opset,
                     "attn_implementation": opts.attn_implementation,
                     "dummy_shape": list(spec.case_shape(plan.dummy_case)),
                     "validation_shapes": [c.label() for c in plan.validation_cases],
                     "tokenizer": loaded.tokenizer is not None},
-            text=_text_settings(loaded.source_folder, config, loaded.tokenizer, task) if spec.has_text else {},
-            versions=library_versions(),
-            atol=plan.atol,
-            variants={"model": variant},
-            shapes=plan.shapes.to_json() if plan.shapes is not None else None,
-        )
+            text=spec.text_settings(loaded.source_folder, config, loaded.tokenizer, task),
+            atol=plan.atol, variant=variant, shapes=plan.shapes.to_json() if plan.shapes is not None else None,
+            model_config=normalized.to_json())
         Artifact(tmp, manifest).save(manifest)
     return Artifact.open(output)
 
@@ -353,39 +333,4 @@ def _check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:  # onnx raises ValidationError and others
-        raise ExportError(f"the exported file fails the ONNX checker: {str(exc).splitlines()[0][:300]}") from None
-
-
-def _text_settings(folder: Path | None, config, tokenizer, task: str) -> dict:
-    """How the text layer turns outputs into results: pooling for embeddings, labels for classifiers."""
-    pooling, normalize, max_length, source = "mean", False, None, "default (mean pooling)"
-    if folder is not None and (folder / "modules.json").is_file():
-        try:
-            for module in json.loads((folder / "modules.json").read_text()):
-                kind = module.get("type", "")
-                if kind.endswith("Pooling"):
-                    pcfg = json.loads((folder / module["path"] / "config.json").read_text())
-                    for mode, key in (("cls", "pooling_mode_cls_token"), ("max", "pooling_mode_max_tokens"),
-                                      ("mean", "pooling_mode_mean_tokens")):
-                        if pcfg.get(key):
-                            pooling = mode
-                if kind.endswith("Normalize"):
-                    normalize = True
-            st_cfg = folder / "sentence_bert_config.json"
-            if st_cfg.is_file():
-                max_length = json.loads(st_cfg.read_text()).get("max_seq_length")
-            source = "sentence-transformers config"
-        except (OSError, ValueError, KeyError):
-            pass
-    labels = None
-    id2label = getattr(config, "id2label", None)
-    if task == TEXT_CLASSIFICATION and id2label:
-        labels = [id2label[i] for i in sorted(id2label)]
-    if max_length is None and tokenizer is not None:
-        tmax = getattr(tokenizer, "model_max_length", None)
-        if isinstance(tmax, int) and tmax < 100_000:
-            max_length = tmax
-    if max_length is None:
-        max_length = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 512))
-    return {"pooling": pooling, "normalize": normalize, "max_length": int(max_length),
-            "labels": labels, "settings_from": source}
+        raise ExportError(f"the exported file fails the ONNX checker: {first_line(exc)}") from None

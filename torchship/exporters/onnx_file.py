@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship.errors import InputError
-from torchship.exporters.spec import ModelIO, TensorSpec, register
+from torchship.exporters.spec import FORWARD, FamilyGroup, ModelIO, NormalizedConfig, SpecDefaults, TensorSpec, register
 
 MODEL_TYPE = "onnx"
 CONFIG_NAME = "onnx_inputs.json"
@@ -46,11 +46,16 @@ class NamedShape:
         return " x ".join(f"{k} {v}" for k, v in self.sizes)
 
 
-class OnnxSpec:
+ONNX_FILES = FamilyGroup("onnx", "ONNX files", "a model imported from an ONNX file", "torchship auto")
+
+
+class OnnxSpec(SpecDefaults):
     """The spec of a model that arrived as an ONNX file."""
 
     family = "onnx"
-    kind = "onnx"
+    group = ONNX_FILES
+    phases = (FORWARD,)
+    has_checkpoint = False
     default_exporter = "none"
     fusion_hint = ""
     model_types = (MODEL_TYPE,)
@@ -60,10 +65,20 @@ class OnnxSpec:
     dummy_case = NamedShape(())
     validation_cases = ()
     bench_inputs = "ids below the embedding table size, masks of ones, floats N(0, 1)"
-    has_text = False
 
     def default_task(self, config) -> str:
         return "onnx"
+
+    def normalized(self, config) -> NormalizedConfig:
+        return NormalizedConfig()
+
+    def backend_problem(self, backend) -> str | None:
+        if backend.runtime == "pytorch":
+            return "a model imported from an ONNX file has no PyTorch checkpoint to run"
+        return None
+
+    def text_settings(self, folder, config, tokenizer, task: str) -> dict:
+        return {}
 
     def load_saved_config(self, folder: Path) -> dict:
         path = Path(folder) / CONFIG_NAME
@@ -147,10 +162,10 @@ def import_onnx(path: str | Path, output: str | Path, shape_config, *, progress=
     """Make a torchship folder from the ONNX file at ``path``, validated at the config's min/use/max."""
     from torchship import _progress
     from torchship._fs import check_output_dir, staged_dir
-    from torchship._ort import load_onnx, make_session
-    from torchship.artifact import Artifact, Manifest, ReferenceCase, Variant, library_versions, model_bytes, \
-        save_reference
+    from torchship._ort import make_session
+    from torchship.artifact import Artifact, ReferenceCase, Variant, model_bytes, new_manifest, save_reference
     from torchship.external_data import copy_model
+    from torchship.onnx_io import load_onnx
     from torchship.shapes import resolve
     from torchship.validation import check, run_reference_cases
 
@@ -186,13 +201,13 @@ def import_onnx(path: str | Path, output: str | Path, shape_config, *, progress=
         opset = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=0)
         variant = Variant(name="model", file="model.onnx", stage="import", options={"source": str(path)},
                           size_bytes=model_bytes(tmp / "model.onnx"), validation=report.to_json())
-        manifest = Manifest(
+        manifest = new_manifest(
             source={"model": str(path), "resolved": "onnx file", "onnx_file": str(path.resolve())},
-            family="onnx", model_type=MODEL_TYPE, task="onnx", ort_model_type="", num_heads=0, hidden_size=0,
-            num_layers=0, inputs=[t.to_json() for t in io.inputs], outputs=[t.to_json() for t in io.outputs],
+            family="onnx", model_type=MODEL_TYPE, task="onnx", ort_model_type="",
+            fusion=spec.fusion_settings(None), io=io,
             export={"exporter": "onnx file", "opset": opset, "tokenizer": False,
                     "validation_shapes": [c.label for c in cases]},
-            text={}, versions=library_versions(), atol=spec.atol, variants={"model": variant},
-            shapes=resolved.to_json())
+            text={}, atol=spec.atol, variant=variant, shapes=resolved.to_json(),
+            model_config=spec.normalized(config).to_json())
         Artifact(tmp, manifest).save(manifest)
     return Artifact.open(output)

@@ -7,17 +7,54 @@ generic code asks which library a family uses.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 from torchship import loading
-from torchship.errors import ArtifactError, BackendUnavailable, ModelLoadError
+from torchship.errors import ArtifactError, BackendUnavailable, ModelLoadError, first_line
+from torchship.exporters.spec import TEXT_CLASSIFICATION
+
+
+
+def model_type_of(model) -> str:
+    """transformers' model_type of a model object, or for diffusers models their class name (as in their
+    config.json)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if isinstance(config, dict) and "_class_name" in config:
+        model_type = config["_class_name"]
+    return model_type or type(model).__name__
+
+
+def _sentence_transformers_settings(folder: Path) -> dict:
+    """Pooling, normalisation and length from a sentence-transformers folder (modules.json and the
+    configs it names); a file that is there but cannot be read is an error, never a silent default."""
+    settings = {}
+    path = folder / "modules.json"
+    try:
+        for module in json.loads(path.read_text(encoding="utf-8")):
+            kind = module.get("type", "")
+            if kind.endswith("Pooling"):
+                path = folder / module["path"] / "config.json"
+                pcfg = json.loads(path.read_text(encoding="utf-8"))
+                for mode, key in (("cls", "pooling_mode_cls_token"), ("max", "pooling_mode_max_tokens"),
+                                  ("mean", "pooling_mode_mean_tokens")):
+                    if pcfg.get(key):
+                        settings["pooling"] = mode
+            if kind.endswith("Normalize"):
+                settings["normalize"] = True
+        path = folder / "sentence_bert_config.json"
+        if path.is_file():
+            settings["max_length"] = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(f"{path} (a sentence-transformers setting) cannot be read: {first_line(exc)}; "
+                             "fix the file, or remove modules.json to export the plain transformer") from None
+    return settings
 
 
 class TransformersSource:
     """Checkpoints that ``save_pretrained`` of a transformers model wrote; the spec names the Auto
     class per task with ``model_class(task)``."""
-
-    has_text = True  # a tokenizer and text settings travel with the export
 
     def load_config(self, ref, *, trust_remote_code: bool = False):
         return loading.load_config(ref, trust_remote_code=trust_remote_code)
@@ -32,8 +69,25 @@ class TransformersSource:
 
     def save_config(self, model, folder: Path) -> None:
         model.config.save_pretrained(folder)
-        if getattr(model, "generation_config", None) is not None and self.kind == "decoder":
-            model.generation_config.save_pretrained(folder)
+
+    def text_settings(self, folder: Path | None, config, tokenizer, task: str) -> dict:
+        """How the text layer turns outputs into results: pooling for embeddings, labels for classifiers."""
+        settings = {"pooling": "mean", "normalize": False, "max_length": None,
+                    "settings_from": "default (mean pooling)"}
+        if folder is not None and (folder / "modules.json").is_file():
+            settings.update(_sentence_transformers_settings(folder), settings_from="sentence-transformers config")
+        id2label = getattr(config, "id2label", None)
+        labels = [id2label[i] for i in sorted(id2label)] if task == TEXT_CLASSIFICATION and id2label else None
+        if settings["max_length"] is None and tokenizer is not None:
+            tmax = getattr(tokenizer, "model_max_length", None)
+            if isinstance(tmax, int) and tmax < 100_000:
+                settings["max_length"] = tmax
+        if settings["max_length"] is None:
+            settings["max_length"] = int(getattr(config, "max_position_embeddings", None)
+                                         or getattr(config, "n_positions", 512))
+        return {"pooling": settings["pooling"], "normalize": settings["normalize"],
+                "max_length": int(settings["max_length"]), "labels": labels,
+                "settings_from": settings["settings_from"]}
 
     def load_saved_config(self, folder: Path):
         from transformers import AutoConfig
@@ -79,8 +133,6 @@ class DiffusersSource:
     """Model folders that ``save_pretrained`` of a diffusers model wrote (``config.json`` with a
     ``_class_name``, weights in ``diffusion_pytorch_model.safetensors``)."""
 
-    has_text = False
-
     def _model_cls(self):
         return getattr(import_diffusers(), self.diffusers_class)
 
@@ -89,7 +141,7 @@ class DiffusersSource:
         try:
             return cls.load_config(ref.load_id, subfolder=ref.subfolder, revision=ref.revision)
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot read the config of {ref.name!r}: {loading.first_line(exc)}") from None
+            raise ModelLoadError(f"cannot read the config of {ref.name!r}: {first_line(exc)}") from None
 
     def load_model(self, ref, config, task: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
                    attn_implementation: str | None = None):
@@ -102,7 +154,7 @@ class DiffusersSource:
                 model = cls.from_pretrained(ref.load_id, subfolder=ref.subfolder, revision=ref.revision,
                                             use_safetensors=use_safetensors)
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load the weights of {ref.name!r}: {loading.first_line(exc)}") from None
+            raise ModelLoadError(f"cannot load the weights of {ref.name!r}: {first_line(exc)}") from None
         return model.eval()
 
     def load_tokenizer(self, ref, *, trust_remote_code: bool = False):
@@ -110,6 +162,9 @@ class DiffusersSource:
 
     def save_config(self, model, folder: Path) -> None:
         model.save_config(folder)
+
+    def text_settings(self, folder: Path | None, config, tokenizer, task: str) -> dict:
+        return {}
 
     def load_saved_config(self, folder: Path):
         try:

@@ -14,7 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from torchship.errors import UnsupportedModelError
+from torchship.errors import InputError, UnsupportedModelError
+from torchship.tensors import (BATCH, EMPTY_OK_AXES, PAST_SEQUENCE, SEQUENCE, TOTAL_SEQUENCE, ModelIO,  # noqa: F401
+                               TensorSpec)
 
 FEATURE_EXTRACTION = "feature-extraction"
 TEXT_CLASSIFICATION = "text-classification"
@@ -22,40 +24,37 @@ TEXT_GENERATION = "text-generation"
 DENOISING = "denoising"  # diffusion UNets: predict the noise in latents
 TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION, TEXT_GENERATION, DENOISING)
 
-BATCH, SEQUENCE = "batch", "sequence"
-PAST_SEQUENCE, TOTAL_SEQUENCE = "past_sequence", "total_sequence"
-EMPTY_OK_AXES = frozenset({PAST_SEQUENCE})  # an empty past is how a decoder's first step runs
+# What a benchmark times, per family: one forward pass of an encoder, a decoder's prompt and its
+# per-token step, one denoising step of a UNet, one run of an imported ONNX graph.
+ENCODE, PREFILL, DECODE, DENOISE, FORWARD = "encode", "prefill", "decode", "denoise", "forward"
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str  # numpy dtype name
-    axes: tuple[str | int, ...]  # str = named dynamic axis, int = fixed size
+class FamilyGroup:
+    """Families that share a command and the words that name them ("BERT-like encoders")."""
+
+    name: str  # "encoder", "decoder", "unet", "onnx"
+    words: str  # the group, in a sentence: "BERT-like encoders"
+    one: str  # one member: "an encoder"
+    command: str  # the command that exports it: "export-bert"
+    help: str = ""  # that command's help text
+
+
+@dataclass(frozen=True)
+class NormalizedConfig:
+    """One view of a model config, whatever the library calls its fields (Optimum's NormalizedConfig)."""
+
+    hidden_size: int = 0
+    num_heads: int = 0
+    num_kv_heads: int = 0
+    num_layers: int = 0
+    vocab_size: int = 0
+    max_positions: int = 0
+    head_dim: int = 0
 
     def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.axes)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "TensorSpec":
-        return cls(data["name"], data["dtype"], tuple(data["shape"]))
-
-    def dynamic_axes(self) -> dict[int, str]:
-        return {i: a for i, a in enumerate(self.axes) if isinstance(a, str)}
-
-
-@dataclass(frozen=True)
-class ModelIO:
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.outputs)
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 class Case(Protocol):
@@ -65,23 +64,37 @@ class Case(Protocol):
 
 
 class ModelSpec(Protocol):
-    """A family's export spec. Loading (load_config, load_model, load_tokenizer, save_config,
-    load_saved_config, prepare_copy, has_text) comes from its source mixin in
+    """A family's export spec: everything that differs between families is decided here, and generic code
+    asks the spec instead of testing the family's name. Loading (load_config, load_model, load_tokenizer,
+    save_config, load_saved_config, prepare_copy, text_settings) comes from its source mixin in
     :mod:`torchship.exporters.sources`."""
 
     family: str
-    kind: str  # "encoder", "decoder" or "unet"
+    group: FamilyGroup  # the command that exports it and the words that name it
     default_exporter: str  # the export path measured best for the family
     fusion_hint: str  # printed with the warning when attention does not fuse
     model_types: tuple[str, ...]
     tasks: tuple[str, ...]
-    ort_model_type: str
+    ort_model_type: str  # onnxruntime.transformers' model_type; "" when its fuser has nothing for the family
     atol: float
     dummy_case: Case
     validation_cases: tuple[Case, ...]
     bench_inputs: str  # how benchmark inputs are made, for the report
+    phases: tuple[str, ...]  # what a benchmark times: ENCODE, PREFILL + DECODE, DENOISE or FORWARD
+    text_api: str | None  # "predict" (text in, embeddings or labels out), "generate", or None
+    has_checkpoint: bool  # a PyTorch model stands behind the export (the torch backends can run)
+    precisions: tuple[str, ...]  # the precisions its variants may take
+
+    @property
+    def kind(self) -> str: ...
 
     def default_task(self, config) -> str: ...
+
+    def normalized(self, config) -> NormalizedConfig: ...
+
+    def backend_problem(self, backend) -> str | None:
+        """Why ``backend`` (a :class:`torchship.variants.Backend`) cannot run this family; None when it can."""
+        ...
 
     def io(self, model, task: str) -> ModelIO: ...
 
@@ -110,42 +123,76 @@ class ModelSpec(Protocol):
         ...
 
 
+class SpecDefaults:
+    """What most families share; a spec overrides what differs."""
+
+    phases: tuple[str, ...] = (ENCODE,)
+    text_api: str | None = None
+    has_checkpoint: bool = True
+    precisions: tuple[str, ...] = PRECISIONS
+
+    @property
+    def kind(self) -> str:
+        return self.group.name
+
+    def backend_problem(self, backend) -> str | None:
+        return None
+
+
 _REGISTRY: dict[str, ModelSpec] = {}
-KIND_WORDS = {"encoder": "BERT-like encoders", "decoder": "GPT-2-like decoders", "unet": "diffusion UNets",
-              "onnx": "ONNX files"}
-KIND_ONE = {"encoder": "an encoder", "decoder": "a decoder", "unet": "a diffusion UNet",
-            "onnx": "a model imported from an ONNX file"}
-KIND_COMMANDS = {"encoder": "export-bert", "decoder": "export-gpt2", "unet": "export-unet", "onnx": "torchship auto"}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
+    """Add a family: its model types resolve to ``spec`` from now on (also for a family defined outside
+    torchship, e.g. in a test)."""
     for model_type in spec.model_types:
         _REGISTRY[model_type] = spec
     return spec
 
 
-def _load_registry() -> None:
-    # Importing the family modules registers their specs.
-    from torchship.exporters import decoders, encoders, onnx_file, unet  # noqa: F401
-
-
 def supported_model_types(family_kind: str | None = None) -> tuple[str, ...]:
-    _load_registry()
-    return tuple(sorted(mt for mt, spec in _REGISTRY.items()  # ONNX files are imported, not exported
-                        if (family_kind is None and spec.kind != "onnx") or spec.kind == family_kind))
+    """Model types a command exports; ``None``: every exportable one (ONNX files are imported, not exported)."""
+    return tuple(sorted(mt for mt, spec in _REGISTRY.items()
+                        if (family_kind is None and spec.has_checkpoint) or spec.kind == family_kind))
+
+
+def groups() -> dict[str, FamilyGroup]:
+    """Every family group by name."""
+    return {spec.group.name: spec.group for spec in _REGISTRY.values()}
+
+
+def group_for_command(command: str) -> FamilyGroup:
+    return next(g for g in groups().values() if g.command == command)
 
 
 def spec_for(model_type: str, *, source: str = "the model", kind: str | None = None) -> ModelSpec:
-    """The spec for ``model_type``; ``kind`` ("encoder", "decoder") restricts what is accepted."""
-    _load_registry()
+    """The spec for ``model_type``; ``kind`` (a family group: "encoder", "decoder", ...) restricts what is
+    accepted, and a refusal names the command for what it is."""
     spec = _REGISTRY.get(model_type)
     if spec is None or (kind is not None and spec.kind != kind):
-        what = KIND_WORDS.get(kind, "models")
-        hint = ""
-        if spec is not None:
-            hint = f" (it is {KIND_ONE[spec.kind]}: use {KIND_COMMANDS[spec.kind]})"
+        group = groups().get(kind)
+        hint = f" (it is {spec.group.one}: use {spec.group.command})" if spec is not None else ""
         raise UnsupportedModelError(
-            f"{source} is a {model_type!r} model{hint}; this command exports {what} of type "
-            f"{', '.join(supported_model_types(kind))}"
+            f"{source} is a {model_type!r} model{hint}; this command exports {group.words if group else 'models'} "
+            f"of type {', '.join(supported_model_types(kind))}"
         )
+    return spec
+
+
+def family_of(manifest) -> ModelSpec:
+    """The spec of the family a torchship folder's manifest names."""
+    return spec_for(manifest.model_type)
+
+
+def saved_config(artifact):
+    """The model config saved beside a folder's model (a transformers config, or a diffusers config dict)."""
+    return family_of(artifact.manifest).load_saved_config(artifact.folder)
+
+
+def require_family(artifact, hint: str, *, text_api: str | None = None, phase: str | None = None) -> ModelSpec:
+    """The folder's family spec, refusing a family without the text API or benchmark phase a command needs;
+    the refusal names what the folder holds and ``hint``, what to use instead."""
+    spec = family_of(artifact.manifest)
+    if (text_api is not None and spec.text_api != text_api) or (phase is not None and phase not in spec.phases):
+        raise InputError(f"{artifact.folder} holds {spec.group.one}; {hint}")
     return spec

@@ -16,7 +16,12 @@ import numpy as np
 
 from torchship.errors import InputError, UnsupportedModelError
 from torchship.exporters.sources import DiffusersSource
-from torchship.exporters.spec import BATCH, DENOISING, SEQUENCE, ModelIO, TensorSpec, register
+from torchship.exporters.spec import (BATCH, DENOISE, DENOISING, SEQUENCE, FamilyGroup, ModelIO, NormalizedConfig,
+                                      SpecDefaults, TensorSpec, register)
+
+UNETS = FamilyGroup("unet", "diffusion UNets", "a diffusion UNet", "export-unet",
+                    "Export a diffusers UNet2DConditionModel (Stable Diffusion, inpainting) to ONNX, validated and "
+                    "optimized. Weights over 1 GiB go to model.onnx.data beside the graph. Needs torchship[diffusers].")
 
 HEIGHT, WIDTH, STEPS = "height", "width", "steps"
 # Conditioning inputs that SDXL-style and other UNets add; torchship exports the text-conditioned UNet.
@@ -63,14 +68,15 @@ def make_unet_inputs(io: ModelIO, case: UNetShape, *, seed: int = 0) -> dict[str
 
 
 @dataclass(frozen=True)
-class UNetSpec(DiffusersSource):
+class UNetSpec(SpecDefaults, DiffusersSource):
     family: str
     model_types: tuple[str, ...]
     diffusers_class: str
     ort_model_type: str = "unet"
     # Deep convolutional nets accumulate float error; 1e-3 of outputs of unit scale (the noise).
     atol: float = 1e-3
-    kind: str = "unet"
+    group: FamilyGroup = UNETS
+    phases: tuple[str, ...] = (DENOISE,)
     # Measured on Stable Diffusion 2's UNet: the dynamo export at opset 23 carries ONNX Attention in
     # every attention layer and ORT's unet optimizer runs on it; on the TorchScript export that
     # optimizer fails (it cannot read the head count from the traced reshapes).
@@ -86,6 +92,10 @@ class UNetSpec(DiffusersSource):
 
     def default_task(self, config) -> str:
         return DENOISING
+
+    def normalized(self, config) -> NormalizedConfig:
+        return NormalizedConfig(hidden_size=int(_cfg(config, "cross_attention_dim", 0) or 0),
+                                num_layers=len(_cfg(config, "down_block_types", ()) or ()))
 
     def io(self, model, task: str) -> ModelIO:
         if task != DENOISING:

@@ -25,6 +25,7 @@ from torchship.artifact import Artifact, load_reference
 from torchship.compare import rowwise_cosine
 from torchship.errors import InputError
 from torchship.exporters.spec import TEXT_CLASSIFICATION
+from torchship.exporters.spec import family_of
 
 DEFAULT_TEXTS = Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
 MIN_TEXTS = 8
@@ -83,9 +84,9 @@ class AccuracyProbe:
     @classmethod
     def for_artifact(cls, artifact: Artifact, texts_file: str | Path | None = None) -> "AccuracyProbe":
         m = artifact.manifest
-        spec = m.spec()
+        spec = family_of(m)
         main = m.output_names[0]
-        if spec.has_text and spec.kind == "encoder" and m.export.get("tokenizer"):
+        if spec.text_api == "predict" and m.export.get("tokenizer"):
             from torchship.runtimes.text import encode_texts, load_tokenizer
 
             path = Path(texts_file) if texts_file else DEFAULT_TEXTS

@@ -14,8 +14,6 @@ runs it by casting to fp32 around ops without fp16 kernels: correct, used for va
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,12 +21,14 @@ import numpy as np
 
 from torchship import _progress
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
-from torchship.errors import ValidationError
-from torchship.external_data import save_model, uses_external_data
+from torchship._fs import scratch_dir
 from torchship._ort import ort_runner
+from torchship.errors import BudgetError
+from torchship.external_data import save_model, staged_model, uses_external_data
 from torchship.optimizers.accuracy import AccuracyProbe
 from torchship.optimizers.fusion import op_histogram
 from torchship.validation import run_reference_cases
+from torchship.exporters.spec import family_of
 
 VARIANT = "fp16"
 FILE = "model_fp16.onnx"
@@ -63,7 +63,8 @@ def activation_peaks(src: Path, feeds: list[dict], scratch: Path) -> dict[str, f
     """Largest absolute fp32 value each node produces on ``feeds`` (node name -> peak)."""
     import onnx
 
-    from torchship._ort import load_onnx, make_session
+    from torchship._ort import make_session
+    from torchship.onnx_io import load_onnx
 
     model = load_onnx(src, load_external_data=True)
     exposed = _float_outputs(model)
@@ -92,16 +93,14 @@ def fp16_variant(artifact: Artifact, *, source: str | None = None, op_block_list
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    from torchship._ort import load_onnx
-    from torchship.optimizers.optimize import _staged_model
+    from torchship.onnx_io import load_onnx
 
     m = artifact.manifest
     source = source or ("optimized" if "optimized" in m.variants else "model")
     src = artifact.path_of(source)
     cases = load_reference(artifact.folder)
     start = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix=".fp16.", suffix=".partial", dir=artifact.folder))
-    try:
+    with scratch_dir(artifact.folder, "fp16") as scratch:
         progress.step("fp16: scanning fp32 activations for values fp16 cannot hold")
         peaks = activation_peaks(src, [c.inputs for c in cases], scratch)
         risky = {n: p for n, p in peaks.items() if not np.isfinite(p) or p >= HEADROOM * FP16_MAX}
@@ -112,20 +111,18 @@ def fp16_variant(artifact: Artifact, *, source: str | None = None, op_block_list
         model.convert_float_to_float16(use_symbolic_shape_infer=False, keep_io_types=True,
                                        op_block_list=blocked_ops, node_block_list=sorted(risky))
         final = artifact.folder / FILE
-        with _staged_model(final) as tmp:
+        with staged_model(final) as tmp:
             save_model(model.model, tmp, external=uses_external_data(src))
             del model
             progress.step("fp16: validating (NaN/inf, accuracy against the fp32 model)")
-            against_torch = run_reference_cases(tmp, cases, atol=float("inf"), spec=m.spec())
+            against_torch = run_reference_cases(tmp, cases, atol=float("inf"), spec=family_of(m))
             probe = AccuracyProbe.for_artifact(artifact)
             probe.set_reference(ort_runner(artifact.path_of("model")))
             accuracy = probe.measure(ort_runner(tmp), budget)
             if not accuracy.passed:
-                raise ValidationError(f"the fp16 variant misses the accuracy budget: {accuracy.describe()}"
-                                      + (f" ({accuracy.extra['problem']})" if "problem" in accuracy.extra else "")
-                                      + "; leave more op types in fp32 with --fp16-block, or lower --budget")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+                raise BudgetError(f"the fp16 variant misses the accuracy budget: {accuracy.describe()}"
+                                  + (f" ({accuracy.extra['problem']})" if "problem" in accuracy.extra else "")
+                                  + "; leave more op types in fp32 with --fp16-block, or lower --fp16-budget")
     counts = op_histogram(final)
     validation = {**accuracy.to_json(), "max_abs": against_torch.max_abs, "min_cosine": against_torch.min_cosine,
                   "finite": True, "against": "fp32 export (accuracy); eager PyTorch (max_abs)"}

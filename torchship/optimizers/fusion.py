@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchship._ort import load_onnx
+from torchship.onnx_io import load_onnx
 from torchship.errors import ArtifactError
 
 # Operators the fusion report counts, grouped as the report shows them.

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +9,11 @@ from pathlib import Path
 from torchship import _progress
 from torchship._ort import GRAPH_LEVELS, make_session
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
-from torchship.external_data import data_file_name, uses_external_data
+from torchship.external_data import staged_model, uses_external_data
 from torchship.errors import ArtifactError, InputError, ValidationError
 from torchship.optimizers.fusion import count_ops, fuse
 from torchship.validation import check, run_reference_cases
+from torchship.exporters.spec import family_of
 
 
 @dataclass(frozen=True)
@@ -37,26 +34,6 @@ class OptimizeOptions:
         return self
 
 
-@contextlib.contextmanager
-def _staged_model(final: Path):
-    """Yield a path with ``final``'s name in a scratch folder beside it. On success the model and its
-    external data file (whose location inside the model is just its name) move into place, data
-    first; on error the scratch folder goes and the folder is as it was."""
-    scratch = Path(tempfile.mkdtemp(prefix=f".{final.stem}.", suffix=".partial", dir=final.parent))
-    try:
-        tmp = scratch / final.name
-        yield tmp
-        data = scratch / data_file_name(final)
-        if data.is_file():
-            os.replace(data, final.with_name(data.name))
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                final.with_name(data.name).unlink()  # a stale data file of an earlier, larger variant
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 class _Context:
     """What every variant needs: the export, the reference cases, the tolerance, the family."""
 
@@ -68,7 +45,7 @@ class _Context:
         self.external = uses_external_data(self.src)  # large models keep external data in every variant
         self.cases = load_reference(artifact.folder)
         self.atol = atol
-        self.spec = artifact.manifest.spec()
+        self.spec = family_of(artifact.manifest)
         self.progress = progress
 
     def validated(self, path: Path, name: str):
@@ -87,7 +64,7 @@ def _graph_level_variant(ctx: _Context, level: str) -> Variant:
         validation = ctx.validated(path, name)
     else:
         path = ctx.folder / f"ort_{level}.onnx"
-        with _staged_model(path) as tmp:
+        with staged_model(path) as tmp:
             make_session(ctx.src, level=level, optimized_model_path=tmp)
             validation = ctx.validated(tmp, name)
         if level == "all":
@@ -104,7 +81,7 @@ def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
                "use_gpu": use_gpu}
     path = ctx.folder / "model_optimized.onnx"
     start = time.perf_counter()
-    with _staged_model(path) as tmp:
+    with staged_model(path) as tmp:
         report = fuse(ctx.src, tmp, num_layers=m.num_layers, hint=ctx.spec.fusion_hint,
                       external_data=ctx.external, **options)
         if report.warning:
@@ -131,7 +108,10 @@ def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *
     artifact = Artifact.open(folder)
     ctx = _Context(artifact, opts.atol or artifact.manifest.atol, progress)
     jobs = [(f"ort-{lv}", lambda lv=lv: _graph_level_variant(ctx, lv)) for lv in opts.levels]
-    if opts.transformer_fusion:
+    if opts.transformer_fusion and not artifact.manifest.ort_model_type:
+        artifact.manifest = artifact.manifest.with_skipped(
+            "optimized", f"ONNX Runtime's transformer optimizer has nothing for the {artifact.manifest.family} family")
+    elif opts.transformer_fusion:
         jobs.append(("optimized", lambda: _fusion_variant(ctx, opts.use_gpu)))
     if opts.fp16:
         from torchship.optimizers.fp16 import fp16_variant
@@ -139,7 +119,7 @@ def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *
         jobs.append(("fp16", lambda: fp16_variant(artifact, op_block_list=opts.fp16_block, budget=opts.fp16_budget,
                                                   progress=progress)))
     if opts.openvino:
-        from torchship.runtimes.openvino import openvino_variants
+        from torchship.optimizers.openvino import openvino_variants
 
         jobs.append(("openvino", lambda: openvino_variants(artifact, progress=progress)))
     fp16_error = None

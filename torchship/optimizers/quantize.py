@@ -19,8 +19,6 @@ command fails, naming the best one.
 from __future__ import annotations
 
 import fnmatch
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,12 +28,15 @@ import numpy as np
 from torchship import _progress
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
-from torchship.errors import ArtifactError, InputError, ValidationError
-from torchship.external_data import normalize, uses_external_data
+from torchship._fs import scratch_dir
+from torchship.errors import ArtifactError, BudgetError, InputError, first_line
+from torchship.onnx_io import load_onnx
+from torchship.external_data import normalize, staged_model, uses_external_data
 from torchship._ort import ort_runner
 from torchship.optimizers.accuracy import AccuracyProbe, AccuracyResult, read_texts
 from torchship.optimizers.fusion import op_histogram
 from torchship.validation import run_reference_cases
+from torchship.exporters.spec import family_of, saved_config
 
 VARIANT = "int8"
 FILE = "model_int8.onnx"
@@ -155,8 +156,6 @@ def _op_sets(options: QuantizeOptions, method: str) -> tuple:
 
 
 def _matching_nodes(path: Path, patterns: tuple[str, ...]) -> tuple[str, ...]:
-    from torchship._ort import load_onnx
-
     names = [n.name for n in load_onnx(path).graph.node if n.name]
     picked = []
     for pattern in patterns:
@@ -170,8 +169,6 @@ def _matching_nodes(path: Path, patterns: tuple[str, ...]) -> tuple[str, ...]:
 
 def _activation_matmuls(path: Path) -> list[str]:
     """MatMuls whose both inputs are activations (attention scores and context)."""
-    from torchship._ort import load_onnx
-
     graph = load_onnx(path).graph
     weights = {i.name for i in graph.initializer}
     return [n.name for n in graph.node if n.op_type == "MatMul" and not any(x in weights for x in n.input)]
@@ -279,7 +276,7 @@ def quantize(folder: str | Path, options: QuantizeOptions = QuantizeOptions(), *
     started = time.perf_counter()
     artifact = Artifact.open(folder)
     m = artifact.manifest
-    spec = m.spec()
+    spec = family_of(m)
     src_fp32 = artifact.path_of("model")
     available = {s: artifact.path_of(s) for s in SOURCES if s in m.variants}
     for s in options.sources or ():
@@ -287,8 +284,7 @@ def quantize(folder: str | Path, options: QuantizeOptions = QuantizeOptions(), *
             raise InputError(f"{artifact.folder} has no {s!r} variant to quantize; run: torchship optimize {folder}")
     calibration = _calibration_feeds(options, artifact) if "static" in options.methods else None
     probe = AccuracyProbe.for_artifact(artifact, options.eval_texts)
-    scratch = Path(tempfile.mkdtemp(prefix=".int8.", suffix=".partial", dir=artifact.folder))
-    try:
+    with scratch_dir(artifact.folder, "int8") as scratch:
         if "optimized" in available and "optimized-ln" in (options.sources or SOURCES):
             available["optimized-ln"] = _fused_without_skip_ln(artifact, scratch)
         exclude = {s: _matching_nodes(p, options.exclude) for s, p in available.items()} if options.exclude \
@@ -310,13 +306,11 @@ def quantize(folder: str | Path, options: QuantizeOptions = QuantizeOptions(), *
                 o.path = dst
             except (ArtifactError, ValueError, RuntimeError, KeyError, IndexError, TypeError) as exc:
                 # The quantizer raises plain Python errors on graphs it cannot handle: record, go on.
-                o.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+                o.error = f"{type(exc).__name__}: {first_line(exc, 200)}"
                 continue
             progress.step(f"    {o.accuracy.describe()} {'ok' if o.accuracy.passed else 'BELOW BUDGET'}")
         _time(artifact, spec, src_fp32, [o for o in outcomes if o.passed], options, progress)
         return _keep_best(artifact, outcomes, options, probe, started)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _time(artifact: Artifact, spec, src_fp32: Path, built: list[Outcome], options: QuantizeOptions,
@@ -324,7 +318,7 @@ def _time(artifact: Artifact, spec, src_fp32: Path, built: list[Outcome], option
     """Time the fp32 export and every built candidate together (interleaved) at the speed shape."""
     if not built:
         return
-    config = artifact.load_config()
+    config = saved_config(artifact)
     sizes = speed_sizes(spec, config, artifact.manifest.resolved_shapes())
     case = spec.case_for(sizes, config)
     feeds = spec.sample_inputs(config, artifact.manifest.io(), case, seed=7)
@@ -342,8 +336,6 @@ def _time(artifact: Artifact, spec, src_fp32: Path, built: list[Outcome], option
 
 def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOptions,
                probe: AccuracyProbe, started: float) -> Artifact:
-    from torchship.optimizers.optimize import _staged_model
-
     passing = sorted((o for o in outcomes if o.passed), key=lambda o: o.p50_ms)
     report = [o.to_json() for o in outcomes]
     if not passing:
@@ -354,15 +346,15 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                   "; none could be built: " + "; ".join(f"{o.candidate.name}: {o.error}" for o in outcomes)))
         manifest = artifact.manifest.with_skipped(VARIANT, why)
         artifact.save(replace(manifest, quantization={"chosen": None, "candidates": report}))
-        raise ValidationError(f"{why}. Every candidate's numbers are in {artifact.folder}/torchship.json; "
+        raise BudgetError(f"{why}. Every candidate's numbers are in {artifact.folder}/torchship.json; "
                               "leave sensitive nodes in fp32 with --exclude, try --static with calibration text, "
                               "or lower --budget")
     best = passing[0]
     final = artifact.folder / FILE
-    with _staged_model(final) as tmp:
+    with staged_model(final) as tmp:
         normalize(best.path, tmp, "auto")  # one data file named after the final model, when one is needed
         against_torch = run_reference_cases(tmp, load_reference(artifact.folder), atol=float("inf"),
-                                            spec=artifact.manifest.spec())
+                                            spec=family_of(artifact.manifest))
     validation = {**best.accuracy.to_json(), "max_abs": against_torch.max_abs,
                   "min_cosine": against_torch.min_cosine, "against": "fp32 export (accuracy); eager PyTorch (max_abs)"}
     variant = Variant(name=VARIANT, file=FILE, stage="quantization",

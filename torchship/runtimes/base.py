@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from torchship.errors import InputError
-from torchship.exporters.spec import EMPTY_OK_AXES, ModelIO
+from torchship.tensors import EMPTY_OK_AXES, ModelIO
 
 
 class Predictor(ABC):

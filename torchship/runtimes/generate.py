@@ -15,6 +15,7 @@ import numpy as np
 from torchship.errors import InputError
 from torchship.exporters.decoders import past_names, positions_from_mask, present_names
 from torchship.runtimes.base import Predictor
+from torchship.exporters.spec import saved_config
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Generator:
     @classmethod
     def from_artifact(cls, artifact, predictor: Predictor) -> "Generator":
         m = artifact.manifest
-        config = artifact.load_config()
+        config = saved_config(artifact)
         gen = _generation_defaults(artifact.folder, config)
         return cls(predictor, num_layers=m.num_layers, num_heads=m.num_heads, head_dim=m.hidden_size // m.num_heads,
                    eos_token_id=gen["eos_token_id"], pad_token_id=gen["pad_token_id"])

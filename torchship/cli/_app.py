@@ -1,0 +1,84 @@
+"""The click group and what every command shares: one-line errors, quiet libraries, progress on stderr."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from torchship._progress import Progress
+from torchship.errors import TorchshipError
+
+PROGRESS = Progress(step=lambda text: click.echo(f"torchship: {text}", err=True))
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (progress bars, hub retries, deprecation notes) off the user's terminal."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs advice on the root logger
+    for name in ("transformers", "huggingface_hub", "torch.onnx", "onnxruntime", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+
+
+def friendly_errors(fn):
+    """Turn torchship errors into one line on stderr and their exit code; bugs keep the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TorchshipError as exc:
+            click.echo(f"torchship: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("torchship: interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="torchship")
+def main():
+    """torchship: PyTorch / Hugging Face models to validated, optimized ONNX, with a latency report."""
+    quiet_libraries()
+
+
+def split(text: str | None) -> tuple[str, ...] | None:
+    """Comma-separated flag values; None when there are none."""
+    items = tuple(t.strip() for t in (text or "").split(",") if t.strip())
+    return items or None
+
+
+def print_artifact(artifact) -> None:
+    m = artifact.manifest
+    click.echo(f"{artifact.folder}: {m.family} ({m.model_type}) {m.task}, exporter {m.export['exporter']} "
+               f"opset {m.export['opset']}")
+    for name, v in m.variants.items():
+        val = v.validation or {}
+        line = f"  {name:13s} {v.file:22s} {v.size_bytes / 1e6:8.1f} MB  max abs {val.get('max_abs', float('nan')):.2e}"
+        if v.fusion and "attention" in v.fusion:
+            c = v.fusion["counts"]
+            line += (f"  fused: Attention {v.fusion['attention']}/{v.fusion['expected_attention']}, "
+                     f"EmbedLayerNorm {c['EmbedLayerNormalization']}, SkipLayerNorm {c['SkipLayerNormalization']}, "
+                     f"Gelu {c['Gelu'] + c['FastGelu'] + c['BiasGelu'] + c['BiasFastGelu']}")
+        click.echo(line)
+        if v.fusion and v.fusion.get("warning"):
+            click.echo(f"  {v.fusion['warning']}", err=True)
+    for name, reason in m.skipped.items():
+        click.echo(f"  {name:13s} skipped: {reason}", err=True)

@@ -1,0 +1,78 @@
+"""Deployment commands: ``torchship auto``, ``triton`` and ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from torchship import options as o
+from torchship.cli._app import PROGRESS, friendly_errors, main
+
+
+@main.command("auto")
+@click.option("--model", "-m", "model", required=True, metavar="ID_OR_DIR_OR_ONNX",
+              help="Hugging Face hub id, a local model folder, or an .onnx file.")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="YAML: device (cpu, cuda, cuda:N); inputs with min/use/max shapes; budget (cosine floor, "
+                   "default 0.99); precisions (fp32, fp16, int8); threads; min_seconds.")
+@o.output
+@friendly_errors
+def auto_cmd(model, config_path, output):
+    """Build every variant that fits the device, validate and benchmark each, and name the fastest within budget.
+
+    Writes OUTPUT/model/ (the torchship folder with every variant) and OUTPUT/summary.{md,csv,json,xlsx}
+    plus latency_vs_error.png. Serve the chosen variant with: torchship triton OUTPUT --output REPO."""
+    from torchship.auto import load_auto_config, markdown, run_auto
+
+    config = load_auto_config(config_path)  # every contradiction fails here, before anything is built
+    report = run_auto(model, config, output, progress=PROGRESS)
+    click.echo(markdown(report))
+    click.echo(f"summary: {Path(output) / 'summary.md'} (CSV, JSON, XLSX, latency_vs_error.png beside it)")
+
+
+@main.command("triton")
+@click.argument("folder", type=click.Path())
+@click.option("--output", "-o", "repo", required=True, type=click.Path(file_okay=False),
+              help="The model repository folder (created if missing); the model goes to REPO/NAME/.")
+@click.option("--variant", default=None,
+              help="Variant or backend name (model, optimized, int8, openvino, tensorrt-fp16, ...); default: the "
+                   "one torchship auto chose, else the most optimized validated variant.")
+@click.option("--name", default=None, help="Model name in the repository; default: FOLDER's name.")
+@click.option("--max-batch-size", type=int, default=None,
+              help="Default: the shape config's max batch, else 8 (0 turns Triton's batching off).")
+@click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True)
+@click.option("--preferred-batch-sizes", default=None, help="Comma-separated, e.g. 4,8.")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Model instances in the instance group.")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@friendly_errors
+def triton_cmd(folder, repo, variant, name, max_batch_size, dynamic_batching, preferred_batch_sizes,
+               max_queue_delay_us, instances, kind):
+    """Write a Triton Inference Server model repository entry for a variant of FOLDER (a torchship folder or a
+    torchship auto output), its config.pbtxt checked against Triton's schema."""
+    from torchship.exporters.inputs import parse_shape_list
+    from torchship.triton import TritonOptions, write_triton_repo
+
+    preferred = tuple(parse_shape_list(preferred_batch_sizes, what="--preferred-batch-sizes")) \
+        if preferred_batch_sizes else ()
+    path = write_triton_repo(folder, repo, TritonOptions(
+        variant=variant, name=name, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching,
+        preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind))
+    click.echo((path / "config.pbtxt").read_text())
+    click.echo(f"wrote {path}: " + ", ".join(sorted(p.name for p in (path / "1").iterdir())))
+
+
+@main.command("demo")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default="torchship-demo", show_default=True)
+@o.threads
+@click.option("--min-seconds", type=click.FloatRange(min=0.0), default=3.0, show_default=True,
+              help="Minimum measured time per backend and shape.")
+@friendly_errors
+def demo_cmd(output, threads, min_seconds):
+    """Export, validate, optimize and benchmark the packaged all-MiniLM-L6-v2, offline."""
+    from torchship.demo import run_demo
+
+    summary = run_demo(Path(output), threads=threads, min_seconds=min_seconds, progress=PROGRESS)
+    click.echo(summary)

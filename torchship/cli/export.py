@@ -1,0 +1,104 @@
+"""Export commands: ``torchship export``, the family commands (export-bert, export-gpt2, export-unet)
+and ``torchship optimize``."""
+
+from __future__ import annotations
+
+import click
+
+from torchship import options as o
+from torchship.cli._app import CONTEXT, PROGRESS, friendly_errors, main, print_artifact, quiet_libraries, split
+
+
+def _export_options(task, exporter, opset, attn_implementation, atol, allow_pickle, trust_remote_code, revision,
+                    shape_config, external_data, kind=None):
+    from torchship.exporters.export import ExportOptions
+    from torchship.shapes import load_shape_config
+
+    return ExportOptions(task=task, exporter=exporter, opset=opset, attn_implementation=attn_implementation,
+                         atol=atol, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                         revision=revision, kind=kind, external_data=external_data,
+                         shapes=load_shape_config(shape_config) if shape_config else None)
+
+
+def _export_params(fn):
+    for deco in reversed((o.model, o.output, o.task, o.exporter, o.opset, o.attn, o.atol, o.shape_config,
+                          o.external_data, o.allow_pickle, o.trust_remote_code, o.revision)):
+        fn = deco(fn)
+    return fn
+
+
+def _do_export(model, output, optimize_after, **flags):
+    from torchship.exporters.export import export
+
+    options = _export_options(**flags)  # a bad shape config fails here, before any loading
+    artifact = export(model, output, options, progress=PROGRESS)
+    if optimize_after:
+        from torchship.optimizers import optimize
+
+        artifact = optimize(output, progress=PROGRESS)
+    print_artifact(artifact)
+
+
+@main.command("export")
+@_export_params
+@click.option("--optimize/--no-optimize", "optimize_after", default=False,
+              help="Also run torchship optimize on the folder.")
+@friendly_errors
+def export_cmd(model, output, optimize_after, **flags):
+    """Export a checkpoint to ONNX, validated against eager PyTorch."""
+    _do_export(model, output, optimize_after, **flags)
+
+
+def _family_export_command(name: str, kind: str, doc: str):
+    """A console script that exports one family group (export-bert, export-gpt2) and optimizes."""
+
+    @click.command(name, help=doc, context_settings=CONTEXT)
+    @_export_params
+    @click.option("--optimize/--no-optimize", "optimize_after", default=True, show_default=True,
+                  help="Also save ORT graph levels and the transformer-fused model.")
+    @friendly_errors
+    def command(model, output, optimize_after, **flags):
+        quiet_libraries()
+        _do_export(model, output, optimize_after, kind=kind, **flags)
+
+    return command
+
+
+def family_command(command: str):
+    """The console script of a family group (export-bert, ...): its kind and help come from the group."""
+    from torchship.exporters.spec import group_for_command
+
+    group = group_for_command(command)
+    return _family_export_command(command, group.name, group.help)
+
+
+@main.command("optimize")
+@click.argument("folder", type=click.Path())
+@o.levels
+@o.no_fusion
+@o.atol
+@click.option("--fp16", is_flag=True,
+              help="Also write model_fp16.onnx for GPU targets: fp16 weights and compute, fp32 inputs and outputs, "
+                   "nodes whose fp32 activations come near the fp16 range kept in fp32, checked for NaN/inf.")
+@click.option("--fp16-block", default=None, metavar="OPS",
+              help="Op types to keep in fp32 in the fp16 model, comma-separated, beside ONNX Runtime's default list.")
+@click.option("--fp16-budget", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.999, show_default=True,
+              help="Accuracy floor of the fp16 model against the fp32 one (same metric as quantize --budget).")
+@click.option("--openvino", is_flag=True,
+              help="Also write OpenVINO IR: openvino/ (fp32) and openvino_fp16/ (fp16 weights). "
+                   "Needs torchship[openvino].")
+@friendly_errors
+def optimize_cmd(folder, levels, no_fusion, atol, fp16, fp16_block, fp16_budget, openvino):
+    """Add ORT graph-level and transformer-fused variants to an exported FOLDER, each validated."""
+    from torchship.optimizers import OptimizeOptions, optimize
+
+    names = tuple(lv.strip() for lv in levels.split(",") if lv.strip())
+    if openvino:
+        from torchship.runtimes.openvino import require_openvino
+
+        require_openvino()  # before any variant is made
+    artifact = optimize(folder, OptimizeOptions(levels=names, transformer_fusion=not no_fusion, atol=atol, fp16=fp16,
+                                                fp16_block=split(fp16_block) or (), fp16_budget=fp16_budget,
+                                                openvino=openvino),
+                        progress=PROGRESS)
+    print_artifact(artifact)

@@ -1,0 +1,168 @@
+"""Running commands: ``torchship bench``, ``predict`` and ``generate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from torchship import options as o
+from torchship.cli._app import PROGRESS, friendly_errors, main
+
+
+def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_spin, reference_model):
+    from dataclasses import replace
+
+    from torchship.benchmarks.run import BenchOptions, default_threads
+    from torchship.benchmarks.timing import TimingPlan
+    from torchship.runtimes import parse_backends
+
+    plan = replace(TimingPlan(), min_seconds=min_seconds, warmup=warmup, min_iterations=min_iterations,
+                   block=min(TimingPlan().block, min_iterations))
+    return BenchOptions(backends=parse_backends(backends),
+                        threads=default_threads() if threads is None else threads,
+                        spin=ort_spin, plan=plan, reference_model=reference_model)
+
+
+@main.command("bench")
+@click.argument("folder", type=click.Path())
+@o.backends
+@o.batch_sizes
+@o.seq_lens
+@o.shape_config
+@o.threads
+@o.min_seconds
+@o.warmup
+@o.min_iterations
+@o.spin
+@o.reference_model
+@o.report_dir
+@o.prompt_length
+@friendly_errors
+def bench_cmd(folder, report_dir, prompt_length, batch_sizes, seq_lens, shape_config, **flags):
+    """Benchmark eager PyTorch against ONNX Runtime variants of FOLDER; writes JSON, Markdown and PNG.
+
+    Encoders: latency per batch size and sequence length. UNets: one denoising step at the shape
+    config's use shape (or the model's native latent size, 77 tokens). Decoders: prompt (prefill)
+    latency at --prompt-length, and one decode step with that much past, per batch size.
+    """
+    from dataclasses import replace
+
+    from torchship.artifact import Artifact
+    from torchship.benchmarks.report import markdown_table, write_report
+    from torchship.benchmarks.run import bench_sizes, run_benchmark
+    from torchship.exporters.inputs import parse_shape_list
+    from torchship.exporters.spec import BATCH, DECODE, SEQUENCE, family_of, saved_config
+
+    opts = _bench_options(**flags)
+    artifact = Artifact.open(folder)
+    spec = family_of(artifact.manifest)
+    resolved = _bench_shapes(artifact, shape_config)  # a config given here replaces the one kept at export
+    batches = parse_shape_list(batch_sizes, what="--batch-sizes") if batch_sizes else None
+    seqs = parse_shape_list(seq_lens, what="--seq-lens") if seq_lens else None
+    device = resolved.device if resolved is not None else "cpu"
+    sizes = bench_sizes(spec, saved_config(artifact), resolved, batch_sizes=batches, seq_lens=seqs)
+    if DECODE in spec.phases:
+        from torchship.benchmarks.decoder import DecoderBenchOptions, run_decoder_benchmark
+
+        prompt = prompt_length or sizes[0][SEQUENCE]
+        report = run_decoder_benchmark(folder, DecoderBenchOptions(
+            backends=opts.backends, batch_sizes=tuple(dict.fromkeys(sz[BATCH] for sz in sizes)), prompt=prompt,
+            threads=opts.threads, spin=opts.spin, plan=opts.plan, reference_model=opts.reference_model),
+            progress=PROGRESS)
+    else:
+        report = run_benchmark(folder, replace(opts, sizes=sizes, device=device), progress=PROGRESS)
+    paths = write_report(report, report_dir or Path(folder) / "bench")
+    click.echo(markdown_table(report))
+    click.echo(f"\nreport: {paths['markdown']} (JSON {paths['json'].name}, chart {paths['png'].name})")
+
+
+def _bench_shapes(artifact, shape_config):
+    """The --config given to bench, checked against the folder's model; else the one kept at export."""
+    from torchship.exporters.spec import EMPTY_OK_AXES
+    from torchship.shapes import load_shape_config, resolve
+
+    if shape_config:
+        return resolve(load_shape_config(shape_config), artifact.manifest.io(), empty_ok_axes=EMPTY_OK_AXES)
+    return artifact.manifest.resolved_shapes()
+
+
+@main.command("predict")
+@click.argument("folder", type=click.Path())
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--backend", default="auto", show_default=True,
+              help="auto (the most optimized validated ONNX variant), or any bench backend name.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: ONNX Runtime's CUDA provider when installed (torchship[gpu]) and a GPU is present.")
+@click.option("--json", "as_json", is_flag=True, help="Print full results (embeddings, logits) as JSON.")
+@friendly_errors
+def predict_cmd(folder, texts, backend, device, as_json):
+    """Run the model in FOLDER on TEXTS: sentence embeddings, or labels for classifiers."""
+    from torchship.artifact import Artifact
+    from torchship.exporters.spec import require_family
+    from torchship.runtimes import RuntimeOptions, create_predictor
+    from torchship.runtimes.text import TextModel
+
+    artifact = Artifact.open(folder)
+    require_family(artifact, "predict runs text encoders; for a decoder use torchship generate, for a UNet "
+                             "torchship bench", text_api="predict")
+    backend = _resolve_backend(artifact, backend)
+    predictor = create_predictor(artifact, backend, RuntimeOptions(device=device))
+    with predictor:
+        result = TextModel.from_artifact(artifact, predictor).predict(list(texts))
+    if as_json:
+        click.echo(json.dumps({"backend": backend, "results": result.to_json()}))
+        return
+    for row in result.to_json():
+        if "embedding" in row:
+            vec = row["embedding"]
+            head = ", ".join(f"{v:+.4f}" for v in vec[:4])
+            norm = sum(v * v for v in vec) ** 0.5
+            click.echo(f"{row['text']!r}: embedding[{len(vec)}] norm {norm:.3f} [{head}, ...]")
+        else:
+            click.echo(f"{row['text']!r}: {row['label']} ({row['score']:.3f})")
+    click.echo(f"(backend {backend}; --json for full vectors)", err=True)
+
+
+@main.command("generate")
+@click.argument("folder", type=click.Path())
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--backend", default="auto", show_default=True,
+              help="auto (the most optimized validated ONNX variant), torch, or any ort backend name.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print token ids and texts as JSON.")
+@friendly_errors
+def generate_cmd(folder, prompts, max_new_tokens, backend, device, as_json):
+    """Greedy generation from PROMPTS with the decoder in FOLDER, using its KV cache."""
+    from torchship.artifact import Artifact
+    from torchship.exporters.spec import require_family
+    from torchship.runtimes import RuntimeOptions, create_predictor
+    from torchship.runtimes.generate import Generator, encode_prompts
+    from torchship.runtimes.text import load_tokenizer
+
+    artifact = Artifact.open(folder)
+    require_family(artifact, "generate needs a decoder (export-gpt2)", text_api="generate")
+    backend = _resolve_backend(artifact, backend)
+    tokenizer = load_tokenizer(artifact)
+    ids, mask = encode_prompts(tokenizer, list(prompts))
+    with create_predictor(artifact, backend, RuntimeOptions(device=device)) as predictor:
+        result = Generator.from_artifact(artifact, predictor).generate(ids, mask, max_new_tokens=max_new_tokens)
+    texts = tokenizer.batch_decode(result.tokens, skip_special_tokens=True)
+    if as_json:
+        click.echo(json.dumps({"backend": backend, "results": [
+            {"prompt": p, "tokens": t.tolist(), "text": x} for p, t, x in zip(prompts, result.tokens, texts)]}))
+        return
+    for prompt, text in zip(prompts, texts):
+        click.echo(f"{prompt}{text if text.startswith(' ') else ' ' + text}")
+    per_token = (sum(result.step_s) / len(result.step_s) * 1000) if result.step_s else float("nan")
+    click.echo(f"(backend {backend}; prompt {result.prefill_s * 1000:.1f} ms, {per_token:.2f} ms per new token)",
+               err=True)
+
+
+def _resolve_backend(artifact, backend: str) -> str:
+    """``auto``: the backend of the folder's most optimized validated variant (the table's preference order)."""
+    from torchship.variants import backend_of_variant
+
+    return backend_of_variant(artifact.best_variant()).name if backend == "auto" else backend
