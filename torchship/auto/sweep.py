@@ -102,11 +102,17 @@ def _attempt(wanted: list[Row], make) -> None:
 def _build_float_variants(artifact, config: AutoConfig, rows: dict[str, Row], progress) -> None:
     from torchship.optimizers import OptimizeOptions, optimize
 
+    from torchship.exporters.spec import family_of
+
     m = artifact.manifest
+    spec = family_of(m)
     device = config.shapes.device
     on_gpu = device.startswith("cuda")
     for name, b in VARIANTS.items():
-        if b.precision not in config.precisions:
+        problem = spec.backend_problem(b)
+        if problem:
+            rows[name].skip(problem)
+        elif b.precision not in config.precisions:
             rows[name].skip("precision not in the config")
         elif b.needs_gpu and not on_gpu:
             rows[name].skip("device is cpu")

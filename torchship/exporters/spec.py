@@ -150,6 +150,13 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def unregister(spec: ModelSpec) -> None:
+    """Remove a family added with :func:`register` (its model types resolve to nothing again)."""
+    for model_type in spec.model_types:
+        if _REGISTRY.get(model_type) is spec:
+            del _REGISTRY[model_type]
+
+
 def supported_model_types(family_kind: str | None = None) -> tuple[str, ...]:
     """Model types a command exports; ``None``: every exportable one (ONNX files are imported, not exported)."""
     return tuple(sorted(mt for mt, spec in _REGISTRY.items()
