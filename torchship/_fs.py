@@ -9,6 +9,7 @@ folder that only its owner can read). Every writer in torchship goes through the
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import shutil
@@ -43,6 +44,71 @@ def scratch_dir(parent: Path, name: str = "scratch") -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class _Transaction:
+    """Files replaced or created inside ``folder`` since the transaction began, with backups of what they
+    replaced, so that an error or Ctrl-C can put every one back."""
+
+    def __init__(self, folder: Path, backups: Path):
+        self.folder = folder.resolve()
+        self.backups = backups
+        self.changed: list[tuple[Path, Path | None]] = []  # (place, backup of what was there, or None)
+        self._seen: set[Path] = set()
+
+    def before_change(self, place: Path) -> None:
+        place = Path(place).absolute()
+        if place in self._seen or self.folder not in place.resolve().parents:
+            return
+        self._seen.add(place)
+        backup = None
+        if place.exists():  # moved aside, not copied: the caller is about to replace it
+            backup = self.backups / str(len(self.changed))
+            os.replace(place, backup)
+        self.changed.append((place, backup))
+
+    def roll_back(self) -> None:
+        for place, backup in reversed(self.changed):
+            if place.is_dir() and not place.is_symlink():
+                shutil.rmtree(place, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    place.unlink()
+            if backup is not None:
+                os.replace(backup, place)
+
+
+_TRANSACTION: contextvars.ContextVar[_Transaction | None] = contextvars.ContextVar("torchship_transaction",
+                                                                                    default=None)
+
+
+def _before_change(place: Path) -> None:
+    tx = _TRANSACTION.get()
+    if tx is not None:
+        tx.before_change(place)
+
+
+@contextlib.contextmanager
+def transaction(folder: Path) -> Iterator[None]:
+    """For a command that adds to an existing folder (optimize, quantize): every file the staging helpers
+    replace or create in ``folder`` meanwhile is put back as it was when the command is interrupted
+    (Ctrl-C, SIGTERM) or stops on an unexpected error, so the folder is exactly as the command found it.
+    A torchship error keeps what was completed: each file and its manifest entry were written together,
+    and the manifest records why the rest was not made."""
+    from torchship.errors import TorchshipError
+
+    with scratch_dir(Path(folder), "undo") as backups:
+        tx = _Transaction(Path(folder), backups)
+        token = _TRANSACTION.set(tx)
+        try:
+            yield
+        except TorchshipError:
+            raise
+        except BaseException:
+            tx.roll_back()
+            raise
+        finally:
+            _TRANSACTION.reset(token)
+
+
 @contextlib.contextmanager
 def staged_file(final: Path, companions: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a path with ``final``'s name in a scratch folder beside it; on success it replaces ``final``.
@@ -55,6 +121,8 @@ def staged_file(final: Path, companions: tuple[str, ...] = ()) -> Iterator[Path]
         yield tmp
         for name in companions:
             made, old = scratch / name, final.with_name(name)
+            if made.is_file() or old.exists():
+                _before_change(old)
             if made.is_file():
                 os.replace(made, old)
             else:
@@ -62,6 +130,7 @@ def staged_file(final: Path, companions: tuple[str, ...] = ()) -> Iterator[Path]
                     old.unlink()
         if not tmp.exists():
             raise FileNotFoundError(f"{tmp.name} was not written")
+        _before_change(final)
         if tmp.is_dir():
             _normal_mode(tmp)
             if final.is_dir():

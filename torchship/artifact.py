@@ -196,7 +196,8 @@ class Artifact:
     def path_of(self, name: str) -> Path:
         path = self.folder / self.variant(name).file
         if not path.is_file():
-            raise ArtifactError(f"{path} is missing; re-run torchship export or optimize")
+            raise ArtifactError(f"{path} is missing; make it again with: "
+                                f"{backends_table.remake_command(name, self.folder)}")
         return path
 
     def best_variant(self) -> str:

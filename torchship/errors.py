@@ -1,10 +1,19 @@
-"""One base exception and a few typed subclasses.
+"""One base exception and a few typed subclasses, each with its exit code.
 
 Every message says what is wrong and how to fix it; the CLI prints it as one line on stderr and
-exits non-zero. A traceback from the CLI means a bug in torchship, not in the user's input.
+exits with the code below, the same for every command (docs/exit-codes.md). A traceback from the
+CLI means a bug in torchship, not in the user's input.
 """
 
 from __future__ import annotations
+
+
+# The exit codes of every command.
+EXIT_FAILED = 1  # the work failed on good input: an export torch cannot do, a disk that fills up
+EXIT_BAD_INPUT = 2  # a flag, path, file, folder or model given is wrong (click's usage errors too)
+EXIT_VALIDATION = 3  # a model does not match eager PyTorch, or misses its accuracy budget
+EXIT_MISSING = 4  # an optional runtime, extra or GPU is not on this machine
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM; the folder is as it was
 
 
 def first_line(exc: BaseException, limit: int | None = 300) -> str:
@@ -17,21 +26,25 @@ def first_line(exc: BaseException, limit: int | None = 300) -> str:
 class TorchshipError(Exception):
     """Base class for every error torchship raises on purpose."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class InputError(TorchshipError):
     """A path, option or shape given by the user is wrong."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class ModelLoadError(TorchshipError):
     """The checkpoint could not be found or loaded."""
 
+    exit_code = EXIT_BAD_INPUT
+
 
 class UnsupportedModelError(TorchshipError):
     """The model is of a family that this command does not export."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class ExportError(TorchshipError):
@@ -41,9 +54,13 @@ class ExportError(TorchshipError):
 class ArtifactError(TorchshipError):
     """An ONNX file or a torchship output folder is missing, corrupted or inconsistent."""
 
+    exit_code = EXIT_BAD_INPUT
+
 
 class BackendUnavailable(TorchshipError):
     """An optional runtime (TensorRT, OpenVINO, CUDA, ...) is not installed on this machine."""
+
+    exit_code = EXIT_MISSING
 
 
 class ValidationError(TorchshipError):
@@ -52,7 +69,7 @@ class ValidationError(TorchshipError):
     ``report`` holds the full comparison (every mismatching output, not just the first).
     """
 
-    exit_code = 3
+    exit_code = EXIT_VALIDATION
 
     def __init__(self, message: str, report=None):
         super().__init__(message)

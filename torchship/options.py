@@ -10,12 +10,20 @@ from torchship.exporters.spec import TASKS
 from torchship.external_data import MODES as EXTERNAL_DATA_MODES
 from torchship.variants import choices_help
 
-model = click.option("--model", "-m", "model", required=True, metavar="ID_OR_DIR",
-                     help="Hugging Face hub id (e.g. bert-base-cased) or a local model folder.")
+def model_option(example: str = "bert-base-cased"):
+    return click.option("--model", "-m", "model", required=True, metavar="ID_OR_DIR",
+                        help=f"Hugging Face hub id (e.g. {example}) or a local model folder.")
+
+
+def task_option(tasks=TASKS):
+    return click.option("--task", type=click.Choice(tasks), default=None,
+                        help="What to export; default: from the checkpoint (classification head if it has one).")
+
+
+model = model_option()
 output = click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False),
                       help="Folder to write; replaced atomically if torchship wrote it before.")
-task = click.option("--task", type=click.Choice(TASKS), default=None,
-                    help="What to export; default: from the checkpoint (classification head if it has one).")
+task = task_option()
 exporter = click.option("--exporter", type=click.Choice(EXPORTERS), default=None,
                         help="torch.onnx export path; default, by measurement: torchscript for encoders "
                              "(fuses fully in ONNX Runtime), dynamo for decoders (ONNX Attention ops with the KV cache).")
@@ -63,7 +71,7 @@ reference_model = click.option("--reference-model", default=None, metavar="ID_OR
                                help="Checkpoint for the PyTorch backends; default: the export's source.")
 report_dir = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
                           help="Folder for the report; default: DIR/bench.")
-prompt_length = click.option("--prompt-length", type=int, default=None,
+prompt_length = click.option("--prompt-length", type=click.IntRange(min=1), default=None,
                              help="Decoders: prompt tokens for the prefill, and the past length of the decode step "
                                   "(default: the shape config's use sequence, else 128).")
 budget = click.option("--budget", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.99, show_default=True,

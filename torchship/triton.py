@@ -20,6 +20,7 @@ reach a server; then the dims are checked against the model file.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 from torchship.errors import ArtifactError, BackendUnavailable, InputError
 
 EXTRA = "torchship[triton]"
+MARKER = "torchship-model.json"  # in every model folder torchship writes: what it packaged, and why
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
                  "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
 KINDS = ("cpu", "gpu")
@@ -43,6 +45,25 @@ class TritonOptions:
     instances: int = 1
     kind: str = "cpu"  # instance group kind: cpu or gpu
 
+    def checked(self) -> "TritonOptions":
+        """Every option on its own and against the others, before anything is read or built."""
+        if self.kind not in KINDS:
+            raise InputError(f"unknown instance kind {self.kind!r}; use {', '.join(KINDS)}")
+        if self.instances < 1:
+            raise InputError(f"--instances must be 1 or more, got {self.instances}")
+        if self.max_batch_size is not None and self.max_batch_size < 0:
+            raise InputError(f"--max-batch-size must be 0 or more, got {self.max_batch_size}")
+        for b in self.preferred_batch_sizes:
+            if b < 1:
+                raise InputError(f"preferred batch sizes must be 1 or more, got {b}")
+        if self.preferred_batch_sizes and not self.dynamic_batching:
+            raise InputError("--preferred-batch-sizes needs dynamic batching; drop --no-dynamic-batching or the "
+                             "preferred sizes")
+        if self.preferred_batch_sizes and self.max_batch_size == 0:
+            raise InputError("--preferred-batch-sizes needs Triton's batching, which --max-batch-size 0 turns off; "
+                             "give a max batch size of at least the largest preferred size")
+        return self
+
 
 @dataclass
 class TritonModel:
@@ -53,6 +74,8 @@ class TritonModel:
     inputs: list[tuple[str, str, list[int]]] = field(default_factory=list)  # name, TYPE_*, dims
     outputs: list[tuple[str, str, list[int]]] = field(default_factory=list)
     max_batch_size: int = 0
+    variant: str = ""  # what was packaged, by the name of the backend that runs it
+    why: str = ""  # why that one: named by the user, chosen by auto, or the most optimized validated one
 
 
 def model_config_schema():
@@ -125,21 +148,21 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
     """What the repository entry will hold, checked, without writing anything."""
     from torchship.artifact import Artifact
 
-    if options.kind not in KINDS:
-        raise InputError(f"unknown instance kind {options.kind!r}; use {', '.join(KINDS)}")
-    if options.instances < 1:
-        raise InputError(f"--instances must be 1 or more, got {options.instances}")
+    options = options.checked()
     model_folder, chosen = _resolve_source(folder)
     artifact = Artifact.open(model_folder)
     m = artifact.manifest
-    pick = options.variant or chosen or artifact.best_variant()
+    if options.variant:
+        pick, why = options.variant, "named with --variant"
+    elif chosen:
+        pick, why = chosen, "chosen by torchship auto: the fastest within its accuracy budget"
+    else:
+        pick, why = artifact.best_variant(), "the most optimized validated variant of the folder"
     variant, record = _pick(artifact, pick)
     io = m.io()
     batched = all(t.axes and t.axes[0] == "batch" for t in (*io.inputs, *io.outputs))
     resolved = m.resolved_shapes()
     if options.max_batch_size is not None:
-        if options.max_batch_size < 0:
-            raise InputError(f"--max-batch-size must be 0 or more, got {options.max_batch_size}")
         max_batch = options.max_batch_size
     elif batched:
         max_batch = resolved.axes["batch"][2] if resolved is not None and "batch" in resolved.axes else 8
@@ -147,9 +170,7 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
         max_batch = 0
     if max_batch == 0:
         batched = False
-    name = options.name or Path(folder).resolve().name
-    if not name or "/" in name or name.startswith("."):
-        raise InputError(f"model name {name!r} cannot be a Triton model folder name; pass --name")
+    name = model_name(folder, options)
     if variant is None:  # an engine: found in the folder's cache, or built on this GPU
         from torchship.optimizers.tensorrt_build import engine_for_artifact
 
@@ -161,7 +182,29 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
     key, value = record.triton
     platform, backend = (value, None) if key == "platform" else (None, value)
     return TritonModel(name, platform, backend, files, _tensors(io.inputs, batched), _tensors(io.outputs, batched),
-                       max_batch)
+                       max_batch, record.name, why)
+
+
+def model_name(folder: str | Path, options: TritonOptions) -> str:
+    """The model's folder name in the repository: --name, else the torchship folder's name."""
+    name = options.name or Path(folder).resolve().name
+    if not name or "/" in name or name.startswith("."):
+        raise InputError(f"model name {name!r} cannot be a Triton model folder name; pass --name")
+    return name
+
+
+def check_repository(repo: Path, name: str) -> None:
+    """Refuse, before any work, a repository path that is a file or cannot be written, and a model folder
+    there that torchship did not write (it would be replaced)."""
+    from torchship._fs import check_writable
+
+    repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise InputError(f"--output {repo} is a file; pass a folder for the model repository")
+    check_writable(repo / name)
+    final = repo / name
+    if final.exists() and not (final / MARKER).is_file():
+        raise InputError(f"{final} exists and was not written by torchship; choose another --name, or move it away")
 
 
 def config_text(model: TritonModel, options: TritonOptions = TritonOptions()) -> str:
@@ -184,18 +227,15 @@ def write_triton_repo(folder: str | Path, repo: str | Path, options: TritonOptio
     from torchship._fs import staged_file
     from torchship.external_data import copy_model
 
-    for b in options.preferred_batch_sizes:
-        if b < 1:
-            raise InputError(f"preferred batch sizes must be 1 or more, got {b}")
+    options = options.checked()
+    repo = Path(repo)
+    check_repository(repo, model_name(folder, options))
     model = plan_model(folder, options)
     if any(b > model.max_batch_size for b in options.preferred_batch_sizes) and model.max_batch_size:
         raise InputError(f"preferred batch sizes {list(options.preferred_batch_sizes)} exceed max_batch_size "
                          f"{model.max_batch_size}")
     text = config_text(model, options)
     parse_config(text)  # Triton's schema, before anything is written
-    repo = Path(repo)
-    if repo.exists() and not repo.is_dir():
-        raise InputError(f"--output {repo} is a file; pass a folder for the model repository")
     repo.mkdir(parents=True, exist_ok=True)
     final = repo / model.name
     with staged_file(final) as tmp:
@@ -209,4 +249,6 @@ def write_triton_repo(folder: str | Path, repo: str | Path, options: TritonOptio
             else:
                 shutil.copyfile(source, version / target)
         (tmp / "config.pbtxt").write_text(text)
+        (tmp / MARKER).write_text(json.dumps({"source": str(Path(folder).resolve()), "variant": model.variant,
+                                             "why": model.why, "files": sorted(model.files)}, indent=2) + "\n")
     return final

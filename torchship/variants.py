@@ -146,6 +146,14 @@ def backend_of_variant(variant: str) -> Backend:
     raise InputError(f"no backend runs the variant {variant!r}")
 
 
+def remake_command(variant: str, folder) -> str:
+    """The command that makes the folder variant ``variant`` again."""
+    for b in TABLE:
+        if b.variants and b.variants[0] == variant and b.make:
+            return b.make_command(folder)
+    return f"torchship optimize {folder}"
+
+
 def preference_order() -> tuple[str, ...]:
     """Variants torchship picks by itself when none is named, most optimized first."""
     ranked = sorted((b for b in TABLE if b.preference is not None), key=lambda b: b.preference)

@@ -48,12 +48,14 @@ def markdown(report: AutoReport) -> str:
         lines.append(f"Eager PyTorch p50: {report.torch_p50_ms:.2f} ms.")
         lines.append("")
     lines += ["| variant | precision | runtime | p50 ms | p90 ms | samples/s | vs PyTorch | size MB | build s | "
-              "cosine | max abs | budget metric | status |",
+              "cosine | max abs | budget metric vs budget | status |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     order = sorted(report.rows, key=lambda r: (not r.usable, r.p50_ms if r.p50_ms is not None else 1e18))
     for r in order:
         name = f"**{r.backend}** (chosen)" if r.chosen else r.backend
-        metric = "-" if r.metric_mean is None else f"{r.metric_mean:.4f}"
+        metric = "-" if r.metric_mean is None else \
+            f"{r.metric_mean:.4f} {'>=' if r.metric_mean >= report.budget else '<'} {report.budget:g}: " \
+            f"{'pass' if r.metric_mean >= report.budget else 'fail'}"
         speed = "-" if r.speedup_vs_torch is None else f"{r.speedup_vs_torch:.2f}x"
         size = "-" if r.size_bytes is None else f"{r.size_bytes / 1e6:.1f}"
         cos = "-" if r.cosine is None else f"{r.cosine:.6f}"
@@ -119,6 +121,7 @@ def _write_chart(report: AutoReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from torchship._fs import staged_file
+    from torchship.benchmarks.report import display_name
 
     rows = [r for r in report.rows if r.p50_ms is not None and r.cosine is not None]
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -134,7 +137,8 @@ def _write_chart(report: AutoReport, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("1 - cosine against the fp32 original (full tensors, random inputs at the use shape)")
         ax.set_ylabel("p50 latency, ms")
-        ax.set_title(f"{Path(report.model).name}: {report.shape}")
+        ax.set_title(f"{display_name(report.model)}: latency against error at {report.shape}\n"
+                     "(lower left is better; * = chosen)", fontsize=9)
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         with staged_file(path) as tmp:

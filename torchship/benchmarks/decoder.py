@@ -15,7 +15,7 @@ import numpy as np
 from torchship import _progress
 from torchship.artifact import Artifact, library_versions
 from torchship.benchmarks.results import BenchReport, Environment, Measurement
-from torchship.benchmarks.run import accuracy_of, default_threads, variant_files
+from torchship.benchmarks.run import accuracy_of, default_threads, variant_budgets, variant_files
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
 from torchship.errors import InputError
 from torchship.exporters.spec import BATCH, DECODE, PAST_SEQUENCE, PREFILL, SEQUENCE, require_family, saved_config
@@ -85,6 +85,7 @@ def run_decoder_benchmark(folder, options: DecoderBenchOptions = DecoderBenchOpt
     return BenchReport(
         model=manifest.source.get("model", str(artifact.folder)),
         variant_files=variant_files(artifact, options.backends),
+        budgets=variant_budgets(artifact, options.backends),
         environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),
         settings={"backends": list(options.backends), "batch_sizes": list(options.batch_sizes),
                   "prompt": options.prompt, "warmup": options.plan.warmup,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from torchship._fs import staged_dir
-from torchship.benchmarks.results import BenchReport
+from torchship.benchmarks.results import UNSTABLE_SPREAD, BenchReport
 
 RESULTS_NAME = "results.json"
 
@@ -18,8 +18,9 @@ def markdown_table(report: BenchReport) -> str:
         return step_table(report)
     base = report.baseline
     lines = [
-        f"| backend | batch | seq | p50 ms | p90 ms | p99 ms | samples/s | speedup vs {base} | max abs | min cosine |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| backend | batch | seq | p50 ms | p90 ms | p99 ms | samples/s | speedup vs {base} | max abs | min cosine "
+        "| p90/p10 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in report.measurements:
         sp = report.speedup(m)
@@ -27,9 +28,25 @@ def markdown_table(report: BenchReport) -> str:
         lines.append(
             f"| {m.backend} | {m.batch} | {m.sequence} | {m.p50_ms:.2f} | {m.p90_ms:.2f} | {m.p99_ms:.2f} | "
             f"{m.throughput:.1f} | {'-' if sp is None else f'{sp:.2f}x'} | "
-            f"{'-' if acc is None else f'{acc.max_abs:.2e}'} | {'-' if acc is None else f'{acc.cosine_min:.6f}'} |"
+            f"{'-' if acc is None else f'{acc.max_abs:.2e}'} | {'-' if acc is None else f'{acc.cosine_min:.6f}'} | "
+            f"{_spread(m)} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + _unstable_note(report)
+
+
+def _spread(m) -> str:
+    return "-" if m.spread is None else f"{m.spread:.2f}" + (" unstable" if m.unstable else "")
+
+
+def _unstable_note(report: BenchReport) -> str:
+    """A line under the table when a row's timings spread wide: its speedup is not to be trusted."""
+    rows = [m for m in report.measurements if m.unstable]
+    if not rows:
+        return ""
+    worst = max(rows, key=lambda m: m.spread)
+    return (f"\n\nUnstable: {len(rows)} row(s) have p90 over {UNSTABLE_SPREAD:g}x their p10 (worst: {worst.backend} at "
+            f"{worst.spread:.2f}x), so the machine was busy or drifting while they ran; their speedups are not "
+            "reliable. Re-run on a quiet machine, or with a longer --min-seconds.")
 
 
 def decoder_table(report: BenchReport) -> str:
@@ -40,12 +57,12 @@ def decoder_table(report: BenchReport) -> str:
     ]
     for m in report.measurements:
         sp = report.speedup(m)
-        tokens_per_s = m.batch * m.sequence * 1000.0 / m.mean_ms
+        tokens_per_s = m.batch * m.sequence * 1000.0 / m.p50_ms
         acc = m.accuracy
         lines.append(
             f"| {m.backend} | {m.phase} | {m.batch} | {m.sequence} | {m.past} | {m.p50_ms:.2f} | {m.p90_ms:.2f} | "
             f"{tokens_per_s:.1f} | {'-' if sp is None else f'{sp:.2f}x'} | {'-' if acc is None else f'{acc.max_abs:.2e}'} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + _unstable_note(report)
 
 
 def step_table(report: BenchReport) -> str:
@@ -78,10 +95,30 @@ def markdown(report: BenchReport) -> str:
         "",
         markdown_table(report),
         "",
+        *budget_lines(report),
     ])
 
 
+def budget_lines(report: BenchReport) -> list[str]:
+    """Lower-precision variants: their accuracy against the fp32 model, each against its budget."""
+    if not report.budgets:
+        return []
+    lines = ["Accuracy of the lower-precision variants against the fp32 model, measured when they were made:", "",
+             "| backend | metric | mean | worst | budget | |", "|---|---|---:|---:|---:|---|"]
+    for backend, b in report.budgets.items():
+        ok = b.get("passed", b["mean"] >= b["budget"])
+        lines.append(f"| {backend} | {b['metric']} | {b['mean']:.4f} | {b.get('min', float('nan')):.4f} | "
+                     f">= {b['budget']:g} | {'pass' if ok else 'FAIL'} |")
+    return lines + [""]
+
+
+BACKEND_WORDS = {"torch": "eager PyTorch"}
+
+
 def plot(report: BenchReport, path: Path) -> None:
+    """One panel per input shape, each with its own linear scale (shapes differ in cost by orders of
+    magnitude, and a shared or log scale would hide the differences between backends); every bar says
+    its median and its speedup over the baseline at that shape."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,45 +126,53 @@ def plot(report: BenchReport, path: Path) -> None:
 
     keys = report.keys()
     backends = report.backends()
-    width = 0.8 / max(len(backends), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(keys) + 2), 4.5), dpi=110)
-    for j, backend in enumerate(backends):
-        for i, key in enumerate(keys):
+    base = BACKEND_WORDS.get(report.baseline, report.baseline)
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6.0, 0.9 * len(backends) * len(keys) + 2), 4.6),
+                             dpi=110, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for j, backend in enumerate(backends):
             m = report.at(backend, key)
             if m is None:
                 continue
-            bar = ax.bar([i + (j - (len(backends) - 1) / 2) * width], [m.p50_ms], width,
-                         label=backend, color=f"C{j}")[0]
+            bar = ax.bar([j], [m.p50_ms], 0.7, color=f"C{j}", label=BACKEND_WORDS.get(backend, backend))[0]
             sp = report.speedup(m)
-            if sp is not None and backend != report.baseline:
-                ax.annotate(f"{sp:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=7)
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.set_xticks(range(len(keys)), [_tick(k) for k in keys])
-    ax.set_ylabel("median latency (ms, lower is better)")
-    values = [m.p50_ms for m in report.measurements]
-    if values and max(values) > 10 * min(values):  # shapes of very different cost: log scale
-        ax.set_yscale("log")
-    ax.set_title(f"{display_name(report.model)}: {report.environment.threads} threads, {report.environment.cpu}"[:90],
-                 fontsize=9)
-    ax.legend(unique.values(), unique.keys(), fontsize=8)
-    fig.tight_layout()
+            label = f"{m.p50_ms:.3g} ms" + ("" if sp is None or backend == report.baseline else f"\n{sp:.2f}x")
+            ax.annotate(label + (" !" if m.unstable else ""), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+        ax.set_xticks([])
+        ax.set_xlabel(_tick(key), fontsize=8)
+        ax.margins(y=0.2)
+    axes[0][0].set_ylabel("median latency, ms (lower is better)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
+    fig.suptitle(f"{display_name(report.model)}: median latency per input shape; Nx = speedup over {base} at "
+                 f"that shape\n{report.environment.threads} threads, {report.environment.cpu}"[:200], fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 
 
+_GENERIC_FOLDERS = {"model", "models", "onnx", "unet", "checkpoint", "export", "out", "output"}
+
+
 def display_name(model: str) -> str:
-    """A hub id as it is; a folder by its last two components (checkpoint folders are often just 'model')."""
+    """A hub id as it is; a folder by its own name, or with its parent's when the name says nothing
+    ('model', 'onnx'); an installed package's folder by the package."""
     path = Path(model)
-    return "/".join(path.parts[-2:]) if path.is_absolute() or len(path.parts) > 2 else model
+    if "site-packages" in path.parts:
+        return path.parts[path.parts.index("site-packages") + 1]
+    if not (path.is_absolute() or len(path.parts) > 2):
+        return model
+    return "/".join(path.parts[-2:]) if path.name.lower() in _GENERIC_FOLDERS else path.name
 
 
 def _tick(key: tuple) -> str:
     batch, sequence, phase, past, shape = key
     if phase in ("denoise", "step"):
-        return shape.replace(" latents x ", "\n").replace("batch ", "b")
-    return f"{phase + ' ' if phase in ('prefill', 'decode') else ''}b{batch} s{sequence}"
+        return shape.replace(" latents x ", "\n")
+    if phase in ("prefill", "decode"):
+        return f"{phase}: batch {batch}, {sequence} new tokens, past {past}"
+    return f"batch {batch} x {sequence} tokens"
 
 
 def write_report(report: BenchReport, folder: str | Path) -> dict[str, Path]:

@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+# A row whose p90 is this many times its p10 was measured on a busy or drifting machine: say so.
+UNSTABLE_SPREAD = 1.5
+
 
 @dataclass(frozen=True)
 class Accuracy:
@@ -36,6 +39,7 @@ class Measurement:
     phase: str = "encode"  # the family's phase (exporters.spec): encode, prefill, decode, denoise, forward
     past: int = 0
     shape: str = ""  # the case's label, e.g. "batch 1 x 64x64 latents x 77 tokens"
+    p10_ms: float | None = None  # None in reports written before torchship measured it
 
     @property
     def key(self) -> tuple:
@@ -44,17 +48,27 @@ class Measurement:
 
     @property
     def throughput(self) -> float:
-        """Samples per second counting every row of the batch (for a decode step: tokens per second)."""
-        return self.batch * 1000.0 / self.mean_ms
+        """Samples per second at the median latency, counting every row of the batch (for a decode step:
+        tokens per second)."""
+        return self.batch * 1000.0 / self.p50_ms
+
+    @property
+    def spread(self) -> float | None:
+        """p90 over p10: near 1 on a quiet machine."""
+        return self.p90_ms / self.p10_ms if self.p10_ms else None
+
+    @property
+    def unstable(self) -> bool:
+        return self.spread is not None and self.spread > UNSTABLE_SPREAD
 
     @classmethod
     def from_latencies(cls, backend: str, batch: int, sequence: int, seconds: list[float],
                        accuracy: Accuracy | None = None, *, phase: str = "forward", past: int = 0,
                        shape: str = "") -> "Measurement":
         ms = np.asarray(seconds) * 1000.0
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        p10, p50, p90, p99 = np.percentile(ms, [10, 50, 90, 99])
         return cls(backend, batch, sequence, len(ms), float(p50), float(p90), float(p99),
-                   float(ms.mean()), float(ms.min()), accuracy, phase, past, shape)
+                   float(ms.mean()), float(ms.min()), accuracy, phase, past, shape, float(p10))
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,7 @@ class BenchReport:
     settings: dict
     measurements: tuple[Measurement, ...] = field(default_factory=tuple)
     baseline: str = "torch"
+    budgets: dict = field(default_factory=dict)  # backend -> accuracy against fp32 when made, and its budget
 
     def find(self, backend: str, batch: int, sequence: int, phase: str | None = None) -> Measurement | None:
         """The first measurement of ``backend`` at this batch and sequence (and phase, if given)."""
@@ -114,25 +129,27 @@ class BenchReport:
     @classmethod
     def from_json(cls, data: dict) -> "BenchReport":
         """A report read back from its results.json (to re-plot or compare runs)."""
-        fields = set(Measurement.__dataclass_fields__)
+        fields = set(Measurement.__dataclass_fields__)  # derived keys (throughput, spread) are recomputed
         rows = []
         for row in data["measurements"]:
             acc = row.get("accuracy")
             rows.append(Measurement(**{**{k: v for k, v in row.items() if k in fields},
                                        "accuracy": Accuracy(**acc) if acc else None}))
         return cls(data["model"], data["variant_files"], Environment(**data["environment"]), data["settings"],
-                   tuple(rows), data.get("baseline", "torch"))
+                   tuple(rows), data.get("baseline", "torch"), data.get("budgets", {}))
 
     def to_json(self) -> dict:
         rows = []
         for m in self.measurements:
             row = asdict(m)
             row["throughput_samples_per_s"] = m.throughput
+            row["p90_over_p10"] = m.spread
+            row["unstable"] = m.unstable
             row["speedup_vs_" + self.baseline] = self.speedup(m)
             rows.append(row)
         return {"model": self.model, "variant_files": self.variant_files,
                 "environment": asdict(self.environment), "settings": self.settings,
-                "baseline": self.baseline, "measurements": rows}
+                "baseline": self.baseline, "budgets": self.budgets, "measurements": rows}
 
 
 def _cpu_name() -> str:

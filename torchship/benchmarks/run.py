@@ -118,6 +118,7 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
     return BenchReport(
         model=manifest.source.get("model", str(artifact.folder)),
         variant_files=variant_files(artifact, options.backends),
+        budgets=variant_budgets(artifact, options.backends),
         environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),
         settings={"backends": list(options.backends), "shapes": [c.label() for c in cases],
                   "device": options.device, "warmup": options.plan.warmup,
@@ -135,4 +136,16 @@ def variant_files(artifact: Artifact, backends) -> dict[str, str]:
         variant = next((v for v in backend_variants(name) if v in artifact.manifest.variants), None)
         if variant is not None:
             out[name] = artifact.manifest.variants[variant].file
+    return out
+
+
+def variant_budgets(artifact: Artifact, backends) -> dict[str, dict]:
+    """For each lower-precision backend, the accuracy its variant measured against the fp32 model when it
+    was made, with the budget it was held to (int8, fp16): what the report shows beside its speed."""
+    out = {}
+    for name in backends:
+        variant = next((v for v in backend_variants(name) if v in artifact.manifest.variants), None)
+        validation = artifact.manifest.variants[variant].validation if variant else None
+        if validation and "budget" in validation:
+            out[name] = {k: validation[k] for k in ("metric", "mean", "min", "budget", "passed") if k in validation}
     return out

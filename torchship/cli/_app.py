@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 
 import click
 
 from torchship._progress import Progress
-from torchship.errors import TorchshipError
+from torchship.errors import EXIT_FAILED, EXIT_INTERRUPTED, TorchshipError
 
 PROGRESS = Progress(step=lambda text: click.echo(f"torchship: {text}", err=True))
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -35,19 +36,32 @@ def quiet_libraries() -> None:
     logging.getLogger("diffusers").setLevel(logging.ERROR)
 
 
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # a stopped job unwinds like Ctrl-C: staged files go, folders stay as they were
+
+
 def friendly_errors(fn):
-    """Turn torchship errors into one line on stderr and their exit code; bugs keep the traceback."""
+    """Turn torchship errors into one line on stderr and their exit code (torchship.errors); a disk that
+    fills up or a folder that cannot be written is one line too. Bugs keep the traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
         except TorchshipError as exc:
             click.echo(f"torchship: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a full disk, a read-only mount, a permission: the machine's, not a bug
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"torchship: error: {exc.strerror or exc}{where}; check the path, its permissions and the "
+                       "free space (nothing partial was left)", err=True)
+            sys.exit(EXIT_FAILED)
         except KeyboardInterrupt:
-            click.echo("torchship: interrupted; nothing was written", err=True)
-            sys.exit(130)
+            click.echo("torchship: interrupted; nothing was changed", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -66,12 +80,16 @@ def split(text: str | None) -> tuple[str, ...] | None:
 
 
 def print_artifact(artifact) -> None:
+    """What the folder holds, one line per variant under the backend name that runs it."""
+    from torchship.variants import backend_of_variant
+
     m = artifact.manifest
     click.echo(f"{artifact.folder}: {m.family} ({m.model_type}) {m.task}, exporter {m.export['exporter']} "
                f"opset {m.export['opset']}")
     for name, v in m.variants.items():
         val = v.validation or {}
-        line = f"  {name:13s} {v.file:22s} {v.size_bytes / 1e6:8.1f} MB  max abs {val.get('max_abs', float('nan')):.2e}"
+        line = (f"  {backend_of_variant(name).name:15s} {v.file:22s} {v.size_bytes / 1e6:8.1f} MB  "
+                f"max abs {val.get('max_abs', float('nan')):.2e}")
         if v.fusion and "attention" in v.fusion:
             c = v.fusion["counts"]
             line += (f"  fused: Attention {v.fusion['attention']}/{v.fusion['expected_attention']}, "
@@ -81,4 +99,4 @@ def print_artifact(artifact) -> None:
         if v.fusion and v.fusion.get("warning"):
             click.echo(f"  {v.fusion['warning']}", err=True)
     for name, reason in m.skipped.items():
-        click.echo(f"  {name:13s} skipped: {reason}", err=True)
+        click.echo(f"  {backend_of_variant(name).name:15s} skipped: {reason}", err=True)

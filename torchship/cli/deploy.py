@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -53,7 +54,7 @@ def triton_cmd(folder, repo, variant, name, max_batch_size, dynamic_batching, pr
     """Write a Triton Inference Server model repository entry for a variant of FOLDER (a torchship folder or a
     torchship auto output), its config.pbtxt checked against Triton's schema."""
     from torchship.exporters.inputs import parse_shape_list
-    from torchship.triton import TritonOptions, write_triton_repo
+    from torchship.triton import MARKER, TritonOptions, write_triton_repo
 
     preferred = tuple(parse_shape_list(preferred_batch_sizes, what="--preferred-batch-sizes")) \
         if preferred_batch_sizes else ()
@@ -61,7 +62,9 @@ def triton_cmd(folder, repo, variant, name, max_batch_size, dynamic_batching, pr
         variant=variant, name=name, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching,
         preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind))
     click.echo((path / "config.pbtxt").read_text())
+    packaged = json.loads((path / MARKER).read_text())
     click.echo(f"wrote {path}: " + ", ".join(sorted(p.name for p in (path / "1").iterdir())))
+    click.echo(f"packaged {packaged['variant']} from {packaged['source']}: {packaged['why']}")
 
 
 @main.command("demo")

@@ -3,6 +3,8 @@ and ``torchship optimize``."""
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from torchship import options as o
@@ -20,8 +22,13 @@ def _export_options(task, exporter, opset, attn_implementation, atol, allow_pick
                          shapes=load_shape_config(shape_config) if shape_config else None)
 
 
-def _export_params(fn):
-    for deco in reversed((o.model, o.output, o.task, o.exporter, o.opset, o.attn, o.atol, o.shape_config,
+def _export_params(fn, group=None):
+    """The export flags; for a family command, its group's example model and its tasks."""
+    from torchship.exporters.spec import tasks_of
+
+    model = o.model_option(group.example) if group is not None else o.model
+    task = o.task_option(tasks_of(group.name)) if group is not None else o.task
+    for deco in reversed((model, o.output, task, o.exporter, o.opset, o.attn, o.atol, o.shape_config,
                           o.external_data, o.allow_pickle, o.trust_remote_code, o.revision)):
         fn = deco(fn)
     return fn
@@ -41,7 +48,7 @@ def _do_export(model, output, optimize_after, **flags):
 
 @main.command("export")
 @_export_params
-@click.option("--optimize/--no-optimize", "optimize_after", default=False,
+@click.option("--optimize/--no-optimize", "optimize_after", default=False, show_default=True,
               help="Also run torchship optimize on the folder.")
 @friendly_errors
 def export_cmd(model, output, optimize_after, **flags):
@@ -49,17 +56,17 @@ def export_cmd(model, output, optimize_after, **flags):
     _do_export(model, output, optimize_after, **flags)
 
 
-def _family_export_command(name: str, kind: str, doc: str):
+def _family_export_command(name: str, group):
     """A console script that exports one family group (export-bert, export-gpt2) and optimizes."""
 
-    @click.command(name, help=doc, context_settings=CONTEXT)
-    @_export_params
+    @click.command(name, help=group.help, context_settings=CONTEXT)
+    @functools.partial(_export_params, group=group)
     @click.option("--optimize/--no-optimize", "optimize_after", default=True, show_default=True,
                   help="Also save ORT graph levels and the transformer-fused model.")
     @friendly_errors
     def command(model, output, optimize_after, **flags):
         quiet_libraries()
-        _do_export(model, output, optimize_after, kind=kind, **flags)
+        _do_export(model, output, optimize_after, kind=group.name, **flags)
 
     return command
 
@@ -68,8 +75,7 @@ def family_command(command: str):
     """The console script of a family group (export-bert, ...): its kind and help come from the group."""
     from torchship.exporters.spec import group_for_command
 
-    group = group_for_command(command)
-    return _family_export_command(command, group.name, group.help)
+    return _family_export_command(command, group_for_command(command))
 
 
 @main.command("optimize")

@@ -6,7 +6,7 @@ import click
 
 from torchship import options as o
 from torchship.cli._app import PROGRESS, friendly_errors, main, split
-from torchship.errors import TorchshipError
+from torchship.errors import InputError, TorchshipError
 from torchship.variants import TABLE
 
 # --precision of torchship tensorrt: the table's TensorRT backends, by their precision.
@@ -89,6 +89,9 @@ def quantize_cmd(folder, int8, method, calibration, calibration_method, per_chan
     """Make an int8 variant of FOLDER: try several quantizations, keep the fastest within the accuracy budget."""
     from torchship.optimizers.quantize import QuantizeOptions, quantize
 
+    if calibration and method == "dynamic":
+        raise InputError("--calibration is for static int8, and --method dynamic would ignore it; drop one, or use "
+                         "--method both")
     methods = {"auto": ("dynamic", "static") if calibration else ("dynamic",), "dynamic": ("dynamic",),
                "static": ("static",), "both": ("dynamic", "static")}[method]
     opts = QuantizeOptions(

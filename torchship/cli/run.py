@@ -9,6 +9,7 @@ import click
 
 from torchship import options as o
 from torchship.cli._app import PROGRESS, friendly_errors, main
+from torchship.errors import InputError
 
 
 def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_spin, reference_model):
@@ -50,17 +51,25 @@ def bench_cmd(folder, report_dir, prompt_length, batch_sizes, seq_lens, shape_co
     from dataclasses import replace
 
     from torchship.artifact import Artifact
-    from torchship.benchmarks.report import markdown_table, write_report
+    from torchship.benchmarks.report import budget_lines, markdown_table, write_report
     from torchship.benchmarks.run import bench_sizes, run_benchmark
     from torchship.exporters.inputs import parse_shape_list
     from torchship.exporters.spec import BATCH, DECODE, SEQUENCE, family_of, saved_config
 
+    from torchship._fs import check_output_dir
+    from torchship.benchmarks.report import RESULTS_NAME
+
     opts = _bench_options(**flags)
-    artifact = Artifact.open(folder)
-    spec = family_of(artifact.manifest)
-    resolved = _bench_shapes(artifact, shape_config)  # a config given here replaces the one kept at export
     batches = parse_shape_list(batch_sizes, what="--batch-sizes") if batch_sizes else None
     seqs = parse_shape_list(seq_lens, what="--seq-lens") if seq_lens else None
+    artifact = Artifact.open(folder)
+    spec = family_of(artifact.manifest)
+    report_dir = Path(report_dir) if report_dir else Path(folder) / "bench"
+    check_output_dir(report_dir, marker=RESULTS_NAME)  # before minutes of measuring, not after
+    if prompt_length is not None and DECODE not in spec.phases:
+        raise InputError(f"--prompt-length is for decoders; {artifact.folder} holds {spec.group.one}: use "
+                         "--seq-lens")
+    resolved = _bench_shapes(artifact, shape_config)  # a config given here replaces the one kept at export
     device = resolved.device if resolved is not None else "cpu"
     sizes = bench_sizes(spec, saved_config(artifact), resolved, batch_sizes=batches, seq_lens=seqs)
     if DECODE in spec.phases:
@@ -73,8 +82,10 @@ def bench_cmd(folder, report_dir, prompt_length, batch_sizes, seq_lens, shape_co
             progress=PROGRESS)
     else:
         report = run_benchmark(folder, replace(opts, sizes=sizes, device=device), progress=PROGRESS)
-    paths = write_report(report, report_dir or Path(folder) / "bench")
-    click.echo(markdown_table(report))
+    click.echo(markdown_table(report))  # first: a report that cannot be written does not lose the numbers
+    for line in budget_lines(report):
+        click.echo(line)
+    paths = write_report(report, report_dir)
     click.echo(f"\nreport: {paths['markdown']} (JSON {paths['json'].name}, chart {paths['png'].name})")
 
 
@@ -122,6 +133,9 @@ def predict_cmd(folder, texts, backend, device, as_json):
             click.echo(f"{row['text']!r}: embedding[{len(vec)}] norm {norm:.3f} [{head}, ...]")
         else:
             click.echo(f"{row['text']!r}: {row['label']} ({row['score']:.3f})")
+    for i, dropped in result.truncated():
+        click.echo(f"torchship: note: text {i + 1} has {result.tokens[i]} tokens and the model reads "
+                   f"{result.max_length}: the last {dropped} were cut", err=True)
     click.echo(f"(backend {backend}; --json for full vectors)", err=True)
 
 

@@ -20,7 +20,7 @@ from torchship.exporters.spec import (BATCH, DECODE, PAST_SEQUENCE, PREFILL, SEQ
 
 DECODERS = FamilyGroup("decoder", "GPT-2-like decoders", "a decoder", "export-gpt2",
                        "Export a GPT-2-like decoder with its KV cache to ONNX (one model for prompt and decode steps), "
-                       "validated and optimized.")
+                       "validated and optimized.", example="gpt2")
 
 
 def past_names(num_layers: int) -> list[str]:

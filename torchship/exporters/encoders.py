@@ -13,7 +13,8 @@ from torchship.exporters.spec import (BATCH, ENCODE, FEATURE_EXTRACTION, SEQUENC
 ENCODER_TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION)
 ENCODERS = FamilyGroup(
     "encoder", "BERT-like encoders", "an encoder", "export-bert",
-    "Export a BERT-like encoder (BERT, RoBERTa, DistilBERT, ELECTRA, MiniLM) to ONNX, validated and optimized.")
+    "Export a BERT-like encoder (BERT, RoBERTa, DistilBERT, ELECTRA, MiniLM) to ONNX, validated and optimized.",
+    example="bert-base-cased")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class FamilyGroup:
     one: str  # one member: "an encoder"
     command: str  # the command that exports it: "export-bert"
     help: str = ""  # that command's help text
+    example: str = ""  # a model to name in that command's help: "bert-base-cased"
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,12 @@ def groups() -> dict[str, FamilyGroup]:
 
 def group_for_command(command: str) -> FamilyGroup:
     return next(g for g in groups().values() if g.command == command)
+
+
+def tasks_of(kind: str) -> tuple[str, ...]:
+    """The tasks the families of a group export, in the order of TASKS."""
+    tasks = {t for spec in _REGISTRY.values() if spec.kind == kind for t in spec.tasks}
+    return tuple(t for t in TASKS if t in tasks)
 
 
 def spec_for(model_type: str, *, source: str = "the model", kind: str | None = None) -> ModelSpec:

@@ -21,7 +21,8 @@ from torchship.exporters.spec import (BATCH, DENOISE, DENOISING, SEQUENCE, Famil
 
 UNETS = FamilyGroup("unet", "diffusion UNets", "a diffusion UNet", "export-unet",
                     "Export a diffusers UNet2DConditionModel (Stable Diffusion, inpainting) to ONNX, validated and "
-                    "optimized. Weights over 1 GiB go to model.onnx.data beside the graph. Needs torchship[diffusers].")
+                    "optimized. Weights over 1 GiB go to model.onnx.data beside the graph. Needs torchship[diffusers].",
+                    example="./sd2-inpainting")
 
 HEIGHT, WIDTH, STEPS = "height", "width", "steps"
 # Conditioning inputs that SDXL-style and other UNets add; torchship exports the text-conditioned UNet.

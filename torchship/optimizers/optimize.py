@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchship import _progress
+from torchship._fs import transaction
 from torchship._ort import GRAPH_LEVELS, make_session
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
 from torchship.external_data import staged_model, uses_external_data
@@ -106,6 +107,11 @@ def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *
     """
     opts = options.resolved()
     artifact = Artifact.open(folder)
+    with transaction(artifact.folder):
+        return _optimize(artifact, opts, progress)
+
+
+def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Progress) -> Artifact:
     ctx = _Context(artifact, opts.atol or artifact.manifest.atol, progress)
     jobs = [(f"ort-{lv}", lambda lv=lv: _graph_level_variant(ctx, lv)) for lv in opts.levels]
     if opts.transformer_fusion and not artifact.manifest.ort_model_type:

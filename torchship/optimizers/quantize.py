@@ -28,7 +28,7 @@ import numpy as np
 from torchship import _progress
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
-from torchship._fs import scratch_dir
+from torchship._fs import scratch_dir, transaction
 from torchship.errors import ArtifactError, BudgetError, InputError, first_line
 from torchship.onnx_io import load_onnx
 from torchship.external_data import normalize, staged_model, uses_external_data
@@ -273,8 +273,14 @@ def quantize(folder: str | Path, options: QuantizeOptions = QuantizeOptions(), *
              progress: _progress.Progress = _progress.SILENT) -> Artifact:
     """Build int8 candidates, measure them, and save the fastest within the budget as ``model_int8.onnx``."""
     options = options.checked()
-    started = time.perf_counter()
     artifact = Artifact.open(folder)
+    with transaction(artifact.folder):
+        return _quantize(artifact, options, progress)
+
+
+def _quantize(artifact: Artifact, options: QuantizeOptions, progress: _progress.Progress) -> Artifact:
+    started = time.perf_counter()
+    folder = artifact.folder
     m = artifact.manifest
     spec = family_of(m)
     src_fp32 = artifact.path_of("model")

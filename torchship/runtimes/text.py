@@ -17,6 +17,15 @@ from torchship.exporters.spec import TEXT_CLASSIFICATION
 from torchship.runtimes.base import Predictor
 
 
+PREVIEW_CHARS = 60
+
+
+def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """A text as a line of output shows it: at most ``limit`` characters, its length said when cut."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else f"{flat[:limit - 1]}… ({len(text)} chars)"
+
+
 @dataclass(frozen=True)
 class Prediction:
     texts: tuple[str, ...]
@@ -24,15 +33,24 @@ class Prediction:
     logits: np.ndarray | None = None  # (n, labels) for classifiers
     scores: np.ndarray | None = None
     labels: tuple[str, ...] | None = None
+    tokens: tuple[int, ...] = ()  # tokens of each text before truncation (special tokens included)
+    max_length: int = 0  # tokens the model reads; a text with more was truncated to this
+
+    def truncated(self) -> list[tuple[int, int]]:
+        """(index, tokens dropped) of every text that was longer than the model reads."""
+        return [(i, n - self.max_length) for i, n in enumerate(self.tokens) if self.max_length and n > self.max_length]
 
     def to_json(self) -> list[dict]:
         rows = []
         for i, text in enumerate(self.texts):
+            row = {"text": preview(text), "chars": len(text)}
+            if self.tokens:
+                row.update(tokens=self.tokens[i], truncated_tokens=max(self.tokens[i] - self.max_length, 0))
             if self.embeddings is not None:
-                rows.append({"text": text, "embedding": self.embeddings[i].tolist()})
+                row["embedding"] = self.embeddings[i].tolist()
             else:
-                rows.append({"text": text, "label": self.labels[i], "score": float(self.scores[i].max()),
-                             "logits": self.logits[i].tolist()})
+                row.update(label=self.labels[i], score=float(self.scores[i].max()), logits=self.logits[i].tolist())
+            rows.append(row)
         return rows
 
 
@@ -87,11 +105,27 @@ class TextModel:
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         return encode_texts(self.tokenizer, texts, self.predictor.input_names, self.settings["max_length"])
 
+    def token_counts(self, texts: list[str], feeds: dict[str, np.ndarray]) -> tuple[int, ...]:
+        """Tokens of each text before truncation; only texts that filled the model's length are tokenized
+        again to count them."""
+        limit = self.settings["max_length"]
+        lengths = feeds["attention_mask"].sum(axis=1).astype(int).tolist()
+        full = [i for i, n in enumerate(lengths) if n >= limit]
+        if full:
+            counted = self.tokenizer([texts[i] for i in full], truncation=False)["input_ids"]
+            for i, ids in zip(full, counted):
+                lengths[i] = len(ids)
+        return tuple(lengths)
+
     def predict(self, texts: str | list[str]) -> Prediction:
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items or any(not isinstance(t, str) for t in items):
             raise InputError("predict takes a string or a non-empty list of strings")
+        empty = [i + 1 for i, t in enumerate(items) if not t.strip()]
+        if empty:
+            raise InputError(f"text {empty[0]} is empty (or only white space); give each text some words")
         feeds = self.encode(items)
+        counts = dict(tokens=self.token_counts(items, feeds), max_length=self.settings["max_length"])
         out = self.predictor.infer(feeds)
         if self.task == TEXT_CLASSIFICATION:
             logits = out["logits"]
@@ -99,8 +133,8 @@ class TextModel:
             scores = exp / exp.sum(axis=1, keepdims=True)
             names = self.settings.get("labels") or [f"LABEL_{i}" for i in range(logits.shape[1])]
             return Prediction(tuple(items), logits=logits, scores=scores,
-                              labels=tuple(names[i] for i in scores.argmax(axis=1)))
+                              labels=tuple(names[i] for i in scores.argmax(axis=1)), **counts)
         emb = pool(out["last_hidden_state"], feeds["attention_mask"], self.settings.get("pooling", "mean"))
         if self.settings.get("normalize"):
             emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
-        return Prediction(tuple(items), embeddings=emb)
+        return Prediction(tuple(items), embeddings=emb, **counts)
