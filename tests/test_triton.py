@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from torchship.cli import main
-from torchship.errors import InputError
+from torchship.errors import EXIT_MISSING, InputError
 from torchship.exporters.export import ExportOptions, export
 from torchship.optimizers import OptimizeOptions, optimize
 from torchship.triton import TritonOptions, parse_config, write_triton_repo
@@ -105,7 +105,7 @@ def test_bad_requests_are_one_line(folder, tmp_path):
         write_triton_repo(folder, tmp_path / "r", TritonOptions(preferred_batch_sizes=(16,)))
     r = CliRunner().invoke(main, ["triton", str(folder), "--output", str(tmp_path / "r"), "--variant",
                                   "tensorrt-fp16"])
-    assert r.exit_code == 1 and "torchship[tensorrt]" in r.output and "Traceback" not in r.output
+    assert r.exit_code == EXIT_MISSING and "torchship[tensorrt]" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "r" / "bert").exists()
 
 
@@ -113,7 +113,7 @@ def test_without_tritonclient_one_line_names_the_extra(folder, tmp_path):
     code = ("import sys; sys.modules['tritonclient'] = None; from torchship.cli import main; "
             f"main(['triton', {str(folder)!r}, '--output', {str(tmp_path / 'r')!r}])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 1 and "pip install 'torchship[triton]'" in r.stderr, r.stderr
+    assert r.returncode == EXIT_MISSING and "pip install 'torchship[triton]'" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from torchship.artifact import Artifact
 from torchship.cli import main
-from torchship.errors import BackendUnavailable, InputError
+from torchship.errors import EXIT_MISSING, BackendUnavailable, InputError
 from torchship.runtimes import BACKENDS, RuntimeOptions, create_predictor, parse_backends
 from torchship.optimizers.tensorrt_profiles import artifact_profiles
 from torchship.runtimes.tensorrt import require_tensorrt
@@ -63,10 +63,10 @@ def test_without_a_gpu_tensorrt_fails_with_one_line_naming_the_extra(exported, t
     with pytest.raises(BackendUnavailable, match=r"torchship\[tensorrt\]"):
         p.activate()
     r = CliRunner().invoke(main, ["tensorrt", str(folder), "--precision", "fp16"])
-    assert r.exit_code == 1 and "torchship[tensorrt]" in r.output and "Traceback" not in r.output
+    assert r.exit_code == EXIT_MISSING and "torchship[tensorrt]" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["bench", str(folder), "--backends", "torch,tensorrt-fp16", "--batch-sizes", "1",
                                   "--seq-lens", "8"])
-    assert r.exit_code == 1 and "torchship[tensorrt]" in r.output
+    assert r.exit_code == EXIT_MISSING and "torchship[tensorrt]" in r.output
     assert not (folder / "bench").exists()
 
 

@@ -12,7 +12,7 @@ from torchship.artifact import Artifact
 from torchship.benchmarks.run import BenchOptions, run_benchmark
 from torchship.benchmarks.timing import TimingPlan
 from torchship.cli import main
-from torchship.errors import InputError
+from torchship.errors import EXIT_MISSING, InputError
 from torchship.optimizers import OptimizeOptions, optimize
 from torchship.runtimes import RuntimeOptions, create_predictor
 from torchship.runtimes.text import TextModel
@@ -75,7 +75,7 @@ def test_without_openvino_installed_one_line_names_the_extra(exported, tmp_path)
     code = ("import sys; sys.modules['openvino'] = None; from torchship.cli import main; "
             f"main(['optimize', {str(folder)!r}, '--levels', '', '--no-fusion', '--openvino'])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == EXIT_MISSING, r.stderr
     assert "pip install 'torchship[openvino]'" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert "openvino" not in Artifact.open(folder).manifest.variants

@@ -73,6 +73,11 @@ def main():
     quiet_libraries()
 
 
+def examples(*lines: str) -> str:
+    """A command's help epilog: example command lines as typed (tests/test_help_examples.py runs them all)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def split(text: str | None) -> tuple[str, ...] | None:
     """Comma-separated flag values; None when there are none."""
     items = tuple(t.strip() for t in (text or "").split(",") if t.strip())

@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 
 from torchship import options as o
-from torchship.cli._app import PROGRESS, friendly_errors, main
+from torchship.cli._app import examples, PROGRESS, friendly_errors, main
 
 
-@main.command("auto")
+@main.command("auto", epilog=examples(
+    'torchship auto --model bert-base-cased --config auto.yml --output auto/'))
 @click.option("--model", "-m", "model", required=True, metavar="ID_OR_DIR_OR_ONNX",
               help="Hugging Face hub id, a local model folder, or an .onnx file.")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
@@ -32,7 +33,9 @@ def auto_cmd(model, config_path, output):
     click.echo(f"summary: {Path(output) / 'summary.md'} (CSV, JSON, XLSX, latency_vs_error.png beside it)")
 
 
-@main.command("triton")
+@main.command("triton", epilog=examples(
+    'torchship triton auto/ --output model_repository',
+    'torchship triton onnx/bert --output model_repository --name bert-int8 --variant ort-int8 --instances 2'))
 @click.argument("folder", type=click.Path())
 @click.option("--output", "-o", "repo", required=True, type=click.Path(file_okay=False),
               help="The model repository folder (created if missing); the model goes to REPO/NAME/.")
@@ -67,7 +70,8 @@ def triton_cmd(folder, repo, variant, name, max_batch_size, dynamic_batching, pr
     click.echo(f"packaged {packaged['variant']} from {packaged['source']}: {packaged['why']}")
 
 
-@main.command("demo")
+@main.command("demo", epilog=examples(
+    'torchship demo --min-seconds 1'))
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="torchship-demo", show_default=True)
 @o.threads
 @click.option("--min-seconds", type=click.FloatRange(min=0.0), default=3.0, show_default=True,

@@ -8,7 +8,7 @@ import functools
 import click
 
 from torchship import options as o
-from torchship.cli._app import CONTEXT, PROGRESS, friendly_errors, main, print_artifact, quiet_libraries, split
+from torchship.cli._app import examples, CONTEXT, PROGRESS, friendly_errors, main, print_artifact, quiet_libraries, split
 
 
 def _export_options(task, exporter, opset, attn_implementation, atol, allow_pickle, trust_remote_code, revision,
@@ -46,7 +46,9 @@ def _do_export(model, output, optimize_after, **flags):
     print_artifact(artifact)
 
 
-@main.command("export")
+@main.command("export", epilog=examples(
+    'torchship export --model bert-base-cased --output onnx/bert',
+    'torchship export --model ./my-finetuned-roberta -o onnx/roberta --task text-classification'))
 @_export_params
 @click.option("--optimize/--no-optimize", "optimize_after", default=False, show_default=True,
               help="Also run torchship optimize on the folder.")
@@ -59,7 +61,9 @@ def export_cmd(model, output, optimize_after, **flags):
 def _family_export_command(name: str, group):
     """A console script that exports one family group (export-bert, export-gpt2) and optimizes."""
 
-    @click.command(name, help=group.help, context_settings=CONTEXT)
+    example = f"{name} --model {group.example} --output onnx/{name.split('-')[-1]}"
+
+    @click.command(name, help=group.help, context_settings=CONTEXT, epilog=examples(example))
     @functools.partial(_export_params, group=group)
     @click.option("--optimize/--no-optimize", "optimize_after", default=True, show_default=True,
                   help="Also save ORT graph levels and the transformer-fused model.")
@@ -78,7 +82,9 @@ def family_command(command: str):
     return _family_export_command(command, group_for_command(command))
 
 
-@main.command("optimize")
+@main.command("optimize", epilog=examples(
+    'torchship optimize onnx/bert',
+    'torchship optimize onnx/bert --fp16 --openvino'))
 @click.argument("folder", type=click.Path())
 @o.levels
 @o.no_fusion

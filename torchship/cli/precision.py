@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from torchship import options as o
-from torchship.cli._app import PROGRESS, friendly_errors, main, split
+from torchship.cli._app import examples, PROGRESS, friendly_errors, main, split
 from torchship.errors import InputError, TorchshipError
 from torchship.variants import TABLE
 
@@ -13,7 +13,8 @@ from torchship.variants import TABLE
 ENGINE_FLAGS = {b.precision: b.settings["flags"] for b in TABLE if b.runtime == "tensorrt"}
 
 
-@main.command("tensorrt")
+@main.command("tensorrt", epilog=examples(
+    'torchship tensorrt onnx/bert --precision fp16 --opt-shapes input_ids:1x128,attention_mask:1x128,token_type_ids:1x128'))
 @click.argument("folder", type=click.Path())
 @click.option("--precision", type=click.Choice(list(ENGINE_FLAGS)), default="fp16", show_default=True,
               help="int8 builds from the folder's static int8 (QDQ) variant, with fp16 where TensorRT prefers it.")
@@ -58,7 +59,9 @@ def _choices(value: str) -> tuple[bool, ...]:
     return {"yes": (True,), "no": (False,), "both": (True, False)}[value]
 
 
-@main.command("quantize")
+@main.command("quantize", epilog=examples(
+    'torchship quantize onnx/bert --int8',
+    'torchship quantize onnx/bert --method both --calibration texts.txt'))
 @click.argument("folder", type=click.Path())
 @click.option("--int8", "int8", is_flag=True, default=True,
               help="Make an int8 variant (the default and, for now, the only precision quantize makes).")

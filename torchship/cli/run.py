@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from torchship import options as o
-from torchship.cli._app import PROGRESS, friendly_errors, main
+from torchship.cli._app import examples, PROGRESS, friendly_errors, main
 from torchship.errors import InputError
 
 
@@ -26,7 +26,10 @@ def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_s
                         spin=ort_spin, plan=plan, reference_model=reference_model)
 
 
-@main.command("bench")
+@main.command("bench", epilog=examples(
+    'torchship bench onnx/bert --batch-sizes 1,8 --seq-lens 16,128',
+    'torchship bench onnx/bert --backends torch,ort-optimized,ort-int8,openvino --batch-sizes 1 --seq-lens 128',
+    'torchship bench onnx/gpt2 --prompt-length 32'))
 @click.argument("folder", type=click.Path())
 @o.backends
 @o.batch_sizes
@@ -99,7 +102,8 @@ def _bench_shapes(artifact, shape_config):
     return artifact.manifest.resolved_shapes()
 
 
-@main.command("predict")
+@main.command("predict", epilog=examples(
+    'torchship predict onnx/bert "some text" "more text"'))
 @click.argument("folder", type=click.Path())
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--backend", default="auto", show_default=True,
@@ -139,7 +143,8 @@ def predict_cmd(folder, texts, backend, device, as_json):
     click.echo(f"(backend {backend}; --json for full vectors)", err=True)
 
 
-@main.command("generate")
+@main.command("generate", epilog=examples(
+    'torchship generate onnx/gpt2 "a prompt" --max-new-tokens 8'))
 @click.argument("folder", type=click.Path())
 @click.argument("prompts", nargs=-1, required=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)

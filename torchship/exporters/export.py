@@ -120,11 +120,15 @@ def _plan(spec: ModelSpec, model, task: str, opts: ExportOptions) -> _Plan:
     return _Plan(spec, task, model_io, dummy, cases, opts.atol or spec.atol, resolved, use_case)
 
 
-def _run_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOptions) -> bool:
-    """Export into a scratch folder beside ``path``, then write ``path`` by torchship's external-data
-    rules (one ``.data`` file, only when large); returns whether it has external data."""
+def _run_export(holder: list, plan: _Plan, dummy: dict, path: Path, opts: ExportOptions) -> bool:
+    """Export the wrapper in ``holder`` (taken out, so PyTorch's weights go as soon as torch has written the
+    graph) into a scratch folder beside ``path``, then write ``path`` by torchship's external-data rules
+    (one ``.data`` file, only when large); returns whether it has external data."""
+    import gc
+
     with scratch_dir(path.parent, "export") as scratch:
-        _torch_export(wrapper, plan, dummy, scratch / path.name, opts)
+        _torch_export(holder.pop(), plan, dummy, scratch / path.name, opts)
+        gc.collect()
         _name_axes(scratch / path.name, plan.io)
         return external_data.normalize(scratch / path.name, path, opts.external_data)
 
@@ -259,7 +263,6 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
 
 def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                    opts: ExportOptions, progress: _progress.Progress) -> Artifact:
-    import gc
 
     model, loaded.model = loaded.model, None  # from here on, this function holds the only reference
     config = model.config
@@ -280,13 +283,20 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
 
     with staged_dir(output) as tmp:
         onnx_path = tmp / "model.onnx"
-        progress.step(f"exporting with {opts.exporter} (opset {opts.opset}, {opts.attn_implementation} attention)")
-        start = time.perf_counter()
+        spec.save_config(model, tmp)
+        fusion = spec.fusion_settings(model)
+        normalized = spec.normalized(config)
+        model_type = model_type_of(model)
         # The model is torchship's own here (loaded, or deep-copied from the caller's object), and the
         # reference outputs are already computed, so the export may run on it directly: a second copy
-        # would cost a UNet's 3.5 GB.
+        # would cost a UNet's 3.5 GB. _run_export lets it go once torch has written the graph, before
+        # the file is rewritten by the external-data rules (which holds the weights again).
+        holder = [wrapper]
+        del model, wrapper
+        progress.step(f"exporting with {opts.exporter} (opset {opts.opset}, {opts.attn_implementation} attention)")
+        start = time.perf_counter()
         try:
-            external = _run_export(wrapper, plan, dummy, onnx_path, opts)
+            external = _run_export(holder, plan, dummy, onnx_path, opts)
         except TorchshipError:  # ours (e.g. external data checks) say what is wrong themselves
             raise
         except Exception as exc:  # torch raises many exception types from deep inside
@@ -294,12 +304,6 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                               f"try --exporter {'dynamo' if opts.exporter == 'torchscript' else 'torchscript'}") from None
         seconds = time.perf_counter() - start
         _check_onnx(onnx_path)
-        spec.save_config(model, tmp)
-        fusion = spec.fusion_settings(model)
-        normalized = spec.normalized(config)
-        model_type = model_type_of(model)
-        del model, wrapper  # PyTorch's copy of the weights goes before ONNX Runtime loads its own
-        gc.collect()
 
         progress.step("validating against eager PyTorch")
         save_reference(tmp, cases)
