@@ -20,6 +20,7 @@ from typing import Iterator
 from torchship.errors import InputError
 
 MANIFEST_NAME = "torchship.json"
+PARTIAL = ".partial"  # the suffix of every temporary folder the staging helpers make
 
 
 def _umask() -> int:
@@ -37,11 +38,13 @@ def scratch_dir(parent: Path, name: str = "scratch") -> Iterator[Path]:
     """A temporary folder inside ``parent`` (on the same file system as the outputs), always removed."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent))
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=PARTIAL, dir=parent))
         yield tmp
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _Transaction:
@@ -53,6 +56,7 @@ class _Transaction:
         self.backups = backups
         self.changed: list[tuple[Path, Path | None]] = []  # (place, backup of what was there, or None)
         self._seen: set[Path] = set()
+        self._before = {p.name for p in self.folder.iterdir()}
 
     def before_change(self, place: Path) -> None:
         place = Path(place).absolute()
@@ -66,6 +70,10 @@ class _Transaction:
         self.changed.append((place, backup))
 
     def roll_back(self) -> None:
+        # A temporary folder an interrupt caught between its creation and its cleanup: not the user's.
+        for path in self.folder.iterdir():
+            if path.name not in self._before and path.name.endswith(PARTIAL) and path != self.backups:
+                shutil.rmtree(path, ignore_errors=True)
         for place, backup in reversed(self.changed):
             if place.is_dir() and not place.is_symlink():
                 shutil.rmtree(place, ignore_errors=True)
