@@ -8,12 +8,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tiny import make_model, make_tokenizer
+from tiny import make_tokenizer
 
 from torchship._ort import make_session
 from torchship.artifact import Artifact
 from torchship.errors import ArtifactError
-from torchship.exporters.export import ExportOptions, export, export_model
+from torchship.exporters.export import ExportOptions, export
 from torchship.external_data import THRESHOLD_BYTES, check_file
 from torchship.optimizers import OptimizeOptions, optimize
 from torchship.runtimes import create_predictor

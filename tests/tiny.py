@@ -20,8 +20,17 @@ TINY_CONFIGS = {
     "camembert": dict(TINY, type_vocab_size=1),
     "electra": dict(TINY, type_vocab_size=2, embedding_size=16),
     "distilbert": dict(dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=128),
+    "mpnet": dict(TINY),
+    "albert": dict(TINY, type_vocab_size=2, embedding_size=16),
+    # DeBERTa-v3's layout: relative attention with position buckets, no segment embeddings.
+    "deberta-v2": dict(TINY, type_vocab_size=0, relative_attention=True, position_buckets=16,
+                       max_relative_positions=32, pos_att_type=["p2c", "c2p"], position_biased_input=False),
+    # ModernBERT: rotary positions, alternating global and local (sliding window) attention.
+    "modernbert": dict(TINY, global_attn_every_n_layers=2, local_attention=16, bos_token_id=2, eos_token_id=3,
+                       cls_token_id=2, sep_token_id=3),
 }
 LABELS = ["negative", "neutral", "positive"]
+ENTITY_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
 TINY_DECODER_CONFIGS = {
     "gpt2": dict(n_layer=2, n_embd=32, n_head=4, n_positions=128),
@@ -83,15 +92,18 @@ def save_decoder_dir(folder: Path, model_type: str = "gpt2", *, bpe: bool = Fals
 
 def make_model(model_type: str, task: str = "feature-extraction", *, seed: int = 0):
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification)
 
     kwargs = dict(TINY_CONFIGS[model_type], vocab_size=len(vocabulary()), pad_token_id=0)
-    if task == "text-classification":
-        kwargs.update(num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
-                      label2id={l: i for i, l in enumerate(LABELS)})
+    labels = {"text-classification": LABELS, "token-classification": ENTITY_LABELS}.get(task)
+    if labels:
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={l: i for i, l in enumerate(labels)})
     config = AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(seed)
-    cls = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
+    cls = {"text-classification": AutoModelForSequenceClassification, "fill-mask": AutoModelForMaskedLM,
+           "token-classification": AutoModelForTokenClassification}.get(task, AutoModel)
     return cls.from_config(config).eval()
 
 
@@ -128,4 +140,25 @@ def make_unet(in_channels: int = 4, *, seed: int = 0, **overrides):
 def save_unet_dir(folder: Path, in_channels: int = 4, **overrides) -> Path:
     folder = Path(folder)
     make_unet(in_channels, **overrides).save_pretrained(folder)
+    return folder
+
+
+def save_sentence_transformers_dir(folder: Path, model_type: str = "bert", *, pooling: str = "mean",
+                                   normalize: bool = True, pooling_config: dict | None = None) -> Path:
+    """A tiny model saved as a sentence-transformers folder: the transformer, modules.json, 1_Pooling
+    (and 2_Normalize), the way sentence-transformers' own save() lays it out."""
+    import json
+
+    folder = save_model_dir(Path(folder), model_type)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir()
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    config = pooling_config or {"word_embedding_dimension": TINY["hidden_size"],
+                                f"pooling_mode_{ {'cls': 'cls_token'}.get(pooling, pooling + '_tokens') }": True}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
     return folder

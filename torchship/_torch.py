@@ -30,6 +30,37 @@ def make_encoder_wrapper(model, output_names: tuple[str, ...]):
     return EncoderWrapper().eval()
 
 
+def make_sentence_embedder(encoder, pooling: str, normalize: bool):
+    """A transformers encoder followed by sentence-transformers' pooling (cls, mean or max over the real
+    tokens) and, when the model has a Normalize module, L2 normalisation: ``sentence_embedding`` out."""
+    import torch
+
+    class SentenceEmbedder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+            self.config = encoder.config
+            self.pooling, self.normalize = pooling, normalize
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None, return_dict=True):
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            hidden = self.encoder(**kwargs, return_dict=True).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            if self.pooling == "cls":
+                emb = hidden[:, 0]
+            elif self.pooling == "max":
+                emb = torch.where(mask > 0, hidden, torch.full_like(hidden, -1e9)).max(dim=1).values
+            else:
+                emb = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            if self.normalize:
+                emb = torch.nn.functional.normalize(emb, p=2.0, dim=1)
+            return {"sentence_embedding": emb}
+
+    return SentenceEmbedder().eval()
+
+
 def cache_from_past(past, num_layers: int):
     """A transformers DynamicCache from flat past tensors ordered layer by layer, key before value."""
     from transformers import DynamicCache

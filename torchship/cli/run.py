@@ -111,9 +111,13 @@ def _bench_shapes(artifact, shape_config):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: ONNX Runtime's CUDA provider when installed (torchship[gpu]) and a GPU is present.")
 @click.option("--json", "as_json", is_flag=True, help="Print full results (embeddings, logits) as JSON.")
+@click.option("--aggregation", type=click.Choice(["none", "simple", "first", "average", "max"]), default="simple",
+              show_default=True, help="Token classifiers: how tokens group into entities, as transformers' "
+                                      "token-classification pipeline's aggregation_strategy.")
 @friendly_errors
-def predict_cmd(folder, texts, backend, device, as_json):
-    """Run the model in FOLDER on TEXTS: sentence embeddings, or labels for classifiers."""
+def predict_cmd(folder, texts, backend, device, as_json, aggregation):
+    """Run the model in FOLDER on TEXTS: sentence embeddings, labels for classifiers, the likeliest tokens at
+    each mask for fill-mask models."""
     from torchship.artifact import Artifact
     from torchship.exporters.spec import require_family
     from torchship.runtimes import RuntimeOptions, create_predictor
@@ -125,12 +129,20 @@ def predict_cmd(folder, texts, backend, device, as_json):
     backend = _resolve_backend(artifact, backend)
     predictor = create_predictor(artifact, backend, RuntimeOptions(device=device))
     with predictor:
-        result = TextModel.from_artifact(artifact, predictor).predict(list(texts))
+        result = TextModel.from_artifact(artifact, predictor).predict(list(texts), aggregation=aggregation)
     if as_json:
         click.echo(json.dumps({"backend": backend, "results": result.to_json()}))
         return
     for row in result.to_json():
-        if "embedding" in row:
+        if "entities" in row:
+            found = "; ".join(f"{e.get('entity_group', e.get('entity'))} {e['word']!r} [{e['start']}:{e['end']}] "
+                              f"{e['score']:.3f}" for e in row["entities"]) or "no entities"
+            click.echo(f"{row['text']!r}: {found}")
+        elif "masks" in row:
+            for i, candidates in enumerate(row["masks"], 1):
+                best = ", ".join(f"{c['token_str']!r} {c['score']:.3f}" for c in candidates)
+                click.echo(f"{row['text']!r}: mask {i}: {best}")
+        elif "embedding" in row:
             vec = row["embedding"]
             head = ", ".join(f"{v:+.4f}" for v in vec[:4])
             norm = sum(v * v for v in vec) ** 0.5

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torchship.errors import InputError, UnsupportedModelError
+from torchship.errors import InputError
+from torchship.exporters import encoder_tasks
 from torchship.exporters.inputs import TextShape, make_text_inputs
 from torchship.exporters.sources import TransformersSource
-from torchship.exporters.spec import (BATCH, ENCODE, FEATURE_EXTRACTION, SEQUENCE, TEXT_CLASSIFICATION, FamilyGroup,
-                                      ModelIO, NormalizedConfig, SpecDefaults, TensorSpec, register)
+from torchship.exporters.spec import (BATCH, ENCODE, SENTENCE_EMBEDDING, SEQUENCE, FamilyGroup, ModelIO,
+                                      NormalizedConfig, SpecDefaults, TensorSpec, register)
 
-ENCODER_TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION)
+ENCODER_TASKS = tuple(encoder_tasks.TASK_TABLE)
 ENCODERS = FamilyGroup(
     "encoder", "BERT-like encoders", "an encoder", "export-bert",
     "Export a BERT-like encoder (BERT, RoBERTa, DistilBERT, ELECTRA, MiniLM) to ONNX, validated and optimized.",
@@ -18,7 +19,7 @@ ENCODERS = FamilyGroup(
 
 
 @dataclass(frozen=True)
-class EncoderSpec(SpecDefaults, TransformersSource):
+class EncoderSpec(TransformersSource, SpecDefaults):
     family: str
     model_types: tuple[str, ...]
     input_names: tuple[str, ...]
@@ -28,6 +29,9 @@ class EncoderSpec(SpecDefaults, TransformersSource):
     phases: tuple[str, ...] = (ENCODE,)
     text_api: str | None = "predict"
     positions_after_padding: bool = False  # RoBERTa-style: position ids start at pad_token_id + 1
+    # Local (sliding-window) attention: a pad position whose window holds only padding sees no real token,
+    # so its output is undefined (attention implementations fill it differently) and only real tokens count.
+    local_attention: bool = False
     default_exporter: str = "torchscript"
     fusion_hint: str = "Export with --exporter torchscript --attn-implementation eager for full fusion"
     tasks: tuple[str, ...] = ENCODER_TASKS
@@ -37,32 +41,40 @@ class EncoderSpec(SpecDefaults, TransformersSource):
     bench_inputs: str = "random token ids, full length, seeded"
 
     def default_task(self, config) -> str:
-        """A *ForSequenceClassification checkpoint exports logits; anything else hidden states."""
-        archs = getattr(config, "architectures", None) or ()
-        return TEXT_CLASSIFICATION if any(a.endswith("ForSequenceClassification") for a in archs) \
-            else FEATURE_EXTRACTION
+        """The task the checkpoint's head names (*ForSequenceClassification: logits, ...); else hidden states."""
+        return encoder_tasks.default_task(config)
+
+    def task_problem(self, task: str, config, folder) -> str | None:
+        return encoder_tasks.task_problem(task, config, folder)
 
     def normalized(self, config) -> NormalizedConfig:
         return text_normalized(config, self.max_positions(config))
 
-    def model_class(self, task: str):
-        from transformers import AutoModel, AutoModelForSequenceClassification
+    def inputs_for(self, config) -> tuple[str, ...]:
+        """The spec's inputs; token_type_ids only where the config has segment embeddings (DeBERTa-v3's
+        type_vocab_size is 0, so the model never reads them and the export would drop the input)."""
+        if "token_type_ids" in self.input_names and not int(getattr(config, "type_vocab_size", 1) or 0):
+            return tuple(n for n in self.input_names if n != "token_type_ids")
+        return self.input_names
 
-        return AutoModelForSequenceClassification if task == TEXT_CLASSIFICATION else AutoModel
+    def model_class(self, task: str):
+        import transformers
+
+        return getattr(transformers, encoder_tasks.check_task(task).auto_class)
+
+    def load_model(self, ref, config, task: str, **kwargs):
+        """The checkpoint for ``task``; for sentence embeddings, followed by its own pooling and normalisation."""
+        model = super().load_model(ref, config, task, **kwargs)
+        if task != SENTENCE_EMBEDDING:
+            return model
+        from torchship._torch import make_sentence_embedder
+
+        return make_sentence_embedder(model, *encoder_tasks.sentence_pooling(ref.path))
 
     def io(self, model, task: str) -> ModelIO:
         config = model.config
-        inputs = tuple(TensorSpec(n, "int64", (BATCH, SEQUENCE)) for n in self.input_names)
-        hidden = int(config.hidden_size)
-        if task == FEATURE_EXTRACTION:
-            outs = [TensorSpec("last_hidden_state", "float32", (BATCH, SEQUENCE, hidden))]
-            if getattr(model, "pooler", None) is not None:
-                outs.append(TensorSpec("pooler_output", "float32", (BATCH, hidden)))
-        elif task == TEXT_CLASSIFICATION:
-            outs = [TensorSpec("logits", "float32", (BATCH, int(config.num_labels)))]
-        else:
-            raise UnsupportedModelError(f"{self.family} models export {', '.join(self.tasks)}, not {task!r}")
-        return ModelIO(inputs, tuple(outs))
+        inputs = tuple(TensorSpec(n, "int64", (BATCH, SEQUENCE)) for n in self.inputs_for(config))
+        return ModelIO(inputs, tuple(encoder_tasks.check_task(task).outputs(model, config)))
 
     def wrapper(self, model, io: ModelIO):
         from torchship._torch import make_encoder_wrapper
@@ -94,8 +106,11 @@ class EncoderSpec(SpecDefaults, TransformersSource):
         return text_fusion_settings(model.config)
 
     def compared_positions(self, feeds) -> dict:
-        # Padded rows of a bidirectional encoder still attend to the real tokens: compare everything.
-        return {}
+        """Everything (padded positions of a bidirectional encoder still attend to the real tokens), except
+        with local attention, where hidden states count at real tokens only."""
+        if not self.local_attention:
+            return {}
+        return {"last_hidden_state": feeds["attention_mask"].astype(bool)[:, :, None]}
 
 
 def check_positions(length: int, limit: int) -> None:
@@ -126,6 +141,11 @@ def text_vocab(config) -> dict:
                 pad_token_id=int(getattr(config, "pad_token_id", 0) or 0))
 
 
+def _no_pattern(name: str, what: str) -> str:
+    return (f"ONNX Runtime's transformer optimizer has no attention pattern for {name}'s {what}: attention runs "
+            "as plain MatMul/Softmax, whatever the export path")
+
+
 _WITH_SEGMENTS = ("input_ids", "attention_mask", "token_type_ids")
 _NO_SEGMENTS = ("input_ids", "attention_mask")
 
@@ -134,4 +154,12 @@ ENCODER_SPECS = tuple(register(s) for s in (
     EncoderSpec("roberta", ("roberta", "xlm-roberta", "camembert"), _NO_SEGMENTS, positions_after_padding=True),
     EncoderSpec("distilbert", ("distilbert",), _NO_SEGMENTS),
     EncoderSpec("electra", ("electra",), _WITH_SEGMENTS),
+    EncoderSpec("mpnet", ("mpnet",), _NO_SEGMENTS, fusion_hint=_no_pattern("MPNet", "relative position bias")),
+    EncoderSpec("albert", ("albert",), _WITH_SEGMENTS,
+                fusion_hint="ALBERT shares one layer's weights across layers, and ONNX Runtime's optimizer fuses "
+                            "the shared attention once"),
+    EncoderSpec("deberta-v2", ("deberta-v2",), _WITH_SEGMENTS,
+                fusion_hint=_no_pattern("DeBERTa-v2/v3", "disentangled relative attention")),
+    EncoderSpec("modernbert", ("modernbert",), _NO_SEGMENTS, local_attention=True,
+                fusion_hint=_no_pattern("ModernBERT", "rotary positions and local attention")),
 ))

@@ -91,11 +91,14 @@ class _Plan:
     use_case: object | None = None  # the shape config's use case, whose outputs the config may state
 
 
-def _resolve_task(spec: ModelSpec, requested: str | None, config) -> str:
+def _resolve_task(spec: ModelSpec, requested: str | None, config, folder: Path | None) -> str:
     """The requested task, else the family's default for this config; checked before any loading."""
     task = requested or spec.default_task(config)
     if task not in spec.tasks:
         raise InputError(f"unknown task {task!r} for {spec.family}; use one of {', '.join(spec.tasks)}")
+    problem = spec.task_problem(task, config, folder)
+    if problem:
+        raise InputError(problem)
     return task
 
 
@@ -234,7 +237,7 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
     spec = spec_for(model_type, source=model, kind=opts.kind)
     opts = opts.resolved(spec)
     config = spec.load_config(ref, trust_remote_code=opts.trust_remote_code)
-    task = _resolve_task(spec, opts.task, config)
+    task = _resolve_task(spec, opts.task, config, ref.path)
     source = {"model": model, "resolved": ref.describe(), "revision": ref.revision, "subfolder": ref.subfolder,
               "architectures": list(getattr(config, "architectures", None) or [])}
     loaded = _Loaded(spec.load_model(ref, config, task, allow_pickle=opts.allow_pickle,
@@ -254,7 +257,7 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
     check_output_dir(Path(output))
     spec = spec_for(model_type_of(model), source=type(model).__name__, kind=options.kind)
     opts = options.resolved(spec)
-    task = _resolve_task(spec, task, types.SimpleNamespace(architectures=[type(model).__name__]))
+    task = _resolve_task(spec, task, types.SimpleNamespace(architectures=[type(model).__name__]), None)
     source = {"model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
               "resolved": "python object", "revision": None, "architectures": [type(model).__name__]}
     loaded = _Loaded(spec.prepare_copy(copy.deepcopy(model).eval(), opts.attn_implementation), tokenizer, source, None)
@@ -312,6 +315,7 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
 
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp)
+        spec.save_extras(loaded.source_folder, tmp)
         variant = Variant(name="model", file="model.onnx", stage="export",
                           options={"exporter": opts.exporter, "opset": opts.opset, "external_data": external},
                           size_bytes=model_bytes(onnx_path), seconds=round(seconds, 3),

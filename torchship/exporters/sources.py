@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torchship import loading
 from torchship.errors import ArtifactError, BackendUnavailable, ModelLoadError, first_line
-from torchship.exporters.spec import TEXT_CLASSIFICATION
+from torchship.exporters.spec import LABELLED_TASKS
 
 
 
@@ -26,9 +26,18 @@ def model_type_of(model) -> str:
     return model_type or type(model).__name__
 
 
-def _sentence_transformers_settings(folder: Path) -> dict:
+_POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                  "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+                  "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+SUPPORTED_POOLING = ("cls", "mean", "max")
+# What makes a sentence-transformers folder one, beside the transformer itself: it travels with the export.
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
+
+
+def sentence_transformers_settings(folder: Path) -> dict:
     """Pooling, normalisation and length from a sentence-transformers folder (modules.json and the
-    configs it names); a file that is there but cannot be read is an error, never a silent default."""
+    configs it names); a file that is there but cannot be read, or a pooling mode torchship does not
+    implement, is an error, never a silent default."""
     settings = {}
     path = folder / "modules.json"
     try:
@@ -37,10 +46,11 @@ def _sentence_transformers_settings(folder: Path) -> dict:
             if kind.endswith("Pooling"):
                 path = folder / module["path"] / "config.json"
                 pcfg = json.loads(path.read_text(encoding="utf-8"))
-                for mode, key in (("cls", "pooling_mode_cls_token"), ("max", "pooling_mode_max_tokens"),
-                                  ("mean", "pooling_mode_mean_tokens")):
-                    if pcfg.get(key):
-                        settings["pooling"] = mode
+                modes = [mode for key, mode in _POOLING_MODES.items() if pcfg.get(key)]
+                if len(modes) != 1 or modes[0] not in SUPPORTED_POOLING:
+                    raise ModelLoadError(f"{path} asks for {' + '.join(modes) or 'no'} pooling; torchship pools "
+                                         f"one of {', '.join(SUPPORTED_POOLING)}")
+                settings["pooling"] = modes[0]
             if kind.endswith("Normalize"):
                 settings["normalize"] = True
         path = folder / "sentence_bert_config.json"
@@ -50,6 +60,20 @@ def _sentence_transformers_settings(folder: Path) -> dict:
         raise ModelLoadError(f"{path} (a sentence-transformers setting) cannot be read: {first_line(exc)}; "
                              "fix the file, or remove modules.json to export the plain transformer") from None
     return settings
+
+
+def copy_sentence_transformers_files(src: Path, dst: Path) -> None:
+    """modules.json, its module folders (pooling, normalize) and the package's configs, so that the export
+    folder is still a sentence-transformers model."""
+    import shutil
+
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+    for module in json.loads((src / "modules.json").read_text(encoding="utf-8")):
+        sub = module.get("path", "")
+        if sub and (src / sub).is_dir() and not (dst / sub).exists():
+            shutil.copytree(src / sub, dst / sub)
 
 
 class TransformersSource:
@@ -70,14 +94,19 @@ class TransformersSource:
     def save_config(self, model, folder: Path) -> None:
         model.config.save_pretrained(folder)
 
+    def save_extras(self, source: Path | None, folder: Path) -> None:
+        """What else of the checkpoint travels with the export: a sentence-transformers folder stays one."""
+        if source is not None and (source / "modules.json").is_file():
+            copy_sentence_transformers_files(source, folder)
+
     def text_settings(self, folder: Path | None, config, tokenizer, task: str) -> dict:
         """How the text layer turns outputs into results: pooling for embeddings, labels for classifiers."""
         settings = {"pooling": "mean", "normalize": False, "max_length": None,
                     "settings_from": "default (mean pooling)"}
         if folder is not None and (folder / "modules.json").is_file():
-            settings.update(_sentence_transformers_settings(folder), settings_from="sentence-transformers config")
+            settings.update(sentence_transformers_settings(folder), settings_from="sentence-transformers config")
         id2label = getattr(config, "id2label", None)
-        labels = [id2label[i] for i in sorted(id2label)] if task == TEXT_CLASSIFICATION and id2label else None
+        labels = [id2label[i] for i in sorted(id2label)] if task in LABELLED_TASKS and id2label else None
         if settings["max_length"] is None and tokenizer is not None:
             tmax = getattr(tokenizer, "model_max_length", None)
             if isinstance(tmax, int) and tmax < 100_000:

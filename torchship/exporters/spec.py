@@ -22,7 +22,12 @@ FEATURE_EXTRACTION = "feature-extraction"
 TEXT_CLASSIFICATION = "text-classification"
 TEXT_GENERATION = "text-generation"
 DENOISING = "denoising"  # diffusion UNets: predict the noise in latents
-TASKS = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION, TEXT_GENERATION, DENOISING)
+SENTENCE_EMBEDDING = "sentence-embedding"  # a sentence-transformers model: pooling (and normalisation) in the graph
+FILL_MASK = "fill-mask"
+TOKEN_CLASSIFICATION = "token-classification"
+TASKS = (FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, FILL_MASK,
+         TEXT_GENERATION, DENOISING)
+LABELLED_TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION)  # tasks whose outputs are scores over labels
 
 # What a benchmark times, per family: one forward pass of an encoder, a decoder's prompt and its
 # per-token step, one denoising step of a UNet, one run of an imported ONNX graph.
@@ -138,6 +143,13 @@ class SpecDefaults:
 
     def backend_problem(self, backend) -> str | None:
         return None
+
+    def task_problem(self, task: str, config, folder) -> str | None:
+        """Why this checkpoint cannot do ``task`` (beyond the family's task list); None when it can."""
+        return None
+
+    def save_extras(self, source, folder) -> None:
+        """Copy what else of the checkpoint (``source``, a folder or None) belongs in the export folder."""
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -6,7 +6,9 @@ classifier's answer is an argmax. So the metric follows the task:
 - feature extraction: cosine between the pooled sentence embeddings (pooling as ``predict`` does it)
   of the fp32 model and the variant, over a set of varied texts (``torchship/data/sentences.txt``,
   60 sentences, unless the user gives a file);
+- sentence embeddings (pooled in the graph): the cosine of the embeddings themselves;
 - text classification: the share of texts whose label is the same (logits cosine reported beside);
+- fill-mask and token classification: the share of real tokens whose likeliest prediction is the same;
 - models without text (UNets) and decoders: cosine of the main output per sample, on the validation
   inputs stored with the export.
 
@@ -24,8 +26,7 @@ import numpy as np
 from torchship.artifact import Artifact, load_reference
 from torchship.compare import rowwise_cosine
 from torchship.errors import InputError
-from torchship.exporters.spec import TEXT_CLASSIFICATION
-from torchship.exporters.spec import family_of
+from torchship.exporters.spec import FILL_MASK, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, family_of
 
 DEFAULT_TEXTS = Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
 MIN_TEXTS = 8
@@ -94,7 +95,8 @@ class AccuracyProbe:
             if len(texts) < MIN_TEXTS:
                 raise InputError(f"evaluation text file {path} has {len(texts)} texts; give at least {MIN_TEXTS}")
             feeds = encode_texts(load_tokenizer(artifact), texts, m.input_names, m.text["max_length"])
-            metric = "label_agreement" if m.task == TEXT_CLASSIFICATION else "sentence_cosine"
+            metric = {TEXT_CLASSIFICATION: "label_agreement", FILL_MASK: "token_agreement",
+                      TOKEN_CLASSIFICATION: "token_agreement"}.get(m.task, "sentence_cosine")
             return cls(metric, [feeds], main_output=main, pooling=m.text.get("pooling", "mean"),
                        source=str(path) if texts_file else "torchship/data/sentences.txt")
         if texts_file:
@@ -115,6 +117,12 @@ class AccuracyProbe:
             per = np.concatenate([rowwise_cosine(r.reshape(r.shape[0], -1), g.reshape(g.shape[0], -1))
                                   for r, g in zip(self._reference, got)])
             extra = {}
+        elif self.metric == "token_agreement":  # fill-mask: the likeliest token at every real position
+            ref, out = self._reference[0], got[0]
+            mask = self.batches[0]["attention_mask"].astype(bool)
+            same = ref.argmax(axis=-1) == out.argmax(axis=-1)
+            per = np.array([row[m].mean() for row, m in zip(same, mask)], dtype=np.float64)
+            extra = {}
         elif self.metric == "label_agreement":
             ref, out = self._reference[0], got[0]
             same = (ref.argmax(axis=-1) == out.argmax(axis=-1)).astype(np.float64)
@@ -125,7 +133,10 @@ class AccuracyProbe:
             from torchship.runtimes.text import pool
 
             mask = self.batches[0]["attention_mask"]
-            per = rowwise_cosine(pool(self._reference[0], mask, self.pooling), pool(got[0], mask, self.pooling))
+            ref, out = self._reference[0], got[0]
+            if ref.ndim == 3:  # hidden states: pooled as predict pools them; a sentence embedding already is
+                ref, out = pool(ref, mask, self.pooling), pool(out, mask, self.pooling)
+            per = rowwise_cosine(ref, out)
             extra = {}
         extra["texts"] = self.source
         if not finite:

@@ -13,7 +13,9 @@ import numpy as np
 
 from torchship.artifact import Artifact
 from torchship.errors import ArtifactError, InputError
-from torchship.exporters.spec import TEXT_CLASSIFICATION
+from torchship.exporters.spec import FILL_MASK, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
+
+TOP_K = 5  # fill-mask: candidates per mask, as transformers' pipeline gives
 from torchship.runtimes.base import Predictor
 
 
@@ -33,6 +35,8 @@ class Prediction:
     logits: np.ndarray | None = None  # (n, labels) for classifiers
     scores: np.ndarray | None = None
     labels: tuple[str, ...] | None = None
+    masks: tuple[list, ...] | None = None  # fill-mask: per text, per mask, the top candidates (dicts)
+    entities: tuple[list, ...] | None = None  # token classification: per text, its entities (dicts)
     tokens: tuple[int, ...] = ()  # tokens of each text before truncation (special tokens included)
     max_length: int = 0  # tokens the model reads; a text with more was truncated to this
 
@@ -46,7 +50,11 @@ class Prediction:
             row = {"text": preview(text), "chars": len(text)}
             if self.tokens:
                 row.update(tokens=self.tokens[i], truncated_tokens=max(self.tokens[i] - self.max_length, 0))
-            if self.embeddings is not None:
+            if self.masks is not None:
+                row["masks"] = self.masks[i]
+            elif self.entities is not None:
+                row["entities"] = self.entities[i]
+            elif self.embeddings is not None:
                 row["embedding"] = self.embeddings[i].tolist()
             else:
                 row.update(label=self.labels[i], score=float(self.scores[i].max()), logits=self.logits[i].tolist())
@@ -78,7 +86,13 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
 
 def encode_texts(tokenizer, texts: list[str], input_names, max_length: int) -> dict[str, np.ndarray]:
     """Tokenize ``texts`` into one padded batch holding exactly the model's inputs."""
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return tokenize(tokenizer, texts, input_names, max_length)[0]
+
+
+def tokenize(tokenizer, texts: list[str], input_names, max_length: int, **extra):
+    """(the model's feeds, the tokenizer's whole encoding) for one padded batch; ``extra`` asks the tokenizer
+    for more (offsets, special-token masks)."""
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np", **extra)
     feeds = {}
     for name in input_names:
         if name in enc:
@@ -87,7 +101,7 @@ def encode_texts(tokenizer, texts: list[str], input_names, max_length: int) -> d
             feeds[name] = np.zeros_like(enc["input_ids"], dtype=np.int64)
         else:
             raise ArtifactError(f"the tokenizer gives no {name!r}, which the model needs")
-    return feeds
+    return feeds, enc
 
 
 class TextModel:
@@ -117,13 +131,23 @@ class TextModel:
                 lengths[i] = len(ids)
         return tuple(lengths)
 
-    def predict(self, texts: str | list[str]) -> Prediction:
+    def predict(self, texts: str | list[str], *, aggregation: str = "simple") -> Prediction:
+        """Results for ``texts``; ``aggregation`` groups a token classifier's tokens into entities (none,
+        simple, first, average, max: as transformers' token-classification pipeline)."""
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items or any(not isinstance(t, str) for t in items):
             raise InputError("predict takes a string or a non-empty list of strings")
         empty = [i + 1 for i, t in enumerate(items) if not t.strip()]
         if empty:
             raise InputError(f"text {empty[0]} is empty (or only white space); give each text some words")
+        if self.task == FILL_MASK:
+            mask = self.tokenizer.mask_token
+            missing = [i + 1 for i, t in enumerate(items) if mask not in t]
+            if missing:
+                raise InputError(f"text {missing[0]} has no {mask} token; fill-mask predicts the words at {mask}: "
+                                 f"e.g. \"the movie was {mask}.\"")
+        if self.task == TOKEN_CLASSIFICATION:
+            return self._entities(items, aggregation)
         feeds = self.encode(items)
         counts = dict(tokens=self.token_counts(items, feeds), max_length=self.settings["max_length"])
         out = self.predictor.infer(feeds)
@@ -134,7 +158,52 @@ class TextModel:
             names = self.settings.get("labels") or [f"LABEL_{i}" for i in range(logits.shape[1])]
             return Prediction(tuple(items), logits=logits, scores=scores,
                               labels=tuple(names[i] for i in scores.argmax(axis=1)), **counts)
-        emb = pool(out["last_hidden_state"], feeds["attention_mask"], self.settings.get("pooling", "mean"))
+        if self.task == FILL_MASK:
+            return Prediction(tuple(items), masks=tuple(self._fill(feeds["input_ids"], out["logits"])), **counts)
+        if "sentence_embedding" in out:  # pooled (and normalised) in the graph
+            emb = out["sentence_embedding"]
+        else:
+            emb = pool(out["last_hidden_state"], feeds["attention_mask"], self.settings.get("pooling", "mean"))
         if self.settings.get("normalize"):
             emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
         return Prediction(tuple(items), embeddings=emb, **counts)
+
+    def _fill(self, ids: np.ndarray, logits: np.ndarray, top_k: int = TOP_K):
+        """Per text, per mask: the likeliest tokens with their probabilities and the text they make (as
+        transformers' fill-mask pipeline returns them)."""
+        tok = self.tokenizer
+        for row_ids, row_logits in zip(ids, logits):
+            where = np.flatnonzero(row_ids == tok.mask_token_id)
+            single = len(where) == 1
+            found = []
+            for index in where:
+                z = row_logits[index] - row_logits[index].max()
+                probs = np.exp(z) / np.exp(z).sum()
+                best = np.argsort(-probs, kind="stable")[:top_k]
+                candidates = []
+                for token in best:
+                    filled = row_ids.copy()
+                    filled[index] = token
+                    filled = filled[filled != tok.pad_token_id]
+                    candidates.append({"score": float(probs[token]), "token": int(token),
+                                       "token_str": tok.decode([int(token)]),
+                                       "sequence": tok.decode(filled, skip_special_tokens=single)})
+                found.append(candidates)
+            yield found
+
+    def _entities(self, items: list[str], aggregation: str) -> Prediction:
+        from torchship.runtimes.entities import STRATEGIES, entities, tokens_of
+
+        if aggregation not in STRATEGIES:
+            raise InputError(f"unknown aggregation {aggregation!r}; use one of {', '.join(STRATEGIES)}")
+        feeds, enc = tokenize(self.tokenizer, items, self.predictor.input_names, self.settings["max_length"],
+                              return_offsets_mapping=True, return_special_tokens_mask=True)
+        logits = self.predictor.infer(feeds)["logits"]
+        labels = self.settings.get("labels") or [f"LABEL_{i}" for i in range(logits.shape[-1])]
+        found = []
+        for i, text in enumerate(items):
+            skip = enc["special_tokens_mask"][i].astype(bool) | (enc["attention_mask"][i] == 0)
+            tokens = tokens_of(text, self.tokenizer, enc["input_ids"][i], logits[i], enc["offset_mapping"][i], skip)
+            found.append(entities(tokens, labels, aggregation, self.tokenizer))
+        return Prediction(tuple(items), entities=tuple(found), tokens=self.token_counts(items, feeds),
+                          max_length=self.settings["max_length"])

@@ -1,0 +1,117 @@
+"""Token-classification logits to entities with character spans, grouped the ways users know from
+transformers' token-classification pipeline: ``none`` (one entry per token), ``simple`` (adjacent tokens
+of one entity type merged), and ``first`` / ``average`` / ``max`` (sub-word tokens of one word first
+forced to one label, taken from the word's first token, the mean of its tokens' scores, or its most
+confident token; then merged as ``simple`` does). Labels ``O`` are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from torchship.errors import InputError
+
+STRATEGIES = ("none", "simple", "first", "average", "max")
+IGNORED = ("O",)
+
+
+@dataclass(frozen=True)
+class Token:
+    """One real token of a text: its string, softmax scores over the labels and character span."""
+
+    index: int  # position in the model's input
+    token: str
+    scores: np.ndarray
+    start: int
+    end: int
+    continues_word: bool  # a sub-word piece that belongs to the token before it
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def tokens_of(text: str, tokenizer, ids, logits, offsets, special) -> list[Token]:
+    """The real tokens of one text. A piece continues the word before it when the tokenizer marks
+    sub-words (WordPiece's ``##``: the token is longer than its text), else when no space precedes it."""
+    word_aware = bool(getattr(getattr(getattr(tokenizer, "_tokenizer", None), "model", None),
+                              "continuing_subword_prefix", None))
+    scores = softmax(np.asarray(logits, dtype=np.float64))
+    out = []
+    for i, (token_id, (start, end), is_special) in enumerate(zip(ids, offsets, special)):
+        if is_special:
+            continue
+        token = tokenizer.convert_ids_to_tokens(int(token_id))
+        span = text[start:end]
+        if word_aware:
+            continues = len(token) != len(span)
+        else:
+            continues = start > 0 and " " not in text[start - 1:start + 1]
+        if int(token_id) == tokenizer.unk_token_id:
+            token, continues = span, False
+        out.append(Token(i, token, scores[i], int(start), int(end), continues))
+    return out
+
+
+def _tag(label: str) -> tuple[str, str]:
+    """("B" or "I", type) of a BIO label; a label without a prefix continues like "I"."""
+    if label[:2] in ("B-", "I-"):
+        return label[0], label[2:]
+    return "I", label
+
+
+def _word_entities(tokens: list[Token], labels, strategy: str, tokenizer) -> list[dict]:
+    """One entity per word (its pieces joined), labelled by the strategy."""
+    words: list[list[Token]] = []
+    for t in tokens:
+        if words and t.continues_word:
+            words[-1].append(t)
+        else:
+            words.append([t])
+    out = []
+    for pieces in words:
+        if strategy == "first":
+            scores = pieces[0].scores
+        elif strategy == "max":
+            scores = max(pieces, key=lambda p: p.scores.max()).scores
+        else:
+            scores = np.nanmean(np.stack([p.scores for p in pieces]), axis=0)
+        best = int(scores.argmax())
+        out.append({"entity": labels[best], "score": float(scores[best]),
+                    "word": tokenizer.convert_tokens_to_string([p.token for p in pieces]),
+                    "start": pieces[0].start, "end": pieces[-1].end})
+    return out
+
+
+def _grouped(entities: list[dict], tokenizer) -> list[dict]:
+    """Adjacent entities of one type merged into one group (a "B-" label always starts a new group)."""
+    groups: list[list[dict]] = []
+    for e in entities:
+        bi, kind = _tag(e["entity"])
+        if groups and bi != "B" and _tag(groups[-1][-1]["entity"])[1] == kind:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    return [{"entity_group": _tag(g[0]["entity"])[1], "score": float(np.nanmean([e["score"] for e in g])),
+             "word": tokenizer.convert_tokens_to_string([e["word"] for e in g]),
+             "start": g[0]["start"], "end": g[-1]["end"]} for g in groups]
+
+
+def entities(tokens: list[Token], labels, strategy: str, tokenizer) -> list[dict]:
+    """The entities of one text under ``strategy``, labels in IGNORED left out."""
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown aggregation strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if strategy in ("none", "simple"):
+        found = []
+        for t in tokens:
+            best = int(t.scores.argmax())
+            found.append({"entity": labels[best], "score": float(t.scores[best]), "index": t.index,
+                          "word": t.token, "start": t.start, "end": t.end})
+    else:
+        found = _word_entities(tokens, labels, strategy, tokenizer)
+    if strategy != "none":
+        found = _grouped(found, tokenizer)
+    return [e for e in found if e.get("entity", e.get("entity_group")) not in IGNORED]
