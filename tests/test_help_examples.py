@@ -38,8 +38,9 @@ def test_every_command_has_examples():
 @pytest.mark.slow
 def test_every_help_example_runs(model_dirs, decoder_dir, unet_dirs, tmp_path, monkeypatch):
     models = {"bert-base-cased": str(model_dirs("bert")), "gpt2": str(decoder_dir),
-              "./sd2-inpainting": str(unet_dirs(4)), "./my-finetuned-roberta": str(model_dirs("roberta",
-                                                                                              "text-classification"))}
+              "./sd2-inpainting": str(unet_dirs(4)),
+              "./my-finetuned-roberta": str(model_dirs("roberta", "text-classification")),
+              "./my-bert-squad": str(model_dirs("bert", "question-answering"))}
     monkeypatch.chdir(tmp_path)
     (tmp_path / "texts.txt").write_text("a good movie\nthe dog is running\nhello world\nthis is a test\n")
     (tmp_path / "auto.yml").write_text("device: cpu\ninputs:\n  input_ids: {min: [1, 8], use: [1, 16], max: [2, 32]}\n"

@@ -92,8 +92,8 @@ def save_decoder_dir(folder: Path, model_type: str = "gpt2", *, bpe: bool = Fals
 
 def make_model(model_type: str, task: str = "feature-extraction", *, seed: int = 0):
     import torch
-    from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                              AutoModelForTokenClassification)
+    from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+                              AutoModelForSequenceClassification, AutoModelForTokenClassification)
 
     kwargs = dict(TINY_CONFIGS[model_type], vocab_size=len(vocabulary()), pad_token_id=0)
     labels = {"text-classification": LABELS, "token-classification": ENTITY_LABELS}.get(task)
@@ -103,7 +103,8 @@ def make_model(model_type: str, task: str = "feature-extraction", *, seed: int =
     config = AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(seed)
     cls = {"text-classification": AutoModelForSequenceClassification, "fill-mask": AutoModelForMaskedLM,
-           "token-classification": AutoModelForTokenClassification}.get(task, AutoModel)
+           "token-classification": AutoModelForTokenClassification,
+           "question-answering": AutoModelForQuestionAnswering}.get(task, AutoModel)
     return cls.from_config(config).eval()
 
 

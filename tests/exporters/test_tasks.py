@@ -162,7 +162,7 @@ def test_token_classification_matches_transformers_pipeline(tmp_path, model_type
             text_model.predict(texts, aggregation="longest")
 
 
-@pytest.mark.parametrize("task", ["sentence-embedding", "token-classification", "fill-mask"])
+@pytest.mark.parametrize("task", ["sentence-embedding", "token-classification", "fill-mask", "question-answering"])
 def test_every_task_goes_through_the_chain(tmp_path, task):
     from torchship.benchmarks.run import BenchOptions, run_benchmark
     from torchship.benchmarks.timing import TimingPlan
@@ -178,7 +178,7 @@ def test_every_task_goes_through_the_chain(tmp_path, task):
     art = quantize(out, QuantizeOptions(budget=0.5, per_channel=(True,), sources=("model",), op_types=("MatMul",),
                                         timing=TimingPlan(warmup=1, min_iterations=2, min_seconds=0.0)))
     metric = {"sentence-embedding": "sentence_cosine", "token-classification": "token_agreement",
-              "fill-mask": "token_agreement"}[task]
+              "fill-mask": "token_agreement", "question-answering": "answer_agreement"}[task]
     assert art.manifest.variants["int8"].validation["metric"] == metric
     plan = TimingPlan(warmup=1, min_iterations=2, min_seconds=0.0, block=2)
     report = run_benchmark(out, BenchOptions(backends=("torch", "ort-optimized", "ort-int8"), threads=1, plan=plan))
@@ -187,4 +187,72 @@ def test_every_task_goes_through_the_chain(tmp_path, task):
     assert report.budgets["ort-int8"]["metric"] == metric
     repo = write_triton_repo(out, tmp_path / "repo")
     assert (repo / "1" / "model.onnx").is_file()
-    assert _predict(out, ["a [MASK] is good" if task == "fill-mask" else "a cat is good"], "ort-int8").texts
+    if task != "question-answering":
+        assert _predict(out, ["a [MASK] is good" if task == "fill-mask" else "a cat is good"], "ort-int8").texts
+
+
+def _brute_force(start_logits, end_logits, context_mask, max_len=15):
+    """The best span by trying every one: softmax over the context's tokens, start <= end < start + max_len."""
+    def probs(x):
+        x = np.where(context_mask, x, -np.inf)
+        e = np.exp(x - x[context_mask].max())
+        return e / e.sum()
+
+    ps, pe = probs(np.asarray(start_logits, dtype=np.float64)), probs(np.asarray(end_logits, dtype=np.float64))
+    best = (0.0, 0, 0)
+    for i in np.flatnonzero(context_mask):
+        for j in range(i, min(i + max_len, len(pe))):
+            if context_mask[j] and ps[i] * pe[j] > best[0]:
+                best = (ps[i] * pe[j], i, j)
+    return best
+
+
+def test_question_answering_finds_the_best_span_over_windows(tmp_path):
+    from transformers import AutoModelForQuestionAnswering
+
+    from torchship.runtimes.answers import windows
+
+    src = save_model_dir(tmp_path / "qa", "bert", "question-answering")
+    out = tmp_path / "onnx"
+    art = export(str(src), out)  # the task is read from the head
+    assert art.manifest.task == "question-answering"
+    assert art.manifest.output_names == ("start_logits", "end_logits")
+    question = "who is eating the food?"
+    short = "the dog is eating the food at the cafe"
+    long = " ".join(["the cat was running in the world and a man was eating good food"] * 20)  # > 128 tokens
+    art = Artifact.open(out)
+    with create_predictor(art, "ort") as predictor:
+        answers = TextModel.from_artifact(art, predictor).predict([short, long], question=question).answers
+    model = AutoModelForQuestionAnswering.from_pretrained(src).eval()
+    tok = make_tokenizer(src)
+    for context, got in zip((short, long), answers):
+        enc = windows(tok, question, context, art.manifest.text["max_length"])
+        with torch.inference_mode():
+            out_pt = model(**{k: torch.from_numpy(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids")})
+        best = None
+        for w in range(len(enc["input_ids"])):
+            mask = np.array([s == 1 for s in enc.sequence_ids(w)] + [False] * (enc["input_ids"].shape[1]
+                                                                              - len(enc.sequence_ids(w))))
+            score, i, j = _brute_force(out_pt.start_logits[w].numpy(), out_pt.end_logits[w].numpy(), mask)
+            if best is None or score > best[0]:
+                best = (score, w, i, j)
+        score, w, i, j = best
+        offsets = enc["offset_mapping"][w]
+        assert (got["start"], got["end"]) == (int(offsets[i][0]), int(offsets[j][1]))
+        assert got["answer"] == context[got["start"]:got["end"]] and got["answer"].strip()
+        assert got["score"] == pytest.approx(score, rel=1e-4)
+    assert len(windows(tok, question, long, art.manifest.text["max_length"])["input_ids"]) > 1
+
+    for args, message in [([short], "needs a question"), (["   "], "text 1 is empty")]:
+        with pytest.raises(InputError, match=message):
+            _predict_qa(out, args, None if message == "needs a question" else question)
+    with pytest.raises(InputError, match="the question is empty"):
+        _predict_qa(out, [short], "  ")
+    proc = run("torchship", "predict", str(out), short, "--question", question)
+    assert proc.returncode == 0 and "[" in proc.stdout, proc.stderr
+
+
+def _predict_qa(folder, contexts, question):
+    art = Artifact.open(folder)
+    with create_predictor(art, "ort") as predictor:
+        return TextModel.from_artifact(art, predictor).predict(contexts, question=question)

@@ -48,7 +48,8 @@ def _do_export(model, output, optimize_after, **flags):
 
 @main.command("export", epilog=examples(
     'torchship export --model bert-base-cased --output onnx/bert',
-    'torchship export --model ./my-finetuned-roberta -o onnx/roberta --task text-classification'))
+    'torchship export --model ./my-finetuned-roberta -o onnx/roberta --task text-classification',
+    'torchship export --model ./my-bert-squad -o onnx/bert-qa'))
 @_export_params
 @click.option("--optimize/--no-optimize", "optimize_after", default=False, show_default=True,
               help="Also run torchship optimize on the folder.")

@@ -103,7 +103,8 @@ def _bench_shapes(artifact, shape_config):
 
 
 @main.command("predict", epilog=examples(
-    'torchship predict onnx/bert "some text" "more text"'))
+    'torchship predict onnx/bert "some text" "more text"',
+    'torchship predict onnx/bert-qa --question "who was eating?" "the dog was eating food at the cafe"'))
 @click.argument("folder", type=click.Path())
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--backend", default="auto", show_default=True,
@@ -114,8 +115,10 @@ def _bench_shapes(artifact, shape_config):
 @click.option("--aggregation", type=click.Choice(["none", "simple", "first", "average", "max"]), default="simple",
               show_default=True, help="Token classifiers: how tokens group into entities, as transformers' "
                                       "token-classification pipeline's aggregation_strategy.")
+@click.option("--question", default=None, help="Question-answering models: the question; TEXTS are the contexts "
+                                               "(any length: a long one is read in overlapping windows).")
 @friendly_errors
-def predict_cmd(folder, texts, backend, device, as_json, aggregation):
+def predict_cmd(folder, texts, backend, device, as_json, aggregation, question):
     """Run the model in FOLDER on TEXTS: sentence embeddings, labels for classifiers, the likeliest tokens at
     each mask for fill-mask models."""
     from torchship.artifact import Artifact
@@ -129,12 +132,15 @@ def predict_cmd(folder, texts, backend, device, as_json, aggregation):
     backend = _resolve_backend(artifact, backend)
     predictor = create_predictor(artifact, backend, RuntimeOptions(device=device))
     with predictor:
-        result = TextModel.from_artifact(artifact, predictor).predict(list(texts), aggregation=aggregation)
+        result = TextModel.from_artifact(artifact, predictor).predict(list(texts), aggregation=aggregation,
+                                                                           question=question)
     if as_json:
         click.echo(json.dumps({"backend": backend, "results": result.to_json()}))
         return
     for row in result.to_json():
-        if "entities" in row:
+        if "answer" in row:
+            click.echo(f"{row['text']!r}: {row['answer']!r} [{row['start']}:{row['end']}] {row['score']:.3f}")
+        elif "entities" in row:
             found = "; ".join(f"{e.get('entity_group', e.get('entity'))} {e['word']!r} [{e['start']}:{e['end']}] "
                               f"{e['score']:.3f}" for e in row["entities"]) or "no entities"
             click.echo(f"{row['text']!r}: {found}")

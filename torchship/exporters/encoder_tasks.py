@@ -10,7 +10,7 @@ from typing import Callable
 
 from torchship.errors import InputError, ModelLoadError
 from torchship.exporters.spec import (BATCH, FEATURE_EXTRACTION, FILL_MASK, SENTENCE_EMBEDDING, SEQUENCE,
-                                      TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, TensorSpec)
+                                      QUESTION_ANSWERING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, TensorSpec)
 
 
 def _hidden(model, config):
@@ -44,6 +44,10 @@ TASK_TABLE: dict[str, EncoderTask] = {t.name: t for t in (
     EncoderTask(TOKEN_CLASSIFICATION, "AutoModelForTokenClassification", "ForTokenClassification",
                 lambda model, config: [TensorSpec("logits", "float32", (BATCH, SEQUENCE, int(config.num_labels)))],
                 "entities with character spans"),
+    EncoderTask(QUESTION_ANSWERING, "AutoModelForQuestionAnswering", "ForQuestionAnswering",
+                lambda model, config: [TensorSpec("start_logits", "float32", (BATCH, SEQUENCE)),
+                                       TensorSpec("end_logits", "float32", (BATCH, SEQUENCE))],
+                "the answer's text, character span and score"),
     EncoderTask(FILL_MASK, "AutoModelForMaskedLM", "ForMaskedLM",
                 lambda model, config: [TensorSpec("logits", "float32", (BATCH, SEQUENCE, int(config.vocab_size)))],
                 "the likeliest tokens for each mask", by_default=False),

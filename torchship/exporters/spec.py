@@ -25,8 +25,9 @@ DENOISING = "denoising"  # diffusion UNets: predict the noise in latents
 SENTENCE_EMBEDDING = "sentence-embedding"  # a sentence-transformers model: pooling (and normalisation) in the graph
 FILL_MASK = "fill-mask"
 TOKEN_CLASSIFICATION = "token-classification"
-TASKS = (FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, FILL_MASK,
-         TEXT_GENERATION, DENOISING)
+QUESTION_ANSWERING = "question-answering"
+TASKS = (FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING,
+         FILL_MASK, TEXT_GENERATION, DENOISING)
 LABELLED_TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION)  # tasks whose outputs are scores over labels
 
 # What a benchmark times, per family: one forward pass of an encoder, a decoder's prompt and its

@@ -9,6 +9,7 @@ classifier's answer is an argmax. So the metric follows the task:
 - sentence embeddings (pooled in the graph): the cosine of the embeddings themselves;
 - text classification: the share of texts whose label is the same (logits cosine reported beside);
 - fill-mask and token classification: the share of real tokens whose likeliest prediction is the same;
+- question answering: the share of texts whose best answer span (start and end) is the same;
 - models without text (UNets) and decoders: cosine of the main output per sample, on the validation
   inputs stored with the export.
 
@@ -26,7 +27,8 @@ import numpy as np
 from torchship.artifact import Artifact, load_reference
 from torchship.compare import rowwise_cosine
 from torchship.errors import InputError
-from torchship.exporters.spec import FILL_MASK, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, family_of
+from torchship.exporters.spec import (FILL_MASK, QUESTION_ANSWERING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION,
+                                      family_of)
 
 DEFAULT_TEXTS = Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
 MIN_TEXTS = 8
@@ -81,6 +83,7 @@ class AccuracyProbe:
         self.pooling = pooling
         self.source = source
         self._reference: list[np.ndarray] | None = None
+        self._reference_end: list[np.ndarray] | None = None  # question answering: the end logits too
 
     @classmethod
     def for_artifact(cls, artifact: Artifact, texts_file: str | Path | None = None) -> "AccuracyProbe":
@@ -96,7 +99,8 @@ class AccuracyProbe:
                 raise InputError(f"evaluation text file {path} has {len(texts)} texts; give at least {MIN_TEXTS}")
             feeds = encode_texts(load_tokenizer(artifact), texts, m.input_names, m.text["max_length"])
             metric = {TEXT_CLASSIFICATION: "label_agreement", FILL_MASK: "token_agreement",
-                      TOKEN_CLASSIFICATION: "token_agreement"}.get(m.task, "sentence_cosine")
+                      TOKEN_CLASSIFICATION: "token_agreement",
+                      QUESTION_ANSWERING: "answer_agreement"}.get(m.task, "sentence_cosine")
             return cls(metric, [feeds], main_output=main, pooling=m.text.get("pooling", "mean"),
                        source=str(path) if texts_file else "torchship/data/sentences.txt")
         if texts_file:
@@ -107,15 +111,26 @@ class AccuracyProbe:
 
     def set_reference(self, run: Runner) -> None:
         self._reference = [np.asarray(run(f)[self.main_output]) for f in self.batches]
+        if self.metric == "answer_agreement":
+            self._reference_end = [np.asarray(run(f)["end_logits"]) for f in self.batches]
 
     def measure(self, run: Runner, budget: float) -> AccuracyResult:
         if self._reference is None:
             raise RuntimeError("set_reference() first")
-        got = [np.asarray(run(f)[self.main_output]) for f in self.batches]
+        outputs = [run(f) for f in self.batches]
+        got = [np.asarray(o[self.main_output]) for o in outputs]
         finite = all(np.isfinite(g).all() for g in got)
         if self.metric == "output_cosine":
             per = np.concatenate([rowwise_cosine(r.reshape(r.shape[0], -1), g.reshape(g.shape[0], -1))
                                   for r, g in zip(self._reference, got)])
+            extra = {}
+        elif self.metric == "answer_agreement":  # question answering: the same best span (start and end)
+            from torchship.runtimes.answers import best_span
+
+            mask = self.batches[0]["attention_mask"].astype(bool)
+            ends = np.asarray(outputs[0]["end_logits"])
+            per = np.array([best_span(rs, re, m)[:2] == best_span(gs, ge, m)[:2] for rs, re, gs, ge, m in
+                            zip(self._reference[0], self._reference_end[0], got[0], ends, mask)], dtype=np.float64)
             extra = {}
         elif self.metric == "token_agreement":  # fill-mask: the likeliest token at every real position
             ref, out = self._reference[0], got[0]

@@ -13,7 +13,7 @@ import numpy as np
 
 from torchship.artifact import Artifact
 from torchship.errors import ArtifactError, InputError
-from torchship.exporters.spec import FILL_MASK, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
+from torchship.exporters.spec import FILL_MASK, QUESTION_ANSWERING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 
 TOP_K = 5  # fill-mask: candidates per mask, as transformers' pipeline gives
 from torchship.runtimes.base import Predictor
@@ -37,6 +37,8 @@ class Prediction:
     labels: tuple[str, ...] | None = None
     masks: tuple[list, ...] | None = None  # fill-mask: per text, per mask, the top candidates (dicts)
     entities: tuple[list, ...] | None = None  # token classification: per text, its entities (dicts)
+    answers: tuple[dict, ...] | None = None  # question answering: per context, the answer (dict)
+    question: str | None = None
     tokens: tuple[int, ...] = ()  # tokens of each text before truncation (special tokens included)
     max_length: int = 0  # tokens the model reads; a text with more was truncated to this
 
@@ -54,6 +56,8 @@ class Prediction:
                 row["masks"] = self.masks[i]
             elif self.entities is not None:
                 row["entities"] = self.entities[i]
+            elif self.answers is not None:
+                row.update(question=preview(self.question), **self.answers[i])
             elif self.embeddings is not None:
                 row["embedding"] = self.embeddings[i].tolist()
             else:
@@ -131,9 +135,10 @@ class TextModel:
                 lengths[i] = len(ids)
         return tuple(lengths)
 
-    def predict(self, texts: str | list[str], *, aggregation: str = "simple") -> Prediction:
+    def predict(self, texts: str | list[str], *, aggregation: str = "simple", question: str | None = None) -> Prediction:
         """Results for ``texts``; ``aggregation`` groups a token classifier's tokens into entities (none,
-        simple, first, average, max: as transformers' token-classification pipeline)."""
+        simple, first, average, max: as transformers' token-classification pipeline); a question-answering
+        model answers ``question`` from each text."""
         items = [texts] if isinstance(texts, str) else list(texts)
         if not items or any(not isinstance(t, str) for t in items):
             raise InputError("predict takes a string or a non-empty list of strings")
@@ -148,6 +153,10 @@ class TextModel:
                                  f"e.g. \"the movie was {mask}.\"")
         if self.task == TOKEN_CLASSIFICATION:
             return self._entities(items, aggregation)
+        if self.task == QUESTION_ANSWERING:
+            return self._answers(items, question)
+        if question is not None:
+            raise InputError(f"a question is for question-answering models; this one does {self.task}")
         feeds = self.encode(items)
         counts = dict(tokens=self.token_counts(items, feeds), max_length=self.settings["max_length"])
         out = self.predictor.infer(feeds)
@@ -207,3 +216,19 @@ class TextModel:
             found.append(entities(tokens, labels, aggregation, self.tokenizer))
         return Prediction(tuple(items), entities=tuple(found), tokens=self.token_counts(items, feeds),
                           max_length=self.settings["max_length"])
+
+    def _answers(self, contexts: list[str], question: str | None) -> Prediction:
+        """The answer to ``question`` in each context, over as many windows as a long context needs."""
+        from torchship.runtimes.answers import answer, windows
+
+        if question is None:
+            raise InputError("a question-answering model needs a question: pass --question \"...\" (the texts "
+                             "are the contexts to find the answer in)")
+        found = []
+        for context in contexts:
+            enc = windows(self.tokenizer, question, context, self.settings["max_length"])
+            feeds = {n: np.asarray(enc[n], dtype=np.int64) if n in enc else np.zeros_like(enc["input_ids"])
+                     for n in self.predictor.input_names}
+            out = self.predictor.infer(feeds)
+            found.append(answer(enc, out["start_logits"], out["end_logits"], context).to_json())
+        return Prediction(tuple(contexts), answers=tuple(found), question=question)
