@@ -236,3 +236,31 @@ def test_options_are_checked_before_any_loading(bert):
 
 if sys.platform != "linux":  # signals and modes as Linux has them
     pytestmark = pytest.mark.skip(reason="these checks use Linux signals and file modes")
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """A 64 KiB file system (tmpfs), where a model does not fit; skipped where mounting is not allowed."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.decode().strip() or proc.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(model_dirs, bert, tiny_disk):
+    out = tiny_disk / "onnx"
+    proc = run("torchship", "export", "--model", str(model_dirs("bert")), "--output", str(out))
+    assert proc.returncode == 1 and "No space left on device" in proc.stderr, proc.stderr
+    assert_one_line_error(proc, "free space")
+    assert list(tiny_disk.iterdir()) == []
+    proc = run("torchship", "bench", str(bert), "--report", str(tiny_disk / "r"), "--min-seconds", "0",
+               "--min-iterations", "2", "--warmup", "0", "--backends", "ort", "--threads", "1")
+    assert proc.returncode in (0, 1), proc.stderr  # a small report may fit; if not, one line, numbers printed
+    assert "| ort |" in proc.stdout
+    if proc.returncode:
+        assert_one_line_error(proc, "free space")

@@ -70,6 +70,31 @@ def resolve(model: str, *, revision: str | None = None) -> ModelRef:
     return ModelRef(model, None, revision)
 
 
+GENERIC_FOLDERS = {"model", "models", "onnx", "unet", "checkpoint", "export", "out", "output"}
+
+
+def model_name(ref: ModelRef) -> str:
+    """What reports call a checkpoint: a hub id as given; a local folder by its model card's title (the
+    first heading of README.md, as Hugging Face model cards begin), else by its folder's name (its parent's
+    too when the name says nothing, like 'model')."""
+    if ref.path is None:
+        return ref.name
+    card = ref.path / "README.md"
+    if card.is_file():
+        try:
+            lines = card.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            lines = []
+        if lines and lines[0].strip() == "---":  # YAML front matter
+            end = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), len(lines))
+            lines = lines[end + 1:]
+        title = next((line[2:].strip() for line in lines if line.startswith("# ")), "")
+        if title and len(title) <= 80:
+            return title
+    parts = ref.path.parts
+    return "/".join(parts[-2:]) if ref.path.name.lower() in GENERIC_FOLDERS else ref.path.name
+
+
 def weight_policy(ref: ModelRef, *, allow_pickle: bool, safe=_SAFE_WEIGHTS, pickle=_PICKLE_WEIGHTS) -> bool | None:
     """The ``use_safetensors`` argument for from_pretrained, refusing silent pickle loading.
     ``safe`` and ``pickle`` are the weight file names of the checkpoint's library."""

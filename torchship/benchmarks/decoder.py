@@ -83,7 +83,7 @@ def run_decoder_benchmark(folder, options: DecoderBenchOptions = DecoderBenchOpt
         for pred in predictors.values():
             pred.deactivate()
     return BenchReport(
-        model=manifest.source.get("model", str(artifact.folder)),
+        model=manifest.source.get("name") or manifest.source.get("model", str(artifact.folder)),
         variant_files=variant_files(artifact, options.backends),
         budgets=variant_budgets(artifact, options.backends),
         environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),

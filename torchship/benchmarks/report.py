@@ -145,14 +145,12 @@ def plot(report: BenchReport, path: Path) -> None:
     axes[0][0].set_ylabel("median latency, ms (lower is better)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
-    fig.suptitle(f"{display_name(report.model)}: median latency per input shape; Nx = speedup over {base} at "
-                 f"that shape\n{report.environment.threads} threads, {report.environment.cpu}"[:200], fontsize=9)
+    fig.suptitle(f"{display_name(report.model)}: median latency per input shape\n"
+                 f"Nx = speedup over {base} at that shape; {report.environment.threads} threads, "
+                 f"{report.environment.cpu}"[:240], fontsize=9, wrap=True)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path)
     plt.close(fig)
-
-
-_GENERIC_FOLDERS = {"model", "models", "onnx", "unet", "checkpoint", "export", "out", "output"}
 
 
 def display_name(model: str) -> str:
@@ -163,7 +161,9 @@ def display_name(model: str) -> str:
         return path.parts[path.parts.index("site-packages") + 1]
     if not (path.is_absolute() or len(path.parts) > 2):
         return model
-    return "/".join(path.parts[-2:]) if path.name.lower() in _GENERIC_FOLDERS else path.name
+    from torchship.loading import GENERIC_FOLDERS
+
+    return "/".join(path.parts[-2:]) if path.name.lower() in GENERIC_FOLDERS else path.name
 
 
 def _tick(key: tuple) -> str:

@@ -116,7 +116,7 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
         for p in predictors.values():
             p.deactivate()
     return BenchReport(
-        model=manifest.source.get("model", str(artifact.folder)),
+        model=manifest.source.get("name") or manifest.source.get("model", str(artifact.folder)),
         variant_files=variant_files(artifact, options.backends),
         budgets=variant_budgets(artifact, options.backends),
         environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),

@@ -238,8 +238,8 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
     opts = opts.resolved(spec)
     config = spec.load_config(ref, trust_remote_code=opts.trust_remote_code)
     task = _resolve_task(spec, opts.task, config, ref.path)
-    source = {"model": model, "resolved": ref.describe(), "revision": ref.revision, "subfolder": ref.subfolder,
-              "architectures": list(getattr(config, "architectures", None) or [])}
+    source = {"model": model, "name": loading.model_name(ref), "resolved": ref.describe(), "revision": ref.revision,
+              "subfolder": ref.subfolder, "architectures": list(getattr(config, "architectures", None) or [])}
     loaded = _Loaded(spec.load_model(ref, config, task, allow_pickle=opts.allow_pickle,
                                      trust_remote_code=opts.trust_remote_code,
                                      attn_implementation=opts.attn_implementation),
@@ -300,7 +300,7 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
         start = time.perf_counter()
         try:
             external = _run_export(holder, plan, dummy, onnx_path, opts)
-        except TorchshipError:  # ours (e.g. external data checks) say what is wrong themselves
+        except (TorchshipError, OSError):  # ours say what is wrong themselves; a full disk is the machine's
             raise
         except Exception as exc:  # torch raises many exception types from deep inside
             raise ExportError(f"torch.onnx.export ({opts.exporter}) failed: {first_line(exc)}; "

@@ -97,6 +97,8 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
                                        optimization_options=options, use_gpu=use_gpu)
             optimized.save_model_to_file(str(dst), use_external_data_format=external_data,
                                          all_tensors_to_one_file=True)
+    except OSError:  # a full disk or an unwritable folder is the machine's problem, said as such
+        raise
     except Exception as exc:  # the optimizer raises assorted errors on graphs it does not expect
         raise ArtifactError(f"the transformer optimizer failed on {src.name}: {exc}") from None
     finally:
