@@ -156,8 +156,8 @@ ENCODER_SPECS = tuple(register(s) for s in (
     EncoderSpec("electra", ("electra",), _WITH_SEGMENTS),
     EncoderSpec("mpnet", ("mpnet",), _NO_SEGMENTS, fusion_hint=_no_pattern("MPNet", "relative position bias")),
     EncoderSpec("albert", ("albert",), _WITH_SEGMENTS,
-                fusion_hint="ALBERT shares one layer's weights across layers, and ONNX Runtime's optimizer fuses "
-                            "the shared attention once"),
+                fusion_hint="ALBERT shares one layer's weights across layers, and ONNX Runtime's optimizer does "
+                            "not fuse every repeat of the shared attention"),
     EncoderSpec("deberta-v2", ("deberta-v2",), _WITH_SEGMENTS,
                 fusion_hint=_no_pattern("DeBERTa-v2/v3", "disentangled relative attention")),
     EncoderSpec("modernbert", ("modernbert",), _NO_SEGMENTS, local_attention=True,
