@@ -256,3 +256,18 @@ def _predict_qa(folder, contexts, question):
     art = Artifact.open(folder)
     with create_predictor(art, "ort") as predictor:
         return TextModel.from_artifact(art, predictor).predict(contexts, question=question)
+
+
+@pytest.mark.parametrize("task, metric", [("question-answering", "answer_agreement"),
+                                          ("token-classification", "token_agreement")])
+def test_auto_judges_each_task_by_its_own_measure(tmp_path, task, metric):
+    from torchship.auto import load_auto_config, run_auto
+
+    src = save_model_dir(tmp_path / "src", "bert", task)
+    cfg = tmp_path / "auto.yml"
+    cfg.write_text("device: cpu\ninputs:\n  input_ids: {min: [1, 8], use: [1, 16], max: [2, 32]}\n"
+                   "budget: 0.5\nthreads: 1\nmin_seconds: 0.1\nprecisions: [fp32, int8]\n")
+    report = run_auto(str(src), load_auto_config(cfg), tmp_path / "auto")
+    rows = {r.backend: r for r in report.rows}
+    assert rows["ort-int8"].metric == metric and rows["ort-int8"].metric_mean >= 0.5
+    assert report.chosen in rows and rows[report.chosen].usable
