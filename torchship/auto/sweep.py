@@ -109,7 +109,8 @@ def _build_float_variants(artifact, config: AutoConfig, rows: dict[str, Row], pr
     device = config.shapes.device
     on_gpu = device.startswith("cuda")
     for name, b in VARIANTS.items():
-        problem = spec.backend_problem(b)
+        problem = spec.backend_problem(b) or (None if b.precision in spec.precisions
+                                               else f"{spec.family} models take no {b.precision} variants")
         if problem:
             rows[name].skip(problem)
         elif b.precision not in config.precisions:
