@@ -201,9 +201,16 @@ class Artifact:
         return path
 
     def best_variant(self) -> str:
-        """The most optimized validated variant, in the backend table's preference order."""
-        valid = [n for n in backends_table.preference_order() if n in self.manifest.variants
-                 and (self.manifest.variants[n].validation or {}).get("passed")]
+        """The most optimized validated variant, in the backend table's preference order. A transformer-fused
+        variant whose attention did not fuse is passed over: its rewritten graph measured slower than ORT's
+        own level ``all`` on every family where nothing fused (scripts/family_benchmark.py)."""
+        def usable(name: str) -> bool:
+            variant = self.manifest.variants.get(name)
+            if variant is None or not (variant.validation or {}).get("passed"):
+                return False
+            return (variant.fusion or {}).get("attention_fused", True)
+
+        valid = [n for n in backends_table.preference_order() if usable(n)]
         return valid[0] if valid else "model"
 
     def save(self, manifest: Manifest) -> None:

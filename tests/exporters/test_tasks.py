@@ -271,3 +271,12 @@ def test_auto_judges_each_task_by_its_own_measure(tmp_path, task, metric):
     rows = {r.backend: r for r in report.rows}
     assert rows["ort-int8"].metric == metric and rows["ort-int8"].metric_mean >= 0.5
     assert report.chosen in rows and rows[report.chosen].usable
+
+
+def test_a_fused_variant_whose_attention_did_not_fuse_is_not_picked(exported, tmp_path):
+    folder = shutil.copytree(exported("mpnet"), tmp_path / "mpnet")
+    art = optimize(folder, OptimizeOptions(levels=("all",)))
+    assert not art.manifest.variants["optimized"].fusion["attention_fused"]
+    assert art.best_variant() == "ort-all"
+    bert = shutil.copytree(exported("bert"), tmp_path / "bert")
+    assert optimize(bert, OptimizeOptions(levels=("all",))).best_variant() == "optimized"
