@@ -200,6 +200,11 @@ class Artifact:
                                 f"{backends_table.remake_command(name, self.folder)}")
         return path
 
+    def variant_for(self, backend: str) -> Variant | None:
+        """The variant backend ``backend`` runs in this folder (the table's first present), or None."""
+        return next((self.manifest.variants[n] for n in backends_table.backend_variants(backend)
+                     if n in self.manifest.variants), None)
+
     def best_variant(self) -> str:
         """The most optimized validated variant, in the backend table's preference order. A transformer-fused
         variant whose attention did not fuse is passed over: its rewritten graph measured slower than ORT's

@@ -148,10 +148,7 @@ def backend_of_variant(variant: str) -> Backend:
 
 def remake_command(variant: str, folder) -> str:
     """The command that makes the folder variant ``variant`` again."""
-    for b in TABLE:
-        if b.variants and b.variants[0] == variant and b.make:
-            return b.make_command(folder)
-    return f"torchship optimize {folder}"
+    return backend_of_variant(variant).make_command(folder)
 
 
 def preference_order() -> tuple[str, ...]:

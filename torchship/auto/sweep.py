@@ -189,7 +189,7 @@ def _validate(artifact, config: AutoConfig, rows: dict[str, Row], threads: int, 
         diff = np.abs(got - ref)
         row.max_abs, row.mean_abs, row.cosine = float(diff.max()), float(diff.mean()), cosine(ref, got)
         row.metric, row.metric_mean, row.metric_min = acc.metric, acc.mean, acc.min
-        variant = _variant_of(artifact, backend)
+        variant = artifact.variant_for(backend)
         if variant is not None:
             # int8's build time is quantize's whole measured search, not only the kept candidate's build
             row.file, row.size_bytes = variant.file, variant.size_bytes
@@ -200,13 +200,6 @@ def _validate(artifact, config: AutoConfig, rows: dict[str, Row], threads: int, 
         usable.append(backend)
         progress.step(f"    {backend}: cosine {row.cosine:.6f}, {acc.metric} {acc.mean:.4f}")
     return usable
-
-
-def _variant_of(artifact, backend: str):
-    from torchship.variants import backend_variants
-
-    variants = artifact.manifest.variants
-    return next((variants[n] for n in backend_variants(backend) if n in variants), None)
 
 
 def _benchmark(artifact, config: AutoConfig, rows: dict[str, Row], usable: list[str], threads: int,

@@ -20,7 +20,6 @@ from torchship.compare import rowwise_cosine
 from torchship.errors import InputError
 from torchship.exporters.spec import BATCH, DECODE, SEQUENCE, family_of, saved_config
 from torchship.runtimes import RuntimeOptions, create_predictor
-from torchship.variants import backend_variants
 
 
 def default_threads() -> int:
@@ -131,12 +130,7 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
 
 def variant_files(artifact: Artifact, backends) -> dict[str, str]:
     """The file each backend ran, for the report (backends that bring their own model have none)."""
-    out = {}
-    for name in backends:
-        variant = next((v for v in backend_variants(name) if v in artifact.manifest.variants), None)
-        if variant is not None:
-            out[name] = artifact.manifest.variants[variant].file
-    return out
+    return {name: variant.file for name in backends if (variant := artifact.variant_for(name)) is not None}
 
 
 def variant_budgets(artifact: Artifact, backends) -> dict[str, dict]:
@@ -144,8 +138,8 @@ def variant_budgets(artifact: Artifact, backends) -> dict[str, dict]:
     was made, with the budget it was held to (int8, fp16): what the report shows beside its speed."""
     out = {}
     for name in backends:
-        variant = next((v for v in backend_variants(name) if v in artifact.manifest.variants), None)
-        validation = artifact.manifest.variants[variant].validation if variant else None
+        variant = artifact.variant_for(name)
+        validation = variant.validation if variant is not None else None
         if validation and "budget" in validation:
             out[name] = {k: validation[k] for k in ("metric", "mean", "min", "budget", "passed") if k in validation}
     return out

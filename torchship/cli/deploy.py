@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from torchship import options as o
-from torchship.cli._app import examples, PROGRESS, friendly_errors, main
+from torchship.cli._app import PROGRESS, examples, friendly_errors, main
 
 
 @main.command("auto", epilog=examples(

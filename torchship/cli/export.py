@@ -8,7 +8,8 @@ import functools
 import click
 
 from torchship import options as o
-from torchship.cli._app import examples, CONTEXT, PROGRESS, friendly_errors, main, print_artifact, quiet_libraries, split
+from torchship.cli._app import (CONTEXT, PROGRESS, examples, friendly_errors, main,
+                                print_artifact, quiet_libraries, split)
 
 
 def _export_options(task, exporter, opset, attn_implementation, atol, allow_pickle, trust_remote_code, revision,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from torchship import options as o
-from torchship.cli._app import examples, PROGRESS, friendly_errors, main, split
+from torchship.cli._app import PROGRESS, examples, friendly_errors, main, split
 from torchship.errors import InputError, TorchshipError
 from torchship.variants import TABLE
 
