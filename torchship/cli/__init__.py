@@ -7,7 +7,7 @@ do, in ``export``, ``precision``, ``run`` and ``deploy``. The console scripts na
 
 from __future__ import annotations
 
-from torchship.cli import deploy, precision, run  # noqa: F401  (importing a module registers its commands)
+from torchship.cli import deploy, precision, run, serve  # noqa: F401  (importing a module registers its commands)
 from torchship.cli._app import main
 from torchship.cli.export import family_command
 

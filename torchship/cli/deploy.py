@@ -9,6 +9,7 @@ import click
 
 from torchship import options as o
 from torchship.cli._app import PROGRESS, examples, friendly_errors, main
+from torchship.serving.repository import LAYOUTS, RUNTIMES, SERVE_TASKS, TEXT_QUEUE_DELAY_US
 
 
 @main.command("auto", epilog=examples(
@@ -35,39 +36,66 @@ def auto_cmd(model, config_path, output):
 
 @main.command("triton", epilog=examples(
     'torchship triton auto/ --output model_repository',
-    'torchship triton onnx/bert --output model_repository --name bert-int8 --variant ort-int8 --instances 2'))
+    'torchship triton onnx/bert --output model_repository --name bert-int8 --variant ort-int8 --instances 2',
+    'torchship triton onnx/bert --output model_repository --name bert-native --runtime onnxruntime'))
 @click.argument("folder", type=click.Path())
 @click.option("--output", "-o", "repo", required=True, type=click.Path(file_okay=False),
               help="The model repository folder (created if missing); the model goes to REPO/NAME/.")
+@click.option("--task", default=None, type=click.Choice(SERVE_TASKS),
+              help="What the served model returns for each text: embedding (pooled, normalised as the model "
+                   "says), classification (label and scores), hidden-states; or tensors: token ids in, the "
+                   "model's outputs out (no tokenizer in the server). Default: the folder's task (embedding for "
+                   "encoders; tensors for decoders and UNets).")
+@click.option("--runtime", default="python", show_default=True, type=click.Choice(RUNTIMES),
+              help="Where the model step runs: python (ONNX Runtime inside Triton's Python backend: serves on any "
+                   "tritonserver, torchship serve's included) or Triton's native onnxruntime, tensorrt, openvino "
+                   "backend (NVIDIA's container).")
+@click.option("--layout", default=None, type=click.Choice(LAYOUTS),
+              help="single: one Python model does tokenize, run, post-process; ensemble: three steps. Default: "
+                   "single for --runtime python, ensemble otherwise.")
+@click.option("--strict", is_flag=True, help="Answer an error for a text over the model's maximum length "
+                                             "(default: truncate it and count the tokens dropped in TRUNCATED).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime threads per instance (Python runtime); default: the server's cores / instances.")
 @click.option("--variant", default=None,
               help="Variant or backend name (model, optimized, int8, openvino, tensorrt-fp16, ...); default: the "
                    "one torchship auto chose, else the most optimized validated variant.")
 @click.option("--name", default=None, help="Model name in the repository; default: FOLDER's name.")
 @click.option("--max-batch-size", type=int, default=None,
-              help="Default: the shape config's max batch, else 8 (0 turns Triton's batching off).")
+              help="Default: the shape config's max batch, else 8 (0 turns Triton's batching off; tensors only).")
 @click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True)
 @click.option("--preferred-batch-sizes", default=None, help="Comma-separated, e.g. 4,8.")
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=None,
+              help=f"How long Triton holds a request to batch it with others. Default: {TEXT_QUEUE_DELAY_US} for "
+                   f"text models (measured: docs/serving.md), 100 for tensors.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
               help="Model instances in the instance group.")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @friendly_errors
-def triton_cmd(folder, repo, variant, name, max_batch_size, dynamic_batching, preferred_batch_sizes,
-               max_queue_delay_us, instances, kind):
-    """Write a Triton Inference Server model repository entry for a variant of FOLDER (a torchship folder or a
-    torchship auto output), its config.pbtxt checked against Triton's schema."""
+def triton_cmd(folder, repo, task, runtime, layout, strict, threads, variant, name, max_batch_size,
+               dynamic_batching, preferred_batch_sizes, max_queue_delay_us, instances, kind):
+    """Write a Triton Inference Server model repository entry for FOLDER (a torchship folder or a torchship auto
+    output): by default a model that takes TEXT and returns finished results, every config checked against
+    Triton's schema, and a README.md in the repository that says how to serve it."""
     from torchship.exporters.inputs import parse_shape_list
-    from torchship.triton import MARKER, TritonOptions, write_triton_repo
+    from torchship.serving.repository import ServeOptions, write_text_repo
+    from torchship.triton import MARKER, TritonOptions
 
     preferred = tuple(parse_shape_list(preferred_batch_sizes, what="--preferred-batch-sizes")) \
         if preferred_batch_sizes else ()
-    path = write_triton_repo(folder, repo, TritonOptions(
-        variant=variant, name=name, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching,
-        preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind))
-    click.echo((path / "config.pbtxt").read_text())
-    packaged = json.loads((path / MARKER).read_text())
-    click.echo(f"wrote {path}: " + ", ".join(sorted(p.name for p in (path / "1").iterdir())))
+    sopts = ServeOptions(task=task, runtime=runtime, layout=layout, strict=strict, threads=threads)
+    delay = max_queue_delay_us if max_queue_delay_us is not None else None
+    topts = TritonOptions(variant=variant, name=name, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching,
+                          preferred_batch_sizes=preferred, instances=instances, kind=kind,
+                          **({} if delay is None else {"max_queue_delay_us": delay}))
+    paths = write_text_repo(folder, repo, topts, sopts, default_delay=delay is None)
+    entry = paths[0]
+    for path in paths:
+        packaged = json.loads((path / MARKER).read_text())
+        click.echo(f"wrote {path}: " + ", ".join(sorted(p.name for p in (path / "1").iterdir())))
+    click.echo((entry / "config.pbtxt").read_text())
     click.echo(f"packaged {packaged['variant']} from {packaged['source']}: {packaged['why']}")
+    click.echo(f"how to serve it: {Path(repo) / 'README.md'}")
 
 
 @main.command("demo", epilog=examples(

@@ -1,0 +1,127 @@
+"""What the serving commands need of a served model: a target to load-test, the folder it came from, the
+local predictor to check its answers against, and one example request."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from torchship.errors import InputError
+from torchship.serving.loadtest import InfinityHTTP, ServerError, TritonGRPC, TritonHTTP, split_url
+
+EXAMPLE_TEXTS = ["torchship serves this sentence.", "A second, longer text in the same request."]
+
+
+def load_texts(path: str | Path | None) -> list[str]:
+    if path is None:
+        from importlib.resources import files
+
+        text = files("torchship.data").joinpath("sentences.txt").read_text(encoding="utf-8")
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--texts {path} cannot be read as UTF-8 text: {exc}") from None
+    texts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not texts:
+        raise InputError(f"--texts {path} holds no text; one text per line")
+    return texts
+
+
+def target_for(url: str, model: str, protocol: str):
+    host, port = split_url(url, protocol)
+    return (TritonGRPC if protocol == "grpc" else TritonHTTP)(host, port, model)
+
+
+def _http_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def model_parameters(http_url: str, model: str) -> dict[str, str]:
+    """The string parameters of a model's config on the server (torchship writes where it came from)."""
+    try:
+        config = _http_json(f"{http_url.rstrip('/')}/v2/models/{model}/config")
+    except urllib.error.HTTPError as exc:
+        raise InputError(f"the server has no model {model!r} ({exc.code}); list them with: curl -X POST "
+                         f"{http_url}/v2/repository/index") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise InputError(f"no server answers at {http_url} ({getattr(exc, 'reason', exc)}); start one with "
+                         f"torchship serve REPO") from None
+    return {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+
+
+def model_source(url: str, model: str, protocol: str) -> tuple[str, str | None] | None:
+    """(the torchship folder the served model was written from, the backend it runs) when that folder is on
+    this machine."""
+    if protocol != "http":
+        return None  # the check needs the config over HTTP; gRPC runs pass --reference
+    host, port = split_url(url, "http")
+    params = model_parameters(f"http://{host}:{port}", model)
+    source = params.get("torchship_source")
+    return (source, params.get("torchship_backend")) if source and Path(source, "torchship.json").is_file() else None
+
+
+def local_reference(folder: str | Path, backend: str | None = None):
+    """texts -> answers (embedding vectors or labels) from torchship's own predictor on this machine."""
+    from torchship.artifact import Artifact
+    from torchship.runtimes import create_predictor
+    from torchship.runtimes.text import TextModel
+
+    artifact = Artifact.open(folder)
+    model = TextModel.from_artifact(artifact, create_predictor(artifact, backend or "ort"))
+
+    def answers(texts):
+        p = model.predict(list(texts))
+        return list(p.embeddings) if p.embeddings is not None else list(p.labels)
+    return answers
+
+
+def text_models(http_url: str) -> list[str]:
+    """The ready models of the server that take TEXT (tensor models and ensemble steps left out)."""
+    index = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{http_url}/v2/repository/index", data=b"", method="POST"), timeout=10).read())
+    found = []
+    for m in index:
+        if m.get("state") != "READY":
+            continue
+        meta = _http_json(f"{http_url}/v2/models/{m['name']}")
+        if [i["name"] for i in meta.get("inputs", [])] == ["TEXT"] and "torchship_source" in \
+                model_parameters(http_url, m["name"]):
+            found.append(m["name"])
+    return found
+
+
+def curl_line(http_url: str, model: str) -> str:
+    body = json.dumps({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [len(EXAMPLE_TEXTS), 1],
+                                   "data": EXAMPLE_TEXTS}]})
+    return f"curl -s {http_url}/v2/models/{model}/infer -d '{body}'"
+
+
+def example_requests(server) -> list[str]:
+    models = text_models(server.http_url)
+    if not models:
+        return ["(no text models here: tensor models take the inputs their config.pbtxt lists)"]
+    return [f"example request ({m}):\n  {curl_line(server.http_url, m)}" for m in models]
+
+
+def smoke_test(server) -> list[str]:
+    """One request per text model over HTTP; a ServerError if any fails."""
+    lines = []
+    for m in text_models(server.http_url):
+        host, port = split_url(server.http_url, "http")
+        answers = TritonHTTP(host, port, m).connect()(EXAMPLE_TEXTS)
+        first = answers[0]
+        shown = f"label {first}" if isinstance(first, str) else f"vector of {np.asarray(first).shape[-1]}"
+        if len(answers) != len(EXAMPLE_TEXTS):
+            raise ServerError(f"{m} answered {len(answers)} rows for {len(EXAMPLE_TEXTS)} texts")
+        lines.append(f"check: {m} answered {len(answers)} texts ({shown} each)")
+    return lines
+
+
+__all__ = ["InfinityHTTP", "load_texts", "target_for", "model_source", "local_reference", "example_requests",
+           "smoke_test"]

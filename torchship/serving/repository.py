@@ -1,0 +1,403 @@
+"""Text-in Triton repositories: the model takes ``TEXT`` (one string per batch row) and returns finished
+results, with the tokenizer and the post-processing inside the server.
+
+Two layouts, one contract (inputs, outputs, errors):
+
+- ``single`` (``--runtime python``'s default): one Python-backend model runs tokenize -> ONNX Runtime ->
+  post-process in one process, in groups of texts of similar length. It serves on any tritonserver with
+  the Python backend, the ``torchship serve`` one included.
+- ``ensemble``: ``NAME`` schedules ``NAME_tokenize`` (Python) -> ``NAME_model`` (the chosen runtime: Triton's
+  onnxruntime, TensorRT or OpenVINO backend, or Python) -> ``NAME_post`` (Python). Native runtimes need
+  NVIDIA's container image, whose server has those backends.
+
+Outputs by task: ``embedding`` -> ``EMBEDDING`` [dim] (the model's sentence-transformers pooling and
+normalisation, else mean); ``classification`` -> ``LABEL``, ``SCORE``, ``SCORES``; ``hidden-states`` ->
+``HIDDEN_STATES`` [tokens, hidden]; every task -> ``TOKENS`` (kept) and ``TRUNCATED`` (dropped) per text.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from torchship.errors import ArtifactError, InputError
+from torchship.exporters.spec import FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION
+from torchship.triton import MARKER, TritonOptions, _pick, _resolve_source, model_name, parse_config
+
+EMBEDDING, HIDDEN_STATES, CLASSIFICATION, TENSORS = "embedding", "hidden-states", "classification", "tensors"
+SERVE_TASKS = (EMBEDDING, CLASSIFICATION, HIDDEN_STATES, TENSORS)
+RUNTIMES = ("python", "onnxruntime", "tensorrt", "openvino")
+LAYOUTS = ("single", "ensemble")
+# the folder's task -> the serving tasks it can give (first: the default)
+FROM_FOLDER = {FEATURE_EXTRACTION: (EMBEDDING, HIDDEN_STATES, TENSORS), SENTENCE_EMBEDDING: (EMBEDDING, TENSORS),
+               TEXT_CLASSIFICATION: (CLASSIFICATION, TENSORS)}
+NATIVE = {"onnxruntime": ("onnxruntime", "onnxruntime-cuda"), "tensorrt": ("tensorrt",), "openvino": ("openvino",)}
+NATIVE_DEFAULT = {"tensorrt": "tensorrt", "openvino": "openvino"}
+BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "ensemble": None}
+README = "README.md"
+# Triton's dynamic-batching window for text models, measured on the packaged MiniLM (docs/serving.md)
+TEXT_QUEUE_DELAY_US = 100
+BACKEND_FILE = Path(__file__).with_name("backend.py")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    task: str | None = None  # None: the folder's own (embedding for encoders, classification for classifiers)
+    runtime: str = "python"
+    layout: str | None = None  # None: single for python, ensemble for the native runtimes
+    strict: bool = False  # a text over the model's maximum length is an error, not truncated
+    threads: int | None = None  # ONNX Runtime threads per instance; None: the server's cores / instances
+
+    def checked(self) -> "ServeOptions":
+        if self.task is not None and self.task not in SERVE_TASKS:
+            raise InputError(f"unknown --task {self.task!r}; use one of {', '.join(SERVE_TASKS)}")
+        if self.runtime not in RUNTIMES:
+            raise InputError(f"unknown --runtime {self.runtime!r}; use one of {', '.join(RUNTIMES)}")
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise InputError(f"unknown --layout {self.layout!r}; use {' or '.join(LAYOUTS)}")
+        if self.layout == "single" and self.runtime != "python":
+            raise InputError(f"--layout single runs the model inside the Python backend; with --runtime "
+                             f"{self.runtime} the model step is its own model: use --layout ensemble")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be 1 or more, got {self.threads}")
+        return self
+
+    @property
+    def resolved_layout(self) -> str:
+        return self.layout or ("single" if self.runtime == "python" else "ensemble")
+
+
+@dataclass
+class Plan:
+    """Everything a text repository needs, checked before anything is written."""
+
+    name: str
+    task: str
+    folder: Path  # the torchship folder
+    variant: str  # the folder variant the model step runs
+    backend: str  # its backend's name
+    why: str
+    model_file: Path | None  # the ONNX file the Python backend runs (None when a native step runs it)
+    output: str  # the model output the post-processing reads
+    dims: dict  # EMBEDDING / HIDDEN_STATES / SCORES dims
+    max_batch_size: int
+    settings: dict  # serving.json's common part
+
+
+def _folder_task(manifest, wanted: str | None) -> str:
+    allowed = FROM_FOLDER.get(manifest.task)
+    if allowed is None:
+        if wanted in (None, TENSORS):
+            return TENSORS
+        raise InputError(f"serving {manifest.task} models as text is not supported yet; serve the tensors with "
+                         f"--task tensors, and run the task's post-processing in the client (torchship predict "
+                         f"shows it)")
+    task = wanted or allowed[0]
+    if task not in allowed:
+        raise InputError(f"a {manifest.task} model cannot be served as --task {task}; it can be: "
+                         f"{', '.join(allowed)}")
+    return task
+
+
+def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> Plan:
+    from torchship.artifact import Artifact
+
+    topts, sopts = topts.checked(), sopts.checked()
+    model_folder, chosen = _resolve_source(folder)
+    artifact = Artifact.open(model_folder)
+    m = artifact.manifest
+    task = _folder_task(m, sopts.task)
+    name = model_name(folder, topts)
+    if not (artifact.folder / "tokenizer.json").is_file():
+        raise ArtifactError(f"{artifact.folder} has no tokenizer.json, which the server's tokenizer reads; export "
+                            f"from a checkpoint with a fast (Rust) tokenizer, or save one there")
+    if topts.variant:
+        pick, why = topts.variant, "named with --variant"
+    elif sopts.runtime in NATIVE_DEFAULT:
+        pick, why = NATIVE_DEFAULT[sopts.runtime], f"the {sopts.runtime} variant"
+    elif chosen:
+        pick, why = chosen, "chosen by torchship auto: the fastest within its accuracy budget"
+    else:
+        pick, why = artifact.best_variant(), "the most optimized validated variant of the folder"
+    variant, record = _pick(artifact, pick)
+    wanted = ("onnxruntime",) if sopts.runtime == "python" else NATIVE[sopts.runtime]
+    if record.runtime not in wanted or (sopts.runtime == "python" and record.device != "cpu"):
+        raise InputError(f"--runtime {sopts.runtime} cannot run {pick!r} (a {record.runtime} {record.device} "
+                         f"variant); pass a --variant it runs, or --runtime "
+                         f"{next((k for k, v in NATIVE.items() if record.runtime in v), 'python')}")
+    max_batch = topts.max_batch_size
+    if max_batch is None:
+        resolved = m.resolved_shapes()
+        max_batch = resolved.axes["batch"][2] if resolved is not None and "batch" in resolved.axes else 8
+    if max_batch < 1:
+        raise InputError("a text model batches its rows: --max-batch-size must be 1 or more")
+    outputs = {t.name: t for t in m.io().outputs}
+    output = "sentence_embedding" if "sentence_embedding" in outputs else \
+        "logits" if task == CLASSIFICATION else "last_hidden_state"
+    if output not in outputs:
+        raise ArtifactError(f"{artifact.folder} has no {output!r} output, which --task {task} reads")
+    width = outputs[output].axes[-1]
+    if not isinstance(width, int):
+        raise ArtifactError(f"the width of {output!r} in {artifact.folder} is not fixed; it cannot be served")
+    text = m.text or {}
+    settings = {"task": task, "max_length": int(text.get("max_length") or 512), "strict": sopts.strict,
+                "inputs": list(m.input_names), "output": output, "threads": sopts.threads,
+                "instances": topts.instances, "labels": text.get("labels") or [],
+                "pooling": None if output == "sentence_embedding" else text.get("pooling", "mean"),
+                "normalize": False if output == "sentence_embedding" else bool(text.get("normalize")),
+                "pad_id": _pad_id(artifact.folder)}
+    dims = {"EMBEDDING": [width], "HIDDEN_STATES": [-1, width], "SCORES": [width]}
+    model_file = artifact.path_of(variant) if sopts.runtime == "python" else None
+    return Plan(name, task, artifact.folder, variant or record.name, record.name, why, model_file, output, dims,
+                max_batch, settings)
+
+
+def _pad_id(folder: Path) -> int:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(config.get("pad_token_id") or 0)
+
+
+def _tensor(key: str, name: str, dtype: str, dims) -> str:
+    return f'{key} {{\n  name: "{name}"\n  data_type: {dtype}\n  dims: [ {", ".join(map(str, dims))} ]\n}}'
+
+
+def _outputs(plan: Plan) -> list[tuple[str, str, list]]:
+    by_task = {EMBEDDING: [("EMBEDDING", "TYPE_FP32", plan.dims["EMBEDDING"])],
+               HIDDEN_STATES: [("HIDDEN_STATES", "TYPE_FP32", plan.dims["HIDDEN_STATES"])],
+               CLASSIFICATION: [("LABEL", "TYPE_STRING", [1]), ("SCORE", "TYPE_FP32", [1]),
+                                ("SCORES", "TYPE_FP32", plan.dims["SCORES"])]}
+    return by_task[plan.task] + [("TOKENS", "TYPE_INT32", [1]), ("TRUNCATED", "TYPE_INT32", [1])]
+
+
+def _config(name: str, head: str, max_batch: int, inputs, outputs, topts: TritonOptions, *, batching=True,
+            instances=True, parameters: dict | None = None) -> str:
+    lines = [f'name: "{name}"', head, f"max_batch_size: {max_batch}"]
+    lines += [_tensor("input", *t) for t in inputs] + [_tensor("output", *t) for t in outputs]
+    if batching and topts.dynamic_batching:
+        preferred = "".join(f"\n  preferred_batch_size: {b}" for b in topts.preferred_batch_sizes)
+        lines.append(f"dynamic_batching {{{preferred}\n  max_queue_delay_microseconds: {topts.max_queue_delay_us}\n}}")
+    if instances:
+        kind = "KIND_GPU" if topts.kind == "gpu" else "KIND_CPU"
+        lines.append(f"instance_group [\n  {{\n    count: {topts.instances}\n    kind: {kind}\n  }}\n]")
+    for key, value in (parameters or {}).items():
+        lines.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}')
+    return "\n".join(lines) + "\n"
+
+
+def _ensemble(plan: Plan, model_outputs: list[str], topts: TritonOptions) -> str:
+    n = plan.name
+    feeds = plan.settings["inputs"]
+    tok_out = "".join(f'\n      output_map {{ key: "{i}" value: "{i}" }}' for i in feeds)
+    if "attention_mask" not in feeds:
+        tok_out += '\n      output_map { key: "attention_mask" value: "attention_mask" }'
+    model_in = "".join(f'\n      input_map {{ key: "{i}" value: "{i}" }}' for i in feeds)
+    post_out = "".join(f'\n      output_map {{ key: "{o}" value: "{o}" }}' for o in model_outputs)
+    steps = (f'  step [\n    {{\n      model_name: "{n}_tokenize"\n      model_version: -1\n'
+             f'      input_map {{ key: "TEXT" value: "TEXT" }}{tok_out}\n'
+             f'      output_map {{ key: "TOKENS" value: "TOKENS" }}\n'
+             f'      output_map {{ key: "TRUNCATED" value: "TRUNCATED" }}\n    }},\n'
+             f'    {{\n      model_name: "{n}_model"\n      model_version: -1{model_in}\n'
+             f'      output_map {{ key: "{plan.output}" value: "model_output" }}\n    }},\n'
+             f'    {{\n      model_name: "{n}_post"\n      model_version: -1\n'
+             f'      input_map {{ key: "MODEL_OUTPUT" value: "model_output" }}\n'
+             f'      input_map {{ key: "attention_mask" value: "attention_mask" }}{post_out}\n    }}\n  ]')
+    body = _config(n, 'platform: "ensemble"', plan.max_batch_size, [("TEXT", "TYPE_STRING", [1])], _outputs(plan),
+                   topts, batching=False, instances=False,
+                   parameters={"torchship_source": str(plan.folder), "torchship_backend": plan.backend})
+    return body + f"ensemble_scheduling {{\n{steps}\n}}\n"
+
+
+def _model_output_dims(plan: Plan) -> list:
+    return [plan.dims["EMBEDDING"][0]] if plan.output in ("sentence_embedding", "logits") else [-1,
+                                                                                                 plan.dims["EMBEDDING"][0]]
+
+
+def _python_models(plan: Plan, topts: TritonOptions, layout: str, native_model: bool) -> dict[str, dict]:
+    """{model name: {"config": text, "files": {name: source or text}, "settings": serving.json}}"""
+    s = plan.settings
+    head = 'backend: "python"'
+    text_in = [("TEXT", "TYPE_STRING", [1])]
+    feeds = [(i, "TYPE_INT64", [-1]) for i in s["inputs"]]
+    if layout == "single":
+        return {plan.name: {"config": _config(plan.name, head, plan.max_batch_size, text_in, _outputs(plan), topts,
+                                              parameters={"torchship_source": str(plan.folder),
+                                                          "torchship_backend": plan.backend}),
+                            "files": {"tokenizer.json": plan.folder / "tokenizer.json", "model.onnx": plan.model_file},
+                            "settings": {**s, "step": "text", "tokenizer": "tokenizer.json", "model": "model.onnx"}}}
+    n = plan.name
+    masks = [] if "attention_mask" in s["inputs"] else [("attention_mask", "TYPE_INT64", [-1])]
+    counts = [("TOKENS", "TYPE_INT32", [1]), ("TRUNCATED", "TYPE_INT32", [1])]
+    out_dims = _model_output_dims(plan)
+    models = {
+        f"{n}_tokenize": {"config": _config(f"{n}_tokenize", head, plan.max_batch_size, text_in,
+                                            feeds + masks + counts, topts),
+                          "files": {"tokenizer.json": plan.folder / "tokenizer.json"},
+                          "settings": {**s, "step": "tokenize", "tokenizer": "tokenizer.json"}},
+        f"{n}_post": {"config": _config(f"{n}_post", head, plan.max_batch_size,
+                                        [("MODEL_OUTPUT", "TYPE_FP32", out_dims), ("attention_mask", "TYPE_INT64", [-1])],
+                                        _outputs(plan)[:-2], topts),
+                      "files": {}, "settings": {**s, "step": "post"}},
+    }
+    if not native_model:
+        models[f"{n}_model"] = {"config": _config(f"{n}_model", head, plan.max_batch_size, feeds,
+                                                  [(plan.output, "TYPE_FP32", out_dims)], topts),
+                                "files": {"model.onnx": plan.model_file},
+                                "settings": {**s, "step": "model", "model": "model.onnx"}}
+    return models
+
+
+def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions = TritonOptions(),
+                    sopts: ServeOptions = ServeOptions(), *, default_delay: bool = False) -> list[Path]:
+    """Write the text model (and its steps) for ``folder`` into ``repo``; returns the model folders written,
+    the one clients call first. ``default_delay``: the queue delay was not given, use the measured one."""
+    from torchship._fs import check_writable
+    from torchship.external_data import copy_model
+    from torchship.triton import check_repository, plan_model, write_triton_repo
+
+    sopts = sopts.checked()
+    repo = Path(repo)
+    plan = plan_text(folder, topts, sopts)
+    if plan.task == TENSORS:
+        return [write_triton_repo(folder, repo, replace(topts, name=plan.name))]
+    if default_delay:
+        topts = replace(topts, max_queue_delay_us=TEXT_QUEUE_DELAY_US)
+    layout = sopts.resolved_layout
+    native = sopts.runtime != "python"
+    models = _python_models(plan, topts, layout, native)
+    names = list(models) + ([plan.name] if layout == "ensemble" else []) + ([f"{plan.name}_model"] if native else [])
+    for name in names:  # all of it checked before anything is written
+        check_repository(repo, name)
+    native_opts = replace(topts, name=f"{plan.name}_model", variant=plan.variant)
+    if native:
+        plan_model(folder, native_opts)
+    configs = {name: spec["config"] for name, spec in models.items()}
+    if layout == "ensemble":
+        configs[plan.name] = _ensemble(plan, [o[0] for o in _outputs(plan)[:-2]], topts)
+    for text in configs.values():
+        parse_config(text)  # Triton's schema
+    repo.mkdir(parents=True, exist_ok=True)
+    check_writable(repo)
+    stage = Path(tempfile.mkdtemp(prefix=".torchship-", dir=repo))
+    marker = {"source": str(plan.folder), "variant": plan.variant, "backend": plan.backend, "why": plan.why,
+              "task": plan.task, "runtime": sopts.runtime, "layout": layout, "entry": plan.name}
+    try:
+        for name, text in configs.items():
+            place = stage / name
+            (place / "1").mkdir(parents=True)
+            (place / "config.pbtxt").write_text(text)
+            spec = models.get(name)
+            files = []
+            if spec is not None:
+                shutil.copyfile(BACKEND_FILE, place / "1" / "model.py")
+                (place / "1" / "serving.json").write_text(json.dumps(spec["settings"], indent=2) + "\n")
+                for target, source in spec["files"].items():
+                    if target == "model.onnx":
+                        copy_model(source, place / "1" / target)
+                    else:
+                        shutil.copyfile(source, place / "1" / target)
+                files = ["model.py", "serving.json", *spec["files"]]
+            needs = "python" if spec is not None else None
+            (place / MARKER).write_text(json.dumps({**marker, "needs": needs, "files": files}, indent=2) + "\n")
+        written = []
+        for name in configs:
+            final = repo / name
+            if final.exists():
+                shutil.rmtree(final)
+            (stage / name).rename(final)
+            written.append(final)
+        if native:
+            written.append(write_triton_repo(folder, repo, native_opts))
+            _mark(written[-1], {**marker, "needs": sopts.runtime})
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    write_readme(repo)
+    return written
+
+
+def _mark(model_dir: Path, extra: dict) -> None:
+    data = json.loads((model_dir / MARKER).read_text())
+    (model_dir / MARKER).write_text(json.dumps({**data, **extra, "files": data.get("files", [])}, indent=2) + "\n")
+
+
+def repository_models(repo: Path) -> dict[str, dict]:
+    """{model name: its marker} for every model folder of ``repo``; InputError for a folder torchship did not
+    write or one missing its files."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise InputError(f"{repo} is not a folder; write a repository with: torchship triton FOLDER --output {repo}")
+    found = {}
+    for place in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        marker = place / MARKER
+        if not marker.is_file() or not (place / "config.pbtxt").is_file():
+            raise InputError(f"{place} was not written by torchship (no {MARKER} or config.pbtxt); move it out of "
+                             f"the repository, or write it with torchship triton")
+        data = json.loads(marker.read_text())
+        missing = [f for f in data.get("files", []) if not (place / "1" / f).is_file()]
+        if missing:
+            raise InputError(f"{place} is missing {', '.join(missing)}; write it again with torchship triton")
+        if "needs" not in data:  # a tensor model: its backend is its platform's
+            text = (place / "config.pbtxt").read_text()
+            platform = next((line.split('"')[1] for line in text.splitlines()
+                             if line.startswith(("platform:", "backend:"))), "")
+            data["needs"] = BACKEND_OF_PLATFORM.get(platform, platform)
+        found[place.name] = data
+    if not found:
+        raise InputError(f"{repo} holds no models; write one with: torchship triton FOLDER --output {repo}")
+    return found
+
+
+def check_servable(repo: Path, backends: tuple[str, ...]) -> list[str]:
+    """The names of the repository's models, once each is known to need only ``backends``."""
+    from torchship.serving.server import CONTAINER
+
+    models = repository_models(repo)
+    for name, data in models.items():
+        need = data.get("needs")
+        if need and need not in backends:
+            raise InputError(
+                f"model {name} needs Triton's {need} backend, which this server lacks (it has "
+                f"{', '.join(backends)}); rewrite the repository with `torchship triton {data.get('source', 'FOLDER')} "
+                f"--output {repo} --runtime python`, or serve it in NVIDIA's container ({CONTAINER})")
+    return list(models)
+
+
+def write_readme(repo: Path) -> Path:
+    from torchship.serving.server import CONTAINER
+
+    models = repository_models(repo)
+    entries = sorted({d.get("entry", n) for n, d in models.items()})
+    lines = ["# Triton model repository (written by torchship)", "",
+             "| model | task | runtime | layout | packaged | from |", "|---|---|---|---|---|---|"]
+    for n in entries:
+        d = models.get(n, {})
+        lines.append(f"| {n} | {d.get('task', 'tensors')} | {d.get('runtime', '-')} | {d.get('layout', '-')} | "
+                     f"{d.get('backend', d.get('variant', '-'))} | {d.get('source', '-')} |")
+    python_only = all(d.get("needs") in ("python", None) for d in models.values())
+    lines += ["", "## Start it", "", "With torchship (its tritonserver has the Python backend only):", "",
+              "```", "torchship serve --setup   # once", f"torchship serve {repo}", "```", "",
+              "In NVIDIA's container, which has every backend"
+              + (" (the Python steps need `tokenizers` and `onnxruntime` there: `pip install tokenizers "
+                 "onnxruntime` in the image)" if any(d.get("needs") == "python" for d in models.values()) else "")
+              + ":", "", "```",
+              f"docker run --rm -p8000:8000 -p8001:8001 -p8002:8002 -v \"$PWD/{repo.name}:/models\" {CONTAINER} \\",
+              "  tritonserver --model-repository=/models", "```"]
+    if not python_only:
+        lines += ["", "Some models here need a native backend (onnxruntime, TensorRT or OpenVINO): only the "
+                  "container serves those."]
+    text_models = [n for n in entries if models.get(n, {}).get("task", TENSORS) != TENSORS]
+    if text_models:
+        n = text_models[0]
+        lines += ["", "## One request", "", "```",
+                  f"curl -s localhost:8000/v2/models/{n}/infer -d '{{\"inputs\": [{{\"name\": \"TEXT\", "
+                  f"\"datatype\": \"BYTES\", \"shape\": [2, 1], \"data\": [\"first text\", \"second text\"]}}]}}'",
+                  "```", "", "Each row of `TEXT` is one text; the answer has one row per text. `TOKENS` counts the "
+                  "tokens the model read, `TRUNCATED` the tokens cut off a text longer than the model's maximum."]
+    path = Path(repo) / README
+    path.write_text("\n".join(lines) + "\n")
+    return path
