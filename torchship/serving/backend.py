@@ -248,8 +248,12 @@ class TritonPythonModel:
         return self.pb.InferenceResponse(output_tensors=[
             self.pb.Tensor(name, arrays[name]) for name in self.output_names if name in arrays])
 
-    def _error(self, message):
-        return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(message))
+    def _error(self, message, bad_input=True):
+        """An error answer: the client's request (HTTP 400, gRPC INVALID_ARGUMENT) or the model's (500)."""
+        error = self.pb.TritonError
+        code = getattr(error, "INVALID_ARG" if bad_input else "INTERNAL", None)
+        return self.pb.InferenceResponse(output_tensors=[],
+                                         error=error(message) if code is None else error(message, code))
 
     def _input(self, request, name):
         tensor = self.pb.get_input_tensor_by_name(request, name)
@@ -267,7 +271,7 @@ class TritonPythonModel:
             except RequestError as exc:
                 answers.append(self._error(str(exc)))
             except Exception as exc:  # noqa: BLE001 - the server must answer and keep serving
-                answers.append(self._error(f"{self.step} failed: {type(exc).__name__}: {exc}"))
+                answers.append(self._error(f"{self.step} failed: {type(exc).__name__}: {exc}", bad_input=False))
         return answers
 
     def _one(self, request):
@@ -302,7 +306,7 @@ class TritonPythonModel:
                 result = None
             except Exception as exc:  # noqa: BLE001
                 for r in spans:
-                    answers[r] = self._error(f"the model failed: {type(exc).__name__}: {exc}")
+                    answers[r] = self._error(f"the model failed: {type(exc).__name__}: {exc}", bad_input=False)
                 return answers
             for r, (a, b) in spans.items():
                 if result is None:

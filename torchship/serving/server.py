@@ -36,6 +36,9 @@ CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"  # NVIDIA's image of the sam
 HERE_BACKENDS = ("python",)
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
+# on SIGTERM the server finishes requests in flight, then waits for clients to close their connections: an idle
+# keep-alive connection would hold it for Triton's default 30 s
+DRAIN_S = 5
 SHM_PREFIX = "torchship"
 
 
@@ -235,7 +238,7 @@ class Server:
         return [str(i.binary), f"--model-repository={self.repo}", f"--backend-directory={i.backends}",
                 f"--cache-directory={i.caches}", f"--http-address={self.host}", f"--grpc-address={self.host}",
                 f"--metrics-address={self.host}", f"--http-port={self.ports.http}", f"--grpc-port={self.ports.grpc}",
-                f"--metrics-port={self.ports.metrics}", "--allow-gpu-metrics=false", "--exit-on-error=false",
+                f"--metrics-port={self.ports.metrics}", "--allow-gpu-metrics=false", "--exit-on-error=false", f"--exit-timeout-secs={DRAIN_S}",
                 "--strict-readiness=true", f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                 "--log-verbose=0"]
 
