@@ -11,6 +11,8 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml constraints.txt
 	# torch first, pinned: an open torch requirement can pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q -c constraints.txt torch
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	# the Triton server the serving tests run, in its own folder (~/.cache/torchship/triton), once
+	$(BIN)/torchship serve --setup --if-missing
 	touch $@
 
 install: $(VENV)/.installed

@@ -37,7 +37,7 @@ def auto_cmd(model, config_path, output):
 @main.command("triton", epilog=examples(
     'torchship triton auto/ --output model_repository',
     'torchship triton onnx/bert --output model_repository --name bert-int8 --variant ort-int8 --instances 2',
-    'torchship triton onnx/bert --output model_repository --name bert-native --runtime onnxruntime'))
+    'torchship triton onnx/bert --output native_repository --name bert-native --runtime onnxruntime'))
 @click.argument("folder", type=click.Path())
 @click.option("--output", "-o", "repo", required=True, type=click.Path(file_okay=False),
               help="The model repository folder (created if missing); the model goes to REPO/NAME/.")

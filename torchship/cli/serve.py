@@ -17,6 +17,7 @@ from torchship.cli._app import PROGRESS, examples, friendly_errors, main
 @click.argument("repo", type=click.Path(), required=False)
 @click.option("--setup", is_flag=True, help="Set up the server once: unpack nvidia-pytriton's tritonserver and "
                                             "build its Python-backend environment (needs PyPI).")
+@click.option("--if-missing", is_flag=True, help="With --setup: do nothing when the server is already set up.")
 @click.option("--wheel", type=click.Path(dir_okay=False), default=None,
               help="With --setup: an nvidia-pytriton wheel already downloaded (default: pip downloads it).")
 @click.option("--http-port", type=int, default=8000, show_default=True)
@@ -28,16 +29,19 @@ from torchship.cli._app import PROGRESS, examples, friendly_errors, main
                                             "per text model, stop, and exit 0: a pre-deployment smoke test.")
 @click.option("--log", type=click.Path(dir_okay=False), default=None, help="Write the server's log here.")
 @friendly_errors
-def serve_cmd(repo, setup, wheel, http_port, grpc_port, metrics_port, host, check, log):
+def serve_cmd(repo, setup, if_missing, wheel, http_port, grpc_port, metrics_port, host, check, log):
     """Serve a model repository written by torchship triton on a real tritonserver: waits until every model is
     ready (or prints the load error of the one that failed), prints the URLs and an example request, and stops
     cleanly on Ctrl-C or SIGTERM."""
     from torchship.errors import InputError
-    from torchship.serving.server import Ports, Server, setup as setup_server
+    from torchship.serving.server import Install, Ports, Server, home, setup as setup_server
 
     if setup:
-        install = setup_server(wheel, progress=PROGRESS.step)
-        click.echo(f"the server is set up in {install.root}")
+        if if_missing and Install(home()).complete():
+            click.echo(f"the server is set up in {home()}")
+        else:
+            install = setup_server(wheel, progress=PROGRESS.step)
+            click.echo(f"the server is set up in {install.root}")
         if repo is None:
             return
     if repo is None:
@@ -70,7 +74,7 @@ def serve_cmd(repo, setup, wheel, http_port, grpc_port, metrics_port, host, chec
 
 
 @main.command("loadtest", epilog=examples(
-    'torchship loadtest http://127.0.0.1:8000 --model model_repository_model --concurrency 1,4 --duration 2 '
+    'torchship loadtest http://127.0.0.1:8000 --model auto --concurrency 1,4 --duration 2 --warmup 1 '
     '--output loadtest'))
 @click.argument("url")
 @click.option("--model", required=True, help="The model's name on the server.")

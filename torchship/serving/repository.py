@@ -41,6 +41,7 @@ README = "README.md"
 # Triton's dynamic-batching window for text models, measured on the packaged MiniLM (docs/serving.md)
 TEXT_QUEUE_DELAY_US = 100
 BACKEND_FILE = Path(__file__).with_name("backend.py")
+CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"  # NVIDIA's image of the server release torchship serve runs
 
 
 @dataclass(frozen=True)
@@ -354,8 +355,6 @@ def repository_models(repo: Path) -> dict[str, dict]:
 
 def check_servable(repo: Path, backends: tuple[str, ...]) -> list[str]:
     """The names of the repository's models, once each is known to need only ``backends``."""
-    from torchship.serving.server import CONTAINER
-
     models = repository_models(repo)
     for name, data in models.items():
         need = data.get("needs")
@@ -368,8 +367,6 @@ def check_servable(repo: Path, backends: tuple[str, ...]) -> list[str]:
 
 
 def write_readme(repo: Path) -> Path:
-    from torchship.serving.server import CONTAINER
-
     models = repository_models(repo)
     entries = sorted({d.get("entry", n) for n, d in models.items()})
     lines = ["# Triton model repository (written by torchship)", "",

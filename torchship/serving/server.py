@@ -32,7 +32,6 @@ from torchship.errors import BackendUnavailable, InputError, TorchshipError
 
 WHEEL = "nvidia-pytriton==0.7.0"
 SERVER_VERSION = "2.51"  # the tritonserver inside that wheel
-CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"  # NVIDIA's image of the same server release
 HERE_BACKENDS = ("python",)
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
