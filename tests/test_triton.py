@@ -103,10 +103,13 @@ def test_bad_requests_are_one_line(folder, tmp_path):
         write_triton_repo(folder, tmp_path / "r", TritonOptions(variant="nope"))
     with pytest.raises(InputError, match="exceed max_batch_size"):
         write_triton_repo(folder, tmp_path / "r", TritonOptions(preferred_batch_sizes=(16,)))
-    r = CliRunner().invoke(main, ["triton", str(folder), "--output", str(tmp_path / "r"), "--variant",
-                                  "tensorrt-fp16"])
-    assert r.exit_code == EXIT_MISSING and "torchship[tensorrt]" in r.output and "Traceback" not in r.output
-    assert not (tmp_path / "r" / "bert").exists()
+    for task in ("tensors", "embedding"):
+        r = CliRunner().invoke(main, ["triton", str(folder), "--output", str(tmp_path / "r"), "--variant",
+                                      "tensorrt-fp16", "--task", task, "--runtime", "tensorrt"])
+        assert r.exit_code == EXIT_MISSING and "torchship[tensorrt]" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["triton", str(folder), "--output", str(tmp_path / "r"), "--variant", "openvino"])
+    assert r.exit_code == 2 and "--runtime python cannot run 'openvino'" in r.output and "--runtime openvino" in r.output
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
 def test_without_tritonclient_one_line_names_the_extra(folder, tmp_path):
@@ -125,7 +128,13 @@ def test_cli_writes_from_an_auto_output_folder(tmp_path, exported):
     (auto / "model").parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(exported("bert", optimized=True), auto / "model")
     (auto / "summary.json").write_text(json.dumps({"chosen": "ort-all"}))
-    r = CliRunner().invoke(main, ["triton", str(auto), "--output", str(tmp_path / "repo"), "--name", "enc"])
+    r = CliRunner().invoke(main, ["triton", str(auto), "--output", str(tmp_path / "repo"), "--name", "enc",
+                                  "--task", "tensors"])
     assert r.exit_code == 0, r.output
     assert re.search(r'platform: "onnxruntime_onnx"', r.output)
     assert (tmp_path / "repo" / "enc" / "1" / "model.onnx").read_bytes() == (auto / "model" / "ort_all.onnx").read_bytes()
+    r = CliRunner().invoke(main, ["triton", str(auto), "--output", str(tmp_path / "text"), "--name", "enc"])
+    assert r.exit_code == 0, r.output
+    assert 'backend: "python"' in r.output and 'name: "TEXT"' in r.output
+    assert (tmp_path / "text" / "enc" / "1" / "model.onnx").read_bytes() == (auto / "model" / "ort_all.onnx").read_bytes()
+    assert "torchship serve" in (tmp_path / "text" / "README.md").read_text()

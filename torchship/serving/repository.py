@@ -39,7 +39,7 @@ NATIVE_DEFAULT = {"tensorrt": "tensorrt", "openvino": "openvino"}
 BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "ensemble": None}
 README = "README.md"
 # Triton's dynamic-batching window for text models, measured on the packaged MiniLM (docs/serving.md)
-TEXT_QUEUE_DELAY_US = 100
+TEXT_QUEUE_DELAY_US = 1000
 BACKEND_FILE = Path(__file__).with_name("backend.py")
 CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"  # NVIDIA's image of the server release torchship serve runs
 
@@ -285,7 +285,7 @@ def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions =
     repo.mkdir(parents=True, exist_ok=True)
     check_writable(repo)
     stage = Path(tempfile.mkdtemp(prefix=".torchship-", dir=repo))
-    marker = {"source": str(plan.folder), "variant": plan.variant, "backend": plan.backend, "why": plan.why,
+    marker = {"source": str(plan.folder), "variant": plan.backend, "folder_variant": plan.variant, "why": plan.why,
               "task": plan.task, "runtime": sopts.runtime, "layout": layout, "entry": plan.name}
     try:
         for name, text in configs.items():
@@ -374,7 +374,7 @@ def write_readme(repo: Path) -> Path:
     for n in entries:
         d = models.get(n, {})
         lines.append(f"| {n} | {d.get('task', 'tensors')} | {d.get('runtime', '-')} | {d.get('layout', '-')} | "
-                     f"{d.get('backend', d.get('variant', '-'))} | {d.get('source', '-')} |")
+                     f"{d.get('variant', '-')} | {d.get('source', '-')} |")
     python_only = all(d.get("needs") in ("python", None) for d in models.values())
     lines += ["", "## Start it", "", "With torchship (its tritonserver has the Python backend only):", "",
               "```", "torchship serve --setup   # once", f"torchship serve {repo}", "```", "",
