@@ -226,7 +226,7 @@ def test_serve_check_starts_answers_and_stops_clean(exported, tmp_path):
     assert r.exit_code == 0, r.output
     assert "check: b answered 2 texts (vector of" in r.output and "curl -s http://127.0.0.1:" in r.output
     time.sleep(0.5)
-    assert all(Ports(p.http, p.grpc, p.metrics).checked("127.0.0.1") for _ in [0])  # every port free again
+    Ports(p.http, p.grpc, p.metrics).checked("127.0.0.1")  # every port free again (InputError if not)
 
 
 def test_serve_reports_the_model_that_failed_to_load(exported, tmp_path):

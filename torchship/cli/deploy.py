@@ -84,15 +84,14 @@ def triton_cmd(folder, repo, task, runtime, layout, strict, threads, variant, na
     preferred = tuple(parse_shape_list(preferred_batch_sizes, what="--preferred-batch-sizes")) \
         if preferred_batch_sizes else ()
     sopts = ServeOptions(task=task, runtime=runtime, layout=layout, strict=strict, threads=threads)
-    delay = max_queue_delay_us if max_queue_delay_us is not None else None
     topts = TritonOptions(variant=variant, name=name, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching,
                           preferred_batch_sizes=preferred, instances=instances, kind=kind,
-                          **({} if delay is None else {"max_queue_delay_us": delay}))
-    paths = write_text_repo(folder, repo, topts, sopts, default_delay=delay is None)
-    entry = paths[0]
+                          **({} if max_queue_delay_us is None else {"max_queue_delay_us": max_queue_delay_us}))
+    paths = write_text_repo(folder, repo, topts, sopts, default_delay=max_queue_delay_us is None)
     for path in paths:
-        packaged = json.loads((path / MARKER).read_text())
         click.echo(f"wrote {path}: " + ", ".join(sorted(p.name for p in (path / "1").iterdir())))
+    entry = paths[0]
+    packaged = json.loads((entry / MARKER).read_text())
     click.echo((entry / "config.pbtxt").read_text())
     click.echo(f"packaged {packaged['variant']} from {packaged['source']}: {packaged['why']}")
     click.echo(f"how to serve it: {Path(repo) / 'README.md'}")

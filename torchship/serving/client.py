@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship.errors import InputError
-from torchship.serving.loadtest import InfinityHTTP, ServerError, TritonGRPC, TritonHTTP, split_url
+from torchship.serving.loadtest import ServerError, TritonGRPC, TritonHTTP, split_url
 
 EXAMPLE_TEXTS = ["torchship serves this sentence.", "A second, longer text in the same request."]
 
@@ -122,6 +122,3 @@ def smoke_test(server) -> list[str]:
         lines.append(f"check: {m} answered {len(answers)} texts ({shown} each)")
     return lines
 
-
-__all__ = ["InfinityHTTP", "load_texts", "target_for", "model_source", "local_reference", "example_requests",
-           "smoke_test"]

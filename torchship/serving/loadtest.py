@@ -69,19 +69,27 @@ class Target:
         raise NotImplementedError
 
 
-class TritonHTTP(Target):
+class JSONOverHTTP(Target):
+    """A JSON request per send on one kept-alive connection; a dropped connection is reopened by the next send."""
+
+    path = ""
+
     def __init__(self, host: str, port: int, model: str, timeout_s: float = 30.0):
         self.host, self.port, self.model, self.timeout_s = host, port, model, timeout_s
 
+    def body(self, texts: list[str]) -> dict:
+        raise NotImplementedError
+
+    def answers(self, data: dict) -> list:
+        raise NotImplementedError
+
     def connect(self):
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-        path = f"/v2/models/{self.model}/infer"
+        path = self.path.format(model=self.model)
 
         def send(texts):
-            body = json.dumps({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [len(texts), 1],
-                                           "data": texts}]})
             try:
-                conn.request("POST", path, body, {"Content-Type": "application/json"})
+                conn.request("POST", path, json.dumps(self.body(texts)), {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 data = response.read()
             except (OSError, http.client.HTTPException):
@@ -89,8 +97,20 @@ class TritonHTTP(Target):
                 raise
             if response.status != 200:
                 raise ServerError(_error_text(data, response.status))
-            return answers_of({o["name"]: o for o in json.loads(data)["outputs"]})
+            return self.answers(json.loads(data))
         return send
+
+
+class TritonHTTP(JSONOverHTTP):
+    """Triton's KServe v2 ``POST /v2/models/NAME/infer``."""
+
+    path = "/v2/models/{model}/infer"
+
+    def body(self, texts):
+        return {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [len(texts), 1], "data": texts}]}
+
+    def answers(self, data):
+        return answers_of({o["name"]: o for o in data["outputs"]})
 
 
 class TritonGRPC(Target):
@@ -116,28 +136,16 @@ class TritonGRPC(Target):
         return send
 
 
-class InfinityHTTP(Target):
+class InfinityHTTP(JSONOverHTTP):
     """Infinity's (and OpenAI's) ``POST /embeddings``: the side-by-side anchor."""
 
-    def __init__(self, host: str, port: int, model: str, timeout_s: float = 30.0):
-        self.host, self.port, self.model, self.timeout_s = host, port, model, timeout_s
+    path = "/embeddings"
 
-    def connect(self):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+    def body(self, texts):
+        return {"model": self.model, "input": texts}
 
-        def send(texts):
-            try:
-                conn.request("POST", "/embeddings", json.dumps({"model": self.model, "input": texts}),
-                             {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                data = response.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                raise
-            if response.status != 200:
-                raise ServerError(_error_text(data, response.status))
-            return [np.asarray(d["embedding"], dtype=np.float32) for d in json.loads(data)["data"]]
-        return send
+    def answers(self, data):
+        return [np.asarray(d["embedding"], dtype=np.float32) for d in data["data"]]
 
 
 def _error_text(data: bytes, status: int) -> str:
