@@ -48,8 +48,7 @@ def serve_cmd(repo, setup, if_missing, wheel, http_port, grpc_port, metrics_port
         raise InputError("give the model repository to serve (write one with: torchship triton FOLDER --output "
                          "REPO), or --setup")
     server = Server(repo, Ports(http_port, grpc_port, metrics_port), host=host, log=Path(log) if log else None)
-    PROGRESS.step(f"starting tritonserver on {host} (log: {server.log_path or 'a temporary file'})")
-    server.start()
+    server.start(progress=PROGRESS.step)
     try:
         from torchship.serving.client import example_requests
 

