@@ -28,7 +28,7 @@ def model_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(model_dirs, tmp_path_factory):
     """Factory: an exported (and, on request, optimized) folder per (model_type, task), built once."""
-    from torchship.exporters.export import export
+    from torchship.exporters.export import ExportOptions, export
     from torchship.optimizers import optimize
 
     cache = {}
@@ -37,7 +37,7 @@ def exported(model_dirs, tmp_path_factory):
         key = (model_type, task)
         if key not in cache:
             out = tmp_path_factory.mktemp(f"export-{model_type}-{task}") / "onnx"
-            export(str(model_dirs(model_type, task)), out)
+            export(str(model_dirs(model_type, task)), out, ExportOptions(task=task))  # fill-mask is never a default
             cache[key] = [out, False]
         if optimized and not cache[key][1]:
             optimize(cache[key][0])

@@ -94,6 +94,25 @@ def test_the_artifact_layer_imports_nothing_above_it():
         assert _imports(name, modules[name], modules) <= below, name
 
 
+def test_the_files_a_served_repository_carries_import_nothing_of_torchship():
+    """serving/backend.py, serving/steps.py and the post-processing copied beside them run in the server's own
+    environment (numpy, tokenizers, onnxruntime), where torchship is not installed."""
+    from torchship.serving.repository import HELPERS, RUNTIMES_DIR, STEPS_FILE
+
+    modules = _modules()
+    carried = [PACKAGE / "serving" / "backend.py", STEPS_FILE] + [RUNTIMES_DIR / f for f in HELPERS.values()]
+    for path in carried:
+        name = next(n for n, p in modules.items() if p == path)
+        assert not _imports(name, path, modules), path
+        tops = {a.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Import) for a in node.names}
+        tops |= {node.module.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        assert tops <= {"json", "os", "sys", "numpy", "dataclasses", "typing", "__future__", "tokenizers",
+                        "onnxruntime", "triton_python_backend_utils", "torchship_steps", "torchship_entities",
+                        "torchship_masks", "torchship_answers"}, (path, tops)
+
+
 @pytest.mark.parametrize("record", variants.TABLE, ids=lambda b: b.name)
 def test_every_backend_record_is_complete(record):
     assert callable(record.factory())  # its predictor factory imports on a CPU machine

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from torchship.cli import main
 from torchship.errors import EXIT_BAD_INPUT
 from torchship.serving.client import local_reference
-from torchship.serving.loadtest import LoadOptions, TritonGRPC, TritonHTTP, run_level
+from torchship.serving.loadtest import LoadOptions, TritonGRPC, TritonHTTP, check_answers, run_level, same_results
 from torchship.serving.repository import ServeOptions, write_text_repo
 from torchship.serving.server import Install, Ports, Server, free_port, home
 from torchship.triton import TritonOptions
@@ -45,10 +45,17 @@ def served(exported, minilm_export, tmp_path_factory):
     write_text_repo(bert, repo, TritonOptions(name="strict", max_batch_size=4), ServeOptions(strict=True))
     write_text_repo(bert, repo, TritonOptions(name="ens", max_batch_size=4), ServeOptions(layout="ensemble"))
     write_text_repo(exported("bert", "text-classification"), repo, TritonOptions(name="cls", max_batch_size=4))
+    tasks = {"ner": exported("bert", "token-classification"), "fill": exported("bert", "fill-mask"),
+             "qa": exported("bert", "question-answering")}
+    for name, folder in tasks.items():
+        write_text_repo(folder, repo, TritonOptions(name=name, max_batch_size=4))
+    write_text_repo(tasks["ner"], repo, TritonOptions(name="ner_first", max_batch_size=4),
+                    ServeOptions(aggregation="first"))
     server = Server(repo, _ports(), log=tmp_path_factory.mktemp("log") / "server.log")
     server.start()
     try:
-        yield server, {"minilm": minilm_export, "bert": bert, "cls": exported("bert", "text-classification")}
+        yield server, {"minilm": minilm_export, "bert": bert, "cls": exported("bert", "text-classification"),
+                       **tasks}
     finally:
         code = server.stop()
         assert code == 0, server.log_tail()
@@ -112,6 +119,71 @@ def test_classifier_returns_labels_and_scores(served):
     scores = np.asarray(out["SCORES"]["data"]).reshape(out["SCORES"]["shape"])
     assert np.allclose(scores.sum(axis=1), 1, atol=1e-5)
     assert np.allclose(np.asarray(out["SCORE"]["data"]), scores.max(axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("target", [TritonHTTP, TritonGRPC])
+def test_entities_and_masks_equal_torchship_predict(served, target):
+    from torchship.artifact import Artifact
+    from torchship.runtimes import create_predictor
+    from torchship.runtimes.text import TextModel
+
+    server, folders = served
+    port = server.ports.http if target is TritonHTTP else server.ports.grpc
+    texts = ["the dog is running in the park", "a good movie about hello world", "it is"]
+    for model, folder, aggregation in (("ner", folders["ner"], "simple"), ("ner_first", folders["ner"], "first")):
+        got = target("127.0.0.1", port, model).connect()(texts)
+        art = Artifact.open(folder)
+        want = TextModel.from_artifact(art, create_predictor(art, "ort")).predict(texts, aggregation=aggregation)
+        assert any(got) and same_results(got, json.loads(json.dumps(list(want.entities)))), (model, got)
+    mask_texts = ["the dog is [MASK] in the park", "a [MASK] movie about [MASK] world"]
+    got = target("127.0.0.1", port, "fill").connect()(mask_texts)
+    assert [len(g) for g in got] == [1, 2] and all(len(c) == 5 for g in got for c in g)
+    assert same_results(got, local_reference(folders["fill"])(mask_texts))
+    check = check_answers(target("127.0.0.1", port, "ner"), texts, local_reference(folders["ner"]))
+    assert check["passed"] and check["measure"] == "result agreement"
+
+
+def _qa_body(questions, contexts):
+    return {"inputs": [_text_body(questions, name="QUESTION")["inputs"][0], _text_body(contexts)["inputs"][0]]}
+
+
+def test_question_answering_answers_as_torchship_predict(served):
+    from torchship.artifact import Artifact
+    from torchship.runtimes import create_predictor
+    from torchship.runtimes.text import TextModel
+
+    server, folders = served
+    question = "who is eating the food?"
+    contexts = ["the dog is eating the food at the cafe",
+                " ".join(["the cat was running in the world and a man was eating good food"] * 20)]  # > 128 tokens
+    status, data = _post(server, "qa", _qa_body([question] * 2, contexts))
+    assert status == 200, data
+    out = {o["name"]: o["data"] for o in data["outputs"]}
+    art = Artifact.open(folders["qa"])
+    want = TextModel.from_artifact(art, create_predictor(art, "ort")).predict(contexts, question=question).answers
+    assert out["ANSWER"] == [w["answer"] for w in want]
+    assert out["START"] == [w["start"] for w in want] and out["END"] == [w["end"] for w in want]
+    assert np.allclose(out["SCORE"], [w["score"] for w in want], atol=1e-5)
+    assert out["WINDOWS"][0] == 1 and out["WINDOWS"][1] > 1  # the long context read in overlapping windows
+    assert all(c[s:e] == a for c, s, e, a in zip(contexts, out["START"], out["END"], out["ANSWER"]))
+
+
+@pytest.mark.parametrize("model, body, words", [
+    ("fill", _text_body(["no mask here"]), "row 0 has no [MASK] token"),
+    ("qa", _qa_body(["who?"], ["   "]), "TEXT row 0 is empty"),
+    ("qa", _qa_body(["who?", "what?"], ["a context"]), "batch size does not match"),  # Triton's own answer
+    ("qa", _text_body(["a context"]), ""),  # no QUESTION: Triton's own answer
+    ("qa", _qa_body([" ".join(["why"] * 200)], ["a context"]), "ask a shorter question"),
+])
+def test_task_faults_get_an_error_and_the_server_keeps_serving(served, model, body, words):
+    server, _ = served
+    status, data = _post(server, model, body)
+    assert status == 400 and words in data.get("error", ""), data
+    if model == "qa":
+        status, data = _post(server, "qa", _qa_body(["who?"], ["the dog is eating"]))
+        assert status == 200, data
+    else:
+        _still_serves(server, model if model != "fill" else "bert")
 
 
 @pytest.mark.parametrize("body, words", [

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from torchship.cli import main
-from torchship.errors import EXIT_MISSING, InputError
+from torchship.errors import EXIT_BAD_INPUT, EXIT_MISSING, InputError
 from torchship.exporters.export import ExportOptions, export
 from torchship.optimizers import OptimizeOptions, optimize
 from torchship.triton import TritonOptions, parse_config, write_triton_repo
@@ -138,3 +138,30 @@ def test_cli_writes_from_an_auto_output_folder(tmp_path, exported):
     assert 'backend: "python"' in r.output and 'name: "TEXT"' in r.output
     assert (tmp_path / "text" / "enc" / "1" / "model.onnx").read_bytes() == (auto / "model" / "ort_all.onnx").read_bytes()
     assert "torchship serve" in (tmp_path / "text" / "README.md").read_text()
+
+
+def test_task_models_are_written_as_one_python_model(tmp_path, exported):
+    """Entities, filled masks and answers need the text and its tokens in one process: one Python model carrying
+    torchship's own post-processing; an ensemble is refused with one line."""
+    import json
+
+    ner = exported("bert", "token-classification")
+    r = CliRunner().invoke(main, ["triton", str(ner), "--output", str(tmp_path / "repo"), "--name", "ner",
+                                  "--aggregation", "max"])
+    assert r.exit_code == 0, r.output
+    files = sorted(p.name for p in (tmp_path / "repo" / "ner" / "1").iterdir())
+    assert files == ["model.onnx", "model.py", "serving.json", "tokenizer.json", "torchship_entities.py",
+                     "torchship_steps.py"]
+    settings = json.loads((tmp_path / "repo" / "ner" / "1" / "serving.json").read_text())
+    assert settings["task"] == "entities" and settings["aggregation"] == "max" and settings["output"] == "logits"
+    assert 'name: "ENTITIES"' in r.output
+    qa = exported("bert", "question-answering")
+    r = CliRunner().invoke(main, ["triton", str(qa), "--output", str(tmp_path / "repo"), "--name", "qa"])
+    assert r.exit_code == 0, r.output
+    assert 'name: "QUESTION"' in r.output and 'name: "ANSWER"' in r.output
+    for extra in (["--layout", "ensemble"], ["--runtime", "onnxruntime"]):
+        r = CliRunner().invoke(main, ["triton", str(ner), "--output", str(tmp_path / "ens"), *extra])
+        assert r.exit_code == EXIT_BAD_INPUT and "served as one Python model" in r.output, r.output
+        assert not (tmp_path / "ens").exists()
+    r = CliRunner().invoke(main, ["triton", str(ner), "--output", str(tmp_path / "repo"), "--task", "embedding"])
+    assert r.exit_code == EXIT_BAD_INPUT and "can be: entities, tensors" in r.output

@@ -8,6 +8,7 @@ from torchship._ort import GRAPH_LEVELS
 from torchship.exporters.export import ATTN_IMPLEMENTATIONS, EXPORTERS, MAX_OPSET, MIN_OPSET
 from torchship.exporters.spec import TASKS
 from torchship.external_data import MODES as EXTERNAL_DATA_MODES
+from torchship.runtimes.entities import STRATEGIES
 from torchship.variants import choices_help
 
 def model_option(example: str = "bert-base-cased"):
@@ -21,6 +22,9 @@ def task_option(tasks=TASKS):
 
 
 model = model_option()
+aggregation = click.option("--aggregation", type=click.Choice(STRATEGIES), default="simple", show_default=True,
+                           help="Token classifiers: how tokens group into entities, as transformers' "
+                                "token-classification pipeline's aggregation_strategy.")
 output = click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False),
                       help="Folder to write; replaced atomically if torchship wrote it before.")
 task = task_option()

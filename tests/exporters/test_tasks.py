@@ -210,7 +210,7 @@ def _brute_force(start_logits, end_logits, context_mask, max_len=15):
 def test_question_answering_finds_the_best_span_over_windows(tmp_path):
     from transformers import AutoModelForQuestionAnswering
 
-    from torchship.runtimes.answers import windows
+    from torchship.runtimes.text import windows
 
     src = save_model_dir(tmp_path / "qa", "bert", "question-answering")
     out = tmp_path / "onnx"

@@ -43,9 +43,11 @@ def auto_cmd(model, config_path, output):
               help="The model repository folder (created if missing); the model goes to REPO/NAME/.")
 @click.option("--task", default=None, type=click.Choice(SERVE_TASKS),
               help="What the served model returns for each text: embedding (pooled, normalised as the model "
-                   "says), classification (label and scores), hidden-states; or tensors: token ids in, the "
-                   "model's outputs out (no tokenizer in the server). Default: the folder's task (embedding for "
-                   "encoders; tensors for decoders and UNets).")
+                   "says), classification (label and scores), hidden-states, entities (token classifiers: JSON "
+                   "with character spans), fill-mask (JSON: the top tokens per mask), question-answering (QUESTION "
+                   "and TEXT in: the answer and its span); or tensors: token ids in, the model's outputs out (no "
+                   "tokenizer in the server). Default: the folder's task (embedding for encoders; tensors for "
+                   "decoders and UNets).")
 @click.option("--runtime", default="python", show_default=True, type=click.Choice(RUNTIMES),
               help="Where the model step runs: python (ONNX Runtime inside Triton's Python backend: serves on any "
                    "tritonserver, torchship serve's included) or Triton's native onnxruntime, tensorrt, openvino "
@@ -55,6 +57,7 @@ def auto_cmd(model, config_path, output):
                    "single for --runtime python, ensemble otherwise.")
 @click.option("--strict", is_flag=True, help="Answer an error for a text over the model's maximum length "
                                              "(default: truncate it and count the tokens dropped in TRUNCATED).")
+@o.aggregation
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime threads per instance (Python runtime); default: the server's cores / instances.")
 @click.option("--variant", default=None,
@@ -72,7 +75,7 @@ def auto_cmd(model, config_path, output):
               help="Model instances in the instance group.")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @friendly_errors
-def triton_cmd(folder, repo, task, runtime, layout, strict, threads, variant, name, max_batch_size,
+def triton_cmd(folder, repo, task, runtime, layout, strict, aggregation, threads, variant, name, max_batch_size,
                dynamic_batching, preferred_batch_sizes, max_queue_delay_us, instances, kind):
     """Write a Triton Inference Server model repository entry for FOLDER (a torchship folder or a torchship auto
     output): by default a model that takes TEXT and returns finished results, every config checked against
@@ -83,7 +86,8 @@ def triton_cmd(folder, repo, task, runtime, layout, strict, threads, variant, na
 
     preferred = tuple(parse_shape_list(preferred_batch_sizes, what="--preferred-batch-sizes")) \
         if preferred_batch_sizes else ()
-    sopts = ServeOptions(task=task, runtime=runtime, layout=layout, strict=strict, threads=threads)
+    sopts = ServeOptions(task=task, runtime=runtime, layout=layout, strict=strict, threads=threads,
+                         aggregation=aggregation)
     topts = TritonOptions(variant=variant, name=name, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching,
                           preferred_batch_sizes=preferred, instances=instances, kind=kind,
                           **({} if max_queue_delay_us is None else {"max_queue_delay_us": max_queue_delay_us}))

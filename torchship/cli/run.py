@@ -10,7 +10,6 @@ import click
 from torchship import options as o
 from torchship.cli._app import PROGRESS, examples, friendly_errors, main
 from torchship.errors import InputError
-from torchship.runtimes.entities import STRATEGIES
 
 
 def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_spin, reference_model):
@@ -113,9 +112,7 @@ def _bench_shapes(artifact, shape_config):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: ONNX Runtime's CUDA provider when installed (torchship[gpu]) and a GPU is present.")
 @click.option("--json", "as_json", is_flag=True, help="Print full results (embeddings, logits) as JSON.")
-@click.option("--aggregation", type=click.Choice(STRATEGIES), default="simple",
-              show_default=True, help="Token classifiers: how tokens group into entities, as transformers' "
-                                      "token-classification pipeline's aggregation_strategy.")
+@o.aggregation
 @click.option("--question", default=None, help="Question-answering models: the question; TEXTS are the contexts "
                                                "(any length: a long one is read in overlapping windows).")
 @friendly_errors

@@ -7,6 +7,9 @@ In every window, start and end logits are turned into probabilities over the con
 probability of its start times that of its end, its end at or after its start and at most
 ``max_answer_len`` tokens on. The best span of all windows wins; its text is cut from the context by
 the tokenizer's character offsets, so it is the context's own text.
+
+This module needs numpy only: a served repository carries a copy of it, so the server answers exactly
+as ``torchship predict`` does.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from torchship.errors import InputError
 
 MAX_ANSWER_TOKENS = 15
 STRIDE = 128
@@ -33,21 +34,27 @@ class Answer:
         return {"answer": self.answer, "start": self.start, "end": self.end, "score": self.score}
 
 
-def windows(tokenizer, question: str, context: str, max_length: int, stride: int = STRIDE) -> dict:
-    """The tokenizer's encoding of (question, context) as overlapping windows of at most ``max_length``."""
+def pair_problem(question: str, context: str) -> str | None:
+    """What is wrong with a (question, context) pair before any tokenizing, or None."""
     if not question.strip():
-        raise InputError("the question is empty; give a question to answer")
+        return "the question is empty; give a question to answer"
     if not context.strip():
-        raise InputError("the context is empty (or only white space); give the text the answer is in")
-    question_tokens = len(tokenizer(question, add_special_tokens=False)["input_ids"])
-    room = max_length - question_tokens - tokenizer.num_special_tokens_to_add(pair=True)
+        return "the context is empty (or only white space); give the text the answer is in"
+    return None
+
+
+def context_room(question_tokens: int, special_tokens: int, max_length: int) -> int:
+    """Tokens left for the context in one window; ValueError when the question leaves too few."""
+    room = max_length - question_tokens - special_tokens
     if room < 8:
-        raise InputError(f"the question takes {question_tokens} of the model's {max_length} tokens, leaving no "
+        raise ValueError(f"the question takes {question_tokens} of the model's {max_length} tokens, leaving no "
                          "room for the context; ask a shorter question")
-    stride = min(stride, room // 2)
-    return tokenizer(question, context, truncation="only_second", max_length=max_length, stride=stride,
-                     return_overflowing_tokens=True, return_offsets_mapping=True, padding="longest",
-                     return_tensors="np")
+    return room
+
+
+def window_stride(room: int, stride: int = STRIDE) -> int:
+    """The overlap of two windows: at most half a window's context."""
+    return min(stride, room // 2)
 
 
 def _probabilities(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -69,16 +76,17 @@ def best_span(start_logits, end_logits, context_mask, max_answer_len: int = MAX_
     return i, j, float(scores[i, j])
 
 
-def answer(encoding, start_logits, end_logits, context: str, max_answer_len: int = MAX_ANSWER_TOKENS) -> Answer:
-    """The best answer over every window of one (question, context) pair."""
+def answer(sequence_ids, offsets, start_logits, end_logits, context: str,
+           max_answer_len: int = MAX_ANSWER_TOKENS) -> Answer:
+    """The best answer over every window of one (question, context) pair: per window, its tokenizer's
+    sequence ids (1 marks the context's tokens) and character offsets, and the model's logits."""
     best = None
     for w in range(len(start_logits)):
-        ids = encoding.sequence_ids(w)
+        ids = sequence_ids[w]
         mask = np.array([s == 1 for s in ids] + [False] * (len(start_logits[w]) - len(ids)))
         i, j, score = best_span(start_logits[w], end_logits[w], mask, max_answer_len)
         if best is None or score > best[3]:
             best = (w, i, j, score)
     w, i, j, score = best
-    offsets = encoding["offset_mapping"][w]
-    start, end = int(offsets[i][0]), int(offsets[j][1])
+    start, end = int(offsets[w][i][0]), int(offsets[w][j][1])
     return Answer(context[start:end], start, end, score, w)

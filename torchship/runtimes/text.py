@@ -15,7 +15,6 @@ from torchship.artifact import Artifact
 from torchship.errors import ArtifactError, InputError
 from torchship.exporters.spec import FILL_MASK, QUESTION_ANSWERING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 
-TOP_K = 5  # fill-mask: candidates per mask, as transformers' pipeline gives
 from torchship.runtimes.base import Predictor
 
 
@@ -168,7 +167,12 @@ class TextModel:
             return Prediction(tuple(items), logits=logits, scores=scores,
                               labels=tuple(names[i] for i in scores.argmax(axis=1)), **counts)
         if self.task == FILL_MASK:
-            return Prediction(tuple(items), masks=tuple(self._fill(feeds["input_ids"], out["logits"])), **counts)
+            from torchship.runtimes.masks import fill
+
+            tok = self.tokenizer
+            masks = fill(feeds["input_ids"], out["logits"], tok.mask_token_id, tok.pad_token_id,
+                         lambda ids, skip: tok.decode(ids, skip_special_tokens=skip))
+            return Prediction(tuple(items), masks=tuple(masks), **counts)
         if "sentence_embedding" in out:  # pooled (and normalised) in the graph
             emb = out["sentence_embedding"]
         else:
@@ -177,31 +181,8 @@ class TextModel:
             emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
         return Prediction(tuple(items), embeddings=emb, **counts)
 
-    def _fill(self, ids: np.ndarray, logits: np.ndarray, top_k: int = TOP_K):
-        """Per text, per mask: the likeliest tokens with their probabilities and the text they make (as
-        transformers' fill-mask pipeline returns them)."""
-        tok = self.tokenizer
-        for row_ids, row_logits in zip(ids, logits):
-            where = np.flatnonzero(row_ids == tok.mask_token_id)
-            single = len(where) == 1
-            found = []
-            for index in where:
-                z = row_logits[index] - row_logits[index].max()
-                probs = np.exp(z) / np.exp(z).sum()
-                best = np.argsort(-probs, kind="stable")[:top_k]
-                candidates = []
-                for token in best:
-                    filled = row_ids.copy()
-                    filled[index] = token
-                    filled = filled[filled != tok.pad_token_id]
-                    candidates.append({"score": float(probs[token]), "token": int(token),
-                                       "token_str": tok.decode([int(token)]),
-                                       "sequence": tok.decode(filled, skip_special_tokens=single)})
-                found.append(candidates)
-            yield found
-
     def _entities(self, items: list[str], aggregation: str) -> Prediction:
-        from torchship.runtimes.entities import STRATEGIES, entities, tokens_of
+        from torchship.runtimes.entities import STRATEGIES, Pieces, entities, tokens_of
 
         if aggregation not in STRATEGIES:
             raise InputError(f"unknown aggregation {aggregation!r}; use one of {', '.join(STRATEGIES)}")
@@ -209,17 +190,18 @@ class TextModel:
                               return_offsets_mapping=True, return_special_tokens_mask=True)
         logits = self.predictor.infer(feeds)["logits"]
         labels = self.settings.get("labels") or [f"LABEL_{i}" for i in range(logits.shape[-1])]
+        pieces = Pieces(self.tokenizer.backend_tokenizer, unk_id=self.tokenizer.unk_token_id)
         found = []
         for i, text in enumerate(items):
             skip = enc["special_tokens_mask"][i].astype(bool) | (enc["attention_mask"][i] == 0)
-            tokens = tokens_of(text, self.tokenizer, enc["input_ids"][i], logits[i], enc["offset_mapping"][i], skip)
-            found.append(entities(tokens, labels, aggregation, self.tokenizer))
+            tokens = tokens_of(text, pieces, enc["input_ids"][i], logits[i], enc["offset_mapping"][i], skip)
+            found.append(entities(tokens, labels, aggregation, pieces))
         return Prediction(tuple(items), entities=tuple(found), tokens=self.token_counts(items, feeds),
                           max_length=self.settings["max_length"])
 
     def _answers(self, contexts: list[str], question: str | None) -> Prediction:
         """The answer to ``question`` in each context, over as many windows as a long context needs."""
-        from torchship.runtimes.answers import answer, windows
+        from torchship.runtimes.answers import answer
 
         if question is None:
             raise InputError("a question-answering model needs a question: pass --question \"...\" (the texts "
@@ -230,5 +212,25 @@ class TextModel:
             feeds = {n: np.asarray(enc[n], dtype=np.int64) if n in enc else np.zeros_like(enc["input_ids"])
                      for n in self.predictor.input_names}
             out = self.predictor.infer(feeds)
-            found.append(answer(enc, out["start_logits"], out["end_logits"], context).to_json())
+            sequence_ids = [enc.sequence_ids(w) for w in range(len(enc["input_ids"]))]
+            found.append(answer(sequence_ids, enc["offset_mapping"], out["start_logits"], out["end_logits"],
+                                context).to_json())
         return Prediction(tuple(contexts), answers=tuple(found), question=question)
+
+
+def windows(tokenizer, question: str, context: str, max_length: int, stride: int | None = None) -> dict:
+    """The tokenizer's encoding of (question, context) as overlapping windows of at most ``max_length``."""
+    from torchship.runtimes.answers import STRIDE, context_room, pair_problem, window_stride
+
+    problem = pair_problem(question, context)
+    if problem:
+        raise InputError(problem)
+    question_tokens = len(tokenizer(question, add_special_tokens=False)["input_ids"])
+    try:
+        room = context_room(question_tokens, tokenizer.num_special_tokens_to_add(pair=True), max_length)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return tokenizer(question, context, truncation="only_second", max_length=max_length,
+                     stride=window_stride(room, STRIDE if stride is None else stride),
+                     return_overflowing_tokens=True, return_offsets_mapping=True, padding="longest",
+                     return_tensors="np")

@@ -10,216 +10,132 @@ This file is copied, as it is, into every Python model that ``torchship triton``
 
 It needs numpy, Hugging Face ``tokenizers`` and ``onnxruntime`` in the server's Python
 environment, and nothing of torchship, so the repository serves on any tritonserver with the
-Python backend. Every request gets its own answer or its own error; one bad request in a batch
-does not fail the others.
+Python backend. Beside it lie the steps it is built from (``torchship_steps.py``, from
+``serving/steps.py``) and, for entities, filled masks and answers, copies of torchship's own
+post-processing (``torchship_entities.py``, ``torchship_masks.py``, ``torchship_answers.py``), so the
+server's results are ``torchship predict``'s. Every request gets its own answer or its own error; one
+bad request in a batch does not fail the others.
 """
 
 import json
 import os
+import sys
 
 import numpy as np
 
-TASKS = ("embedding", "hidden-states", "classification")
-# a group of texts run together pads each to the longest; a text joins the group while the padding
-# stays under this share of the group's real tokens (padding is FLOPs spent on nothing)
-PADDING_SHARE = 0.25
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the files torchship wrote beside this one
+from torchship_steps import (Model, Post, RequestError, TextChain, Tokenize, counts, decode_texts,  # noqa: E402
+                             length_groups, read_settings, strings)
+
+TOKEN_TASKS = {"entities": "ENTITIES", "fill-mask": "MASKS"}  # per-text JSON read off the tokens
 
 
-class RequestError(ValueError):
-    """A request the model cannot answer: its message goes back to the client."""
+class TokenChain:
+    """tokenize -> model -> per-text results read off the tokens: entities (grouped as serving.json's
+    aggregation says) or the likeliest tokens for each mask, one JSON list per text."""
 
-
-def read_settings(folder):
-    with open(os.path.join(folder, "serving.json")) as f:
-        return json.load(f)
-
-
-def decode_texts(raw):
-    """The rows of a TEXT tensor (bytes objects, shape [n, 1] or [n]) as strings, or RequestError."""
-    rows = np.asarray(raw, dtype=object).reshape(-1)
-    if rows.size == 0:
-        raise RequestError("TEXT holds no rows; send at least one text")
-    texts = []
-    for i, value in enumerate(rows):
-        if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise RequestError(f"TEXT row {i} is not UTF-8 ({exc.reason} at byte {exc.start}); "
-                                   f"send UTF-8 text") from None
-        if not isinstance(value, str) or not value.strip():
-            raise RequestError(f"TEXT row {i} is empty; send some words in every row")
-        texts.append(value)
-    return texts
-
-
-class Tokenize:
-    """Hugging Face ``tokenizers`` from the exported folder's tokenizer.json, truncating to the
-    model's maximum and counting what truncation dropped."""
-
-    def __init__(self, folder, settings):
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_file(os.path.join(folder, settings["tokenizer"]))
-        self.max_length = int(settings["max_length"])
-        self.strict = bool(settings.get("strict", False))
-        self.inputs = list(settings["inputs"])
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_length)
-        self.full = Tokenizer.from_file(os.path.join(folder, settings["tokenizer"]))
-        self.full.no_padding()
-        self.full.no_truncation()
-        self.pad_id = int(settings.get("pad_id", 0))
-
-    def encode(self, texts):
-        """(list of id lists, list of type-id lists, tokens kept per text, tokens dropped per text)."""
-        encodings = self.tokenizer.encode_batch(texts)
-        ids = [e.ids for e in encodings]
-        types = [e.type_ids for e in encodings]
-        kept = [len(i) for i in ids]
-        dropped = [0] * len(texts)
-        full = [i for i, n in enumerate(kept) if n >= self.max_length]
-        if full:
-            for i, e in zip(full, self.full.encode_batch([texts[i] for i in full])):
-                dropped[i] = len(e.ids) - kept[i]
-        if self.strict:
-            cut = [i for i, n in enumerate(dropped) if n > 0]
-            if cut:
-                raise RequestError(f"TEXT row {cut[0]} has {kept[cut[0]] + dropped[cut[0]]} tokens, over the "
-                                   f"model's {self.max_length}; shorten it, or serve without strict truncation")
-        return ids, types, kept, dropped
-
-    def feeds(self, ids, types):
-        """One padded batch holding exactly the model's inputs."""
-        width = max(len(i) for i in ids)
-        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.int64)
-        type_ids = np.zeros((len(ids), width), dtype=np.int64)
-        for row, (i, t) in enumerate(zip(ids, types)):
-            input_ids[row, :len(i)] = i
-            mask[row, :len(i)] = 1
-            type_ids[row, :len(t)] = t
-        every = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
-        return {name: every[name] for name in self.inputs}
-
-
-def default_threads(settings):
-    """The cores this process may use, shared among the model's instances (threads beyond the cores
-    collapse a CPU server's throughput)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, int(settings.get("instances") or 1)))
-
-
-class Model:
-    """The ONNX variant on ONNX Runtime's CPU provider, threads and spinning as serving.json says."""
-
-    def __init__(self, folder, settings):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(settings.get("threads") or 0) or default_threads(settings)
-        options.inter_op_num_threads = 1
-        # the server's other processes (tokenizer, post-processing, other instances) need the cores
-        # between runs: threads that spin after a run would hold them
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(os.path.join(folder, settings["model"]), options,
-                                            providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.output = settings["output"]
-
-    def run(self, feeds):
-        return self.session.run([self.output], {n: feeds[n] for n in self.inputs})[0]
-
-
-class Post:
-    """Model output to finished results: pooled, normalised embeddings; labels with scores; or the
-    hidden states themselves."""
-
-    def __init__(self, settings):
-        self.task = settings["task"]
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r} in serving.json; one of {', '.join(TASKS)}")
-        self.pooling = settings.get("pooling")  # None: the graph pools
-        self.normalize = bool(settings.get("normalize", False))
-        self.labels = settings.get("labels") or []
-
-    def outputs(self, value, mask):
-        """{output name: array with the batch first} for one group of texts."""
-        if self.task == "hidden-states":
-            return {"HIDDEN_STATES": value.astype(np.float32)}
-        if self.task == "classification":
-            z = np.exp(value - value.max(axis=1, keepdims=True))
-            scores = (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
-            best = scores.argmax(axis=1)
-            names = [self.labels[i] if i < len(self.labels) else f"LABEL_{i}" for i in best]
-            return {"LABEL": np.array([[n.encode("utf-8")] for n in names], dtype=object),
-                    "SCORE": scores.max(axis=1, keepdims=True), "SCORES": scores}
-        emb = value
-        if self.pooling == "cls":
-            emb = value[:, 0]
-        elif self.pooling == "max":
-            emb = np.where(mask[..., None] > 0, value, -np.inf).max(axis=1)
-        elif self.pooling == "mean":
-            m = mask[..., None].astype(value.dtype)
-            emb = (value * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-        if self.normalize:
-            emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
-        return {"EMBEDDING": emb.astype(np.float32)}
-
-
-def length_groups(lengths):
-    """Indices of texts in groups of similar length (each run pads to its longest text)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups, current, real = [], [], 0
-    for i in order:
-        n = lengths[i]
-        if current and n * (len(current) + 1) - (real + n) > PADDING_SHARE * (real + n):
-            groups.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += n
-    if current:
-        groups.append(current)
-    return groups
-
-
-def pad_rows(arrays):
-    """Stack arrays [1, L_i, ...] (or [L_i, ...]) into [n, max L, ...] with zeros."""
-    width = max(a.shape[0] for a in arrays)
-    out = np.zeros((len(arrays), width) + arrays[0].shape[1:], dtype=arrays[0].dtype)
-    for row, a in enumerate(arrays):
-        out[row, :a.shape[0]] = a
-    return out
-
-
-class TextChain:
-    """tokenize -> model -> post for a list of texts, in groups of similar length."""
+    inputs = ("TEXT",)
 
     def __init__(self, folder, settings):
         self.tokenize = Tokenize(folder, settings)
         self.model = Model(folder, settings)
-        self.post = Post(settings)
+        self.task = settings["task"]
+        self.labels = settings.get("labels") or []
+        if self.task == "entities":
+            import torchship_entities as entities
+
+            self.lib = entities
+            self.pieces = entities.Pieces(self.tokenize.tokenizer, unk_id=settings.get("unk_id"))
+            self.aggregation = settings.get("aggregation", "simple")
+        else:
+            import torchship_masks as masks
+
+            self.lib = masks
+            self.mask_token, self.mask_id = settings["mask_token"], int(settings["mask_id"])
+            self.pad_id = settings.get("pad_token_id")
+            clean = masks.clean_up if settings.get("clean_up_spaces") else (lambda text: text)
+            tokenizer = self.tokenize.tokenizer
+            self.decode = lambda ids, skip: clean(tokenizer.decode(ids, skip_special_tokens=skip))
+
+    def _one(self, text, encoding, logits):
+        if self.task == "entities":
+            labels = self.labels or [f"LABEL_{i}" for i in range(logits.shape[-1])]
+            special = np.asarray(encoding.special_tokens_mask, dtype=bool)
+            tokens = self.lib.tokens_of(text, self.pieces, encoding.ids, logits, encoding.offsets, special)
+            return self.lib.entities(tokens, labels, self.aggregation, self.pieces)
+        return next(self.lib.fill(np.asarray([encoding.ids]), logits[None], self.mask_id, self.pad_id, self.decode))
 
     def __call__(self, texts):
-        ids, types, kept, dropped = self.tokenize.encode(texts)
+        if self.task == "fill-mask":
+            missing = [i for i, t in enumerate(texts) if self.mask_token not in t]
+            if missing:
+                raise RequestError(f"TEXT row {missing[0]} has no {self.mask_token} token; fill-mask predicts the "
+                                   f"words at {self.mask_token}: e.g. \"the movie was {self.mask_token}.\"")
+        encodings, ids, types, kept, dropped = self.tokenize.encodings(texts)
         rows = [None] * len(texts)
         for group in length_groups(kept):
-            feeds = self.tokenize.feeds([ids[i] for i in group], [types[i] for i in group])
-            out = self.post.outputs(self.model.run(feeds), feeds["attention_mask"])
+            logits = self.model.run(self.tokenize.feeds([ids[i] for i in group], [types[i] for i in group]))
             for j, i in enumerate(group):
-                row = {k: v[j] for k, v in out.items()}
-                if "HIDDEN_STATES" in row:
-                    row["HIDDEN_STATES"] = row["HIDDEN_STATES"][:kept[i]]
-                rows[i] = row
-        result = {k: (pad_rows([r[k] for r in rows]) if k == "HIDDEN_STATES" else np.stack([r[k] for r in rows]))
-                  for k in rows[0]}
-        result["TOKENS"] = np.array([[n] for n in kept], dtype=np.int32)
-        result["TRUNCATED"] = np.array([[n] for n in dropped], dtype=np.int32)
-        return result
+                rows[i] = json.dumps(self._one(texts[i], encodings[i], logits[j][:kept[i]]))
+        return {TOKEN_TASKS[self.task]: strings(rows), **counts(kept, dropped)}
+
+
+class AnswerChain:
+    """(question, context) -> the best span of the context, over as many overlapping windows as a long
+    context needs, as ``torchship predict --question`` finds it."""
+
+    inputs = ("QUESTION", "TEXT")
+
+    def __init__(self, folder, settings):
+        from tokenizers import Tokenizer
+
+        import torchship_answers as answers
+
+        self.lib = answers
+        self.tokenize = Tokenize(folder, settings)
+        self.windowed = Tokenizer.from_file(os.path.join(folder, settings["tokenizer"]))
+        self.windowed.no_padding()
+        self.special = int(settings.get("special_pair", 0))
+        self.max_length = int(settings["max_length"])
+        self.model = Model(folder, settings)
+
+    def windows(self, question, context):
+        problem = self.lib.pair_problem(question, context)
+        if problem:
+            raise RequestError(problem)
+        asked = len(self.tokenize.full.encode(question, add_special_tokens=False).ids)
+        try:
+            room = self.lib.context_room(asked, self.special, self.max_length)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        self.windowed.enable_truncation(self.max_length, stride=self.lib.window_stride(room),
+                                        strategy="only_second")
+        first = self.windowed.encode(question, context)
+        return [first] + list(first.overflowing)
+
+    def __call__(self, pairs):
+        found = []
+        for question, context in pairs:
+            wins = self.windows(question, context)
+            feeds = self.tokenize.feeds([w.ids for w in wins], [w.type_ids for w in wins])
+            start, end = self.model.run(feeds, ["start_logits", "end_logits"])
+            found.append((self.lib.answer([w.sequence_ids for w in wins], [w.offsets for w in wins], start, end,
+                                          context), len(wins)))
+        return {"ANSWER": strings([a.answer for a, _ in found]),
+                "SCORE": np.array([[a.score] for a, _ in found], dtype=np.float32),
+                "START": np.array([[a.start] for a, _ in found], dtype=np.int32),
+                "END": np.array([[a.end] for a, _ in found], dtype=np.int32),
+                "WINDOWS": np.array([[n] for _, n in found], dtype=np.int32)}
+
+
+def text_chain(folder, settings):
+    """The whole chain serving.json's task asks for."""
+    task = settings["task"]
+    if task == "question-answering":
+        return AnswerChain(folder, settings)
+    if task in TOKEN_TASKS:
+        return TokenChain(folder, settings)
+    return TextChain(folder, settings)
 
 
 class TritonPythonModel:
@@ -234,7 +150,7 @@ class TritonPythonModel:
         self.step = settings["step"]
         self.output_names = [o["name"] for o in json.loads(args["model_config"])["output"]]
         if self.step == "text":
-            self.chain = TextChain(folder, settings)
+            self.chain = text_chain(folder, settings)
         elif self.step == "tokenize":
             self.tokenize = Tokenize(folder, settings)
         elif self.step == "model":
@@ -278,9 +194,7 @@ class TritonPythonModel:
         if self.step == "tokenize":
             texts = decode_texts(self._input(request, "TEXT"))
             ids, types, kept, dropped = self.tokenize.encode(texts)
-            out = dict(self.tokenize.feeds(ids, types))
-            out["TOKENS"] = np.array([[n] for n in kept], dtype=np.int32)
-            out["TRUNCATED"] = np.array([[n] for n in dropped], dtype=np.int32)
+            out = {**self.tokenize.feeds(ids, types), **counts(kept, dropped)}
             if "attention_mask" not in out:
                 out["attention_mask"] = (out["input_ids"] != self.tokenize.pad_id).astype(np.int64)
             return out
@@ -289,12 +203,18 @@ class TritonPythonModel:
             return {self.model.output: self.model.run(feeds)}
         return self.post.outputs(self._input(request, "MODEL_OUTPUT"), self._input(request, "attention_mask"))
 
+    def _rows(self, request):
+        """The request's texts, or (question, context) pairs for a question-answering chain (Triton has checked
+        that its inputs have the same rows)."""
+        columns = [decode_texts(self._input(request, name), name) for name in self.chain.inputs]
+        return columns[0] if len(columns) == 1 else list(zip(*columns))
+
     def _texts(self, requests):
         """Every request of the batch Triton formed, run together in groups of similar length."""
         texts, spans, answers = [], {}, [None] * len(requests)
         for r, request in enumerate(requests):
             try:
-                rows = decode_texts(self._input(request, "TEXT"))
+                rows = self._rows(request)
                 spans[r] = (len(texts), len(texts) + len(rows))
                 texts.extend(rows)
             except RequestError as exc:

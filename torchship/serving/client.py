@@ -67,7 +67,8 @@ def model_source(url: str, model: str, protocol: str) -> tuple[str, str | None] 
 
 
 def local_reference(folder: str | Path, backend: str | None = None):
-    """texts -> answers (embedding vectors or labels) from torchship's own predictor on this machine."""
+    """texts -> answers (embedding vectors, labels, entities or filled masks) from torchship's own predictor on
+    this machine."""
     from torchship.artifact import Artifact
     from torchship.runtimes import create_predictor
     from torchship.runtimes.text import TextModel
@@ -77,7 +78,10 @@ def local_reference(folder: str | Path, backend: str | None = None):
 
     def answers(texts):
         p = model.predict(list(texts))
-        return list(p.embeddings) if p.embeddings is not None else list(p.labels)
+        for found in (p.entities, p.masks, p.embeddings):
+            if found is not None:
+                return list(found)
+        return list(p.labels)
     return answers
 
 
@@ -116,7 +120,8 @@ def smoke_test(server) -> list[str]:
         host, port = split_url(server.http_url, "http")
         answers = TritonHTTP(host, port, m).connect()(EXAMPLE_TEXTS)
         first = answers[0]
-        shown = f"label {first}" if isinstance(first, str) else f"vector of {np.asarray(first).shape[-1]}"
+        shown = f"label {first}" if isinstance(first, str) else f"a list of {len(first)}" \
+            if isinstance(first, list) else f"vector of {np.asarray(first).shape[-1]}"
         if len(answers) != len(EXAMPLE_TEXTS):
             raise ServerError(f"{m} answered {len(answers)} rows for {len(EXAMPLE_TEXTS)} texts")
         lines.append(f"check: {m} answered {len(answers)} texts ({shown} each)")

@@ -165,11 +165,16 @@ def answers_of(outputs: dict) -> list:
     if "LABEL" in outputs:
         labels = np.asarray(outputs["LABEL"]["data"], dtype=object).reshape(-1)
         return [x.decode() if isinstance(x, bytes) else str(x) for x in labels]
+    for name in ("ENTITIES", "MASKS"):  # one JSON list per text
+        if name in outputs:
+            rows = np.asarray(outputs[name]["data"], dtype=object).reshape(-1)
+            return [json.loads(x.decode() if isinstance(x, bytes) else x) for x in rows]
     if "HIDDEN_STATES" in outputs:
         o = outputs["HIDDEN_STATES"]
         data = np.asarray(o["data"], dtype=np.float32)
         return list(data.reshape(o["shape"]) if "shape" in o else data)
-    raise ServerError(f"the answer has none of EMBEDDING, LABEL, HIDDEN_STATES (it has {', '.join(outputs)})")
+    raise ServerError(f"the answer has none of EMBEDDING, LABEL, ENTITIES, MASKS, HIDDEN_STATES (it has "
+                      f"{', '.join(outputs)})")
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,19 @@ def run_level(target: Target, texts: list[str], concurrency: int, options: LoadO
                  float(np.percentile(ms, 99)), errors[0] if errors else "")
 
 
+def same_results(got, want, atol: float = 1e-4) -> bool:
+    """Two JSON-like results equal, numbers within ``atol``."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and got.keys() == want.keys() and all(same_results(got[k], want[k], atol)
+                                                                          for k in want)
+    if isinstance(want, (list, tuple)):
+        return isinstance(got, (list, tuple)) and len(got) == len(want) and all(
+            same_results(g, w, atol) for g, w in zip(got, want))
+    if isinstance(want, float):
+        return isinstance(got, (int, float)) and abs(got - want) <= atol
+    return got == want
+
+
 def check_answers(target: Target, texts: list[str], reference: Callable[[list[str]], list]) -> dict:
     """Send the first SAMPLE distinct texts one by one and compare with ``reference`` (the local predictor):
     cosine for vectors, agreement for labels."""
@@ -283,6 +301,9 @@ def check_answers(target: Target, texts: list[str], reference: Callable[[list[st
     if isinstance(got[0], str):
         agree = sum(g == w for g, w in zip(got, want)) / len(sample)
         return {"measure": "label agreement", "value": agree, "texts": len(sample), "passed": agree == 1.0}
+    if isinstance(got[0], list):  # entities or filled masks: the same words, spans and labels, scores to 1e-4
+        agree = sum(same_results(g, w) for g, w in zip(got, want)) / len(sample)
+        return {"measure": "result agreement", "value": agree, "texts": len(sample), "passed": agree == 1.0}
     cos = [float(np.dot(g.ravel(), np.asarray(w).ravel()) /
                  max(np.linalg.norm(g) * np.linalg.norm(w), 1e-12)) for g, w in zip(got, want)]
     return {"measure": "min cosine", "value": min(cos), "texts": len(sample), "passed": min(cos) >= 0.9999}

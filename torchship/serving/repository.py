@@ -12,7 +12,12 @@ Two layouts, one contract (inputs, outputs, errors):
 
 Outputs by task: ``embedding`` -> ``EMBEDDING`` [dim] (the model's sentence-transformers pooling and
 normalisation, else mean); ``classification`` -> ``LABEL``, ``SCORE``, ``SCORES``; ``hidden-states`` ->
-``HIDDEN_STATES`` [tokens, hidden]; every task -> ``TOKENS`` (kept) and ``TRUNCATED`` (dropped) per text.
+``HIDDEN_STATES`` [tokens, hidden]; ``entities`` -> ``ENTITIES`` (one JSON list per text, grouped as
+``--aggregation`` says); ``fill-mask`` -> ``MASKS`` (one JSON list per text: per mask, the top candidates); each
+of these -> ``TOKENS`` (kept) and ``TRUNCATED`` (dropped) per text. ``question-answering`` takes ``QUESTION``
+and ``TEXT`` (the context, read in overlapping windows when long) and returns ``ANSWER``, ``SCORE``, ``START``,
+``END`` (character offsets in the context) and ``WINDOWS``. The three JSON-and-span tasks are served in the
+``single`` layout: their post-processing needs the text and its tokens, which stay in one process.
 """
 
 from __future__ import annotations
@@ -24,24 +29,31 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torchship.errors import ArtifactError, InputError
-from torchship.exporters.spec import FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION
+from torchship.serving.inventory import TENSORS, mark, write_readme
+from torchship.exporters.spec import (FEATURE_EXTRACTION, FILL_MASK, QUESTION_ANSWERING, SENTENCE_EMBEDDING,
+                                      TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION)
 from torchship.triton import MARKER, TritonOptions, _pick, _resolve_source, model_name, parse_config
 
-EMBEDDING, HIDDEN_STATES, CLASSIFICATION, TENSORS = "embedding", "hidden-states", "classification", "tensors"
-SERVE_TASKS = (EMBEDDING, CLASSIFICATION, HIDDEN_STATES, TENSORS)
+EMBEDDING, HIDDEN_STATES, CLASSIFICATION = "embedding", "hidden-states", "classification"
+ENTITIES, MASKS, ANSWERS = "entities", "fill-mask", "question-answering"
+SERVE_TASKS = (EMBEDDING, CLASSIFICATION, HIDDEN_STATES, ENTITIES, MASKS, ANSWERS, TENSORS)
+SINGLE_ONLY = (ENTITIES, MASKS, ANSWERS)  # their post-processing reads the text and its tokens
 RUNTIMES = ("python", "onnxruntime", "tensorrt", "openvino")
 LAYOUTS = ("single", "ensemble")
 # the folder's task -> the serving tasks it can give (first: the default)
 FROM_FOLDER = {FEATURE_EXTRACTION: (EMBEDDING, HIDDEN_STATES, TENSORS), SENTENCE_EMBEDDING: (EMBEDDING, TENSORS),
-               TEXT_CLASSIFICATION: (CLASSIFICATION, TENSORS)}
+               TEXT_CLASSIFICATION: (CLASSIFICATION, TENSORS), TOKEN_CLASSIFICATION: (ENTITIES, TENSORS),
+               FILL_MASK: (MASKS, TENSORS), QUESTION_ANSWERING: (ANSWERS, TENSORS)}
+# what a task's model output is, and the copies of torchship's own post-processing its Python model imports
+MODEL_OUTPUT = {CLASSIFICATION: "logits", ENTITIES: "logits", MASKS: "logits", ANSWERS: "start_logits"}
+HELPERS = {ENTITIES: "entities.py", MASKS: "masks.py", ANSWERS: "answers.py"}
+RUNTIMES_DIR = Path(__file__).parents[1] / "runtimes"
+STEPS_FILE = Path(__file__).with_name("steps.py")
 NATIVE = {"onnxruntime": ("onnxruntime", "onnxruntime-cuda"), "tensorrt": ("tensorrt",), "openvino": ("openvino",)}
 NATIVE_DEFAULT = {"tensorrt": "tensorrt", "openvino": "openvino"}
-BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "ensemble": None}
-README = "README.md"
 # Triton's dynamic-batching window for text models, measured on the packaged MiniLM (docs/serving.md)
 TEXT_QUEUE_DELAY_US = 1000
 BACKEND_FILE = Path(__file__).with_name("backend.py")
-CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"  # NVIDIA's image of the server release torchship serve runs
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ class ServeOptions:
     runtime: str = "python"
     layout: str | None = None  # None: single for python, ensemble for the native runtimes
     strict: bool = False  # a text over the model's maximum length is an error, not truncated
+    aggregation: str = "simple"  # how an entities model groups its tokens (as transformers' pipeline)
     threads: int | None = None  # ONNX Runtime threads per instance; None: the server's cores / instances
 
     def checked(self) -> "ServeOptions":
@@ -62,6 +75,10 @@ class ServeOptions:
         if self.layout == "single" and self.runtime != "python":
             raise InputError(f"--layout single runs the model inside the Python backend; with --runtime "
                              f"{self.runtime} the model step is its own model: use --layout ensemble")
+        from torchship.runtimes.entities import STRATEGIES
+
+        if self.aggregation not in STRATEGIES:
+            raise InputError(f"unknown --aggregation {self.aggregation!r}; use one of {', '.join(STRATEGIES)}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be 1 or more, got {self.threads}")
         return self
@@ -111,6 +128,9 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
     artifact = Artifact.open(model_folder)
     m = artifact.manifest
     task = _folder_task(m, sopts.task)
+    if task in SINGLE_ONLY and sopts.resolved_layout != "single":
+        raise InputError(f"a {task} model is served as one Python model (its post-processing needs the text and its "
+                         f"tokens in one process): drop --layout ensemble and pass --runtime python")
     name = model_name(folder, topts)
     if not (artifact.folder / "tokenizer.json").is_file():
         raise ArtifactError(f"{artifact.folder} has no tokenizer.json, which the server's tokenizer reads; export "
@@ -136,11 +156,10 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
     if max_batch < 1:
         raise InputError("a text model batches its rows: --max-batch-size must be 1 or more")
     outputs = {t.name: t for t in m.io().outputs}
-    output = "sentence_embedding" if "sentence_embedding" in outputs else \
-        "logits" if task == CLASSIFICATION else "last_hidden_state"
+    output = "sentence_embedding" if "sentence_embedding" in outputs else MODEL_OUTPUT.get(task, "last_hidden_state")
     if output not in outputs:
         raise ArtifactError(f"{artifact.folder} has no {output!r} output, which --task {task} reads")
-    width = outputs[output].axes[-1]
+    width = 0 if task == ANSWERS else outputs[output].axes[-1]  # start and end logits: one per token
     if not isinstance(width, int):
         raise ArtifactError(f"the width of {output!r} in {artifact.folder} is not fixed; it cannot be served")
     text = m.text or {}
@@ -149,11 +168,30 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
                 "instances": topts.instances, "labels": text.get("labels") or [],
                 "pooling": None if output == "sentence_embedding" else text.get("pooling", "mean"),
                 "normalize": False if output == "sentence_embedding" else bool(text.get("normalize")),
-                "pad_id": _pad_id(artifact.folder)}
+                "pad_id": _pad_id(artifact.folder), **_task_settings(artifact, task, sopts)}
     dims = {"EMBEDDING": [width], "HIDDEN_STATES": [-1, width], "SCORES": [width]}
     model_file = artifact.path_of(variant) if sopts.runtime == "python" else None
     return Plan(name, task, artifact.folder, variant or record.name, record.name, why, model_file, output, dims,
                 max_batch, settings)
+
+
+def _task_settings(artifact, task: str, sopts: ServeOptions) -> dict:
+    """What a task's post-processing needs of the tokenizer, read once here (the server has only
+    ``tokenizers``): the mask token, the unknown token, whether decoding cleans up spaces."""
+    if task not in SINGLE_ONLY:
+        return {}
+    from torchship.runtimes.masks import cleans_up
+    from torchship.runtimes.text import load_tokenizer
+
+    tok = load_tokenizer(artifact)
+    if task == ENTITIES:
+        return {"aggregation": sopts.aggregation, "unk_id": tok.unk_token_id}
+    if task == MASKS:
+        if tok.mask_token_id is None:
+            raise ArtifactError(f"the tokenizer in {artifact.folder} has no mask token, which fill-mask needs")
+        return {"mask_token": tok.mask_token, "mask_id": int(tok.mask_token_id), "clean_up_spaces": cleans_up(tok),
+                "pad_token_id": tok.pad_token_id}
+    return {"special_pair": tok.num_special_tokens_to_add(pair=True)}
 
 
 def _pad_id(folder: Path) -> int:
@@ -169,11 +207,20 @@ def _tensor(key: str, name: str, dtype: str, dims) -> str:
 
 
 def _outputs(plan: Plan) -> list[tuple[str, str, list]]:
+    if plan.task == ANSWERS:
+        return [("ANSWER", "TYPE_STRING", [1]), ("SCORE", "TYPE_FP32", [1]), ("START", "TYPE_INT32", [1]),
+                ("END", "TYPE_INT32", [1]), ("WINDOWS", "TYPE_INT32", [1])]
     by_task = {EMBEDDING: [("EMBEDDING", "TYPE_FP32", plan.dims["EMBEDDING"])],
                HIDDEN_STATES: [("HIDDEN_STATES", "TYPE_FP32", plan.dims["HIDDEN_STATES"])],
                CLASSIFICATION: [("LABEL", "TYPE_STRING", [1]), ("SCORE", "TYPE_FP32", [1]),
-                                ("SCORES", "TYPE_FP32", plan.dims["SCORES"])]}
+                                ("SCORES", "TYPE_FP32", plan.dims["SCORES"])],
+               ENTITIES: [("ENTITIES", "TYPE_STRING", [1])], MASKS: [("MASKS", "TYPE_STRING", [1])]}
     return by_task[plan.task] + [("TOKENS", "TYPE_INT32", [1]), ("TRUNCATED", "TYPE_INT32", [1])]
+
+
+def _inputs(plan: Plan) -> list[tuple[str, str, list]]:
+    text = [("TEXT", "TYPE_STRING", [1])]
+    return [("QUESTION", "TYPE_STRING", [1])] + text if plan.task == ANSWERS else text
 
 
 def _config(name: str, head: str, max_batch: int, inputs, outputs, topts: TritonOptions, *, batching=True,
@@ -226,10 +273,12 @@ def _python_models(plan: Plan, topts: TritonOptions, layout: str, native_model: 
     text_in = [("TEXT", "TYPE_STRING", [1])]
     feeds = [(i, "TYPE_INT64", [-1]) for i in s["inputs"]]
     if layout == "single":
-        return {plan.name: {"config": _config(plan.name, head, plan.max_batch_size, text_in, _outputs(plan), topts,
-                                              parameters={"torchship_source": str(plan.folder),
-                                                          "torchship_backend": plan.backend}),
-                            "files": {"tokenizer.json": plan.folder / "tokenizer.json", "model.onnx": plan.model_file},
+        helpers = {f"torchship_{HELPERS[plan.task]}": RUNTIMES_DIR / HELPERS[plan.task]} if plan.task in HELPERS else {}
+        return {plan.name: {"config": _config(plan.name, head, plan.max_batch_size, _inputs(plan), _outputs(plan),
+                                              topts, parameters={"torchship_source": str(plan.folder),
+                                                                 "torchship_backend": plan.backend}),
+                            "files": {"tokenizer.json": plan.folder / "tokenizer.json", "model.onnx": plan.model_file,
+                                      **helpers},
                             "settings": {**s, "step": "text", "tokenizer": "tokenizer.json", "model": "model.onnx"}}}
     n = plan.name
     masks = [] if "attention_mask" in s["inputs"] else [("attention_mask", "TYPE_INT64", [-1])]
@@ -296,13 +345,14 @@ def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions =
             files = []
             if spec is not None:
                 shutil.copyfile(BACKEND_FILE, place / "1" / "model.py")
+                shutil.copyfile(STEPS_FILE, place / "1" / "torchship_steps.py")
                 (place / "1" / "serving.json").write_text(json.dumps(spec["settings"], indent=2) + "\n")
                 for target, source in spec["files"].items():
                     if target == "model.onnx":
                         copy_model(source, place / "1" / target)
                     else:
                         shutil.copyfile(source, place / "1" / target)
-                files = ["model.py", "serving.json", *spec["files"]]
+                files = ["model.py", "torchship_steps.py", "serving.json", *spec["files"]]
             needs = "python" if spec is not None else None
             (place / MARKER).write_text(json.dumps({**marker, "needs": needs, "files": files}, indent=2) + "\n")
         written = []
@@ -314,87 +364,8 @@ def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions =
             written.append(final)
         if native:
             written.append(write_triton_repo(folder, repo, native_opts))
-            _mark(written[-1], {**marker, "needs": sopts.runtime})
+            mark(written[-1], {**marker, "needs": sopts.runtime})
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     write_readme(repo)
     return written
-
-
-def _mark(model_dir: Path, extra: dict) -> None:
-    data = json.loads((model_dir / MARKER).read_text())
-    (model_dir / MARKER).write_text(json.dumps({**data, **extra, "files": data.get("files", [])}, indent=2) + "\n")
-
-
-def repository_models(repo: Path) -> dict[str, dict]:
-    """{model name: its marker} for every model folder of ``repo``; InputError for a folder torchship did not
-    write or one missing its files."""
-    repo = Path(repo)
-    if not repo.is_dir():
-        raise InputError(f"{repo} is not a folder; write a repository with: torchship triton FOLDER --output {repo}")
-    found = {}
-    for place in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        marker = place / MARKER
-        if not marker.is_file() or not (place / "config.pbtxt").is_file():
-            raise InputError(f"{place} was not written by torchship (no {MARKER} or config.pbtxt); move it out of "
-                             f"the repository, or write it with torchship triton")
-        data = json.loads(marker.read_text())
-        missing = [f for f in data.get("files", []) if not (place / "1" / f).is_file()]
-        if missing:
-            raise InputError(f"{place} is missing {', '.join(missing)}; write it again with torchship triton")
-        if "needs" not in data:  # a tensor model: its backend is its platform's
-            text = (place / "config.pbtxt").read_text()
-            platform = next((line.split('"')[1] for line in text.splitlines()
-                             if line.startswith(("platform:", "backend:"))), "")
-            data["needs"] = BACKEND_OF_PLATFORM.get(platform, platform)
-        found[place.name] = data
-    if not found:
-        raise InputError(f"{repo} holds no models; write one with: torchship triton FOLDER --output {repo}")
-    return found
-
-
-def check_servable(repo: Path, backends: tuple[str, ...]) -> list[str]:
-    """The names of the repository's models, once each is known to need only ``backends``."""
-    models = repository_models(repo)
-    for name, data in models.items():
-        need = data.get("needs")
-        if need and need not in backends:
-            raise InputError(
-                f"model {name} needs Triton's {need} backend, which this server lacks (it has "
-                f"{', '.join(backends)}); rewrite the repository with `torchship triton {data.get('source', 'FOLDER')} "
-                f"--output {repo} --runtime python`, or serve it in NVIDIA's container ({CONTAINER})")
-    return list(models)
-
-
-def write_readme(repo: Path) -> Path:
-    models = repository_models(repo)
-    entries = sorted({d.get("entry", n) for n, d in models.items()})
-    lines = ["# Triton model repository (written by torchship)", "",
-             "| model | task | runtime | layout | packaged | from |", "|---|---|---|---|---|---|"]
-    for n in entries:
-        d = models.get(n, {})
-        lines.append(f"| {n} | {d.get('task', 'tensors')} | {d.get('runtime', '-')} | {d.get('layout', '-')} | "
-                     f"{d.get('variant', '-')} | {d.get('source', '-')} |")
-    python_only = all(d.get("needs") in ("python", None) for d in models.values())
-    lines += ["", "## Start it", "", "With torchship (its tritonserver has the Python backend only):", "",
-              "```", "torchship serve --setup   # once", f"torchship serve {repo}", "```", "",
-              "In NVIDIA's container, which has every backend"
-              + (" (the Python steps need `tokenizers` and `onnxruntime` there: `pip install tokenizers "
-                 "onnxruntime` in the image)" if any(d.get("needs") == "python" for d in models.values()) else "")
-              + ":", "", "```",
-              f"docker run --rm -p8000:8000 -p8001:8001 -p8002:8002 -v \"$PWD/{repo.name}:/models\" {CONTAINER} \\",
-              "  tritonserver --model-repository=/models", "```"]
-    if not python_only:
-        lines += ["", "Some models here need a native backend (onnxruntime, TensorRT or OpenVINO): only the "
-                  "container serves those."]
-    text_models = [n for n in entries if models.get(n, {}).get("task", TENSORS) != TENSORS]
-    if text_models:
-        n = text_models[0]
-        lines += ["", "## One request", "", "```",
-                  f"curl -s localhost:8000/v2/models/{n}/infer -d '{{\"inputs\": [{{\"name\": \"TEXT\", "
-                  f"\"datatype\": \"BYTES\", \"shape\": [2, 1], \"data\": [\"first text\", \"second text\"]}}]}}'",
-                  "```", "", "Each row of `TEXT` is one text; the answer has one row per text. `TOKENS` counts the "
-                  "tokens the model read, `TRUNCATED` the tokens cut off a text longer than the model's maximum."]
-    path = Path(repo) / README
-    path.write_text("\n".join(lines) + "\n")
-    return path

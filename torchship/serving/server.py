@@ -242,7 +242,7 @@ class Server:
                 "--log-verbose=0"]
 
     def start(self, timeout_s: float = READY_TIMEOUT_S, *, progress=None) -> "Server":
-        from torchship.serving.repository import check_servable
+        from torchship.serving.inventory import check_servable
 
         models = check_servable(self.repo, HERE_BACKENDS)  # refused before anything starts
         self.install = self.install or find_install()

@@ -1,0 +1,231 @@
+"""The steps of a served torchship text model: decoding the TEXT rows, Hugging Face ``tokenizers``, ONNX
+Runtime, and the post-processing of embeddings, labels and hidden states.
+
+``torchship triton`` copies this file, as it is, beside every Python model it writes
+(``REPO/<model>/1/torchship_steps.py``); the model (``serving/backend.py``) imports it from there. It needs
+numpy, ``tokenizers`` and ``onnxruntime``, and nothing of torchship.
+"""
+
+import json
+import os
+
+import numpy as np
+
+TASKS = ("embedding", "hidden-states", "classification")
+# a group of texts run together pads each to the longest; a text joins the group while the padding
+# stays under this share of the group's real tokens (padding is FLOPs spent on nothing)
+PADDING_SHARE = 0.25
+
+
+class RequestError(ValueError):
+    """A request the model cannot answer: its message goes back to the client."""
+
+
+def read_settings(folder):
+    with open(os.path.join(folder, "serving.json")) as f:
+        return json.load(f)
+
+
+def decode_texts(raw, name="TEXT"):
+    """The rows of a TEXT tensor (bytes objects, shape [n, 1] or [n]) as strings, or RequestError."""
+    rows = np.asarray(raw, dtype=object).reshape(-1)
+    if rows.size == 0:
+        raise RequestError(f"{name} holds no rows; send at least one text")
+    texts = []
+    for i, value in enumerate(rows):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RequestError(f"{name} row {i} is not UTF-8 ({exc.reason} at byte {exc.start}); "
+                                   f"send UTF-8 text") from None
+        if not isinstance(value, str) or not value.strip():
+            raise RequestError(f"{name} row {i} is empty; send some words in every row")
+        texts.append(value)
+    return texts
+
+
+class Tokenize:
+    """Hugging Face ``tokenizers`` from the exported folder's tokenizer.json, truncating to the
+    model's maximum and counting what truncation dropped."""
+
+    def __init__(self, folder, settings):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(os.path.join(folder, settings["tokenizer"]))
+        self.max_length = int(settings["max_length"])
+        self.strict = bool(settings.get("strict", False))
+        self.inputs = list(settings["inputs"])
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.full = Tokenizer.from_file(os.path.join(folder, settings["tokenizer"]))
+        self.full.no_padding()
+        self.full.no_truncation()
+        self.pad_id = int(settings.get("pad_id", 0))
+
+    def encode(self, texts):
+        """(list of id lists, list of type-id lists, tokens kept per text, tokens dropped per text)."""
+        return self.encodings(texts)[1:]
+
+    def encodings(self, texts):
+        """The tokenizer's encodings, then what ``encode`` returns."""
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = [e.ids for e in encodings]
+        types = [e.type_ids for e in encodings]
+        kept = [len(i) for i in ids]
+        dropped = [0] * len(texts)
+        full = [i for i, n in enumerate(kept) if n >= self.max_length]
+        if full:
+            for i, e in zip(full, self.full.encode_batch([texts[i] for i in full])):
+                dropped[i] = len(e.ids) - kept[i]
+        if self.strict:
+            cut = [i for i, n in enumerate(dropped) if n > 0]
+            if cut:
+                raise RequestError(f"TEXT row {cut[0]} has {kept[cut[0]] + dropped[cut[0]]} tokens, over the "
+                                   f"model's {self.max_length}; shorten it, or serve without strict truncation")
+        return encodings, ids, types, kept, dropped
+
+    def feeds(self, ids, types):
+        """One padded batch holding exactly the model's inputs."""
+        width = max(len(i) for i in ids)
+        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        type_ids = np.zeros((len(ids), width), dtype=np.int64)
+        for row, (i, t) in enumerate(zip(ids, types)):
+            input_ids[row, :len(i)] = i
+            mask[row, :len(i)] = 1
+            type_ids[row, :len(t)] = t
+        every = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
+        return {name: every[name] for name in self.inputs}
+
+
+def default_threads(settings):
+    """The cores this process may use, shared among the model's instances (threads beyond the cores
+    collapse a CPU server's throughput)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(settings.get("instances") or 1)))
+
+
+class Model:
+    """The ONNX variant on ONNX Runtime's CPU provider, threads and spinning as serving.json says."""
+
+    def __init__(self, folder, settings):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(settings.get("threads") or 0) or default_threads(settings)
+        options.inter_op_num_threads = 1
+        # the server's other processes (tokenizer, post-processing, other instances) need the cores
+        # between runs: threads that spin after a run would hold them
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(os.path.join(folder, settings["model"]), options,
+                                            providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.output = settings["output"]
+
+    def run(self, feeds, outputs=None):
+        """The model's ``output`` for ``feeds``; with ``outputs``, the list of those."""
+        got = self.session.run(outputs or [self.output], {n: feeds[n] for n in self.inputs})
+        return got if outputs else got[0]
+
+
+class Post:
+    """Model output to finished results: pooled, normalised embeddings; labels with scores; or the
+    hidden states themselves."""
+
+    def __init__(self, settings):
+        self.task = settings["task"]
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r} in serving.json; one of {', '.join(TASKS)}")
+        self.pooling = settings.get("pooling")  # None: the graph pools
+        self.normalize = bool(settings.get("normalize", False))
+        self.labels = settings.get("labels") or []
+
+    def outputs(self, value, mask):
+        """{output name: array with the batch first} for one group of texts."""
+        if self.task == "hidden-states":
+            return {"HIDDEN_STATES": value.astype(np.float32)}
+        if self.task == "classification":
+            z = np.exp(value - value.max(axis=1, keepdims=True))
+            scores = (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+            best = scores.argmax(axis=1)
+            names = [self.labels[i] if i < len(self.labels) else f"LABEL_{i}" for i in best]
+            return {"LABEL": np.array([[n.encode("utf-8")] for n in names], dtype=object),
+                    "SCORE": scores.max(axis=1, keepdims=True), "SCORES": scores}
+        emb = value
+        if self.pooling == "cls":
+            emb = value[:, 0]
+        elif self.pooling == "max":
+            emb = np.where(mask[..., None] > 0, value, -np.inf).max(axis=1)
+        elif self.pooling == "mean":
+            m = mask[..., None].astype(value.dtype)
+            emb = (value * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        if self.normalize:
+            emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+        return {"EMBEDDING": emb.astype(np.float32)}
+
+
+def length_groups(lengths):
+    """Indices of texts in groups of similar length (each run pads to its longest text)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups, current, real = [], [], 0
+    for i in order:
+        n = lengths[i]
+        if current and n * (len(current) + 1) - (real + n) > PADDING_SHARE * (real + n):
+            groups.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+def pad_rows(arrays):
+    """Stack arrays [1, L_i, ...] (or [L_i, ...]) into [n, max L, ...] with zeros."""
+    width = max(a.shape[0] for a in arrays)
+    out = np.zeros((len(arrays), width) + arrays[0].shape[1:], dtype=arrays[0].dtype)
+    for row, a in enumerate(arrays):
+        out[row, :a.shape[0]] = a
+    return out
+
+
+class TextChain:
+    """tokenize -> model -> post for a list of texts, in groups of similar length."""
+
+    inputs = ("TEXT",)
+
+    def __init__(self, folder, settings):
+        self.tokenize = Tokenize(folder, settings)
+        self.model = Model(folder, settings)
+        self.post = Post(settings)
+
+    def __call__(self, texts):
+        ids, types, kept, dropped = self.tokenize.encode(texts)
+        rows = [None] * len(texts)
+        for group in length_groups(kept):
+            feeds = self.tokenize.feeds([ids[i] for i in group], [types[i] for i in group])
+            out = self.post.outputs(self.model.run(feeds), feeds["attention_mask"])
+            for j, i in enumerate(group):
+                row = {k: v[j] for k, v in out.items()}
+                if "HIDDEN_STATES" in row:
+                    row["HIDDEN_STATES"] = row["HIDDEN_STATES"][:kept[i]]
+                rows[i] = row
+        result = {k: (pad_rows([r[k] for r in rows]) if k == "HIDDEN_STATES" else np.stack([r[k] for r in rows]))
+                  for k in rows[0]}
+        return {**result, **counts(kept, dropped)}
+
+
+def strings(values):
+    """Strings as a Triton TYPE_STRING output, one row each."""
+    return np.array([[v.encode("utf-8")] for v in values], dtype=object)
+
+
+def counts(kept, dropped):
+    """TOKENS (read) and TRUNCATED (cut off) per text."""
+    return {"TOKENS": np.array([[n] for n in kept], dtype=np.int32),
+            "TRUNCATED": np.array([[n] for n in dropped], dtype=np.int32)}
