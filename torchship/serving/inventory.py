@@ -60,6 +60,17 @@ def check_servable(repo: Path, backends: tuple[str, ...]) -> list[str]:
     return list(models)
 
 
+def _curl(model: str, task: str | None, mask: str = "[MASK]") -> str:
+    def column(name, texts):
+        return {"name": name, "datatype": "BYTES", "shape": [len(texts), 1], "data": texts}
+
+    example = {"question-answering": [column("QUESTION", ["who is eating?"]),
+                                      column("TEXT", ["the dog is eating the food"])],
+               "fill-mask": [column("TEXT", [f"the movie was {mask}."])]}
+    body = {"inputs": example.get(task, [column("TEXT", ["first text", "second text"])])}
+    return f"curl -s localhost:8000/v2/models/{model}/infer -d '{json.dumps(body)}'"
+
+
 def write_readme(repo: Path) -> Path:
     models = repository_models(repo)
     entries = sorted({d.get("entry", n) for n, d in models.items()})
@@ -83,12 +94,14 @@ def write_readme(repo: Path) -> Path:
                   "container serves those."]
     text_models = [n for n in entries if models.get(n, {}).get("task", TENSORS) != TENSORS]
     if text_models:
-        n = text_models[0]
-        lines += ["", "## One request", "", "```",
-                  f"curl -s localhost:8000/v2/models/{n}/infer -d '{{\"inputs\": [{{\"name\": \"TEXT\", "
-                  f"\"datatype\": \"BYTES\", \"shape\": [2, 1], \"data\": [\"first text\", \"second text\"]}}]}}'",
-                  "```", "", "Each row of `TEXT` is one text; the answer has one row per text. `TOKENS` counts the "
-                  "tokens the model read, `TRUNCATED` the tokens cut off a text longer than the model's maximum."]
+        lines += ["", "## One request", ""]
+        for n in text_models:
+            settings = Path(repo) / n / "1" / "serving.json"
+            mask = json.loads(settings.read_text()).get("mask_token", "[MASK]") if settings.is_file() else "[MASK]"
+            lines += ["```", _curl(n, models[n].get("task"), mask), "```", ""]
+        lines += ["Each row of `TEXT` is one text (for question answering, the context of the `QUESTION` in the same "
+                  "row); the answer has one row per text. `TOKENS` counts the tokens the model read, `TRUNCATED` the "
+                  "tokens cut off a text longer than the model's maximum."]
     path = Path(repo) / README
     path.write_text("\n".join(lines) + "\n")
     return path
