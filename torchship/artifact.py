@@ -71,6 +71,7 @@ class Manifest:
     shapes: dict | None = None  # the shape config resolved against the model (torchship.shapes)
     quantization: dict | None = None  # int8 candidates tried by torchship quantize, with their numbers
     model_config: dict | None = None  # the family's normalized view of the config (exporters.spec.NormalizedConfig)
+    dispatch: dict | None = None  # fp32 variants timed per shape by torchship optimize, winner per range (below)
     format: int = FORMAT_VERSION
 
     def to_json(self) -> dict:
@@ -218,9 +219,37 @@ class Artifact:
         valid = [n for n in backends_table.preference_order() if usable(n)]
         return valid[0] if valid else "model"
 
+    def measured_variant(self, sizes: dict[str, int] | None = None) -> str:
+        """The one variant for callers that need a single file: the dispatch table's choice at ``sizes``
+        (e.g. the shape config's use shape), else the variant that won the most measured shapes; without a
+        table, ``best_variant``."""
+        table = self.manifest.dispatch
+        if not table or not table.get("ranges"):
+            return self.best_variant()
+        if sizes is not None and "batch" in sizes and "sequence" in sizes:
+            return dispatch_variant(table, sizes["batch"], sizes["sequence"])
+        return most_wins(table)
+
     def save(self, manifest: Manifest) -> None:
         write_json_atomic(self.folder / MANIFEST_NAME, manifest.to_json())
         self.manifest = manifest
+
+
+def dispatch_variant(table: dict, batch: int, sequence: int) -> str:
+    """The variant a dispatch table names for a call of ``batch`` x ``sequence``: the range that holds it.
+    Ranges are ``{"batch": [lo, hi], "sequence": [lo, hi], "variant": name}`` with ``hi`` None for no upper
+    bound; together they cover every shape (torchship.optimizers.dispatch writes them)."""
+    for r in table["ranges"]:
+        (b_lo, b_hi), (s_lo, s_hi) = r["batch"], r["sequence"]
+        if b_lo <= batch <= (b_hi or batch) and s_lo <= sequence <= (s_hi or sequence):
+            return r["variant"]
+    return most_wins(table)  # a hand-edited table with a hole: the overall winner, never an error mid-request
+
+
+def most_wins(table: dict) -> str:
+    """The variant that won the most measured shapes (ties: the one listed first among the candidates)."""
+    wins = [s["winner"] for s in table["shapes"]]
+    return max(table["candidates"], key=lambda name: (wins.count(name), -list(table["candidates"]).index(name)))
 
 
 def model_bytes(path: Path) -> int:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from torchship.errors import InputError
 
 # How a variant is made; auto groups the backends it wants by these to call each step once.
-EXPORT, CHECKPOINT, GRAPH_LEVEL, FUSION, INT8, FP16, OPENVINO, ENGINE = (
-    "export", "checkpoint", "graph-level", "fusion", "int8", "fp16", "openvino", "engine")
+EXPORT, CHECKPOINT, GRAPH_LEVEL, FUSION, INT8, FP16, OPENVINO, ENGINE, DISPATCH = (
+    "export", "checkpoint", "graph-level", "fusion", "int8", "fp16", "openvino", "engine", "dispatch")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class Backend:
 
 _ORT = "torchship.runtimes.ort:ort_predictor"
 _ORT_CUDA = "torchship.runtimes.ort:ort_cuda_predictor"
+_ORT_MEASURED = "torchship.runtimes.ort:ort_measured_predictor"
 _OPENVINO = "torchship.runtimes.openvino:openvino_predictor"
 _TORCH = "torchship.runtimes.torch_runtime:torch_predictor"
 _TENSORRT = "torchship.optimizers.tensorrt_build:engine_predictor"
@@ -87,6 +88,10 @@ TABLE: tuple[Backend, ...] = (
     _level("basic", 3),
     _level("extended", 2),
     _level("all", 1),
+    # Not a file: per call, the fp32 variant that torchship optimize measured fastest for the call's shape (the
+    # manifest's dispatch table). auto times the variants themselves; Triton serves one file.
+    Backend("ort-measured", "onnxruntime", "fp32", "cpu", "fastest fp32 variant per shape, as optimize measured",
+            DISPATCH, _ORT_MEASURED, make=_OPTIMIZE, swept=False),
     Backend("ort-int8", "onnxruntime", "int8", "cpu", "torchship quantize (fastest candidate within budget)", INT8,
             _ORT, ("int8",), ("model_int8.onnx",), "torchship quantize {folder} --int8", triton=_ONNX_PLATFORM),
     # fp16 for GPUs; ONNX Runtime's CPU provider runs it through casts, so auto does not time it on a CPU.

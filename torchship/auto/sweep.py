@@ -128,8 +128,9 @@ def _build_float_variants(artifact, config: AutoConfig, rows: dict[str, Row], pr
     levels = tuple(VARIANTS[r.backend].settings["level"] for r in _wanted(rows, GRAPH_LEVEL))
     fusion = bool(m.ort_model_type) and bool(_wanted(rows, FUSION))
     if levels or fusion:
-        optimize(artifact.folder, OptimizeOptions(levels=levels, transformer_fusion=fusion, use_gpu=on_gpu),
-                 progress=progress)
+        # auto times every variant itself at the config's use shape, so optimize's own per-shape timing is skipped
+        optimize(artifact.folder, OptimizeOptions(levels=levels, transformer_fusion=fusion, use_gpu=on_gpu,
+                                                  candidates="preset"), progress=progress)
     _attempt(_wanted(rows, OPENVINO), lambda: optimize(
         artifact.folder, OptimizeOptions(levels=(), transformer_fusion=False, openvino=True), progress=progress))
     _attempt(_wanted(rows, FP16), lambda: optimize(

@@ -105,3 +105,14 @@ def print_artifact(artifact) -> None:
             click.echo(f"  {v.fusion['warning']}", err=True)
     for name, reason in m.skipped.items():
         click.echo(f"  {backend_of_variant(name).name:15s} skipped: {reason}", err=True)
+
+
+def print_dispatch(artifact) -> None:
+    """The measured dispatch table of the folder, if optimize recorded one."""
+    table = artifact.manifest.dispatch
+    if not table:
+        return
+    from torchship.benchmarks.dispatch_report import dispatch_markdown
+
+    click.echo("")
+    click.echo(dispatch_markdown(table))

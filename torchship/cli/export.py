@@ -8,8 +8,8 @@ import functools
 import click
 
 from torchship import options as o
-from torchship.cli._app import (CONTEXT, PROGRESS, examples, friendly_errors, main,
-                                print_artifact, quiet_libraries, split)
+from torchship.cli._app import (CONTEXT, PROGRESS, examples, friendly_errors, main, print_artifact,
+                                print_dispatch, quiet_libraries, split)
 
 
 def _export_options(task, exporter, opset, attn_implementation, atol, allow_pickle, trust_remote_code, revision,
@@ -45,6 +45,7 @@ def _do_export(model, output, optimize_after, **flags):
 
         artifact = optimize(output, progress=PROGRESS)
     print_artifact(artifact)
+    print_dispatch(artifact)
 
 
 @main.command("export", epilog=examples(
@@ -86,7 +87,8 @@ def family_command(command: str):
 
 @main.command("optimize", epilog=examples(
     'torchship optimize onnx/bert',
-    'torchship optimize onnx/bert --fp16 --openvino'))
+    'torchship optimize onnx/bert --fp16 --openvino',
+    'torchship optimize onnx/bert --candidates preset'))
 @click.argument("folder", type=click.Path())
 @o.levels
 @o.no_fusion
@@ -101,18 +103,24 @@ def family_command(command: str):
 @click.option("--openvino", is_flag=True,
               help="Also write OpenVINO IR: openvino/ (fp32) and openvino_fp16/ (fp16 weights). "
                    "Needs torchship[openvino].")
+@click.option("--candidates", default="measured", show_default=True, metavar="measured|preset",
+              help="measured: time the validated fp32 variants at each shape of the shape config (else batch 1,8 x "
+                   "sequence 16,128,384) on this machine and record which runs which shape range (predict and the "
+                   "ort-measured backend use it); preset: no timing, the fixed preference order.")
 @friendly_errors
-def optimize_cmd(folder, levels, no_fusion, atol, fp16, fp16_block, fp16_budget, openvino):
-    """Add ORT graph-level and transformer-fused variants to an exported FOLDER, each validated."""
+def optimize_cmd(folder, levels, no_fusion, atol, fp16, fp16_block, fp16_budget, openvino, candidates):
+    """Add ORT graph-level and transformer-fused variants to an exported FOLDER, each validated, and measure
+    which of them is fastest for each shape range."""
     from torchship.optimizers import OptimizeOptions, optimize
 
     names = tuple(lv.strip() for lv in levels.split(",") if lv.strip())
+    options = OptimizeOptions(levels=names, transformer_fusion=not no_fusion, atol=atol, fp16=fp16,
+                              fp16_block=split(fp16_block) or (), fp16_budget=fp16_budget, openvino=openvino,
+                              candidates=candidates).resolved()  # a bad flag fails before any work
     if openvino:
         from torchship.runtimes.openvino import require_openvino
 
         require_openvino()  # before any variant is made
-    artifact = optimize(folder, OptimizeOptions(levels=names, transformer_fusion=not no_fusion, atol=atol, fp16=fp16,
-                                                fp16_block=split(fp16_block) or (), fp16_budget=fp16_budget,
-                                                openvino=openvino),
-                        progress=PROGRESS)
+    artifact = optimize(folder, options, progress=PROGRESS)
     print_artifact(artifact)
+    print_dispatch(artifact)

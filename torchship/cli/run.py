@@ -156,7 +156,8 @@ def predict_cmd(folder, texts, backend, device, as_json, aggregation, question):
     for i, dropped in result.truncated():
         click.echo(f"torchship: note: text {i + 1} has {result.tokens[i]} tokens and the model reads "
                    f"{result.max_length}: the last {dropped} were cut", err=True)
-    click.echo(f"(backend {backend}; --json for full vectors)", err=True)
+    ran = f" ran {', '.join(predictor.ran)}" if getattr(predictor, "ran", None) else ""
+    click.echo(f"(backend {backend}{ran}; --json for full vectors)", err=True)
 
 
 @main.command("generate", epilog=examples(
@@ -197,7 +198,10 @@ def generate_cmd(folder, prompts, max_new_tokens, backend, device, as_json):
 
 
 def _resolve_backend(artifact, backend: str) -> str:
-    """``auto``: the backend of the folder's most optimized validated variant (the table's preference order)."""
+    """``auto``: ort-measured when optimize measured which variant runs which shape (the manifest's dispatch
+    table), else the backend of the folder's most optimized validated variant (the table's preference order)."""
     from torchship.variants import backend_of_variant
 
-    return backend_of_variant(artifact.best_variant()).name if backend == "auto" else backend
+    if backend != "auto":
+        return backend
+    return "ort-measured" if artifact.manifest.dispatch else backend_of_variant(artifact.best_variant()).name

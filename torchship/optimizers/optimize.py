@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torchship import _progress
@@ -12,6 +12,7 @@ from torchship._ort import GRAPH_LEVELS, make_session
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
 from torchship.external_data import staged_model, uses_external_data
 from torchship.errors import ArtifactError, InputError, ValidationError
+from torchship.optimizers.dispatch import CANDIDATE_CHOICES, DispatchPlan, candidate_variants, measure_dispatch
 from torchship.optimizers.fusion import count_ops, fuse
 from torchship.validation import check, run_reference_cases
 from torchship.exporters.spec import family_of
@@ -27,11 +28,17 @@ class OptimizeOptions:
     fp16_block: tuple[str, ...] = ()  # op types kept in fp32, beside ORT's default block list
     fp16_budget: float = 0.999  # accuracy floor of the fp16 variant against the fp32 model
     openvino: bool = False  # also write OpenVINO IR: fp32, and fp16-compressed weights
+    # measured: time the fp32 variants per shape and record which runs which shape (optimizers/dispatch.py);
+    # preset: no timing, no table (the backend table's preference order decides, as before)
+    candidates: str = "measured"
+    dispatch: DispatchPlan = DispatchPlan()
 
     def resolved(self) -> "OptimizeOptions":
         bad = [lv for lv in self.levels if lv not in GRAPH_LEVELS]
         if bad:
             raise InputError(f"unknown graph level {bad[0]!r}; use {', '.join(GRAPH_LEVELS)}")
+        if self.candidates not in CANDIDATE_CHOICES:
+            raise InputError(f"unknown --candidates {self.candidates!r}; use {' or '.join(CANDIDATE_CHOICES)}")
         return self
 
 
@@ -129,12 +136,14 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
 
         jobs.append(("openvino", lambda: openvino_variants(artifact, progress=progress)))
     fp16_error = None
+    made_fp32 = False
     for i, (name, make) in enumerate(jobs, 1):
         progress.step(f"[{i}/{len(jobs)}] {name}")
         try:
             made = make()
             for variant in made if isinstance(made, list) else [made]:
                 artifact.manifest = artifact.manifest.with_variant(variant)
+                made_fp32 = made_fp32 or variant.name in candidate_variants()
         except _SKIPPABLE.get(name, ()) as exc:
             # The other variants stand; this one is recorded as skipped, loudly.
             progress.step(f"WARNING: {name} skipped: {exc}")
@@ -142,6 +151,10 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
             if name == "fp16":
                 fp16_error = exc
         artifact.save(artifact.manifest)
+    if made_fp32:  # a table of the files this run replaced would be stale: measure again, or drop it
+        table = measure_dispatch(artifact, opts.dispatch, progress=progress) if opts.candidates == "measured" \
+            else None
+        artifact.save(replace(artifact.manifest, dispatch=table))
     if fp16_error is not None:
         raise fp16_error  # asked for and not made: the command fails, the reason is in the manifest too
     return artifact

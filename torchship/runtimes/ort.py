@@ -7,7 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from torchship._ort import cuda_index, make_session
+from torchship.artifact import dispatch_variant
+from torchship.errors import InputError
 from torchship.runtimes.base import Predictor
+from torchship.tensors import BATCH, SEQUENCE
+from torchship.variants import backend_of_variant
 
 
 class OrtPredictor(Predictor):
@@ -76,6 +80,71 @@ def ort_predictor(artifact, record, options) -> OrtPredictor:
     return OrtPredictor(**_session_of(artifact, record, name), threads=options.threads, spin=options.spin,
                         device=options.device, session_level=variant.options.get("session_level", "all"),
                         disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())))
+
+
+class OrtMeasuredPredictor(Predictor):
+    """Per call, the fp32 variant the folder's dispatch table names for the call's batch x sequence (measured
+    by torchship optimize); each variant's session is loaded the first time a call needs it."""
+
+    backend = "onnxruntime-measured"
+
+    def __init__(self, artifact, record, options):
+        super().__init__(artifact.manifest.io())
+        self.table = artifact.manifest.dispatch
+        used = dict.fromkeys(r["variant"] for r in self.table["ranges"])
+        missing = [n for n in used if n not in artifact.manifest.variants]
+        if missing:
+            raise InputError(f"{artifact.folder}: the dispatch table names variant {missing[0]!r}, which the folder "
+                             f"no longer has; run: {record.make_command(artifact.folder)}")
+        self.variants = {n: ort_predictor(artifact, backend_of_variant(n), options) for n in used}
+        self.axes = _batch_sequence_axes(self.io)
+        self.last_variant: str | None = None  # which variant ran the last call
+
+    def variant_for(self, feeds) -> str:
+        (name, b_axis), (_, s_axis) = self.axes
+        shape = np.shape(feeds[name])
+        return dispatch_variant(self.table, int(shape[b_axis]), int(shape[s_axis]))
+
+    def _activate(self) -> None:
+        pass  # sessions load on first use
+
+    def _infer(self, feeds):
+        name = self.variant_for(feeds)
+        predictor = self.variants[name].activate()
+        self.last_variant = name
+        return predictor._infer(feeds)  # feeds were checked once, by this predictor
+
+    def _deactivate(self) -> None:
+        for predictor in self.variants.values():
+            predictor.deactivate()
+
+    @property
+    def ran(self) -> tuple[str, ...]:
+        """The variants whose sessions are loaded: those a call has run."""
+        return tuple(n for n, p in self.variants.items() if p.active)
+
+
+def _batch_sequence_axes(io) -> tuple[tuple[str, int], tuple[str, int]]:
+    """(input name, axis index) of the batch and of the sequence axis: where a call's shape is read."""
+    for spec in io.inputs:
+        if BATCH in spec.axes and SEQUENCE in spec.axes:
+            return (spec.name, spec.axes.index(BATCH)), (spec.name, spec.axes.index(SEQUENCE))
+    raise InputError("the model has no input with batch and sequence axes; a dispatch table cannot apply")
+
+
+def ort_measured_predictor(artifact, record, options) -> Predictor:
+    """The table's factory for ort-measured: the dispatch table's variants, or, for a folder without a table
+    or a non-CPU device, the single most optimized validated variant."""
+    if not artifact.manifest.dispatch or options.device not in ("cpu", "auto") or \
+            (options.device == "auto" and "CUDAExecutionProvider" in _available_providers()):
+        return ort_predictor(artifact, backend_of_variant(artifact.best_variant()), options)
+    return OrtMeasuredPredictor(artifact, record, options)
+
+
+def _available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
 
 
 def ort_cuda_predictor(artifact, record, options) -> "OrtCudaPredictor":

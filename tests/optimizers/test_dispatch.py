@@ -1,0 +1,150 @@
+"""The measured dispatch of torchship optimize: every validated fp32 variant timed per shape on real ORT
+sessions, the winner per shape range kept in the manifest, and the ort-measured predictor running the
+variant the table names. No timing is asserted: which variant wins on the tiny models is the machine's."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from torchship.artifact import Artifact, dispatch_variant
+from torchship.cli import main
+from torchship.exporters.export import ExportOptions, export
+from torchship.optimizers import OptimizeOptions, optimize
+from torchship.optimizers.dispatch import DispatchPlan, candidate_variants
+from torchship.runtimes import RuntimeOptions, create_predictor
+from torchship.shapes import load_shape_config
+
+QUICK = DispatchPlan(min_rounds=2, max_rounds=3, seconds=0.0)
+
+
+def _feeds(batch: int, sequence: int) -> dict:
+    ids = np.full((batch, sequence), 5, dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+@pytest.fixture(scope="module")
+def measured(exported, tmp_path_factory):
+    folder = shutil.copytree(exported("bert"), tmp_path_factory.mktemp("dispatch") / "bert")
+    return optimize(folder, OptimizeOptions(dispatch=QUICK))
+
+
+def test_every_candidate_is_timed_at_every_shape_and_each_range_has_a_winner(measured):
+    table = measured.manifest.dispatch
+    assert list(table["candidates"]) == list(candidate_variants()) == \
+        ["optimized", "ort-all", "ort-extended", "ort-basic", "model"]
+    assert all(c["validation"]["passed"] for c in table["candidates"].values())
+    # The default grid, its sequences clipped to the tiny model's 128 positions.
+    assert [(s["batch"], s["sequence"]) for s in table["shapes"]] == [(1, 16), (1, 128), (8, 16), (8, 128)]
+    assert table["grid"] == "default" and table["machine"]["spin"] is False
+    for shape in table["shapes"]:
+        assert set(shape["times"]) == set(table["candidates"])
+        for t in shape["times"].values():
+            assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"] and t["rounds"] >= QUICK.min_rounds
+        assert shape["winner"] in table["candidates"] and shape["runner_up"] != shape["winner"]
+        assert shape["ratio"] == round(shape["times"][shape["runner_up"]]["median_ms"]
+                                       / shape["times"][shape["winner"]]["median_ms"], 4)
+    # Ranges: one per measured shape, covering every (batch, sequence), each naming that shape's winner.
+    winners = {(s["batch"], s["sequence"]): s["winner"] for s in table["shapes"]}
+    assert [(r["batch"], r["sequence"]) for r in table["ranges"]] == [
+        ([1, 1], [1, 16]), ([1, 1], [17, None]), ([2, None], [1, 16]), ([2, None], [17, None])]
+    for r in table["ranges"]:
+        assert r["variant"] == winners[tuple(r["measured_at"])]
+    assert dispatch_variant(table, 1, 3) == winners[(1, 16)]
+    assert dispatch_variant(table, 5, 100) == dispatch_variant(table, 64, 500) == winners[(8, 128)]
+    # Kept in torchship.json, as plain data.
+    on_disk = json.loads((measured.folder / "torchship.json").read_text())
+    assert on_disk["dispatch"] == table
+
+
+def _with_ranges(artifact, ranges):
+    table = {**artifact.manifest.dispatch, "ranges": ranges}
+    artifact.save(dataclasses.replace(artifact.manifest, dispatch=table))
+    return Artifact.open(artifact.folder)
+
+
+def test_the_predictor_runs_the_variant_the_table_names_for_the_shape(measured, tmp_path):
+    art = Artifact.open(shutil.copytree(measured.folder, tmp_path / "bert"))
+    art = _with_ranges(art, [{"batch": [1, 1], "sequence": [1, None], "variant": "ort-basic", "measured_at": [1, 16]},
+                             {"batch": [2, None], "sequence": [1, None], "variant": "optimized",
+                              "measured_at": [8, 16]}])
+    with create_predictor(art, "ort-measured", RuntimeOptions(threads=1)) as predictor:
+        assert predictor.ran == ()  # sessions load on first use
+        one = predictor.infer(_feeds(1, 12))
+        assert predictor.last_variant == "ort-basic" and predictor.ran == ("ort-basic",)
+        four = predictor.infer(_feeds(4, 12))
+        assert predictor.last_variant == "optimized" and set(predictor.ran) == {"ort-basic", "optimized"}
+    for backend, feeds, got in (("ort-basic", _feeds(1, 12), one), ("ort-optimized", _feeds(4, 12), four)):
+        with create_predictor(art, backend, RuntimeOptions(threads=1)) as alone:
+            np.testing.assert_array_equal(alone.infer(feeds)["last_hidden_state"], got["last_hidden_state"])
+    # One file for callers that need one: the table's choice at a shape, else the variant that won most shapes.
+    assert art.measured_variant({"batch": 3, "sequence": 40}) == "optimized"
+    assert art.measured_variant() in art.manifest.dispatch["candidates"]
+
+
+def test_predict_uses_the_table_and_says_which_variant_ran(measured):
+    r = CliRunner().invoke(main, ["predict", str(measured.folder), "a good movie", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["backend"] == "ort-measured"
+
+
+def test_preset_records_no_table_and_drops_a_stale_one(measured, tmp_path):
+    art = optimize(shutil.copytree(measured.folder, tmp_path / "bert"),
+                   OptimizeOptions(levels=("all",), candidates="preset"))
+    assert art.manifest.dispatch is None
+    assert art.measured_variant() == art.best_variant() == "optimized"
+    with create_predictor(art, "ort-measured") as predictor:  # no table: the single preferred variant
+        assert predictor.path.name == "model_optimized.onnx"
+
+
+def test_a_run_that_makes_no_fp32_variant_keeps_the_table(measured, tmp_path):
+    art = optimize(shutil.copytree(measured.folder, tmp_path / "bert"),
+                   OptimizeOptions(levels=(), transformer_fusion=False, candidates="preset"))
+    assert art.manifest.dispatch == measured.manifest.dispatch
+
+
+def test_an_old_manifest_without_a_table_still_opens(measured, tmp_path):
+    folder = shutil.copytree(measured.folder, tmp_path / "old")
+    data = json.loads((folder / "torchship.json").read_text())
+    del data["dispatch"]
+    (folder / "torchship.json").write_text(json.dumps(data))
+    art = Artifact.open(folder)
+    assert art.manifest.dispatch is None and art.best_variant() == "optimized"
+    r = CliRunner().invoke(main, ["predict", str(folder), "a good movie", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["backend"] == "ort-optimized", r.output
+
+
+def test_the_shape_config_sets_the_grid(model_dirs, tmp_path):
+    config = tmp_path / "shapes.yml"
+    config.write_text("inputs:\n  input_ids: {min: [1, 4], use: [2, 24], max: [4, 64]}\n")
+    out = tmp_path / "onnx"
+    export(str(model_dirs("bert")), out, ExportOptions(shapes=load_shape_config(config)))
+    table = optimize(out, OptimizeOptions(levels=("all",), dispatch=QUICK)).manifest.dispatch
+    assert table["grid"] == "shape config" and list(table["candidates"]) == ["optimized", "ort-all", "model"]
+    assert {(s["batch"], s["sequence"]) for s in table["shapes"]} == {(b, s) for b in (1, 2, 4) for s in (4, 24, 64)}
+
+
+def test_decoders_get_no_table(decoder_export):
+    assert Artifact.open(decoder_export).manifest.dispatch is None
+
+
+def test_the_optimize_command_prints_the_table_and_refuses_a_bad_choice(measured, tmp_path):
+    folder = shutil.copytree(measured.folder, tmp_path / "bert")
+    r = CliRunner().invoke(main, ["optimize", str(folder), "--levels", "all", "--no-fusion"])
+    assert r.exit_code == 0, r.output
+    assert "Measured dispatch" in r.output and "| batch | sequence | runs |" in r.output
+    before = (folder / "torchship.json").read_text()
+    exe = Path(sys.executable).parent / "torchship"
+    proc = subprocess.run([str(exe), "optimize", str(folder), "--candidates", "fastest"], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "unknown --candidates 'fastest'; use measured or preset" in errors[0], proc.stderr
+    assert (folder / "torchship.json").read_text() == before

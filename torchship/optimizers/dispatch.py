@@ -1,0 +1,223 @@
+"""Measured dispatch: which fp32 variant runs which shape, chosen by timing on this machine.
+
+No one fusion set wins everywhere: ONNX Runtime's fused Attention kernel wins on short sequences and loses
+on long ones and larger batches, where the unfused graph of level ``all`` or ``extended`` is faster. So
+after ``optimize`` has built and validated its variants, every validated fp32 ONNX Runtime CPU variant is
+timed at a grid of (batch, sequence) shapes: the shape config's min/use/max values of each axis, else
+batch {1, 8} x sequence {16, 128, 384} clipped to the model's positions. Candidates run interleaved in
+rounds (the order turns each round), spinning off, every candidate on the same inputs, with a bounded
+number of rounds per shape. The result is data in the manifest (``Manifest.dispatch``): every candidate's
+median and spread per shape, the winner per shape, and the ranges of shapes each winner serves, which the
+``ort-measured`` predictor reads per call (``artifact.dispatch_variant``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+from torchship import _progress
+from torchship._ort import make_session
+from torchship.artifact import Artifact
+from torchship.errors import InputError
+from torchship.variants import TABLE
+
+CANDIDATE_CHOICES = ("measured", "preset")
+DEFAULT_BATCHES = (1, 8)
+DEFAULT_SEQUENCES = (16, 128, 384)
+TABLE_VERSION = 1
+
+
+def candidate_variants() -> tuple[str, ...]:
+    """The variants a table may choose from, from the backend table: fp32 ONNX Runtime CPU variants that
+    torchship would pick by itself, in its preference order (ties in the timing go to the earlier one)."""
+    ranked = sorted((b for b in TABLE if b.preference is not None and b.runtime == "onnxruntime"
+                     and b.precision == "fp32" and b.device == "cpu"), key=lambda b: b.preference)
+    return tuple(b.variants[0] for b in ranked)
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    """How long the timing may take. Per shape, candidates run in rounds until ``seconds`` are spent (at
+    least ``min_rounds``, at most ``max_rounds``); one sample repeats a run until it lasts ``sample_s``, so
+    a tiny model's sub-millisecond runs are timed as a batch of runs, a large model's one at a time."""
+
+    min_rounds: int = 3
+    max_rounds: int = 9
+    seconds: float = 2.0  # per shape, all candidates together
+    sample_s: float = 0.001
+    warmup: int = 1
+    margin: float = 0.01  # a candidate displaces the preferred one only when faster by more than this
+    threads: int | None = None  # None: every CPU this process may use (as bench)
+
+
+def _threads(plan: DispatchPlan) -> int:
+    if plan.threads:
+        return plan.threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def shape_grid(artifact: Artifact, spec, config) -> tuple[tuple[int, int], ...]:
+    """(batch, sequence) pairs to time: each axis's min/use/max from the shape config, else the defaults
+    clipped to the model's positions; the full cross product, so the ranges cover every shape. A sequence
+    length the family refuses (spec.case_for) is left out."""
+    resolved = artifact.manifest.resolved_shapes()
+    if resolved is not None and "batch" in resolved.axes and "sequence" in resolved.axes:
+        batches, sequences = resolved.axes["batch"], resolved.axes["sequence"]
+    else:
+        limit = (artifact.manifest.model_config or {}).get("max_positions") or max(DEFAULT_SEQUENCES)
+        batches, sequences = DEFAULT_BATCHES, tuple(min(s, limit) for s in DEFAULT_SEQUENCES)
+
+    def runs(sequence: int) -> bool:
+        try:
+            spec.case_for({"batch": 1, "sequence": sequence}, config)
+            return True
+        except InputError:
+            return False
+
+    return tuple(product(sorted(set(batches)), [s for s in sorted(set(sequences)) if runs(s)]))
+
+
+def _ranges(values: list[int]) -> list[tuple[int, int | None]]:
+    """Axis ranges, one per measured value: (previous value + 1, value), the last one open above."""
+    out, lo = [], 1
+    for i, v in enumerate(values):
+        out.append((lo, None if i == len(values) - 1 else v))
+        lo = v + 1
+    return out
+
+
+def _samples(fn, plan: DispatchPlan) -> int:
+    """Runs per sample so that one sample lasts about ``plan.sample_s`` (after ``plan.warmup`` runs)."""
+    for _ in range(max(1, plan.warmup)):
+        fn()
+    start = time.perf_counter()
+    fn()
+    once = time.perf_counter() - start
+    return max(1, math.ceil(plan.sample_s / max(once, 1e-6)))
+
+
+def _time_shape(runners: dict, plan: DispatchPlan) -> dict[str, list[float]]:
+    """Seconds per run of every candidate, one value per round, candidates interleaved."""
+    repeats = {name: _samples(fn, plan) for name, fn in runners.items()}
+    names = list(runners)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    for r in range(plan.max_rounds):
+        if r >= plan.min_rounds and time.perf_counter() - start >= plan.seconds:
+            break
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, n = runners[name], repeats[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n)
+    return times
+
+
+def _stats(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1000.0
+    p10, p50, p90 = (float(v) for v in np.percentile(ms, [10, 50, 90]))
+    return {"median_ms": round(p50, 4), "p10_ms": round(p10, 4), "p90_ms": round(p90, 4),
+            "spread": round(p90 / p10, 4) if p10 > 0 else None, "rounds": len(seconds)}
+
+
+def _winner(times: dict[str, dict], order: tuple[str, ...], margin: float) -> tuple[str, str | None, float | None]:
+    """The fastest candidate by median; the earlier one in the preference order keeps its place unless a
+    later one is faster by more than ``margin`` (so noise does not flip the choice between near-equals)."""
+    ranked = sorted(times, key=lambda n: times[n]["median_ms"])
+    best = ranked[0]
+    for name in order:
+        if name in times and times[name]["median_ms"] <= times[best]["median_ms"] * (1 + margin):
+            best = name
+            break
+    others = [n for n in ranked if n != best]
+    if not others:
+        return best, None, None
+    runner_up = others[0]
+    return best, runner_up, round(times[runner_up]["median_ms"] / times[best]["median_ms"], 4)
+
+
+def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
+                     progress: _progress.Progress = _progress.SILENT) -> dict | None:
+    """Time the folder's validated fp32 candidates at the shape grid; the dispatch table, or None when there
+    is nothing to choose (fewer than two candidates, or a family without batch x sequence inputs)."""
+    from torchship.exporters.spec import ENCODE, family_of, saved_config
+
+    m = artifact.manifest
+    spec = family_of(m)
+    if ENCODE not in spec.phases:
+        return None  # decoders and UNets: one variant, as today
+    order = candidate_variants()
+    candidates, excluded = {}, {}
+    for name in order:
+        variant = m.variants.get(name)
+        if variant is None:
+            continue
+        if not (variant.validation or {}).get("passed"):
+            excluded[name] = "did not pass validation"
+            continue
+        candidates[name] = variant
+    if len(candidates) < 2:
+        return None
+    config = saved_config(artifact)
+    grid = shape_grid(artifact, spec, config)
+    if not grid:
+        return None
+    threads = _threads(plan)
+    sessions = {}
+    for name, variant in candidates.items():
+        session = make_session(artifact.path_of(name), threads=threads, spin=False,
+                               level=variant.options.get("session_level", "all"),
+                               disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())))
+        inputs = [i.name for i in session.get_inputs()]
+        sessions[name] = (session, inputs)
+    io = m.io()
+    shapes = []
+    for i, (batch, sequence) in enumerate(grid, 1):
+        progress.step(f"timing {len(candidates)} fp32 variants at batch {batch} x seq {sequence} [{i}/{len(grid)}]")
+        case = spec.case_for({"batch": batch, "sequence": sequence}, config)
+        feeds = spec.sample_inputs(config, io, case, seed=i)
+        runners = {name: (lambda s=s, names=names: s.run(None, {n: feeds[n] for n in names}))
+                   for name, (s, names) in sessions.items()}
+        times = {name: _stats(t) for name, t in _time_shape(runners, plan).items()}
+        winner, runner_up, ratio = _winner(times, order, plan.margin)
+        shapes.append({"batch": batch, "sequence": sequence, "times": times, "winner": winner,
+                       "runner_up": runner_up, "ratio": ratio})
+    del sessions
+    batches = _ranges(sorted({b for b, _ in grid}))
+    sequences = _ranges(sorted({s for _, s in grid}))
+    by_shape = {(s["batch"], s["sequence"]): s["winner"] for s in shapes}
+    ranges = [{"batch": list(br), "sequence": list(sr), "variant": by_shape[(b, s)], "measured_at": [b, s]}
+              for (b, br), (s, sr) in product(zip(sorted({b for b, _ in grid}), batches),
+                                              zip(sorted({s for _, s in grid}), sequences))]
+    return {
+        "version": TABLE_VERSION,
+        "machine": {"cpu": _cpu_name(), "threads": threads, "spin": False},
+        "plan": {"min_rounds": plan.min_rounds, "max_rounds": plan.max_rounds, "seconds_per_shape": plan.seconds,
+                 "sample_s": plan.sample_s, "margin": plan.margin},
+        "grid": "shape config" if m.resolved_shapes() is not None else "default",
+        "candidates": {name: {"file": v.file, "validation": {k: (v.validation or {}).get(k)
+                                                             for k in ("passed", "max_abs")}}
+                       for name, v in candidates.items()},
+        "excluded": excluded,
+        "shapes": shapes,
+        "ranges": ranges,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
