@@ -76,11 +76,12 @@ def test_the_predictor_runs_the_variant_the_table_names_for_the_shape(measured, 
                              {"batch": [2, None], "sequence": [1, None], "variant": "optimized",
                               "measured_at": [8, 16]}])
     with create_predictor(art, "ort-measured", RuntimeOptions(threads=1)) as predictor:
-        assert predictor.ran == ()  # sessions load on first use
+        assert predictor.ran == predictor.loaded == ()  # sessions load on first use
         one = predictor.infer(_feeds(1, 12))
-        assert predictor.last_variant == "ort-basic" and predictor.ran == ("ort-basic",)
+        assert predictor.last_variant == "ort-basic" and predictor.loaded == ("ort-basic",)
         four = predictor.infer(_feeds(4, 12))
-        assert predictor.last_variant == "optimized" and set(predictor.ran) == {"ort-basic", "optimized"}
+        assert predictor.last_variant == "optimized" and set(predictor.loaded) == {"ort-basic", "optimized"}
+    assert predictor.loaded == () and predictor.ran == ("ort-basic", "optimized")
     for backend, feeds, got in (("ort-basic", _feeds(1, 12), one), ("ort-optimized", _feeds(4, 12), four)):
         with create_predictor(art, backend, RuntimeOptions(threads=1)) as alone:
             np.testing.assert_array_equal(alone.infer(feeds)["last_hidden_state"], got["last_hidden_state"])
@@ -93,6 +94,9 @@ def test_predict_uses_the_table_and_says_which_variant_ran(measured):
     r = CliRunner().invoke(main, ["predict", str(measured.folder), "a good movie", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["backend"] == "ort-measured"
+    r = CliRunner().invoke(main, ["predict", str(measured.folder), "a good movie"])
+    ran = dispatch_variant(measured.manifest.dispatch, 1, 5)  # [CLS] a good movie [SEP]
+    assert r.exit_code == 0 and f"(backend ort-measured ran {ran};" in r.output, r.output
 
 
 def test_preset_records_no_table_and_drops_a_stale_one(measured, tmp_path):

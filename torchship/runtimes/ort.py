@@ -99,6 +99,7 @@ class OrtMeasuredPredictor(Predictor):
         self.variants = {n: ort_predictor(artifact, backend_of_variant(n), options) for n in used}
         self.axes = _batch_sequence_axes(self.io)
         self.last_variant: str | None = None  # which variant ran the last call
+        self._ran: dict[str, None] = {}  # every variant a call has run, in the order first used
 
     def variant_for(self, feeds) -> str:
         (name, b_axis), (_, s_axis) = self.axes
@@ -112,6 +113,7 @@ class OrtMeasuredPredictor(Predictor):
         name = self.variant_for(feeds)
         predictor = self.variants[name].activate()
         self.last_variant = name
+        self._ran[name] = None
         return predictor._infer(feeds)  # feeds were checked once, by this predictor
 
     def _deactivate(self) -> None:
@@ -120,7 +122,12 @@ class OrtMeasuredPredictor(Predictor):
 
     @property
     def ran(self) -> tuple[str, ...]:
-        """The variants whose sessions are loaded: those a call has run."""
+        """The variants calls have run (each one's session was loaded by the first of them)."""
+        return tuple(self._ran)
+
+    @property
+    def loaded(self) -> tuple[str, ...]:
+        """The variants whose sessions are loaded now."""
         return tuple(n for n, p in self.variants.items() if p.active)
 
 
