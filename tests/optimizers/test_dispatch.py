@@ -152,3 +152,17 @@ def test_the_optimize_command_prints_the_table_and_refuses_a_bad_choice(measured
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "unknown --candidates 'fastest'; use measured or preset" in errors[0], proc.stderr
     assert (folder / "torchship.json").read_text() == before
+
+
+def test_bench_runs_ort_measured_and_reports_the_file_per_shape(measured):
+    from torchship.benchmarks.run import BenchOptions, run_benchmark
+    from torchship.benchmarks.timing import TimingPlan
+
+    plan = TimingPlan(warmup=1, min_iterations=3, min_seconds=0.0, block=3)
+    report = run_benchmark(measured.folder, BenchOptions(backends=("ort", "ort-measured"), shapes=((1, 8), (8, 100)),
+                                                         threads=1, plan=plan))
+    assert {m.backend for m in report.measurements} == {"ort", "ort-measured"}
+    table, variants = measured.manifest.dispatch, measured.manifest.variants
+    assert report.variant_files["ort-measured"] == (
+        f"batch 1 x seq 8: {variants[dispatch_variant(table, 1, 8)].file}; "
+        f"batch 8 x seq 100: {variants[dispatch_variant(table, 8, 100)].file}")

@@ -97,10 +97,14 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
     main_output = manifest.output_names[0]
     phase = spec.phases[0]
     measurements = []
+    dispatched: dict[str, list[str]] = {}  # ort-measured: the file it ran at each shape
     try:
         for i, case in enumerate(cases, 1):
             feeds = spec.sample_inputs(config, io, case, seed=options.seed + i)
             outputs = {name: p.infer(feeds)[main_output] for name, p in predictors.items()}
+            for name, p in predictors.items():
+                if getattr(p, "last_variant", None):
+                    dispatched.setdefault(name, []).append(f"{case.label()}: {artifact.variant(p.last_variant).file}")
             label = f"[{i}/{len(cases)}] {case.label()}"
             progress.step(label)
             times = measure_interleaved(
@@ -116,7 +120,7 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
             p.deactivate()
     return BenchReport(
         model=manifest.source.get("name") or manifest.source.get("model", str(artifact.folder)),
-        variant_files=variant_files(artifact, options.backends),
+        variant_files={**variant_files(artifact, options.backends), **{n: "; ".join(v) for n, v in dispatched.items()}},
         budgets=variant_budgets(artifact, options.backends),
         environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),
         settings={"backends": list(options.backends), "shapes": [c.label() for c in cases],
