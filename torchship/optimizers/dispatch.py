@@ -166,6 +166,11 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         candidates[name] = variant
     if len(candidates) < 2:
         return None
+    held, free = sum(v.size_bytes for v in candidates.values()), _available_bytes()
+    if held > free / 2:  # every candidate's session is open at once, so that the rounds interleave
+        progress.step(f"note: no per-shape timing: the {len(candidates)} fp32 variants take {held / 2**30:.1f} GiB "
+                      f"together and {free / 2**30:.1f} GiB of memory is free; the preference order decides")
+        return None
     config = saved_config(artifact)
     grid = shape_grid(artifact, spec, config)
     if not grid:
@@ -210,6 +215,12 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         "shapes": shapes,
         "ranges": ranges,
     }
+
+
+def _available_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def _cpu_name() -> str:
