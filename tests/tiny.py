@@ -35,6 +35,21 @@ ENTITY_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 TINY_DECODER_CONFIGS = {
     "gpt2": dict(n_layer=2, n_embd=32, n_head=4, n_positions=128),
 }
+# Llama-shaped decoders: grouped-query attention (4 query heads over 2 KV heads), head_dim set explicitly as
+# Qwen3 and Gemma checkpoints do; Qwen2 with its q/k/v biases, Qwen3 with q/k norms, Mistral with a sliding
+# window shorter than the validated past lengths, Phi-3 with fused qkv/gate-up projections and partial rotary.
+# One layer each (the dynamo export's time grows with the graph); Llama keeps two, so the grouped cache's
+# layer order is checked too.
+TINY_ROTARY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                   intermediate_size=37, max_position_embeddings=128)
+TINY_DECODER_CONFIGS.update({
+    "llama": dict(TINY_ROTARY, num_hidden_layers=2),
+    "qwen2": dict(TINY_ROTARY, tie_word_embeddings=True),
+    "qwen3": dict(TINY_ROTARY),
+    "mistral": dict(TINY_ROTARY, sliding_window=16),
+    "phi3": dict(TINY_ROTARY, partial_rotary_factor=0.5),
+    "gemma": dict(TINY_ROTARY),
+})
 
 
 def vocabulary() -> list[str]:

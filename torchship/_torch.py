@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 
 
@@ -71,9 +74,30 @@ def cache_from_past(past, num_layers: int):
     return cache
 
 
+# transformers' SDPA attention repeats a grouped-query model's K/V to the query heads whenever a mask is given,
+# unless this is set; with it, SDPA gets enable_gqa=True, which the dynamo exporter writes as one ONNX Attention
+# whose K/V keep their kv_heads (measured on Llama: 6 fewer Expand/Reshape per layer, same outputs).
+_SDPA_GQA_FLAG = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextlib.contextmanager
+def grouped_sdpa():
+    """transformers' SDPA attention with grouped K/V as they are, for the duration of one forward."""
+    old = os.environ.get(_SDPA_GQA_FLAG)
+    os.environ[_SDPA_GQA_FLAG] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(_SDPA_GQA_FLAG, None)
+        else:
+            os.environ[_SDPA_GQA_FLAG] = old
+
+
 def make_decoder_wrapper(model, num_layers: int):
     """Wrap a causal LM so the KV cache travels as flat tensors: (ids, mask, positions, *past) ->
-    (logits, *present), past and present ordered layer by layer, key before value."""
+    (logits, *present), past and present ordered layer by layer, key before value. Grouped-query
+    attention runs on the grouped K/V (:func:`grouped_sdpa`)."""
     import torch
 
     class DecoderWrapper(torch.nn.Module):
@@ -83,8 +107,9 @@ def make_decoder_wrapper(model, num_layers: int):
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
             cache = cache_from_past(past, num_layers)
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=cache, use_cache=True, return_dict=True)
+            with grouped_sdpa():
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 past_key_values=cache, use_cache=True, return_dict=True)
             present = []
             for layer in out.past_key_values.layers[:num_layers]:
                 present += [layer.keys, layer.values]

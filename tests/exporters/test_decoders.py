@@ -64,7 +64,7 @@ def test_decoder_export_matches_pytorch_at_new_shapes(decoder_export, decoder_di
 def test_export_bert_refuses_a_decoder_and_export_gpt2_an_encoder(decoder_dir, model_dirs, tmp_path):
     with pytest.raises(UnsupportedModelError, match="use export-gpt2"):
         export(str(decoder_dir), tmp_path / "a", ExportOptions(kind="encoder"))
-    with pytest.raises(UnsupportedModelError, match="use export-bert.*GPT-2-like decoders"):
+    with pytest.raises(UnsupportedModelError, match=r"use export-bert.*decoders \(GPT-2 and Llama-like\)"):
         export(str(model_dirs("bert")), tmp_path / "b", ExportOptions(kind="decoder"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 

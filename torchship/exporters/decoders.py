@@ -1,8 +1,12 @@
-"""GPT-2-like decoders with a KV cache.
+"""Decoders with a KV cache: GPT-2, and the Llama-shaped families (Llama, Qwen2, Qwen3, Mistral, Phi-3,
+Gemma: RMSNorm, rotary positions, grouped-query attention).
 
 One model serves both phases: the prompt runs with a past length of 0 (prefill), and each new token
 runs with the previous step's ``present`` fed back as ``past`` (decode). Past and present names
 follow the convention other tools use and come only from :func:`past_names` / :func:`present_names`.
+The cache holds the model's key/value heads as they are, ``(batch, kv_heads, past, head_dim)``: a
+grouped-query model's K/V are never repeated to the query heads in the cache. Rotary positions come
+from ``position_ids``, which count real tokens only (left padding sits at 0).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from torchship.exporters.spec import (BATCH, DECODE, PAST_SEQUENCE, PREFILL, SEQ
                                       TOTAL_SEQUENCE, FamilyGroup, ModelIO, NormalizedConfig, SpecDefaults, TensorSpec,
                                       register)
 
-DECODERS = FamilyGroup("decoder", "GPT-2-like decoders", "a decoder", "export-gpt2",
-                       "Export a GPT-2-like decoder with its KV cache to ONNX (one model for prompt and decode steps), "
-                       "validated and optimized.", example="gpt2")
+DECODERS = FamilyGroup("decoder", "decoders (GPT-2 and Llama-like)", "a decoder", "export-gpt2",
+                       "Export a decoder (GPT-2, Llama, Qwen2, Qwen3, Mistral, Phi-3, Gemma) with its KV cache to ONNX "
+                       "(one model for prompt and decode steps), validated and optimized.", example="gpt2",
+                       aliases=("export-decoder",))
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -126,14 +131,13 @@ class DecoderSpec(SpecDefaults, TransformersSource):
     def io(self, model, task: str) -> ModelIO:
         if task != TEXT_GENERATION:
             raise UnsupportedModelError(f"{self.family} models export {TEXT_GENERATION}, not {task!r}")
-        config = model.config
-        layers, heads = int(config.num_hidden_layers), int(config.num_attention_heads)
-        head_dim = int(config.hidden_size) // heads
+        shape = self.normalized(model.config)
+        layers, heads, head_dim = shape.num_layers, shape.num_kv_heads, shape.head_dim
         inputs = [TensorSpec("input_ids", "int64", (BATCH, SEQUENCE)),
                   TensorSpec("attention_mask", "int64", (BATCH, TOTAL_SEQUENCE)),
                   TensorSpec("position_ids", "int64", (BATCH, SEQUENCE))]
         inputs += [TensorSpec(n, "float32", (BATCH, heads, PAST_SEQUENCE, head_dim)) for n in past_names(layers)]
-        outputs = [TensorSpec("logits", "float32", (BATCH, SEQUENCE, int(config.vocab_size)))]
+        outputs = [TensorSpec("logits", "float32", (BATCH, SEQUENCE, shape.vocab_size))]
         outputs += [TensorSpec(n, "float32", (BATCH, heads, TOTAL_SEQUENCE, head_dim)) for n in present_names(layers)]
         return ModelIO(tuple(inputs), tuple(outputs))
 
@@ -143,9 +147,9 @@ class DecoderSpec(SpecDefaults, TransformersSource):
         return make_decoder_wrapper(model, int(model.config.num_hidden_layers))
 
     def sample_inputs(self, config, io: ModelIO, case: DecoderShape, *, seed: int):
-        heads = int(config.num_attention_heads)
-        return make_decoder_inputs(io, case, num_heads=heads, head_dim=int(config.hidden_size) // heads,
-                                   vocab_size=int(config.vocab_size), seed=seed)
+        shape = self.normalized(config)
+        return make_decoder_inputs(io, case, num_heads=shape.num_kv_heads, head_dim=shape.head_dim,
+                                   vocab_size=shape.vocab_size, seed=seed)
 
     def max_positions(self, config) -> int:
         return int(config.max_position_embeddings)
@@ -180,4 +184,36 @@ class DecoderSpec(SpecDefaults, TransformersSource):
         return where
 
 
-DECODER_SPECS = (register(DecoderSpec("gpt2", ("gpt2",))),)
+# Rotary embeddings whose frequencies change with the sequence length: one traced graph holds one branch.
+_LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def rope_type(config) -> str:
+    """The rotary scaling a config asks for ("default" when none); transformers 5 calls it rope_parameters."""
+    for field_name in ("rope_parameters", "rope_scaling"):
+        params = getattr(config, field_name, None)
+        if isinstance(params, dict) and (params.get("rope_type") or params.get("type")):
+            return str(params.get("rope_type") or params.get("type"))
+    return "default"
+
+
+@dataclass(frozen=True)
+class RotaryDecoderSpec(DecoderSpec):
+    """Llama-shaped decoders. The dynamo export (the decoders' default) writes ONNX's own RMSNormalization,
+    RotaryEmbedding and Attention ops, one Attention per layer taking the grouped K/V as they are
+    (torchship._torch.make_decoder_wrapper); ONNX Runtime's transformer optimizer adds nothing to that graph
+    (measured). A TorchScript export stays decomposed: the optimizer then fuses the RMSNorms
+    (SkipSimplifiedLayerNormalization) but no attention."""
+
+    def task_problem(self, task: str, config, folder) -> str | None:
+        kind = rope_type(config)
+        if kind in _LENGTH_DEPENDENT_ROPE:
+            return (f"this checkpoint's rotary scaling ({kind!r}) changes with the sequence length, which one ONNX "
+                    "graph cannot follow; torchship exports rotary scaling that is fixed (default, linear, llama3, yarn)")
+        return None
+
+
+DECODER_SPECS = (
+    register(DecoderSpec("gpt2", ("gpt2",))),
+    *(register(RotaryDecoderSpec(name, (name,))) for name in ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma")),
+)

@@ -46,6 +46,7 @@ class FamilyGroup:
     command: str  # the command that exports it: "export-bert"
     help: str = ""  # that command's help text
     example: str = ""  # a model to name in that command's help: "bert-base-cased"
+    aliases: tuple[str, ...] = ()  # other names of the same command ("export-decoder" for "export-gpt2")
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ def groups() -> dict[str, FamilyGroup]:
 
 
 def group_for_command(command: str) -> FamilyGroup:
-    return next(g for g in groups().values() if g.command == command)
+    """The group a command (or one of its aliases) exports."""
+    return next(g for g in groups().values() if command == g.command or command in g.aliases)
 
 
 def tasks_of(kind: str) -> tuple[str, ...]:

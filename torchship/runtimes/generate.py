@@ -15,7 +15,7 @@ import numpy as np
 from torchship.errors import InputError
 from torchship.exporters.decoders import past_names, positions_from_mask, present_names
 from torchship.runtimes.base import Predictor
-from torchship.exporters.spec import saved_config
+from torchship.exporters.spec import family_of, saved_config
 
 
 @dataclass(frozen=True)
@@ -31,20 +31,23 @@ class Generation:
 
 class Generator:
     def __init__(self, predictor: Predictor, *, num_layers: int, num_heads: int, head_dim: int,
-                 eos_token_id: int | None, pad_token_id: int):
+                 eos_token_id: int | None, pad_token_id: int, max_positions: int | None = None):
         self.predictor = predictor
         self.past = past_names(num_layers)
         self.present = present_names(num_layers)
-        self.num_heads, self.head_dim = num_heads, head_dim
+        self.num_heads, self.head_dim = num_heads, head_dim  # of the cache: a grouped-query model's KV heads
         self.eos, self.pad = eos_token_id, pad_token_id
+        self.max_positions = max_positions
 
     @classmethod
     def from_artifact(cls, artifact, predictor: Predictor) -> "Generator":
         m = artifact.manifest
         config = saved_config(artifact)
         gen = _generation_defaults(artifact.folder, config)
-        return cls(predictor, num_layers=m.num_layers, num_heads=m.num_heads, head_dim=m.hidden_size // m.num_heads,
-                   eos_token_id=gen["eos_token_id"], pad_token_id=gen["pad_token_id"])
+        heads, head_dim = cache_heads(m.io(), m.num_layers)
+        return cls(predictor, num_layers=m.num_layers, num_heads=heads, head_dim=head_dim,
+                   eos_token_id=gen["eos_token_id"], pad_token_id=gen["pad_token_id"],
+                   max_positions=family_of(m).normalized(config).max_positions or None)
 
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, max_new_tokens: int) -> Generation:
         if max_new_tokens < 1:
@@ -55,10 +58,10 @@ class Generator:
             raise InputError("prompts must be a non-empty (batch, sequence) array with a mask of the same shape")
         if (mask[:, -1] == 0).any():
             raise InputError("prompts must be left-padded: the last position of every row must be a real token")
+        if self.max_positions is not None:
+            check_room(ids.shape[1], max_new_tokens, self.max_positions)
         batch = ids.shape[0]
-        empty = np.zeros((batch, self.num_heads, 0, self.head_dim), dtype=np.float32)
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask),
-                 **{name: empty for name in self.past}}
+        feeds = self._prefill_feeds(ids, mask)
         finished = np.zeros(batch, dtype=bool)
         tokens, steps = [], []
         start = time.perf_counter()
@@ -73,13 +76,66 @@ class Generator:
             if len(tokens) == max_new_tokens or finished.all():
                 break
             mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-            feeds = {"input_ids": nxt[:, None], "attention_mask": mask,
-                     "position_ids": (mask.sum(axis=1, keepdims=True) - 1).astype(np.int64),
-                     **{p: out[q] for p, q in zip(self.past, self.present)}}
+            feeds = self._step_feeds(nxt, mask, out)
             start = time.perf_counter()
             out = self.predictor.infer(feeds)
             steps.append(time.perf_counter() - start)
         return Generation(np.stack(tokens, axis=1), prefill, tuple(steps))
+
+    def decode_logits(self, prompt: np.ndarray, *, steps: int,
+                      forced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One prompt (a 1-D array of ids, no padding) decoded for ``steps`` tokens: greedily, or along
+        ``forced`` (the tokens another model chose, so two models are compared on the same path). Returns the
+        tokens fed back (steps,) and the next-token logits before each (steps, vocab)."""
+        ids = np.asarray(prompt, dtype=np.int64)[None, :]
+        if forced is not None and len(forced) < steps:
+            raise InputError(f"{len(forced)} forced tokens for a decode of {steps} steps")
+        if self.max_positions is not None:
+            check_room(ids.shape[1], steps, self.max_positions)
+        mask = np.ones_like(ids)
+        out = self.predictor.infer(self._prefill_feeds(ids, mask))
+        tokens, logits = [], []
+        for i in range(steps):
+            logits.append(out["logits"][0, -1, :].astype(np.float32))
+            tokens.append(int(forced[i]) if forced is not None else int(logits[-1].argmax()))
+            if i + 1 < steps:
+                mask = np.ones((1, mask.shape[1] + 1), dtype=np.int64)
+                out = self.predictor.infer(self._step_feeds(np.array(tokens[-1:], dtype=np.int64), mask, out))
+        return np.array(tokens, dtype=np.int64), np.stack(logits)
+
+    def _prefill_feeds(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        empty = np.zeros((ids.shape[0], self.num_heads, 0, self.head_dim), dtype=np.float32)
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask),
+                **{name: empty for name in self.past}}
+
+    def _step_feeds(self, nxt: np.ndarray, mask: np.ndarray, out: dict) -> dict[str, np.ndarray]:
+        """One new token per row after the previous step's ``present``; its position counts real tokens."""
+        return {"input_ids": nxt[:, None], "attention_mask": mask,
+                "position_ids": (mask.sum(axis=1, keepdims=True) - 1).astype(np.int64),
+                **{p: out[q] for p, q in zip(self.past, self.present)}}
+
+
+def cache_heads(io, num_layers: int) -> tuple[int, int]:
+    """(heads, head_dim) of the cache, as the model's first past input declares them."""
+    if num_layers < 1:
+        raise InputError("the folder's model has no KV cache inputs; torchship generate needs a decoder export")
+    first = next((t for t in io.inputs if t.name == past_names(1)[0]), None)
+    if first is None or len(first.axes) != 4 or not all(isinstance(a, int) for a in first.axes[1::2]):
+        raise InputError(f"the folder's model has no {past_names(1)[0]} input of shape (batch, heads, past, head_dim); "
+                         "re-export it with torchship export")
+    return int(first.axes[1]), int(first.axes[3])
+
+
+def check_room(prompt: int, max_new_tokens: int, max_positions: int) -> None:
+    """A prompt and its new tokens must fit in the model's positions (its context); the last new token is
+    never fed back, so it needs none."""
+    if prompt > max_positions:
+        raise InputError(f"the prompt has {prompt} tokens, more than the model's context of {max_positions} "
+                         "positions; shorten it")
+    if prompt + max_new_tokens - 1 > max_positions:
+        raise InputError(f"the prompt ({prompt} tokens) and --max-new-tokens {max_new_tokens} need "
+                         f"{prompt + max_new_tokens - 1} positions, more than the model's {max_positions}; ask for at "
+                         f"most {max_positions - prompt + 1} new tokens")
 
 
 def _generation_defaults(folder, config) -> dict:

@@ -1,0 +1,128 @@
+"""Llama-shaped decoders (Llama, Qwen2, Qwen3, Mistral, Phi-3, Gemma): grouped KV cache, rotary positions,
+validation with left padding at several past lengths, greedy generation equal to transformers token for token."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from tiny import TINY_DECODER_CONFIGS, TINY_ROTARY, save_decoder_dir
+from torchship.artifact import load_reference
+from torchship.errors import InputError, UnsupportedModelError
+from torchship.exporters.decoders import past_names, present_names
+from torchship.exporters.export import ExportOptions, export
+from torchship.exporters.spec import BATCH, PAST_SEQUENCE, SEQUENCE, group_for_command, spec_for
+from torchship.runtimes import RuntimeOptions, create_predictor
+from torchship.runtimes.generate import Generator, encode_prompts
+
+ROTARY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma")
+KV_HEADS, HEAD_DIM = TINY_ROTARY["num_key_value_heads"], TINY_ROTARY["head_dim"]
+# Two prompts of different lengths (the second left-padded); with 16 new tokens the decode passes Mistral's
+# sliding window of 16.
+PROMPTS = ["the cat is eating food and the dog", "hello"]
+
+
+@pytest.fixture(scope="module")
+def rotary_exports(tmp_path_factory):
+    """Factory: a tiny checkpoint of the family and its export (no optimize: ORT's optimizer adds nothing here)."""
+    cache = {}
+
+    def get(model_type: str):
+        if model_type not in cache:
+            root = tmp_path_factory.mktemp(f"rotary-{model_type}")
+            src = save_decoder_dir(root / "model", model_type)
+            cache[model_type] = (src, export(str(src), root / "onnx", ExportOptions(kind="decoder")))
+        return cache[model_type]
+
+    return get
+
+
+def hf_greedy(model_dir, ids, mask, n):
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        out = model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=n,
+                             do_sample=False, pad_token_id=0)
+    return out[:, ids.shape[1]:].numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ROTARY_FAMILIES)
+def test_export_keeps_kv_heads_grouped_and_greedy_equals_transformers(rotary_exports, model_type):
+    src, art = rotary_exports(model_type)
+    m = art.manifest
+    layers = TINY_DECODER_CONFIGS[model_type]["num_hidden_layers"]
+    assert (m.family, m.model_type, m.task) == (model_type, model_type, "text-generation")
+    assert m.input_names == ("input_ids", "attention_mask", "position_ids", *past_names(layers))
+    assert m.output_names == ("logits", *present_names(layers))
+    shapes = {t["name"]: t["shape"] for t in (*m.inputs, *m.outputs)}
+    assert shapes["past_key_values.0.key"] == ["batch", KV_HEADS, "past_sequence", HEAD_DIM]  # grouped, not repeated
+    assert shapes[f"present.{layers - 1}.value"] == ["batch", KV_HEADS, "total_sequence", HEAD_DIM]
+    assert (m.model_config["num_heads"], m.model_config["num_kv_heads"]) == (4, KV_HEADS)
+    # Validated at past lengths 0, 1 and 17 with batches > 1 and left padding (rotary positions from position_ids).
+    assert m.variants["model"].validation["passed"]
+    cases = load_reference(art.folder)
+    assert {0, 1, 17} <= {c.inputs["past_key_values.0.key"].shape[2] for c in cases}
+    assert any((c.inputs["attention_mask"][:, 0] == 0).any() for c in cases)
+    # One ONNX Attention per layer, fed the grouped K/V (no repeat to the query heads in the graph either).
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(art.folder / "model.onnx")))
+    dims = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in graph.graph.value_info}
+    attention = [n for n in graph.graph.node if n.op_type == "Attention"]
+    assert len(attention) == layers
+    assert all(dims[n.input[1]][1] == KV_HEADS for n in attention if n.input[1] in dims)
+    assert {"RotaryEmbedding", "RMSNormalization"} <= {n.op_type for n in graph.graph.node}
+
+    tok = AutoTokenizer.from_pretrained(art.folder)
+    ids, mask = encode_prompts(tok, PROMPTS)
+    assert mask[1, 0] == 0
+    with create_predictor(art, "ort", RuntimeOptions(threads=2)) as p:
+        result = Generator.from_artifact(art, p).generate(ids, mask, max_new_tokens=16)
+    np.testing.assert_array_equal(result.tokens, hf_greedy(src, ids, mask, 16))
+
+
+@pytest.mark.slow
+def test_a_prompt_or_a_past_past_the_context_is_refused_in_one_line(rotary_exports):
+    src, art = rotary_exports("llama")
+    limit = art.manifest.model_config["max_positions"]
+    with create_predictor(art, "ort") as p:
+        gen = Generator.from_artifact(art, p)
+        too_long = np.ones((1, limit + 1), dtype=np.int64)
+        with pytest.raises(InputError, match=f"more than the model's context of {limit} positions") as exc:
+            gen.generate(too_long, np.ones_like(too_long), max_new_tokens=1)
+        assert "\n" not in str(exc.value)
+        fits = np.ones((1, limit - 3), dtype=np.int64)
+        with pytest.raises(InputError, match="ask for at most 4 new tokens"):
+            gen.generate(fits, np.ones_like(fits), max_new_tokens=5)
+    spec = spec_for("llama")
+    config = AutoConfig.from_pretrained(src)
+    with pytest.raises(InputError, match=f"exceeds the model's limit of {limit} positions"):
+        spec.case_for({BATCH: 1, SEQUENCE: 1, PAST_SEQUENCE: limit}, config)
+
+
+def test_an_unsupported_decoder_family_is_refused_in_one_line(tmp_path):
+    AutoConfig.for_model("gpt_neox", hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(
+        tmp_path / "neox")
+    with pytest.raises(UnsupportedModelError) as exc:
+        export(str(tmp_path / "neox"), tmp_path / "out", ExportOptions(kind="decoder"))
+    message = str(exc.value)
+    assert "'gpt_neox' model" in message and "llama" in message and "qwen3" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_rotary_scaling_that_follows_the_sequence_length_is_refused(tmp_path):
+    config = AutoConfig.for_model("llama", **TINY_ROTARY, vocab_size=64,
+                                  rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    config.save_pretrained(tmp_path / "dyn")
+    with pytest.raises(InputError, match="rotary scaling \\('dynamic'\\) changes with the sequence length"):
+        export(str(tmp_path / "dyn"), tmp_path / "out", ExportOptions(kind="decoder"))
+
+
+def test_export_decoder_is_the_decoder_command_too():
+    from click.testing import CliRunner
+
+    from torchship import cli
+
+    assert group_for_command("export-decoder") is group_for_command("export-gpt2")
+    result = CliRunner().invoke(cli.export_decoder, ["--help"])
+    assert result.exit_code == 0 and "Usage: export-decoder" in result.output and "Llama" in result.output
+
