@@ -1,6 +1,8 @@
 """Llama-shaped decoders (Llama, Qwen2, Qwen3, Mistral, Phi-3, Gemma): grouped KV cache, rotary positions,
 validation with left padding at several past lengths, greedy generation equal to transformers token for token."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -8,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from tiny import TINY_DECODER_CONFIGS, TINY_ROTARY, save_decoder_dir
-from torchship.artifact import load_reference
+from torchship.artifact import Artifact, load_reference
 from torchship.errors import InputError, UnsupportedModelError
 from torchship.exporters.decoders import past_names, present_names
 from torchship.exporters.export import ExportOptions, export
@@ -126,3 +128,64 @@ def test_export_decoder_is_the_decoder_command_too():
     result = CliRunner().invoke(cli.export_decoder, ["--help"])
     assert result.exit_code == 0 and "Usage: export-decoder" in result.output and "Llama" in result.output
 
+
+# Weight-only int4 / int8 (torchship.optimizers.weight_only), on the Llama export above: kept here to reuse it.
+
+@pytest.fixture
+def llama_copy(rotary_exports, tmp_path):
+    import shutil
+
+    _, art = rotary_exports("llama")
+    return Path(shutil.copytree(art.folder, tmp_path / "llama"))
+
+
+@pytest.mark.slow
+def test_int4_weight_only_variant_is_within_its_budget(llama_copy):
+    from torchship.optimizers.fusion import op_histogram
+    from torchship.optimizers.weight_only import WeightOnlyOptions, weight_only
+
+    art = weight_only(llama_copy, WeightOnlyOptions(bits=4, block_size=32))
+    v = art.manifest.variants["wo-int4"]
+    matmuls = TINY_DECODER_CONFIGS["llama"]["num_hidden_layers"] * 7 + 1  # q k v o gate up down, and the head
+    assert op_histogram(llama_copy / v.file)["MatMulNBits"] == matmuls == v.validation["quantized_matmuls"]
+    assert v.validation["passed"] and 0 < v.validation["max_weight_error"] <= 0.15
+    assert v.validation["steps"] == 64 and 0 < v.validation["logit_cosine_mean"] <= 1
+    assert 0 <= v.validation["top1_agreement"] <= 1 and v.options["block_size"] == 32
+    assert v.size_bytes < art.manifest.variants["model"].size_bytes
+    assert len(v.validation["head"]) == 1 and len(v.validation["matmuls"]) == matmuls
+
+
+@pytest.mark.slow
+def test_int8_weight_only_from_the_cli_and_a_missed_budget(llama_copy):
+    import subprocess
+    import sys
+
+    from torchship.errors import BudgetError
+    from torchship.optimizers.weight_only import WeightOnlyOptions, weight_only
+
+    exe = str(Path(sys.executable).parent / "torchship")
+    proc = subprocess.run([exe, "quantize", str(llama_copy), "--method", "weight-only", "--bits", "8", "--no-head"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "kept" in proc.stdout and "model_wo_int8.onnx" in proc.stdout
+    v = Artifact.open(llama_copy).manifest.variants["wo-int8"]
+    assert v.validation["passed"] and v.validation["logit_cosine_mean"] >= 0.99 == v.validation["budget"]
+    assert v.validation["quantized_matmuls"] == TINY_DECODER_CONFIGS["llama"]["num_hidden_layers"] * 7  # head kept
+    with pytest.raises(BudgetError, match="wo-int4 missed its budget"):
+        weight_only(llama_copy, WeightOnlyOptions(bits=4, block_size=128, max_weight_error=0.001))
+    m = Artifact.open(llama_copy).manifest
+    assert "wo-int4" not in m.variants and "weight error" in m.skipped["wo-int4"]
+    assert not (llama_copy / "model_wo_int4.onnx").exists()
+
+
+def test_weight_only_flags_are_checked_in_one_line():
+    from click.testing import CliRunner
+
+    from torchship import cli
+
+    result = CliRunner().invoke(cli.main, ["quantize", "nowhere", "--bits", "4"])
+    assert result.exit_code == 2 and "--bits is for --method weight-only" in result.output
+    from torchship.optimizers.weight_only import WeightOnlyOptions
+
+    with pytest.raises(InputError, match="at 4 bits only"):
+        WeightOnlyOptions(bits=8, embedding=True).checked()

@@ -61,12 +61,29 @@ def _choices(value: str) -> tuple[bool, ...]:
 
 @main.command("quantize", epilog=examples(
     'torchship quantize onnx/bert --int8',
-    'torchship quantize onnx/bert --method both --calibration texts.txt'))
+    'torchship quantize onnx/bert --method both --calibration texts.txt',
+    'torchship quantize onnx/gpt2 --method weight-only --bits 4 --block-size 32'))
 @click.argument("folder", type=click.Path())
 @click.option("--int8", "int8", is_flag=True, default=True,
-              help="Make an int8 variant (the default and, for now, the only precision quantize makes).")
-@click.option("--method", type=click.Choice(["auto", "dynamic", "static", "both"]), default="auto", show_default=True,
-              help="auto: dynamic, plus static when --calibration is given.")
+              help="Make an int8 variant (the default; --method weight-only makes int4 or int8 weights instead).")
+@click.option("--method", type=click.Choice(["auto", "dynamic", "static", "both", "weight-only"]), default="auto",
+              show_default=True,
+              help="auto: dynamic, plus static when --calibration is given. weight-only (decoders): MatMulNBits "
+                   "weights of --bits, activations fp32, judged on a 64-token decode against the fp32 export.")
+@click.option("--bits", type=click.Choice(["4", "8"]), default=None,
+              help="Weight-only: bits per weight (default 4).")
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default=None,
+              help="Weight-only: weights per scale along K (default 32).")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
+              help="Weight-only: MatMulNBits compute type, 1 fp32 ... 4 int8 (default 4, the fast CPU path).")
+@click.option("--quantize-embedding", is_flag=True, default=False,
+              help="Weight-only: also the token embedding (4 bits only).")
+@click.option("--head/--no-head", "head", default=None,
+              help="Weight-only: quantize the MatMul that makes the logits too (default: yes).")
+@click.option("--max-weight-error", type=click.FloatRange(0.0, min_open=True), default=None,
+              help="Weight-only: ceiling on any MatMul's relative weight error (default 0.15 at 4 bits, 0.01 at 8). "
+                   "--budget is then the floor on the mean next-token logit cosine (default: 0.99 at 8 bits, none "
+                   "at 4, where it is reported only).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="Calibration data for static int8: a text file (one text per line) or an .npz with one array "
                    "per model input (samples on the first axis).")
@@ -87,9 +104,24 @@ def _choices(value: str) -> tuple[bool, ...]:
 @o.eval_texts
 @o.threads
 @friendly_errors
-def quantize_cmd(folder, int8, method, calibration, calibration_method, per_channel, reduce_range, sources,
-                 op_types, exclude, budget, eval_texts, threads):
-    """Make an int8 variant of FOLDER: try several quantizations, keep the fastest within the accuracy budget."""
+def quantize_cmd(folder, int8, method, bits, block_size, accuracy_level, quantize_embedding, head, max_weight_error,
+                 calibration, calibration_method, per_channel, reduce_range, sources, op_types, exclude, budget,
+                 eval_texts, threads):
+    """Make an int8 variant of FOLDER: try several quantizations, keep the fastest within the accuracy budget.
+    With --method weight-only (decoders), an int4 or int8 weight-only variant instead."""
+    weight_flags = {"--bits": bits, "--block-size": block_size, "--accuracy-level": accuracy_level,
+                    "--quantize-embedding": quantize_embedding or None, "--head/--no-head": head,
+                    "--max-weight-error": max_weight_error}
+    if method == "weight-only":
+        from click.core import ParameterSource
+
+        user_budget = click.get_current_context().get_parameter_source("budget") != ParameterSource.DEFAULT
+        _weight_only(folder, bits, block_size, accuracy_level, quantize_embedding, head, max_weight_error,
+                     budget if user_budget else None, threads)
+        return
+    given = [flag for flag, value in weight_flags.items() if value is not None]
+    if given:
+        raise InputError(f"{given[0]} is for --method weight-only; add it, or drop {given[0]}")
     from torchship.optimizers.quantize import QuantizeOptions, quantize
 
     if calibration and method == "dynamic":
@@ -110,6 +142,20 @@ def quantize_cmd(folder, int8, method, calibration, calibration_method, per_chan
     click.echo(f"kept {v.options['name']} as {artifact.folder / v.file} ({v.size_bytes / 1e6:.1f} MB, "
                f"{v.validation['metric']} {v.validation['mean']:.4f}, {v.options['speedup_vs_fp32']:.2f}x the fp32 "
                f"export at {v.options['shape']})")
+
+
+def _weight_only(folder, bits, block_size, accuracy_level, embedding, head, max_weight_error, budget, threads):
+    from torchship.optimizers.weight_only import WeightOnlyOptions, variant_name, weight_only
+
+    defaults = WeightOnlyOptions()
+    opts = WeightOnlyOptions(bits=int(bits or defaults.bits), block_size=int(block_size or defaults.block_size),
+                             accuracy_level=defaults.accuracy_level if accuracy_level is None else accuracy_level,
+                             embedding=embedding, head=defaults.head if head is None else head, budget=budget,
+                             max_weight_error=max_weight_error, threads=threads)
+    artifact = weight_only(folder, opts, progress=PROGRESS)
+    v = artifact.manifest.variants[variant_name(opts.bits)]
+    click.echo(f"kept {artifact.folder / v.file} ({v.size_bytes / 1e6:.1f} MB, {v.validation['quantized_matmuls']} "
+               f"MatMuls at {opts.bits} bits): {v.validation['summary']}")
 
 
 def _print_candidates(folder) -> None:

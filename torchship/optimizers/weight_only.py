@@ -1,0 +1,282 @@
+"""Weight-only int4 / int8 variants of a decoder (ONNX Runtime's MatMulNBits), judged on a fixed decode.
+
+Decoding is memory-bound: every new token reads every weight, so fewer bytes per weight is the lever.
+ONNX Runtime's ``MatMulNBitsQuantizer`` stores each weight MatMul's matrix in blocks of ``block_size``
+values along K, each block with its own scale (and zero point unless symmetric), as one MatMulNBits node;
+activations stay fp32 (``accuracy_level`` 4 lets the kernel quantize them to int8 inside the MatMul, the
+fast path on CPUs). The embedding (a Gather, 4 bits only) and the head (the MatMul that makes the logits)
+are options.
+
+The variant is judged the way a decoder is used: a fixed prompt is decoded greedily by the fp32 export for
+``steps`` tokens; the quantized model is run along the same tokens, and the next-token logits are compared
+at each step (cosine), with the share of steps where its top token is the fp32 one. Each quantized MatMul's
+relative weight error is measured too (ONNX Runtime dequantizes it: the node run on an identity matrix),
+since at 4 bits a model with random weights gives meaningless end-to-end logits. A variant outside its
+budget is not kept; the manifest says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from torchship import _progress
+from torchship._fs import scratch_dir, transaction
+from torchship._ort import ort_runner
+from torchship.artifact import Artifact, Variant, model_bytes
+from torchship.errors import BudgetError, InputError, first_line
+from torchship.exporters.spec import DECODE, family_of, require_family, saved_config
+from torchship.external_data import normalize, staged_model, uses_external_data
+from torchship.optimizers.fusion import op_histogram
+from torchship.runtimes.generate import Generator, cache_heads
+
+BITS = (4, 8)
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+# Default budgets: at 8 bits the logits follow fp32 closely; at 4 bits only the weight error is judged by
+# default (random weights give meaningless 4-bit logits), the cosine reported beside it.
+DEFAULT_COSINE = {8: 0.99, 4: None}
+DEFAULT_WEIGHT_ERROR = {8: 0.01, 4: 0.15}
+
+
+def variant_name(bits: int) -> str:
+    return f"wo-int{bits}"
+
+
+def file_name(bits: int) -> str:
+    return f"model_wo_int{bits}.onnx"
+
+
+@dataclass(frozen=True)
+class WeightOnlyOptions:
+    bits: int = 4
+    block_size: int = 32
+    accuracy_level: int | None = 4  # None: ONNX Runtime's default
+    symmetric: bool = False
+    embedding: bool = False  # also the token embedding (GatherBlockQuantized; 4 bits only)
+    head: bool = True  # also the MatMul that makes the logits
+    budget: float | None = None  # floor on the mean next-token logit cosine; None: DEFAULT_COSINE[bits]
+    max_weight_error: float | None = None  # ceiling on any MatMul's relative weight error; None: the default
+    steps: int = 64  # decode steps the logits are compared over
+    prompt_length: int = 16
+    threads: int | None = None
+    seed: int = 0
+
+    def checked(self) -> "WeightOnlyOptions":
+        if self.bits not in BITS:
+            raise InputError(f"--bits must be one of {', '.join(map(str, BITS))}, got {self.bits}")
+        if self.block_size not in BLOCK_SIZES:
+            raise InputError(f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))}, got {self.block_size}")
+        if self.accuracy_level is not None and self.accuracy_level not in ACCURACY_LEVELS:
+            raise InputError(f"--accuracy-level must be one of {', '.join(map(str, ACCURACY_LEVELS))}")
+        if self.embedding and self.bits != 4:
+            raise InputError("ONNX Runtime quantizes the embedding (GatherBlockQuantized) at 4 bits only; "
+                             "drop --quantize-embedding or use --bits 4")
+        if self.budget is not None and not 0.0 <= self.budget <= 1.0:
+            raise InputError(f"the accuracy budget must be in [0, 1], got {self.budget:g}")
+        if self.max_weight_error is not None and not self.max_weight_error > 0:
+            raise InputError(f"--max-weight-error must be positive, got {self.max_weight_error:g}")
+        if self.steps < 1 or self.prompt_length < 1:
+            raise InputError("the judged decode needs at least one step and one prompt token")
+        return self
+
+    @property
+    def cosine_floor(self) -> float | None:
+        return self.budget if self.budget is not None else DEFAULT_COSINE[self.bits]
+
+    @property
+    def weight_error_ceiling(self) -> float:
+        return self.max_weight_error if self.max_weight_error is not None else DEFAULT_WEIGHT_ERROR[self.bits]
+
+
+def weight_only(folder: str | Path, options: WeightOnlyOptions = WeightOnlyOptions(), *,
+                progress: _progress.Progress = _progress.SILENT) -> Artifact:
+    """Write the weight-only variant of the folder's decoder export, judged against the fp32 export."""
+    options = options.checked()
+    artifact = Artifact.open(folder)
+    require_family(artifact, "weight-only quantization is judged on a decoder's decode; use torchship quantize "
+                             "--int8 for it", phase=DECODE)
+    with transaction(artifact.folder):
+        return _weight_only(artifact, options, progress)
+
+
+def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _progress.Progress) -> Artifact:
+    name, final = variant_name(options.bits), artifact.folder / file_name(options.bits)
+    src = artifact.path_of("model")
+    with scratch_dir(artifact.folder, "weight-only") as scratch:
+        progress.step(f"quantizing the weights to {options.bits} bits, blocks of {options.block_size}")
+        start = time.perf_counter()
+        built = scratch / "quantized.onnx"
+        head = _head_matmuls(src)
+        _build(src, built, options, exclude=() if options.head else head)
+        seconds = time.perf_counter() - start
+        progress.step("measuring each quantized MatMul's weight error")
+        errors = matmul_errors(src, built)
+        progress.step(f"decoding {options.steps} tokens with the fp32 export and the quantized model")
+        decode = _compare_decodes(artifact, src, built, options)
+        judged = _judgement(errors, decode, options, head)
+        judged["fp32_weight_ops"] = left = _weight_ops_left(built, () if options.head else head)
+        if left:
+            progress.step(f"WARNING: {len(left)} weight op(s) stay fp32 ({', '.join(sorted(set(left.values())))}): "
+                          "ONNX Runtime's quantizer makes MatMulNBits from MatMul only")
+        progress.step(judged["summary"])
+        if not judged["passed"]:
+            why = f"{name} missed its budget: {judged['summary']}"
+            artifact.save(artifact.manifest.with_skipped(name, why))
+            more_bits = ", --bits 8" if options.bits == 4 else ""
+            raise BudgetError(f"{why}. The numbers are in {artifact.folder}/torchship.json; try a smaller "
+                              f"--block-size{more_bits}, keep the head in fp32 (--no-head), or loosen --budget / "
+                              "--max-weight-error")
+        with staged_model(final) as tmp:
+            normalize(built, tmp, "auto")
+    variant = Variant(name=name, file=final.name, stage="weight-only",
+                      options={"precision": f"int{options.bits}", "bits": options.bits,
+                               "block_size": options.block_size, "accuracy_level": options.accuracy_level,
+                               "symmetric": options.symmetric, "embedding": options.embedding, "head": options.head,
+                               "quantizer": "onnxruntime MatMulNBitsQuantizer (round to nearest)"},
+                      size_bytes=model_bytes(final), seconds=round(seconds, 3), validation=judged,
+                      fusion={"counts": op_histogram(final)})
+    artifact.save(artifact.manifest.with_variant(variant))
+    return artifact
+
+
+def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[str, ...]) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    ops = ("MatMul", "Gather") if options.embedding else ("MatMul",)
+    logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")  # one INFO line per node
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=options.bits, block_size=options.block_size,
+                                         is_symmetric=options.symmetric, accuracy_level=options.accuracy_level,
+                                         nodes_to_exclude=list(exclude), op_types_to_quantize=ops)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=uses_external_data(src))
+    except OSError:
+        raise
+    except Exception as exc:  # the quantizer raises assorted errors on graphs it does not expect
+        raise InputError(f"ONNX Runtime's MatMulNBits quantizer failed on {src.name}: {first_line(exc)}") from None
+    finally:
+        logger.setLevel(level)
+    if not any(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in onnx.load(str(dst)).graph.node):
+        raise InputError(f"no MatMul of {src.name} has a constant 2-D weight, so nothing was quantized")
+
+
+def _head_matmuls(path: Path) -> tuple[str, ...]:
+    """The MatMul(s) whose output reaches the ``logits`` output through shape-only ops (the head)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    heads, name = [], "logits"
+    while name in producer:
+        node = producer[name]
+        if node.op_type == "MatMul":
+            heads.append(node.name)
+            break
+        if node.op_type not in ("Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Add"):
+            break
+        name = node.input[0]
+    return tuple(heads)
+
+
+def _weight_ops_left(path: Path, excluded: tuple[str, ...]) -> dict[str, str]:
+    """MatMul / Gemm nodes with a constant weight that were not quantized (GPT-2's Conv1D layers export as
+    Gemm), beside those left out on purpose."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    return {n.name: n.op_type for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.name not in excluded
+            and len(n.input) > 1 and n.input[1] in weights}
+
+
+def matmul_errors(src: Path, quantized: Path) -> list[dict]:
+    """Per MatMulNBits node: the relative (Frobenius) error of the weight ONNX Runtime computes with, against
+    the fp32 weight it replaced. The weight is recovered by running the node alone on an identity matrix."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    original = {t.name: t for t in onnx.load(str(src)).graph.initializer}
+    model = onnx.load(str(quantized))
+    inits = {t.name: t for t in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        k, n = int(attrs["K"]), int(attrs["N"])
+        weight_name = node.input[1].rsplit("_Q", 1)[0]
+        if weight_name not in original:
+            continue
+        weight = numpy_helper.to_array(original[weight_name]).reshape(k, n).astype(np.float32)
+        single = helper.make_node("MatMulNBits", ["x", *node.input[1:]], ["y"], domain="com.microsoft",
+                                  **{a: v for a, v in attrs.items() if a != "accuracy_level"})
+        graph = helper.make_graph([single], "one", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [k, k])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [k, n])],
+                                  [inits[i] for i in node.input[1:] if i in inits])
+        one = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+        dequantized = _run_model(one, {"x": np.eye(k, dtype=np.float32)})
+        error = float(np.linalg.norm(dequantized - weight) / max(np.linalg.norm(weight), 1e-30))
+        out.append({"name": node.name.rsplit("_Q", 1)[0] if node.name else weight_name, "shape": [k, n],
+                    "relative_error": round(error, 6)})
+    return out
+
+
+def _run_model(model, feeds: dict) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def _compare_decodes(artifact: Artifact, src: Path, quantized: Path, options: WeightOnlyOptions) -> dict:
+    """fp32 greedy decode of a fixed prompt, the quantized model along the same tokens and on its own."""
+    m = artifact.manifest
+    heads, head_dim = cache_heads(m.io(), m.num_layers)
+    shape = family_of(m).normalized(saved_config(artifact))
+    prompt = np.random.default_rng(options.seed).integers(0, shape.vocab_size, size=options.prompt_length,
+                                                          dtype=np.int64)
+
+    def generator(path: Path) -> Generator:
+        predictor = types.SimpleNamespace(infer=ort_runner(path, threads=options.threads))
+        return Generator(predictor, num_layers=m.num_layers, num_heads=heads, head_dim=head_dim, eos_token_id=None,
+                         pad_token_id=0, max_positions=shape.max_positions or None)
+
+    reference, quant = generator(src), generator(quantized)
+    tokens, ref_logits = reference.decode_logits(prompt, steps=options.steps)
+    _, q_logits = quant.decode_logits(prompt, steps=options.steps, forced=tokens)
+    own, _ = quant.decode_logits(prompt, steps=options.steps)
+    cos = np.sum(ref_logits * q_logits, axis=1) / np.maximum(
+        np.linalg.norm(ref_logits, axis=1) * np.linalg.norm(q_logits, axis=1), 1e-30)
+    same = own == tokens
+    return {"steps": options.steps, "prompt": f"{options.prompt_length} random token ids, seed {options.seed}",
+            "logit_cosine_mean": round(float(cos.mean()), 6), "logit_cosine_min": round(float(cos.min()), 6),
+            "top1_agreement": round(float((q_logits.argmax(axis=1) == tokens).mean()), 4),
+            "greedy_same_prefix": int(len(same) if same.all() else same.argmin())}
+
+
+def _judgement(errors: list[dict], decode: dict, options: WeightOnlyOptions, head: tuple[str, ...]) -> dict:
+    worst = max(errors, key=lambda e: e["relative_error"], default=None)
+    floor, ceiling = options.cosine_floor, options.weight_error_ceiling
+    weight_ok = worst is None or worst["relative_error"] <= ceiling
+    cosine_ok = floor is None or decode["logit_cosine_mean"] >= floor
+    summary = (f"next-token logit cosine mean {decode['logit_cosine_mean']:.6f} (min {decode['logit_cosine_min']:.6f}"
+               f"{f', budget {floor}' if floor is not None else ', no budget'}) over {decode['steps']} steps, top-1 "
+               f"agreement {decode['top1_agreement']:.2%}, same greedy tokens for {decode['greedy_same_prefix']}; "
+               f"worst MatMul weight error {worst['relative_error'] if worst else 0:.4f} (ceiling {ceiling:g})")
+    return {"passed": bool(weight_ok and cosine_ok), "metric": "next-token logit cosine", "budget": floor,
+            "mean": decode["logit_cosine_mean"], "min": decode["logit_cosine_min"], **decode,
+            "max_weight_error": worst["relative_error"] if worst else None,
+            "mean_weight_error": round(float(np.mean([e["relative_error"] for e in errors])), 6) if errors else None,
+            "weight_error_ceiling": ceiling, "quantized_matmuls": len(errors), "head": list(head),
+            "matmuls": errors, "against": "fp32 export", "summary": summary}
