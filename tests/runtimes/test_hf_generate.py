@@ -13,9 +13,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 PROMPTS = ["the dog is running", "a good"]
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """A tiny GPT-2 whose matrices are scaled up from their initialisation, so that greedy decoding walks
+def _varied(tmp_path_factory, model_type: str):
+    """A tiny decoder whose matrices are scaled up from their initialisation, so that greedy decoding walks
     through varied tokens instead of repeating one: the comparisons below then mean something."""
     from transformers import AutoModelForCausalLM
 
@@ -23,7 +22,7 @@ def pair(tmp_path_factory):
     from torchship.exporters.export import export
     from torchship.runtimes.hf_generate import causal_lm
 
-    folder = save_decoder_dir(tmp_path_factory.mktemp("varied") / "model")
+    folder = save_decoder_dir(tmp_path_factory.mktemp(f"varied-{model_type}") / "model", model_type)
     eager = AutoModelForCausalLM.from_pretrained(folder).eval()
     with torch.no_grad():
         for p in eager.parameters():
@@ -33,6 +32,11 @@ def pair(tmp_path_factory):
     export(str(folder), folder.parent / "onnx")
     model, tokenizer = causal_lm(folder.parent / "onnx", "ort")
     return model, eager, tokenizer
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return _varied(tmp_path_factory, "gpt2")
 
 
 @pytest.mark.parametrize("settings", [dict(do_sample=False), dict(num_beams=3, do_sample=False),
@@ -48,6 +52,18 @@ def test_generate_equals_eager_pytorch_token_for_token(pair, settings):
     assert torch.equal(ours, theirs), (ours[:, -16:], theirs[:, -16:])
     assert len(set(ours[:, -16:].flatten().tolist())) > 2  # a real sequence, not one token repeated
     assert ours.shape[1] == enc["input_ids"].shape[1] + 16
+
+
+def test_a_grouped_query_decoder_generates_as_eager_pytorch(tmp_path_factory):
+    """Llama: 4 query heads over 2 KV heads, rotary positions; the cache stays grouped."""
+    model, eager, tokenizer = _varied(tmp_path_factory, "llama")
+    assert model.kv_heads < eager.config.num_attention_heads
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    for settings in (dict(do_sample=False), dict(num_beams=3, do_sample=False)):
+        common = dict(max_new_tokens=16, min_new_tokens=16, pad_token_id=tokenizer.pad_token_id, **settings)
+        ours, theirs = model.generate(**enc, **common), eager.generate(**enc, **common)
+        assert torch.equal(ours, theirs), settings
+        assert len(set(ours[:, -16:].flatten().tolist())) > 2
 
 
 def test_sampling_is_reproducible_with_a_seed_and_streams(pair):
