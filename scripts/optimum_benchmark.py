@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""torchship's measured choice against Optimum's O1-O3 exports of the packaged MiniLM (issue 17's bar).
+
+    python scripts/optimum_benchmark.py                  # writes reports/optimum/
+    python scripts/optimum_benchmark.py --rounds 40      # more interleaved rounds for steadier medians
+
+Optimum pins transformers < 4.58, so it is installed only for this script, in its own environment
+(~/.cache/torchship/optimum-venv, made on the first run: optimum[onnxruntime], the same torch and
+onnxruntime pins as torchship). There it exports the packaged all-MiniLM-L6-v2 and writes its O1, O2 and O3
+optimizations (ORTOptimizer with AutoOptimizationConfig). torchship exports the same checkpoint with
+export-bert (graph levels, transformer fusion, and optimize's measured dispatch table).
+
+All of them are then timed here, in one process, on this environment's onnxruntime: per shape of the grid
+(batch 1 and 8 x sequence 16, 128 and 384), every model runs once per round, in an order that turns each
+round, 2 intra-op threads, spinning off; the median over the rounds is compared. torchship's entry is the
+variant its predictor (ort-measured) runs at that shape. Each output is compared by cosine with the
+torchship export's (fp32, unoptimized) last hidden state on the same inputs.
+
+The bar: at every shape, torchship's choice at least as fast as O3 (ratio >= 1.0) at cosine >= 0.9999.
+SUMMARY.md says whether it was met; results.json keeps every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torchship" / "optimum-venv"
+PINS = ["torch==2.13.0", "optimum[onnxruntime]", "transformers<4.58", "onnxruntime==1.32.0"]
+LEVELS = ("O1", "O2", "O3")
+GRID = [(b, s) for b in (1, 8) for s in (16, 128, 384)]
+
+# Run inside the Optimum environment: export the checkpoint, then write O1-O3 beside it.
+OPTIMUM_EXPORT = r"""
+import sys
+from pathlib import Path
+from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTOptimizer
+from optimum.onnxruntime.configuration import AutoOptimizationConfig
+
+src, out = sys.argv[1], Path(sys.argv[2])
+model = ORTModelForFeatureExtraction.from_pretrained(src, export=True)
+model.save_pretrained(out / "export")
+for level in ("O1", "O2", "O3"):
+    optimizer = ORTOptimizer.from_pretrained(model)
+    config = getattr(AutoOptimizationConfig, level)()
+    optimizer.optimize(save_dir=out / level, optimization_config=config)
+from importlib.metadata import version
+print({d: version(d) for d in ("optimum", "optimum-onnx", "transformers", "torch", "onnxruntime")})
+"""
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    print("$", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def optimum_python() -> Path:
+    """The Optimum environment's python, made on first use."""
+    python = VENV / "bin" / "python"
+    if not (VENV / ".installed").is_file():
+        run([sys.executable, "-m", "venv", str(VENV)])
+        run([str(python), "-m", "pip", "install", "-q", *PINS])
+        (VENV / ".installed").write_text(" ".join(PINS) + "\n")
+    return python
+
+
+def optimum_exports(src: Path, out: Path) -> dict:
+    """O1-O3 ONNX files of ``src`` made by Optimum, with the versions it ran."""
+    script = out / "optimum_export.py"
+    out.mkdir(parents=True, exist_ok=True)
+    script.write_text(OPTIMUM_EXPORT)
+    proc = run([str(optimum_python()), str(script), str(src), str(out)], capture_output=True, text=True)
+    versions = proc.stdout.strip().splitlines()[-1]
+    files = {}
+    for level in LEVELS:
+        found = sorted((out / level).glob("*.onnx"))
+        if not found:
+            raise SystemExit(f"Optimum wrote no ONNX file for {level} in {out / level}")
+        files[level] = found[0]
+    return {"files": files, "versions": versions}
+
+
+def feeds_for(batch: int, sequence: int, names, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 29000, size=(batch, sequence), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    all_feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {n: all_feeds[n] for n in names}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest cosine over the token vectors."""
+    from torchship.compare import rowwise_cosine
+
+    return float(rowwise_cosine(a, b).min())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "optimum")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds per shape, at most")
+    parser.add_argument("--seconds-per-shape", type=float, default=30.0,
+                        help="fewer rounds (5 at least) where one round of all models takes longer than this / rounds")
+    parser.add_argument("--work", type=Path, default=None, help="keep the exports here (default: a temp folder)")
+    args = parser.parse_args()
+
+    from torchship._ort import make_session
+    from torchship.artifact import Artifact, dispatch_variant
+    from torchship.demo import packaged_minilm
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="torchship-optimum-"))
+    src = packaged_minilm()
+    try:
+        folder = work / "torchship"
+        if not (folder / "torchship.json").is_file():
+            run([str(BIN / "export-bert"), "--model", str(src), "--output", str(folder)])
+        optimum = optimum_exports(src, work / "optimum") if not (work / "optimum" / "O3").is_dir() else \
+            {"files": {lv: sorted((work / "optimum" / lv).glob("*.onnx"))[0] for lv in LEVELS}, "versions": "reused"}
+        art = Artifact.open(folder)
+        table = art.manifest.dispatch
+        if not table:
+            raise SystemExit(f"{folder} has no dispatch table; run torchship optimize {folder}")
+        sessions = {lv: make_session(path, threads=args.threads) for lv, path in optimum["files"].items()}
+        reference = make_session(art.path_of("model"), threads=args.threads, level="disabled")
+        rows = []
+        for i, (batch, sequence) in enumerate(GRID):
+            pick = dispatch_variant(table, batch, sequence)
+            variant = art.manifest.variants[pick]
+            ts = make_session(art.path_of(pick), threads=args.threads,
+                              level=variant.options.get("session_level", "all"),
+                              disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())))
+            runners = {"torchship": ts, **sessions}
+            ref = None
+            outs, times = {}, {n: [] for n in runners}
+            for name, s in runners.items():
+                feeds = feeds_for(batch, sequence, [x.name for x in s.get_inputs()], seed=i)
+                if ref is None:
+                    ref_feeds = feeds_for(batch, sequence, [x.name for x in reference.get_inputs()], seed=i)
+                    ref = reference.run(None, ref_feeds)[0]
+                outs[name] = (s, feeds)
+                s.run(None, feeds)  # warm-up
+            start = time.perf_counter()
+            cos = {name: cosine(ref, s.run(None, feeds)[0]) for name, (s, feeds) in outs.items()}
+            one_round = time.perf_counter() - start
+            rounds = max(5, min(args.rounds, int(args.seconds_per_shape / max(one_round, 1e-6))))
+            names = list(runners)
+            for r in range(rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    s, feeds = outs[name]
+                    start = time.perf_counter()
+                    s.run(None, feeds)
+                    times[name].append(time.perf_counter() - start)
+            med = {n: float(np.median(t)) * 1000 for n, t in times.items()}
+            rows.append({"batch": batch, "sequence": sequence, "torchship_variant": pick, "rounds": rounds,
+                         "median_ms": med,
+                         "p10_ms": {n: float(np.percentile(t, 10)) * 1000 for n, t in times.items()},
+                         "p90_ms": {n: float(np.percentile(t, 90)) * 1000 for n, t in times.items()},
+                         "cosine": cos, "ratio_vs_O3": med["O3"] / med["torchship"]})
+            print(f"b{batch} s{sequence}: torchship ({pick}) {med['torchship']:.2f} ms, "
+                  + ", ".join(f"{lv} {med[lv]:.2f}" for lv in LEVELS) + f"; vs O3 {rows[-1]['ratio_vs_O3']:.3f}x",
+                  flush=True)
+            del ts
+        summary = summarize(rows, optimum["versions"], args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(
+            {"rows": rows, "optimum": optimum["versions"], "threads": args.threads, "rounds": args.rounds,
+             "dispatch": table}, indent=2))
+        (args.out / "SUMMARY.md").write_text(summary)
+        print(summary)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def summarize(rows: list[dict], versions: str, args) -> str:
+    from torchship.benchmarks.results import Environment
+
+    env = Environment.collect(threads=args.threads, spin=False, versions={})
+    met = all(r["ratio_vs_O3"] >= 1.0 and r["cosine"]["torchship"] >= 0.9999 for r in rows)
+    lines = [
+        "# torchship's measured choice against Optimum O1-O3 (all-MiniLM-L6-v2)",
+        "",
+        f"{env.cpu}, {args.threads} threads, ORT spinning off, median of {min(r['rounds'] for r in rows)}-"
+        f"{max(r['rounds'] for r in rows)} interleaved rounds per shape; "
+        f"Optimum environment: {versions}.",
+        "",
+        "| batch | seq | torchship variant | torchship ms | O1 ms | O2 ms | O3 ms | vs O3 | cosine torchship | cosine O3 |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        m = r["median_ms"]
+        lines.append(f"| {r['batch']} | {r['sequence']} | {r['torchship_variant']} | {m['torchship']:.2f} | "
+                     f"{m['O1']:.2f} | {m['O2']:.2f} | {m['O3']:.2f} | {r['ratio_vs_O3']:.3f}x | "
+                     f"{r['cosine']['torchship']:.6f} | {r['cosine']['O3']:.6f} |")
+    lines += ["", f"Bar (torchship at least as fast as O3 at every shape, cosine >= 0.9999): "
+                  f"{'met' if met else 'NOT met'}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
