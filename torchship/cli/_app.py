@@ -112,7 +112,9 @@ def print_dispatch(artifact) -> None:
     table = artifact.manifest.dispatch
     if not table:
         return
-    from torchship.benchmarks.dispatch_report import dispatch_markdown
+    from torchship.benchmarks.dispatch_report import all_times_markdown, dispatch_markdown
 
     click.echo("")
     click.echo(dispatch_markdown(table))
+    click.echo("\nEvery candidate's median (ms; the chosen one in bold):\n")
+    click.echo(all_times_markdown(table))
