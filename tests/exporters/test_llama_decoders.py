@@ -155,6 +155,29 @@ def test_int4_weight_only_variant_is_within_its_budget(llama_copy):
     assert len(v.validation["head"]) == 1 and len(v.validation["matmuls"]) == matmuls
 
 
+def test_a_head_tied_to_the_embedding_gets_its_own_copy_to_quantize(tmp_path):
+    """A large tied embedding is exported once, and the head MatMul reads its Transpose (SmolLM2's layout; a
+    tiny model's is folded into a constant): the head gets its own transposed copy, quantized, and its error
+    is measured against the transpose of the original."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from torchship.optimizers.weight_only import WeightOnlyOptions, _build, matmul_errors
+
+    emb = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)  # (vocab, hidden)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["emb"], ["emb_t"], perm=[1, 0], name="t"),
+         helper.make_node("MatMul", ["x", "emb_t"], ["logits"], name="head")], "tied",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 64])], [numpy_helper.from_array(emb, "emb")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "tied.onnx")
+    untied = _build(tmp_path / "tied.onnx", tmp_path / "q.onnx", WeightOnlyOptions(bits=4), exclude=())
+    assert untied == {"emb.transposed": "emb"}
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
+    assert ops == ["MatMulNBits"]
+    errors = matmul_errors(tmp_path / "tied.onnx", tmp_path / "q.onnx", transposed=untied)
+    assert len(errors) == 1 and errors[0]["shape"] == [32, 64] and 0 < errors[0]["relative_error"] < 0.15
+
+
 @pytest.mark.slow
 def test_int8_weight_only_from_the_cli_and_a_missed_budget(llama_copy):
     import subprocess

@@ -113,10 +113,10 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
         start = time.perf_counter()
         built = scratch / "quantized.onnx"
         head = _head_matmuls(src)
-        _build(src, built, options, exclude=() if options.head else head)
+        untied = _build(src, built, options, exclude=() if options.head else head)
         seconds = time.perf_counter() - start
         progress.step("measuring each quantized MatMul's weight error")
-        errors = matmul_errors(src, built)
+        errors = matmul_errors(src, built, transposed=untied)
         progress.step(f"decoding {options.steps} tokens with the fp32 export and the quantized model")
         decode = _compare_decodes(artifact, src, built, options)
         judged = _judgement(errors, decode, options, head)
@@ -145,16 +145,19 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
     return artifact
 
 
-def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[str, ...]) -> None:
+def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[str, ...]) -> dict[str, str]:
+    """Quantize ``src`` into ``dst``; returns the weights given their own transposed copy (new name -> source)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     ops = ("MatMul", "Gather") if options.embedding else ("MatMul",)
+    model = onnx.load(str(src))
+    untied = _untie_transposed_weights(model, exclude)
     logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")  # one INFO line per node
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=options.bits, block_size=options.block_size,
+        quantizer = MatMulNBitsQuantizer(model, bits=options.bits, block_size=options.block_size,
                                          is_symmetric=options.symmetric, accuracy_level=options.accuracy_level,
                                          nodes_to_exclude=list(exclude), op_types_to_quantize=ops)
         quantizer.process()
@@ -167,6 +170,38 @@ def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[s
         logger.setLevel(level)
     if not any(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in onnx.load(str(dst)).graph.node):
         raise InputError(f"no MatMul of {src.name} has a constant 2-D weight, so nothing was quantized")
+    return untied
+
+
+def _untie_transposed_weights(model, exclude: tuple[str, ...]) -> dict[str, str]:
+    """A MatMul whose weight is ``Transpose(initializer)`` (a head tied to the embedding: the export keeps one
+    matrix) gets its own transposed copy, which the quantizer can take; the embedding keeps the original."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    untied = {}
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.name in exclude or len(node.input) < 2:
+            continue
+        t = producer.get(node.input[1])
+        perm = [list(a.ints) for a in t.attribute if a.name == "perm"] if t is not None else []
+        if t is None or t.op_type != "Transpose" or t.input[0] not in inits or perm not in ([], [[1, 0]]):
+            continue
+        source = inits[t.input[0]]
+        if len(source.dims) != 2:
+            continue
+        name = f"{source.name}.transposed"
+        if name not in untied:
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(source).T.copy(), name))
+            untied[name] = source.name
+        node.input[1] = name
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if n.op_type == "Transpose" and not any(o in used for o in n.output)]
+    for n in dead:
+        graph.node.remove(n)
+    return untied
 
 
 def _head_matmuls(path: Path) -> tuple[str, ...]:
@@ -198,9 +233,10 @@ def _weight_ops_left(path: Path, excluded: tuple[str, ...]) -> dict[str, str]:
             and len(n.input) > 1 and n.input[1] in weights}
 
 
-def matmul_errors(src: Path, quantized: Path) -> list[dict]:
+def matmul_errors(src: Path, quantized: Path, *, transposed: dict[str, str] | None = None) -> list[dict]:
     """Per MatMulNBits node: the relative (Frobenius) error of the weight ONNX Runtime computes with, against
-    the fp32 weight it replaced. The weight is recovered by running the node alone on an identity matrix."""
+    the fp32 weight it replaced (``transposed``: weights that are the transpose of a source initializer). The
+    weight is recovered by running the node alone on an identity matrix."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -214,9 +250,11 @@ def matmul_errors(src: Path, quantized: Path) -> list[dict]:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         k, n = int(attrs["K"]), int(attrs["N"])
         weight_name = node.input[1].rsplit("_Q", 1)[0]
-        if weight_name not in original:
+        source = (transposed or {}).get(weight_name, weight_name)
+        if source not in original:
             continue
-        weight = numpy_helper.to_array(original[weight_name]).reshape(k, n).astype(np.float32)
+        weight = numpy_helper.to_array(original[source]).astype(np.float32)
+        weight = (weight.T if source != weight_name else weight).reshape(k, n)
         single = helper.make_node("MatMulNBits", ["x", *node.input[1:]], ["y"], domain="com.microsoft",
                                   **{a: v for a, v in attrs.items() if a != "accuracy_level"})
         graph = helper.make_graph([single], "one", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [k, k])],
