@@ -4,10 +4,12 @@ what the graph cannot do is refused with one line."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from torchship.errors import InputError
+from torchship.errors import EXIT_BAD_INPUT, InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 PROMPTS = ["the dog is running", "a good"]
@@ -122,3 +124,25 @@ def test_a_prompt_past_the_context_is_refused(pair):
     ids = torch.ones(1, model.max_positions - 2, dtype=torch.long)
     with pytest.raises(InputError, match="ask for fewer new tokens"):
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8)
+
+
+def test_generate_command_samples_beams_and_streams(decoder_export):
+    from click.testing import CliRunner
+
+    from torchship.cli import main
+
+    def run(*args):
+        return CliRunner().invoke(main, ["generate", str(decoder_export), "the dog is", "--max-new-tokens", "6",
+                                         *args])
+
+    sampled = [run("--sample", "--temperature", "0.9", "--top-k", "20", "--seed", "5", "--json") for _ in range(2)]
+    assert all(r.exit_code == 0 for r in sampled), sampled[0].output
+    first = json.loads(sampled[0].stdout)["results"][0]
+    assert first["tokens"] == json.loads(sampled[1].stdout)["results"][0]["tokens"] and len(first["tokens"]) == 6
+    beams = run("--num-beams", "3", "--repetition-penalty", "1.3")
+    assert beams.exit_code == 0 and "transformers generate: do_sample=False, num_beams=3" in beams.output
+    streamed = run("--stream", "--sample", "--seed", "5")
+    assert streamed.exit_code == 0 and streamed.stdout.startswith("the dog is")
+    for bad, words in ((["--top-p", "0.9"], "add --sample"), (["--stream", "--json"], "give one prompt")):
+        r = run(*bad)
+        assert r.exit_code == EXIT_BAD_INPUT and words in r.output, r.output

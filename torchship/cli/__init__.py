@@ -1,14 +1,14 @@
 """Thin click commands: flags -> a frozen options object -> one library call.
 
 The group and what every command shares live in :mod:`torchship.cli._app`; the commands, by what they
-do, in ``export``, ``precision``, ``run`` and ``deploy``. The console scripts named in setup.cfg
+do, in ``export``, ``precision``, ``run``, ``generation``, ``deploy`` and ``serve``. The console scripts named in setup.cfg
 (torchship, export-bert, export-gpt2, export-unet) are the functions below; export-decoder is export-gpt2
 under the name that says what it exports now (GPT-2 and the Llama-shaped decoders).
 """
 
 from __future__ import annotations
 
-from torchship.cli import deploy, precision, run, serve  # noqa: F401  (importing a module registers its commands)
+from torchship.cli import deploy, generation, precision, run, serve  # noqa: F401  (importing a module registers its commands)
 from torchship.cli._app import main
 from torchship.cli.export import family_command
 

@@ -160,43 +160,6 @@ def predict_cmd(folder, texts, backend, device, as_json, aggregation, question):
     click.echo(f"(backend {backend}{ran}; --json for full vectors)", err=True)
 
 
-@main.command("generate", epilog=examples(
-    'torchship generate onnx/gpt2 "a prompt" --max-new-tokens 8'))
-@click.argument("folder", type=click.Path())
-@click.argument("prompts", nargs=-1, required=True)
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--backend", default="auto", show_default=True,
-              help="auto (the most optimized validated ONNX variant), torch, or any ort backend name.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print token ids and texts as JSON.")
-@friendly_errors
-def generate_cmd(folder, prompts, max_new_tokens, backend, device, as_json):
-    """Greedy generation from PROMPTS with the decoder in FOLDER, using its KV cache."""
-    from torchship.artifact import Artifact
-    from torchship.exporters.spec import require_family
-    from torchship.runtimes import RuntimeOptions, create_predictor
-    from torchship.runtimes.generate import Generator, encode_prompts
-    from torchship.runtimes.text import load_tokenizer
-
-    artifact = Artifact.open(folder)
-    require_family(artifact, "generate needs a decoder (export-gpt2)", text_api="generate")
-    backend = _resolve_backend(artifact, backend)
-    tokenizer = load_tokenizer(artifact)
-    ids, mask = encode_prompts(tokenizer, list(prompts))
-    with create_predictor(artifact, backend, RuntimeOptions(device=device)) as predictor:
-        result = Generator.from_artifact(artifact, predictor).generate(ids, mask, max_new_tokens=max_new_tokens)
-    texts = tokenizer.batch_decode(result.tokens, skip_special_tokens=True)
-    if as_json:
-        click.echo(json.dumps({"backend": backend, "results": [
-            {"prompt": p, "tokens": t.tolist(), "text": x} for p, t, x in zip(prompts, result.tokens, texts)]}))
-        return
-    for prompt, text in zip(prompts, texts):
-        click.echo(f"{prompt}{text if text.startswith(' ') else ' ' + text}")
-    per_token = (sum(result.step_s) / len(result.step_s) * 1000) if result.step_s else float("nan")
-    click.echo(f"(backend {backend}; prompt {result.prefill_s * 1000:.1f} ms, {per_token:.2f} ms per new token)",
-               err=True)
-
-
 def _resolve_backend(artifact, backend: str) -> str:
     """``auto``: ort-measured when optimize measured which variant runs which shape (the manifest's dispatch
     table), else the backend of the folder's most optimized validated variant (the table's preference order)."""

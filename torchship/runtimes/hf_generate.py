@@ -121,16 +121,15 @@ def causal_lm(folder, backend: str = "auto", options=None):
     """(model, tokenizer) for ``folder``: the model answers transformers' ``generate``; the tokenizer is the
     folder's, left-padding (a decoder's prompts end where generation starts)."""
     from torchship.artifact import Artifact
-    from torchship.runtimes import create_predictor
+    from torchship.runtimes import RuntimeOptions, create_predictor
     from torchship.runtimes.text import load_tokenizer
     from torchship.variants import backend_of_variant
 
     artifact = Artifact.open(folder)
     require_family(artifact, "generate needs a decoder (export-gpt2)", text_api="generate")
     if backend == "auto":
-        backend = backend_of_variant(artifact.best_variant()).name
-    predictor = create_predictor(artifact, backend, options) if options is not None else \
-        create_predictor(artifact, backend)
+        backend = "ort-measured" if artifact.manifest.dispatch else backend_of_variant(artifact.best_variant()).name
+    predictor = create_predictor(artifact, backend, options or RuntimeOptions())
     config = saved_config(artifact)
     path = artifact.folder / "generation_config.json"
     generation = GenerationConfig.from_pretrained(artifact.folder) if path.is_file() else \
