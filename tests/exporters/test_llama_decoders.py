@@ -146,8 +146,11 @@ def test_int4_weight_only_variant_is_within_its_budget(llama_copy):
 
     art = weight_only(llama_copy, WeightOnlyOptions(bits=4, block_size=32))
     v = art.manifest.variants["wo-int4"]
-    matmuls = TINY_DECODER_CONFIGS["llama"]["num_hidden_layers"] * 7 + 1  # q k v o gate up down, and the head
+    # Per layer q+k+v (merged), o, gate+up (merged), down; and the head.
+    layers = TINY_DECODER_CONFIGS["llama"]["num_hidden_layers"]
+    matmuls = layers * 4 + 1
     assert op_histogram(llama_copy / v.file)["MatMulNBits"] == matmuls == v.validation["quantized_matmuls"]
+    assert len(v.validation["layout"]["merged"]) == 2 * layers and v.options["merge_siblings"]
     assert v.validation["passed"] and 0 < v.validation["max_weight_error"] <= 0.15
     assert v.validation["steps"] == 64 and 0 < v.validation["logit_cosine_mean"] <= 1
     assert 0 <= v.validation["top1_agreement"] <= 1 and v.options["block_size"] == 32
@@ -158,10 +161,10 @@ def test_int4_weight_only_variant_is_within_its_budget(llama_copy):
 def test_a_head_tied_to_the_embedding_gets_its_own_copy_to_quantize(tmp_path):
     """A large tied embedding is exported once, and the head MatMul reads its Transpose (SmolLM2's layout; a
     tiny model's is folded into a constant): the head gets its own transposed copy, quantized, and its error
-    is measured against the transpose of the original."""
+    is measured against that copy."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from torchship.optimizers.weight_only import WeightOnlyOptions, _build, matmul_errors
+    from torchship.optimizers.weight_only import WeightOnlyOptions, _build, _prepare, matmul_errors
 
     emb = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)  # (vocab, hidden)
     graph = helper.make_graph(
@@ -170,11 +173,12 @@ def test_a_head_tied_to_the_embedding_gets_its_own_copy_to_quantize(tmp_path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 64])], [numpy_helper.from_array(emb, "emb")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "tied.onnx")
-    untied = _build(tmp_path / "tied.onnx", tmp_path / "q.onnx", WeightOnlyOptions(bits=4), exclude=())
-    assert untied == {"emb.transposed": "emb"}
+    layout = _prepare(tmp_path / "tied.onnx", tmp_path / "prepared.onnx", exclude=(), merge=True)
+    assert layout == {"untied": ["emb"], "merged": []}
+    _build(tmp_path / "prepared.onnx", tmp_path / "q.onnx", WeightOnlyOptions(bits=4), exclude=())
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
     assert ops == ["MatMulNBits"]
-    errors = matmul_errors(tmp_path / "tied.onnx", tmp_path / "q.onnx", transposed=untied)
+    errors = matmul_errors(tmp_path / "prepared.onnx", tmp_path / "q.onnx")
     assert len(errors) == 1 and errors[0]["shape"] == [32, 64] and 0 < errors[0]["relative_error"] < 0.15
 
 
@@ -193,7 +197,7 @@ def test_int8_weight_only_from_the_cli_and_a_missed_budget(llama_copy):
     assert "kept" in proc.stdout and "model_wo_int8.onnx" in proc.stdout
     v = Artifact.open(llama_copy).manifest.variants["wo-int8"]
     assert v.validation["passed"] and v.validation["logit_cosine_mean"] >= 0.99 == v.validation["budget"]
-    assert v.validation["quantized_matmuls"] == TINY_DECODER_CONFIGS["llama"]["num_hidden_layers"] * 7  # head kept
+    assert v.validation["quantized_matmuls"] == TINY_DECODER_CONFIGS["llama"]["num_hidden_layers"] * 4  # head kept
     with pytest.raises(BudgetError, match="wo-int4 missed its budget"):
         weight_only(llama_copy, WeightOnlyOptions(bits=4, block_size=128, max_weight_error=0.001))
     m = Artifact.open(llama_copy).manifest

@@ -17,6 +17,7 @@ budget is not kept; the manifest says why.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import types
@@ -60,6 +61,7 @@ class WeightOnlyOptions:
     symmetric: bool = False
     embedding: bool = False  # also the token embedding (GatherBlockQuantized; 4 bits only)
     head: bool = True  # also the MatMul that makes the logits
+    merge_siblings: bool = True  # q/k/v and gate/up MatMuls as one (same numbers, fewer and larger kernels)
     budget: float | None = None  # floor on the mean next-token logit cosine; None: DEFAULT_COSINE[bits]
     max_weight_error: float | None = None  # ceiling on any MatMul's relative weight error; None: the default
     steps: int = 64  # decode steps the logits are compared over
@@ -111,16 +113,19 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
     with scratch_dir(artifact.folder, "weight-only") as scratch:
         progress.step(f"quantizing the weights to {options.bits} bits, blocks of {options.block_size}")
         start = time.perf_counter()
-        built = scratch / "quantized.onnx"
+        prepared, built = scratch / "prepared.onnx", scratch / "quantized.onnx"
         head = _head_matmuls(src)
-        untied = _build(src, built, options, exclude=() if options.head else head)
+        exclude = () if options.head else head
+        layout = _prepare(src, prepared, exclude=exclude, merge=options.merge_siblings)
+        _build(prepared, built, options, exclude=exclude)
         seconds = time.perf_counter() - start
         progress.step("measuring each quantized MatMul's weight error")
-        errors = matmul_errors(src, built, transposed=untied)
+        errors = matmul_errors(prepared, built)
         progress.step(f"decoding {options.steps} tokens with the fp32 export and the quantized model")
         decode = _compare_decodes(artifact, src, built, options)
         judged = _judgement(errors, decode, options, head)
-        judged["fp32_weight_ops"] = left = _weight_ops_left(built, () if options.head else head)
+        judged["fp32_weight_ops"] = left = _weight_ops_left(built, exclude)
+        judged["layout"] = layout
         if left:
             progress.step(f"WARNING: {len(left)} weight op(s) stay fp32 ({', '.join(sorted(set(left.values())))}): "
                           "ONNX Runtime's quantizer makes MatMulNBits from MatMul only")
@@ -138,6 +143,7 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
                       options={"precision": f"int{options.bits}", "bits": options.bits,
                                "block_size": options.block_size, "accuracy_level": options.accuracy_level,
                                "symmetric": options.symmetric, "embedding": options.embedding, "head": options.head,
+                               "merge_siblings": options.merge_siblings,
                                "quantizer": "onnxruntime MatMulNBitsQuantizer (round to nearest)"},
                       size_bytes=model_bytes(final), seconds=round(seconds, 3), validation=judged,
                       fusion={"counts": op_histogram(final)})
@@ -145,14 +151,25 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
     return artifact
 
 
-def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[str, ...]) -> dict[str, str]:
-    """Quantize ``src`` into ``dst``; returns the weights given their own transposed copy (new name -> source)."""
+def _prepare(src: Path, dst: Path, *, exclude: tuple[str, ...], merge: bool) -> dict:
+    """The fp32 graph the quantizer takes, written to ``dst``: a tied head untied, sibling MatMuls merged."""
+    import onnx
+
+    model = onnx.load(str(src))
+    layout = {"untied": sorted(_untie_transposed_weights(model, exclude).values()),
+              "merged": _merge_sibling_matmuls(model, exclude) if merge else []}
+    onnx.save(model, str(dst), save_as_external_data=uses_external_data(src), all_tensors_to_one_file=True,
+              location=dst.name + ".data")
+    return layout
+
+
+def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[str, ...]) -> None:
+    """Quantize ``src`` (a prepared fp32 graph) into ``dst``."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     ops = ("MatMul", "Gather") if options.embedding else ("MatMul",)
     model = onnx.load(str(src))
-    untied = _untie_transposed_weights(model, exclude)
     logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")  # one INFO line per node
     level = logger.level
     logger.setLevel(logging.WARNING)
@@ -170,7 +187,6 @@ def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[s
         logger.setLevel(level)
     if not any(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in onnx.load(str(dst)).graph.node):
         raise InputError(f"no MatMul of {src.name} has a constant 2-D weight, so nothing was quantized")
-    return untied
 
 
 def _untie_transposed_weights(model, exclude: tuple[str, ...]) -> dict[str, str]:
@@ -204,6 +220,49 @@ def _untie_transposed_weights(model, exclude: tuple[str, ...]) -> dict[str, str]
     return untied
 
 
+def _merge_sibling_matmuls(model, exclude: tuple[str, ...]) -> list[list[str]]:
+    """MatMuls that read the same activation with constant 2-D weights (q, k, v; gate, up) become one MatMul
+    over the weights side by side, then a Split: one larger MatMulNBits reads the activation once and keeps
+    the threads busy (measured on SmolLM2-135M int4, as onnxruntime-genai's builder does). Blocks run along
+    K, so each column is quantized exactly as before. Returns the merged groups' node names."""
+    from collections import defaultdict
+
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:
+        return []  # Split takes its sizes as an input from opset 13
+    inits = {t.name: t for t in graph.initializer}
+    siblings = defaultdict(list)
+    for node in graph.node:
+        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is not None and len(weight.dims) == 2 and node.name not in exclude:
+            siblings[(node.input[0], weight.dims[0])].append(node)
+    merged, replaced = [], {}  # first sibling's output -> the nodes in its place; other siblings -> []
+    for (activation, _), nodes in siblings.items():
+        if len(nodes) < 2:
+            continue
+        weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
+        name = f"{nodes[0].name}.merged"
+        graph.initializer.extend([numpy_helper.from_array(np.concatenate(weights, axis=1), f"{name}.weight"),
+                                  numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64),
+                                                          f"{name}.sizes")])
+        replaced.update({n.output[0]: [] for n in nodes[1:]})
+        replaced[nodes[0].output[0]] = [
+            helper.make_node("MatMul", [activation, f"{name}.weight"], [f"{name}.out"], name=name),
+            helper.make_node("Split", [f"{name}.out", f"{name}.sizes"], [n.output[0] for n in nodes], axis=-1,
+                             name=f"{name}.split")]
+        merged.append([n.name for n in nodes])
+    if replaced:  # in the first sibling's place, so the graph stays in topological order
+        order = [copy.deepcopy(new) for node in graph.node for new in replaced.get(node.output[0], [node])]
+        graph.ClearField("node")
+        graph.node.extend(order)
+    used = {i for n in graph.node for i in n.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    return merged
+
+
 def _head_matmuls(path: Path) -> tuple[str, ...]:
     """The MatMul(s) whose output reaches the ``logits`` output through shape-only ops (the head)."""
     import onnx
@@ -233,10 +292,10 @@ def _weight_ops_left(path: Path, excluded: tuple[str, ...]) -> dict[str, str]:
             and len(n.input) > 1 and n.input[1] in weights}
 
 
-def matmul_errors(src: Path, quantized: Path, *, transposed: dict[str, str] | None = None) -> list[dict]:
+def matmul_errors(src: Path, quantized: Path) -> list[dict]:
     """Per MatMulNBits node: the relative (Frobenius) error of the weight ONNX Runtime computes with, against
-    the fp32 weight it replaced (``transposed``: weights that are the transpose of a source initializer). The
-    weight is recovered by running the node alone on an identity matrix."""
+    the fp32 weight of ``src`` it replaced. The weight is recovered by running the node alone on an identity
+    matrix."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -250,11 +309,9 @@ def matmul_errors(src: Path, quantized: Path, *, transposed: dict[str, str] | No
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         k, n = int(attrs["K"]), int(attrs["N"])
         weight_name = node.input[1].rsplit("_Q", 1)[0]
-        source = (transposed or {}).get(weight_name, weight_name)
-        if source not in original:
+        if weight_name not in original:
             continue
-        weight = numpy_helper.to_array(original[source]).astype(np.float32)
-        weight = (weight.T if source != weight_name else weight).reshape(k, n)
+        weight = numpy_helper.to_array(original[weight_name]).reshape(k, n).astype(np.float32)
         single = helper.make_node("MatMulNBits", ["x", *node.input[1:]], ["y"], domain="com.microsoft",
                                   **{a: v for a, v in attrs.items() if a != "accuracy_level"})
         graph = helper.make_graph([single], "one", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [k, k])],
