@@ -166,3 +166,12 @@ def test_bench_runs_ort_measured_and_reports_the_file_per_shape(measured):
     assert report.variant_files["ort-measured"] == (
         f"batch 1 x seq 8: {variants[dispatch_variant(table, 1, 8)].file}; "
         f"batch 8 x seq 100: {variants[dispatch_variant(table, 8, 100)].file}")
+
+
+def test_a_length_the_graph_cannot_run_is_left_out_of_the_grid(exported, tmp_path):
+    # Tiny MPNet: 128 positions in its config, but its position ids start after the padding index, so a
+    # 128-token input indexes past the table; the grid keeps only the lengths that run.
+    folder = shutil.copytree(exported("mpnet"), tmp_path / "mpnet")
+    table = optimize(folder, OptimizeOptions(levels=("all",), dispatch=QUICK)).manifest.dispatch
+    assert table["shapes"] and all(s["sequence"] < 128 for s in table["shapes"])
+    assert {s["batch"] for s in table["shapes"]} == {1, 8}

@@ -63,10 +63,10 @@ def _threads(plan: DispatchPlan) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def shape_grid(artifact: Artifact, spec, config) -> tuple[tuple[int, int], ...]:
+def shape_grid(artifact: Artifact, spec, config, probe=None) -> tuple[tuple[int, int], ...]:
     """(batch, sequence) pairs to time: each axis's min/use/max from the shape config, else the defaults
     clipped to the model's positions; the full cross product, so the ranges cover every shape. A sequence
-    length the family refuses (spec.case_for) is left out."""
+    length the family refuses (spec.case_for), or that ``probe(case)`` cannot run, is left out."""
     resolved = artifact.manifest.resolved_shapes()
     if resolved is not None and "batch" in resolved.axes and "sequence" in resolved.axes:
         batches, sequences = resolved.axes["batch"], resolved.axes["sequence"]
@@ -76,10 +76,15 @@ def shape_grid(artifact: Artifact, spec, config) -> tuple[tuple[int, int], ...]:
 
     def runs(sequence: int) -> bool:
         try:
-            spec.case_for({"batch": 1, "sequence": sequence}, config)
-            return True
+            case = spec.case_for({"batch": 1, "sequence": sequence}, config)
         except InputError:
             return False
+        try:
+            if probe is not None:
+                probe(case)
+        except Exception:  # noqa: BLE001 - ORT's errors share no base class; this length is left out, said below
+            return False
+        return True
 
     return tuple(product(sorted(set(batches)), [s for s in sorted(set(sequences)) if runs(s)]))
 
@@ -171,10 +176,6 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         progress.step(f"note: no per-shape timing: the {len(candidates)} fp32 variants take {held / 2**30:.1f} GiB "
                       f"together and {free / 2**30:.1f} GiB of memory is free; the preference order decides")
         return None
-    config = saved_config(artifact)
-    grid = shape_grid(artifact, spec, config)
-    if not grid:
-        return None
     threads = _threads(plan)
     sessions = {}
     for name, variant in candidates.items():
@@ -184,6 +185,16 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         inputs = [i.name for i in session.get_inputs()]
         sessions[name] = (session, inputs)
     io = m.io()
+    config = saved_config(artifact)
+    first, names = next(iter(sessions.values()))
+
+    def probe(case) -> None:  # one run of the first candidate: a length past what the graph can index fails here
+        feeds = spec.sample_inputs(config, io, case, seed=0)
+        first.run(None, {n: feeds[n] for n in names})
+
+    grid = shape_grid(artifact, spec, config, probe)
+    if not grid:
+        return None
     shapes = []
     for i, (batch, sequence) in enumerate(grid, 1):
         progress.step(f"timing {len(candidates)} fp32 variants at batch {batch} x seq {sequence} [{i}/{len(grid)}]")
