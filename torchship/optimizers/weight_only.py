@@ -57,7 +57,9 @@ def file_name(bits: int) -> str:
 class WeightOnlyOptions:
     bits: int = 4
     block_size: int = 32
-    accuracy_level: int | None = 4  # None: ONNX Runtime's default
+    # 4: int8 compute inside MatMulNBits. Measured on SmolLM2-135M (AVX2, no VNNI, 2 threads, past 128): int4
+    # 24 ms/token against 84 at level 1 (fp32 compute), int8 33 against 908. None: ONNX Runtime's default.
+    accuracy_level: int | None = 4
     symmetric: bool = False
     embedding: bool = False  # also the token embedding (GatherBlockQuantized; 4 bits only)
     head: bool = True  # also the MatMul that makes the logits
