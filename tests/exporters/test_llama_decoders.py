@@ -117,6 +117,12 @@ def test_rotary_scaling_that_follows_the_sequence_length_is_refused(tmp_path):
     config.save_pretrained(tmp_path / "dyn")
     with pytest.raises(InputError, match="rotary scaling \\('dynamic'\\) changes with the sequence length"):
         export(str(tmp_path / "dyn"), tmp_path / "out", ExportOptions(kind="decoder"))
+    from torchship.exporters.export import export_model
+
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(InputError, match="rotary scaling \\('dynamic'\\)"):
+        export_model(model, tmp_path / "out2")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
 
 
 def test_export_decoder_is_the_decoder_command_too():

@@ -212,6 +212,12 @@ class RotaryDecoderSpec(DecoderSpec):
                     "graph cannot follow; torchship exports rotary scaling that is fixed (default, linear, llama3, yarn)")
         return None
 
+    def io(self, model, task: str) -> ModelIO:
+        problem = self.task_problem(task, model.config, None)  # a model object passed to export_model, too
+        if problem:
+            raise InputError(problem)
+        return super().io(model, task)
+
 
 DECODER_SPECS = (
     register(DecoderSpec("gpt2", ("gpt2",))),
