@@ -164,6 +164,17 @@ def test_int4_weight_only_variant_is_within_its_budget(llama_copy):
     assert len(v.validation["head"]) == 1 and len(v.validation["matmuls"]) == matmuls
 
 
+@pytest.mark.slow
+def test_the_embedding_is_quantized_on_request(llama_copy):
+    from torchship.optimizers.fusion import op_histogram
+    from torchship.optimizers.weight_only import WeightOnlyOptions, weight_only
+
+    v = weight_only(llama_copy, WeightOnlyOptions(bits=4, embedding=True)).manifest.variants["wo-int4"]
+    ops = op_histogram(llama_copy / v.file)
+    assert ops["GatherBlockQuantized"] == 1 and "Gather" not in ops and v.options["embedding"]
+    assert v.validation["passed"]
+
+
 def test_a_head_tied_to_the_embedding_gets_its_own_copy_to_quantize(tmp_path):
     """A large tied embedding is exported once, and the head MatMul reads its Transpose (SmolLM2's layout; a
     tiny model's is folded into a constant): the head gets its own transposed copy, quantized, and its error

@@ -179,7 +179,8 @@ def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[s
         quantizer = MatMulNBitsQuantizer(model, bits=options.bits, block_size=options.block_size,
                                          is_symmetric=options.symmetric, accuracy_level=options.accuracy_level,
                                          nodes_to_exclude=list(exclude), op_types_to_quantize=ops)
-        quantizer.process()
+        with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero block (the pad row) has scale 0,
+            quantizer.process()  # which the quantizer then handles itself
         quantizer.model.save_model_to_file(str(dst), use_external_data_format=uses_external_data(src))
     except OSError:
         raise
