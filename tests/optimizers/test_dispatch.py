@@ -175,3 +175,22 @@ def test_a_length_the_graph_cannot_run_is_left_out_of_the_grid(exported, tmp_pat
     table = optimize(folder, OptimizeOptions(levels=("all",), dispatch=QUICK)).manifest.dispatch
     assert table["shapes"] and all(s["sequence"] < 128 for s in table["shapes"])
     assert {s["batch"] for s in table["shapes"]} == {1, 8}
+
+
+def _t(median, p90):
+    return {"median_ms": median, "p10_ms": median * 0.99, "p90_ms": p90}
+
+
+def test_the_winner_rule_keeps_the_preferred_variant_unless_the_fastest_clearly_beats_it():
+    from torchship.optimizers.dispatch import _winner
+
+    order = ("optimized", "ort-all", "model")
+    # A clear win (5% faster, its p90 under the other's median) displaces the preferred variant.
+    assert _winner({"optimized": _t(10.0, 10.2), "ort-all": _t(9.5, 9.6)}, order, 0.01) == \
+        ("ort-all", "optimized", round(10.0 / 9.5, 4))
+    # Within the margin, or with a p90 that reaches the other's median (a busy machine), it stays.
+    assert _winner({"optimized": _t(10.0, 10.2), "ort-all": _t(9.95, 10.0)}, order, 0.01)[0] == "optimized"
+    assert _winner({"optimized": _t(10.0, 10.2), "ort-all": _t(9.0, 10.5)}, order, 0.01)[0] == "optimized"
+    # Not clearly beaten: the earliest such candidate in the preference order, here ort-all over model.
+    times = {"optimized": _t(12.0, 12.1), "ort-all": _t(10.05, 10.1), "model": _t(10.0, 10.1)}
+    assert _winner(times, order, 0.01) == ("ort-all", "model", round(10.0 / 10.05, 4))

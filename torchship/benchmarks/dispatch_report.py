@@ -3,6 +3,7 @@ range, its median, and how much slower the runner-up was (the numbers stay in th
 
 from __future__ import annotations
 
+from torchship.benchmarks.results import UNSTABLE_SPREAD
 from torchship.variants import backend_of_variant
 
 
@@ -19,7 +20,8 @@ def dispatch_markdown(table: dict) -> str:
     lines = [
         f"Measured dispatch ({machine['threads']} threads on {machine['cpu']}, ORT spinning off; median of up to "
         f"{plan['max_rounds']} interleaved rounds per shape; a variant earlier in the preference order is kept "
-        f"unless another is more than {plan['margin']:.0%} faster):",
+        f"unless the fastest is more than {plan['margin']:.0%} faster and its p90 below the kept one's median, "
+        "so a ratio under 1.0 means the runner-up's lead was within the noise):",
         "",
         "| batch | sequence | runs | measured at | median ms | p90/p10 | runner-up | runner-up ms | ratio |",
         "|---|---|---|---|---:|---:|---|---:|---:|",
@@ -29,7 +31,8 @@ def dispatch_markdown(table: dict) -> str:
         s = shapes[key]
         best = s["times"][s["winner"]]
         up = s["times"][s["runner_up"]]["median_ms"] if s["runner_up"] else None
-        spread = "-" if best["spread"] is None else f"{best['spread']:.2f}"
+        spread = "-" if best["spread"] is None else f"{best['spread']:.2f}" + (
+            " unstable" if best["spread"] > UNSTABLE_SPREAD else "")
         lines.append(
             f"| {_span(*r['batch'])} | {_span(*r['sequence'])} | {backend_of_variant(r['variant']).name} | "
             f"b{key[0]} s{key[1]} | {best['median_ms']:.2f} | {spread} | "

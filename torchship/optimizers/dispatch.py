@@ -53,7 +53,7 @@ class DispatchPlan:
     seconds: float = 2.0  # per shape, all candidates together
     sample_s: float = 0.001
     warmup: int = 1
-    margin: float = 0.01  # a candidate displaces the preferred one only when faster by more than this
+    margin: float = 0.01  # a candidate displaces a preferred one only when faster by more than this (see _winner)
     threads: int | None = None  # None: every CPU this process may use (as bench)
 
 
@@ -134,15 +134,19 @@ def _stats(seconds: list[float]) -> dict:
 
 
 def _winner(times: dict[str, dict], order: tuple[str, ...], margin: float) -> tuple[str, str | None, float | None]:
-    """The fastest candidate by median; the earlier one in the preference order keeps its place unless a
-    later one is faster by more than ``margin`` (so noise does not flip the choice between near-equals)."""
-    ranked = sorted(times, key=lambda n: times[n]["median_ms"])
-    best = ranked[0]
-    for name in order:
-        if name in times and times[name]["median_ms"] <= times[best]["median_ms"] * (1 + margin):
-            best = name
-            break
-    others = [n for n in ranked if n != best]
+    """(winner, runner-up, runner-up median / winner median). The winner is the earliest candidate in the
+    preference order that the fastest one does not clearly beat; clearly: a median faster by more than
+    ``margin`` and a p90 below the other's median. So noise never flips the choice: on a busy machine, where
+    the spreads overlap, the preferred variant stays (today's fixed choice); on a quiet one a real win shows."""
+    fastest = min(times, key=lambda n: times[n]["median_ms"])
+    f = times[fastest]
+
+    def clearly_beaten(name: str) -> bool:
+        t = times[name]
+        return f["median_ms"] * (1 + margin) < t["median_ms"] and f["p90_ms"] < t["median_ms"]
+
+    best = next(n for n in (*[o for o in order if o in times], fastest) if not clearly_beaten(n))
+    others = sorted((n for n in times if n != best), key=lambda n: times[n]["median_ms"])
     if not others:
         return best, None, None
     runner_up = others[0]
