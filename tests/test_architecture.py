@@ -118,7 +118,7 @@ def test_every_backend_record_is_complete(record):
     assert callable(record.factory())  # its predictor factory imports on a CPU machine
     if record.builder != variants.CHECKPOINT:  # PyTorch runs the checkpoint itself; nothing makes it
         assert record.make_command("DIR").startswith("torchship ")
-    assert record.precision in ("fp32", "fp16", "int8") and record.device in ("cpu", "cuda")
+    assert record.precision in ("fp32", "fp16", "int8", "int4") and record.device in ("cpu", "cuda")
     if record.variants:
         assert variants.backend_variants(record.name) == record.variants
 

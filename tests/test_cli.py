@@ -25,7 +25,7 @@ def assert_one_line_error(proc, pattern):
     assert pattern in errors[0], errors[0]
 
 
-@pytest.mark.parametrize("cmd", [("torchship",), ("export-bert",), ("export-gpt2",), ("export-unet",),
+@pytest.mark.parametrize("cmd", [("torchship",), ("export-bert",), ("export-gpt2",), ("export-decoder",), ("export-unet",),
                                  ("torchship", "export"),
                                  ("torchship", "optimize"), ("torchship", "bench"), ("torchship", "predict"),
                                  ("torchship", "generate"), ("torchship", "demo")])

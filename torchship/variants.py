@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from torchship.errors import InputError
 
 # How a variant is made; auto groups the backends it wants by these to call each step once.
-EXPORT, CHECKPOINT, GRAPH_LEVEL, FUSION, INT8, FP16, OPENVINO, ENGINE, DISPATCH = (
-    "export", "checkpoint", "graph-level", "fusion", "int8", "fp16", "openvino", "engine", "dispatch")
+EXPORT, CHECKPOINT, GRAPH_LEVEL, FUSION, INT8, FP16, OPENVINO, ENGINE, DISPATCH, WEIGHT_ONLY = (
+    "export", "checkpoint", "graph-level", "fusion", "int8", "fp16", "openvino", "engine", "dispatch", "weight-only")
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,13 @@ TABLE: tuple[Backend, ...] = (
             DISPATCH, _ORT_MEASURED, make=_OPTIMIZE, swept=False),
     Backend("ort-int8", "onnxruntime", "int8", "cpu", "torchship quantize (fastest candidate within budget)", INT8,
             _ORT, ("int8",), ("model_int8.onnx",), "torchship quantize {folder} --int8", triton=_ONNX_PLATFORM),
+    # Decoders: weights in 8 or 4 bits (MatMulNBits), activations in fp32; judged by a 64-token decode.
+    Backend("ort-wo-int8", "onnxruntime", "int8", "cpu", "weight-only int8 (MatMulNBits)", WEIGHT_ONLY, _ORT,
+            ("wo-int8",), ("model_wo_int8.onnx",), "torchship quantize {folder} --method weight-only --bits 8",
+            swept=False, triton=_ONNX_PLATFORM),
+    Backend("ort-wo-int4", "onnxruntime", "int4", "cpu", "weight-only int4 (MatMulNBits)", WEIGHT_ONLY, _ORT,
+            ("wo-int4",), ("model_wo_int4.onnx",), "torchship quantize {folder} --method weight-only --bits 4",
+            swept=False, triton=_ONNX_PLATFORM),
     # fp16 for GPUs; ONNX Runtime's CPU provider runs it through casts, so auto does not time it on a CPU.
     Backend("ort-fp16", "onnxruntime", "fp16", "cpu", "fp16 model on the CPU provider", FP16, _ORT, ("fp16",),
             ("model_fp16.onnx",), "torchship optimize {folder} --fp16", swept=False, triton=_ONNX_PLATFORM),

@@ -18,10 +18,11 @@ from torchship.onnx_io import load_onnx
 from torchship.errors import ArtifactError
 
 # Operators the fusion report counts, grouped as the report shows them.
-ATTENTION_OPS = ("Attention", "MultiHeadAttention")
+ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention")
 REPORTED_OPS = (
-    "EmbedLayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
-    "LayerNormalization", "Gelu", "FastGelu", "BiasGelu", "BiasFastGelu", "Softmax", "MatMul",
+    "EmbedLayerNormalization", "Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
+    "LayerNormalization", "Gelu", "FastGelu", "BiasGelu", "BiasFastGelu", "Softmax", "MatMul", "RotaryEmbedding",
+    "RMSNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "MatMulNBits",
 )
 
 
