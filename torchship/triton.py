@@ -106,6 +106,21 @@ def parse_config(text: str):
         raise InputError(f"the Triton config does not fit Triton's schema: {exc}") from None
 
 
+def default_variant(artifact) -> tuple[str, str]:
+    """(variant, why) a repository serves when none is named: Triton serves one file, so the one optimize's
+    measured dispatch table names at the shape config's use shape, else the one that won the most measured
+    shapes, else the folder's most optimized validated variant."""
+    m = artifact.manifest
+    resolved = m.resolved_shapes()
+    use = resolved.sizes("use") if resolved is not None else None
+    if not (m.dispatch or {}).get("ranges"):
+        return artifact.best_variant(), "the most optimized validated variant of the folder"
+    if use and "batch" in use and "sequence" in use:
+        return artifact.measured_variant(use), \
+            "the fastest fp32 variant at the shape config's use shape, as torchship optimize measured"
+    return artifact.measured_variant(), "the fp32 variant torchship optimize measured fastest at the most shapes"
+
+
 def _resolve_source(folder: Path):
     """(torchship folder, variant chosen by auto or None) for a model folder or an auto output folder."""
     from torchship.auto import MODEL_DIR, SUMMARY, read_summary
@@ -157,7 +172,7 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
     elif chosen:
         pick, why = chosen, "chosen by torchship auto: the fastest within its accuracy budget"
     else:
-        pick, why = artifact.best_variant(), "the most optimized validated variant of the folder"
+        pick, why = default_variant(artifact)
     variant, record = _pick(artifact, pick)
     io = m.io()
     batched = all(t.axes and t.axes[0] == "batch" for t in (*io.inputs, *io.outputs))

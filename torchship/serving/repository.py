@@ -32,7 +32,7 @@ from torchship.errors import ArtifactError, InputError
 from torchship.serving.inventory import TENSORS, mark, write_readme
 from torchship.exporters.spec import (FEATURE_EXTRACTION, FILL_MASK, QUESTION_ANSWERING, SENTENCE_EMBEDDING,
                                       TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION)
-from torchship.triton import MARKER, TritonOptions, _pick, _resolve_source, model_name, parse_config
+from torchship.triton import MARKER, TritonOptions, _pick, _resolve_source, default_variant, model_name, parse_config
 
 EMBEDDING, HIDDEN_STATES, CLASSIFICATION = "embedding", "hidden-states", "classification"
 ENTITIES, MASKS, ANSWERS = "entities", "fill-mask", "question-answering"
@@ -142,7 +142,7 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
     elif chosen:
         pick, why = chosen, "chosen by torchship auto: the fastest within its accuracy budget"
     else:
-        pick, why = artifact.best_variant(), "the most optimized validated variant of the folder"
+        pick, why = default_variant(artifact)
     variant, record = _pick(artifact, pick)
     wanted = ("onnxruntime",) if sopts.runtime == "python" else NATIVE[sopts.runtime]
     if record.runtime not in wanted or (sopts.runtime == "python" and record.device != "cpu"):
