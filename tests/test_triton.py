@@ -165,3 +165,22 @@ def test_task_models_are_written_as_one_python_model(tmp_path, exported):
         assert not (tmp_path / "ens").exists()
     r = CliRunner().invoke(main, ["triton", str(ner), "--output", str(tmp_path / "repo"), "--task", "embedding"])
     assert r.exit_code == EXIT_BAD_INPUT and "can be: entities, tensors" in r.output
+
+
+def test_the_measured_dispatch_table_picks_the_served_variant(tmp_path, model_dirs):
+    """A folder optimize measured: Triton serves one file, the variant that won the most measured shapes."""
+    import json
+
+    from torchship.artifact import Artifact, most_wins
+    from torchship.exporters.export import export
+    from torchship.optimizers import optimize
+
+    out = tmp_path / "onnx"
+    export(str(model_dirs("bert")), out)
+    optimize(out)  # measures which variant runs which shape
+    table = Artifact.open(out).manifest.dispatch
+    assert table and table["ranges"]
+    r = CliRunner().invoke(main, ["triton", str(out), "--output", str(tmp_path / "repo"), "--name", "b"])
+    assert r.exit_code == 0, r.output
+    marker = json.loads((tmp_path / "repo" / "b" / "torchship-model.json").read_text())
+    assert marker["folder_variant"] == most_wins(table) and "measured fastest at the most shapes" in marker["why"]
