@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from torchship.benchmarks.timing import cpu_name
 
 # A row whose p90 is this many times its p10 was measured on a busy or drifting machine: say so.
 UNSTABLE_SPREAD = 1.5
@@ -82,7 +83,7 @@ class Environment:
 
     @classmethod
     def collect(cls, *, threads: int, spin: bool, versions: dict) -> "Environment":
-        return cls(cpu=_cpu_name(), logical_cpus=os.cpu_count() or 0, threads=threads,
+        return cls(cpu=cpu_name(), logical_cpus=os.cpu_count() or 0, threads=threads,
                    ort_spinning=spin, versions=versions, gpu=_gpu_name())
 
 
@@ -152,15 +153,6 @@ class BenchReport:
                 "baseline": self.baseline, "budgets": self.budgets, "measurements": rows}
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _gpu_name() -> str | None:

@@ -7,6 +7,7 @@ the previous backend go idle before the next one starts.
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -52,3 +53,15 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], plan: TimingPlan,
             finished = sum(done(n) for n in fns)
             on_block(finished, len(fns))
     return times
+
+
+def cpu_name() -> str:
+    """The processor's model name, as /proc/cpuinfo says it (what every timing report names its machine by)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

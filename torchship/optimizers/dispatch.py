@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass
 from itertools import product
@@ -24,6 +23,7 @@ import numpy as np
 
 from torchship import _progress
 from torchship._ort import make_session
+from torchship.benchmarks.timing import cpu_name
 from torchship.artifact import Artifact
 from torchship.errors import InputError
 from torchship.variants import TABLE
@@ -219,7 +219,7 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
                                               zip(sorted({s for _, s in grid}), sequences))]
     return {
         "version": TABLE_VERSION,
-        "machine": {"cpu": _cpu_name(), "threads": threads, "spin": False},
+        "machine": {"cpu": cpu_name(), "threads": threads, "spin": False},
         "plan": {"min_rounds": plan.min_rounds, "max_rounds": plan.max_rounds, "seconds_per_shape": plan.seconds,
                  "sample_s": plan.sample_s, "margin": plan.margin},
         "grid": "shape config" if m.resolved_shapes() is not None else "default",
@@ -236,14 +236,3 @@ def _available_bytes() -> int:
     import psutil
 
     return int(psutil.virtual_memory().available)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
