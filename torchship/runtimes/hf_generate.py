@@ -24,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from torchship.errors import InputError
 from torchship.exporters.decoders import past_names, present_names
 from torchship.exporters.spec import family_of, require_family, saved_config
+from torchship.runtimes.generate import cache_heads
 
 # generate() options that need what an exported graph does not give: attentions and hidden states, a cache
 # torchship does not hold, a second model. Each is refused with one line instead of failing mid-generation.
@@ -108,13 +109,8 @@ def _host(tensor, dtype) -> np.ndarray:
 def cache_layout(artifact) -> dict:
     """The past/present names and the cache's KV heads and head size, as the exported graph declares them."""
     layers = artifact.manifest.num_layers
-    past = past_names(layers)
-    shapes = {t.name: t.axes for t in artifact.manifest.io().inputs}
-    axes = shapes.get(past[0])
-    if axes is None or not isinstance(axes[1], int) or not isinstance(axes[3], int):
-        raise InputError(f"{artifact.folder} has no KV-cache input {past[0]!r} of fixed heads and head size; "
-                         "export the decoder again with torchship")
-    return {"past": past, "present": present_names(layers), "kv_heads": axes[1], "head_dim": axes[3]}
+    kv_heads, head_dim = cache_heads(artifact.manifest.io(), layers)
+    return {"past": past_names(layers), "present": present_names(layers), "kv_heads": kv_heads, "head_dim": head_dim}
 
 
 def causal_lm(folder, backend: str = "auto", options=None):
