@@ -97,9 +97,9 @@ def test_static_int8_calibrates_on_text_and_leaves_attention_matmuls_in_fp32(ber
     assert counts.get("QuantizeLinear", 0) > 0 and counts.get("DequantizeLinear", 0) > 0
     import onnx
 
-    from torchship.optimizers.quantize import _activation_matmuls
+    from torchship.optimizers.int8_candidates import activation_matmuls
 
-    activation_matmuls = set(_activation_matmuls(bert_copy / "model.onnx"))
+    activation_matmuls = set(activation_matmuls(bert_copy / "model.onnx"))
     assert activation_matmuls  # attention scores and context
     graph = onnx.load(str(bert_copy / FILE)).graph
     dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
