@@ -47,8 +47,9 @@ levels = click.option("--levels", default=",".join(GRAPH_LEVELS), show_default=T
 no_fusion = click.option("--no-fusion", is_flag=True, help="Skip the transformer fusion optimizer.")
 threads = click.option("--threads", type=click.IntRange(min=1), default=None,
                        help="Threads for every backend (torch and ORT alike); default: all CPUs.")
-backends = click.option("--backends", default="torch,ort,ort-optimized", show_default=True,
-                        help=f"Comma-separated: {choices_help()}.")
+backends = click.option("--backends", default=None,
+                        help=f"Comma-separated: {choices_help()}. Default: torch,ort,ort-optimized; for decoders "
+                             "torch, ort, ort-optimized when made, and every weight-only variant in the folder.")
 batch_sizes = click.option("--batch-sizes", default=None,
                            help="Comma-separated batch sizes; default: the shape config's use shape, else 1,8 "
                                 "for encoders and 1 for UNets and decoders.")
@@ -75,9 +76,20 @@ reference_model = click.option("--reference-model", default=None, metavar="ID_OR
                                help="Checkpoint for the PyTorch backends; default: the export's source.")
 report_dir = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
                           help="Folder for the report; default: DIR/bench.")
-prompt_length = click.option("--prompt-length", type=click.IntRange(min=1), default=None,
-                             help="Decoders: prompt tokens for the prefill, and the past length of the decode step "
-                                  "(default: the shape config's use sequence, else 128).")
+prompt_length = click.option("--prompt-length", "--prompt-lengths", "prompt_length", default=None,
+                             help="Decoders: comma-separated prompt lengths to time the prefill at (default: the "
+                                  "shape config's use sequence, else 32,128 within the model's positions); alone, "
+                                  "also the past lengths of the decode steps.")
+past_length = click.option("--past-length", "--past-lengths", "past_length", default=None,
+                           help="Decoders: comma-separated cached lengths to time one decode step after (default: "
+                                "--prompt-length's, else 32,128, at most the model's positions minus one).")
+genai = click.option("--genai/--no-genai", default=True, show_default=True,
+                     help="Decoders: add the same checkpoint built by onnxruntime-genai's model builder (when "
+                          "installed: torchship[genai]) at each benched precision, built once into DIR/genai/; its "
+                          "graph is timed per step in a plain ONNX Runtime session, not genai's generation loop.")
+peak_memory = click.option("--peak-memory/--no-peak-memory", default=True, show_default=True,
+                           help="Decoders: measure each row's peak memory alone in a fresh process (resident memory "
+                                "its model adds at the largest prefill and decode step; Linux).")
 budget = click.option("--budget", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.99, show_default=True,
                       help="Accuracy floor against the fp32 model: mean sentence-embedding cosine (embedding "
                            "models), label agreement (classifiers) or output cosine (other models).")

@@ -50,19 +50,61 @@ def _unstable_note(report: BenchReport) -> str:
 
 
 def decoder_table(report: BenchReport) -> str:
-    base = report.baseline
+    """Decoders: a row per backend, phase, batch and length; its file and peak memory beside it."""
+    base = "eager" if report.baseline == "torch" else report.baseline
     lines = [
-        f"| backend | phase | batch | new tokens | past | p50 ms | p90 ms | tokens/s | speedup vs {base} | logits max abs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| backend | phase | batch | new tokens | past | p50 ms | p90 ms | tokens/s | vs {base} | file MB | peak MB "
+        "| logits max abs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in report.measurements:
         sp = report.speedup(m)
-        tokens_per_s = m.batch * m.sequence * 1000.0 / m.p50_ms
         acc = m.accuracy
+        size = report.file_bytes.get(m.backend)
+        peak = (report.peak_memory.get(m.backend) or {}).get("peak_mb")
         lines.append(
             f"| {m.backend} | {m.phase} | {m.batch} | {m.sequence} | {m.past} | {m.p50_ms:.2f} | {m.p90_ms:.2f} | "
-            f"{tokens_per_s:.1f} | {'-' if sp is None else f'{sp:.2f}x'} | {'-' if acc is None else f'{acc.max_abs:.2e}'} |")
+            f"{m.tokens_per_s:.1f} | {'-' if sp is None else f'{sp:.2f}x'} | "
+            f"{'-' if size is None else f'{size / 1e6:.1f}'} | {'-' if peak is None else f'{peak:.0f}'} | "
+            f"{'-' if acc is None else f'{acc.max_abs:.2e}'} |")
     return "\n".join(lines) + _unstable_note(report)
+
+
+def judged_lines(report: BenchReport) -> list[str]:
+    """Weight-only variants: their accuracy against the fp32 export, judged when they were made."""
+    if not report.judged:
+        return []
+    lines = ["Weight-only variants, judged against the fp32 export when they were made: next-token logit cosine "
+             "along a fixed greedy decode, and each quantized MatMul's relative weight error (at 4 bits a model "
+             "with random weights gives meaningless end-to-end logits, so its weight error is what it is judged by):",
+             "", "| backend | steps | logit cosine mean | min | top-1 agreement | worst weight error | mean weight "
+             "error | quantized MatMuls | |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    for name, j in report.judged.items():
+        lines.append(f"| {name} | {j.get('steps', '-')} | {num(j.get('logit_cosine_mean'), '.4f')} | "
+                     f"{num(j.get('logit_cosine_min'), '.4f')} | {num(j.get('top1_agreement'), '.2%')} | "
+                     f"{num(j.get('max_weight_error'), '.4f')} | {num(j.get('mean_weight_error'), '.4f')} | "
+                     f"{j.get('quantized_matmuls', '-')} | {'pass' if j.get('passed') else 'FAIL'} |")
+    return lines + [""]
+
+
+def decoder_notes(report: BenchReport) -> list[str]:
+    """What the decoder rows are (genai, peak memory) and what was left out, and why."""
+    out = []
+    genai = report.settings.get("genai")
+    if genai:
+        out.append(f"{genai['what']} (onnxruntime-genai {genai['version']}). Built with:")
+        out += [f"- {name}: `{b['command']}`" for name, b in genai["builds"].items()]
+        out.append("")
+    if report.settings.get("peak_memory"):
+        out += [f"Peak MB is the {report.settings['peak_memory']}. File MB is what the row loads from disk (for "
+                "eager PyTorch, the checkpoint's weight files).", ""]
+    if report.notes:
+        out += ["Left out:", *(f"- {n}" for n in report.notes), ""]
+    return out
 
 
 def step_table(report: BenchReport) -> str:
@@ -95,17 +137,20 @@ def markdown(report: BenchReport) -> str:
         "",
         markdown_table(report),
         "",
+        *judged_lines(report),
         *budget_lines(report),
+        *decoder_notes(report),
     ])
 
 
 def budget_lines(report: BenchReport) -> list[str]:
     """Lower-precision variants: their accuracy against the fp32 model, each against its budget."""
-    if not report.budgets:
+    budgets = {k: v for k, v in report.budgets.items() if k not in report.judged}  # judged_lines shows those
+    if not budgets:
         return []
     lines = ["Accuracy of the lower-precision variants against the fp32 model, measured when they were made:", "",
              "| backend | metric | mean | worst | budget | |", "|---|---|---:|---:|---:|---|"]
-    for backend, b in report.budgets.items():
+    for backend, b in budgets.items():
         # A weight-only int4 variant may have no floor on this metric (it is judged by its weight error).
         floor = f">= {b['budget']:g}" if b.get("budget") is not None else "none"
         ok = b.get("passed", b["budget"] is None or b["mean"] >= b["budget"])

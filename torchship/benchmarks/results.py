@@ -54,6 +54,12 @@ class Measurement:
         return self.batch * 1000.0 / self.p50_ms
 
     @property
+    def tokens_per_s(self) -> float:
+        """New tokens per second at the median latency: a prefill's prompt tokens, a decode step's one token,
+        times the batch."""
+        return self.batch * self.sequence * 1000.0 / self.p50_ms
+
+    @property
     def spread(self) -> float | None:
         """p90 over p10: near 1 on a quiet machine."""
         return self.p90_ms / self.p10_ms if self.p10_ms else None
@@ -96,6 +102,12 @@ class BenchReport:
     measurements: tuple[Measurement, ...] = field(default_factory=tuple)
     baseline: str = "torch"
     budgets: dict = field(default_factory=dict)  # backend -> accuracy against fp32 when made, and its budget
+    # Decoders: per row, bytes on disk of what it loads, its peak memory (benchmarks/memory.py) and, for a
+    # weight-only variant, its accuracy judged when it was made; notes say what was left out and why.
+    file_bytes: dict = field(default_factory=dict)
+    peak_memory: dict = field(default_factory=dict)
+    judged: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def find(self, backend: str, batch: int, sequence: int, phase: str | None = None) -> Measurement | None:
         """The first measurement of ``backend`` at this batch and sequence (and phase, if given)."""
@@ -137,22 +149,25 @@ class BenchReport:
             rows.append(Measurement(**{**{k: v for k, v in row.items() if k in fields},
                                        "accuracy": Accuracy(**acc) if acc else None}))
         return cls(data["model"], data["variant_files"], Environment(**data["environment"]), data["settings"],
-                   tuple(rows), data.get("baseline", "torch"), data.get("budgets", {}))
+                   tuple(rows), data.get("baseline", "torch"), data.get("budgets", {}), data.get("file_bytes", {}),
+                   data.get("peak_memory", {}), data.get("judged", {}), tuple(data.get("notes", ())))
 
     def to_json(self) -> dict:
         rows = []
         for m in self.measurements:
             row = asdict(m)
             row["throughput_samples_per_s"] = m.throughput
+            if m.phase in ("prefill", "decode"):
+                row["tokens_per_s"] = m.tokens_per_s
             row["p90_over_p10"] = m.spread
             row["unstable"] = m.unstable
             row["speedup_vs_" + self.baseline] = self.speedup(m)
             rows.append(row)
         return {"model": self.model, "variant_files": self.variant_files,
                 "environment": asdict(self.environment), "settings": self.settings,
-                "baseline": self.baseline, "budgets": self.budgets, "measurements": rows}
-
-
+                "baseline": self.baseline, "budgets": self.budgets, "file_bytes": self.file_bytes,
+                "peak_memory": self.peak_memory, "judged": self.judged, "notes": list(self.notes),
+                "measurements": rows}
 
 
 def _gpu_name() -> str | None:

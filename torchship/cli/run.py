@@ -21,7 +21,7 @@ def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_s
 
     plan = replace(TimingPlan(), min_seconds=min_seconds, warmup=warmup, min_iterations=min_iterations,
                    block=min(TimingPlan().block, min_iterations))
-    return BenchOptions(backends=parse_backends(backends),
+    return BenchOptions(backends=parse_backends(backends or "torch,ort,ort-optimized"),
                         threads=default_threads() if threads is None else threads,
                         spin=ort_spin, plan=plan, reference_model=reference_model)
 
@@ -29,7 +29,8 @@ def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_s
 @main.command("bench", epilog=examples(
     'torchship bench onnx/bert --batch-sizes 1,8 --seq-lens 16,128',
     'torchship bench onnx/bert --backends torch,ort-optimized,ort-int8,openvino --batch-sizes 1 --seq-lens 128',
-    'torchship bench onnx/gpt2 --prompt-length 32'))
+    'torchship bench onnx/gpt2 --prompt-length 32',
+    'torchship bench onnx/gpt2 --prompt-length 16,64 --past-length 16,64 --no-peak-memory'))
 @click.argument("folder", type=click.Path())
 @o.backends
 @o.batch_sizes
@@ -43,13 +44,19 @@ def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_s
 @o.reference_model
 @o.report_dir
 @o.prompt_length
+@o.past_length
+@o.genai
+@o.peak_memory
 @friendly_errors
-def bench_cmd(folder, report_dir, prompt_length, batch_sizes, seq_lens, shape_config, **flags):
+def bench_cmd(folder, report_dir, prompt_length, past_length, genai, peak_memory, batch_sizes, seq_lens,
+              shape_config, **flags):
     """Benchmark eager PyTorch against ONNX Runtime variants of FOLDER; writes JSON, Markdown and PNG.
 
     Encoders: latency per batch size and sequence length. UNets: one denoising step at the shape
-    config's use shape (or the model's native latent size, 77 tokens). Decoders: prompt (prefill)
-    latency at --prompt-length, and one decode step with that much past, per batch size.
+    config's use shape (or the model's native latent size, 77 tokens). Decoders: prefill latency at each
+    --prompt-length and one decode step after each --past-length, per batch size, with tokens/s, file
+    size and peak memory per row; by default eager PyTorch with its cache, the fp32 exports, every
+    weight-only variant, and onnxruntime-genai's build of the checkpoint at the same precisions.
     """
     from dataclasses import replace
 
@@ -57,7 +64,7 @@ def bench_cmd(folder, report_dir, prompt_length, batch_sizes, seq_lens, shape_co
     from torchship.benchmarks.report import budget_lines, markdown_table, write_report
     from torchship.benchmarks.run import bench_sizes, run_benchmark
     from torchship.exporters.inputs import parse_shape_list
-    from torchship.exporters.spec import BATCH, DECODE, SEQUENCE, family_of, saved_config
+    from torchship.exporters.spec import BATCH, DECODE, PAST_SEQUENCE, SEQUENCE, family_of, saved_config
 
     from torchship._fs import check_output_dir
     from torchship.benchmarks.report import RESULTS_NAME
@@ -69,24 +76,33 @@ def bench_cmd(folder, report_dir, prompt_length, batch_sizes, seq_lens, shape_co
     spec = family_of(artifact.manifest)
     report_dir = Path(report_dir) if report_dir else Path(folder) / "bench"
     check_output_dir(report_dir, marker=RESULTS_NAME)  # before minutes of measuring, not after
-    if prompt_length is not None and DECODE not in spec.phases:
-        raise InputError(f"--prompt-length is for decoders; {artifact.folder} holds {spec.group.one}: use "
-                         "--seq-lens")
+    for flag, given in (("--prompt-length", prompt_length), ("--past-length", past_length)):
+        if given is not None and DECODE not in spec.phases:
+            raise InputError(f"{flag} is for decoders; {artifact.folder} holds {spec.group.one}: use --seq-lens")
     resolved = _bench_shapes(artifact, shape_config)  # a config given here replaces the one kept at export
     device = resolved.device if resolved is not None else "cpu"
     sizes = bench_sizes(spec, saved_config(artifact), resolved, batch_sizes=batches, seq_lens=seqs)
     if DECODE in spec.phases:
         from torchship.benchmarks.decoder import DecoderBenchOptions, run_decoder_benchmark
+        from torchship.benchmarks.report import decoder_notes, judged_lines
 
-        prompt = prompt_length or sizes[0][SEQUENCE]
+        prompts = parse_shape_list(prompt_length, what="--prompt-length") if prompt_length else None
+        pasts = parse_shape_list(past_length, what="--past-length") if past_length else None
+        if resolved is not None and prompts is None:  # the shape config's use shape, as before
+            use = resolved.sizes("use")
+            prompts = (use[SEQUENCE],)
+            pasts = pasts or ((use[PAST_SEQUENCE],) if use.get(PAST_SEQUENCE) else prompts)
         report = run_decoder_benchmark(folder, DecoderBenchOptions(
-            backends=opts.backends, batch_sizes=tuple(dict.fromkeys(sz[BATCH] for sz in sizes)), prompt=prompt,
-            threads=opts.threads, spin=opts.spin, plan=opts.plan, reference_model=opts.reference_model),
-            progress=PROGRESS)
+            backends=opts.backends if flags["backends"] else None,
+            batch_sizes=tuple(dict.fromkeys(sz[BATCH] for sz in sizes)), prompt_lengths=prompts,
+            past_lengths=pasts or prompts, threads=opts.threads, spin=opts.spin, plan=opts.plan,
+            reference_model=opts.reference_model, genai=genai, peak_memory=peak_memory), progress=PROGRESS)
+        extra = judged_lines(report) + decoder_notes(report)
     else:
         report = run_benchmark(folder, replace(opts, sizes=sizes, device=device), progress=PROGRESS)
+        extra = []
     click.echo(markdown_table(report))  # first: a report that cannot be written does not lose the numbers
-    for line in budget_lines(report):
+    for line in [*extra, *budget_lines(report)]:
         click.echo(line)
     paths = write_report(report, report_dir)
     click.echo(f"\nreport: {paths['markdown']} (JSON {paths['json'].name}, chart {paths['png'].name})")
