@@ -52,6 +52,8 @@ def test_dynamic_candidates_are_measured_and_the_fastest_within_budget_is_kept(b
         else:
             assert c["p50_ms"] is None
         assert c["disabled_optimizers"] == (["SkipLayerNormFusion"] if c["source"] == "optimized-ln" else [])
+        assert c["verdict"] == ("kept: the fastest within budget" if c["name"] == q["chosen"] else
+                                "slower than the kept one" if c["passed"] else "below budget")
     passing = [c for c in q["candidates"] if c["passed"]]
     chosen = min(passing, key=lambda c: c["p50_ms"])
     assert q["chosen"] == chosen["name"]
@@ -75,11 +77,13 @@ def test_dynamic_candidates_are_measured_and_the_fastest_within_budget_is_kept(b
 
 def test_a_budget_no_candidate_meets_keeps_nothing_and_reports_every_candidate(bert_copy):
     with pytest.raises(ValidationError, match="no int8 candidate met the budget"):
-        quantize(bert_copy, QuantizeOptions(budget=1.0, per_channel=(True,), sources=("model",), timing=QUICK))
+        quantize(bert_copy, QuantizeOptions(budget=1.0, per_channel=(True,), sources=("model",), fallback="off",
+                                            timing=QUICK))
     m = Artifact.open(bert_copy).manifest
     assert "int8" not in m.variants and "closest" in m.skipped["int8"]
     assert not (bert_copy / FILE).exists()
     assert m.quantization["chosen"] is None and len(m.quantization["candidates"]) == 2
+    assert m.quantization["fallback"] is None
     assert not [p for p in bert_copy.iterdir() if p.name.startswith(".int8.")]  # scratch removed
 
 
@@ -88,11 +92,13 @@ def test_static_int8_calibrates_on_text_and_leaves_attention_matmuls_in_fp32(ber
     calib.write_text("\n".join(["a short one", "the weather is nice today in the park", "hello there",
                                 "static quantization needs calibration text"]) + "\n")
     art = quantize(bert_copy, QuantizeOptions(methods=("static",), calibration=str(calib), per_channel=(True,),
-                                              budget=0.5, timing=QUICK))
+                                              activation_types=("uint8",), quant_formats=("qdq",), budget=0.5,
+                                              timing=QUICK))
     q = art.manifest.quantization
     assert [c["method"] for c in q["candidates"]] == ["static"] and q["chosen"] == q["candidates"][0]["name"]
     v = art.manifest.variants["int8"]
     assert v.options["calibration"] == "calib.txt" and v.options["calibration_method"] == "minmax"
+    assert v.options["activation_type"] == "uint8" and v.options["quant_format"] == "qdq"
     counts = v.fusion["counts"]
     assert counts.get("QuantizeLinear", 0) > 0 and counts.get("DequantizeLinear", 0) > 0
     import onnx
@@ -147,8 +153,10 @@ def test_cli_prints_the_candidates_and_one_line_errors(bert_copy):
     assert "| candidate |" in r.output and "kept dynamic/optimized/MatMul+Attention/per-channel" in r.output
     r = CliRunner().invoke(main, ["quantize", str(bert_copy), "--method", "static"])
     assert r.exit_code == 2 and "--calibration" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["quantize", str(bert_copy), "--quant-format", "qoperator"])
+    assert r.exit_code == 2 and "--quant-format is for static int8" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["quantize", str(bert_copy), "--budget", "1", "--from", "model",
-                                  "--per-channel", "yes", "--op-types", "MatMul"])
+                                  "--per-channel", "yes", "--op-types", "MatMul", "--fallback", "off"])
     assert r.exit_code == 3 and "no int8 candidate met the budget" in r.output
     assert "Traceback" not in r.output
 

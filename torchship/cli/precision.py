@@ -100,13 +100,24 @@ def _choices(value: str) -> tuple[bool, ...]:
                                                "default: ONNX Runtime's for the method.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Leave nodes whose names match PATTERN (fnmatch, e.g. '*layer.5*') in fp32; repeatable.")
+@click.option("--activation-type", type=click.Choice(["both", "uint8", "int8"]), default="both", show_default=True,
+              help="Static int8: unsigned (QUInt8) or signed (QInt8) activations; 'both' tries each.")
+@click.option("--quant-format", type=click.Choice(["both", "qdq", "qoperator"]), default="both", show_default=True,
+              help="Static int8: QuantizeLinear/DequantizeLinear pairs (what TensorRT reads) or QLinear* operators; "
+                   "'both' tries each.")
+@click.option("--fallback", type=click.Choice(["auto", "always", "off"]), default="auto", show_default=True,
+              help="Leave the MatMuls int8 hurts most in fp32 (ranked by a one-pass sensitivity estimate, each try "
+                   "judged by the accuracy probe): auto when no candidate meets the budget; always also for "
+                   "candidates below budget that time faster than the fastest within it.")
+@click.option("--max-fp32", type=click.IntRange(0), default=8, show_default=True,
+              help="The most MatMuls the fallback leaves in fp32 (it tries 1, 2, 4, ... up to this).")
 @o.budget
 @o.eval_texts
 @o.threads
 @friendly_errors
 def quantize_cmd(folder, int8, method, bits, block_size, accuracy_level, quantize_embedding, head, max_weight_error,
-                 calibration, calibration_method, per_channel, reduce_range, sources, op_types, exclude, budget,
-                 eval_texts, threads):
+                 calibration, calibration_method, per_channel, reduce_range, sources, op_types, exclude,
+                 activation_type, quant_format, fallback, max_fp32, budget, eval_texts, threads):
     """Make an int8 variant of FOLDER: try several quantizations, keep the fastest within the accuracy budget.
     With --method weight-only (decoders), an int4 or int8 weight-only variant instead."""
     weight_flags = {"--bits": bits, "--block-size": block_size, "--accuracy-level": accuracy_level,
@@ -129,11 +140,17 @@ def quantize_cmd(folder, int8, method, bits, block_size, accuracy_level, quantiz
                          "--method both")
     methods = {"auto": ("dynamic", "static") if calibration else ("dynamic",), "dynamic": ("dynamic",),
                "static": ("static",), "both": ("dynamic", "static")}[method]
+    static_only = [f for f, v in (("--activation-type", activation_type), ("--quant-format", quant_format)) if v != "both"]
+    if static_only and "static" not in methods:
+        raise InputError(f"{static_only[0]} is for static int8; add --calibration FILE, or drop {static_only[0]}")
     opts = QuantizeOptions(
         methods=methods, per_channel=_choices(per_channel),
         reduce_range=_choices(reduce_range),
         sources=split(sources), op_types=split(op_types), exclude=tuple(exclude), calibration=calibration,
-        calibration_method=calibration_method, eval_texts=eval_texts, budget=budget, threads=threads)
+        calibration_method=calibration_method, eval_texts=eval_texts, budget=budget, threads=threads,
+        activation_types=("uint8", "int8") if activation_type == "both" else (activation_type,),
+        quant_formats=("qdq", "qoperator") if quant_format == "both" else (quant_format,),
+        fallback=fallback, max_fp32=max_fp32)
     try:
         artifact = quantize(folder, opts, progress=PROGRESS)
     finally:
@@ -175,6 +192,10 @@ def _print_candidates(folder) -> None:
         low = f"{acc['min']:.4f}" if acc else "-"
         p50 = f"{c['p50_ms']:.2f}" if c.get("p50_ms") else "-"
         ratio = f"{c['speedup_vs_fp32']:.2f}x" if c.get("speedup_vs_fp32") else "-"
-        kept = ("yes" if c["name"] == q["chosen"] else c["error"] if c["error"]
-                else "no: slower" if c["passed"] else "no: below budget")
+        kept = c.get("verdict") or ("yes" if c["name"] == q["chosen"] else c["error"] if c["error"]
+                                    else "no: slower" if c["passed"] else "no: below budget")
         click.echo(f"| {c['name']} | {mean} | {low} | {p50} | {ratio} | {kept} |")
+    for t in (q.get("fallback") or {}).get("targets", []):
+        top = ", ".join(f"{r['node']} ({r['error']:.3f})" for r in t["ranking"][:3])
+        click.echo(f"fp32 fallback of {t['candidate']}: most sensitive {top}; "
+                   + (f"rescued by {t['rescued_by']}" if t["rescued_by"] else f"not rescued ({len(t['tried'])} tries)"))

@@ -3,7 +3,10 @@
 A candidate is one setting of ONNX Runtime's quantizer: the method (dynamic, or static with calibrated
 activations), the graph it starts from (the export, the transformer-fused model, or the fused model with
 residual Add + LayerNorm left unfused), the op types quantized, per-channel or per-tensor weights, 7-bit
-(reduced) weight range, and the nodes left in fp32. ``quantize`` builds each, judges it, times it.
+(reduced) weight range, and the nodes left in fp32; static ones also choose signed or unsigned activations
+and the format (QuantizeLinear/DequantizeLinear pairs that ORT fuses at load, or QLinear* operators written
+out). ``quantize`` builds each, judges it, times it; ``int8_fallback`` derives candidates that leave the most
+sensitive MatMuls of one in fp32.
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ METHODS = ("dynamic", "static")
 # the pair on MiniLM); built by quantize itself from the export.
 SOURCES = ("model", "optimized", "optimized-ln")
 NO_SKIP_LN = ("SkipLayerNormFusion",)
+STATIC_OPS = ("MatMul", "Gemm")  # what static int8 quantizes unless --op-types says otherwise
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
-
+ACTIVATION_TYPES = ("uint8", "int8")  # static: QUInt8 or QInt8 activations (weights are always QInt8)
+QUANT_FORMATS = ("qdq", "qoperator")  # static: QDQ pairs, or QLinearMatMul & co.
+# fp32 fallback of the most sensitive MatMuls: "auto" when no candidate meets the budget; "always" also for
+# candidates below budget that timed faster than the fastest within it; "off" never.
+FALLBACKS = ("auto", "always", "off")
 
 @dataclass(frozen=True)
 class QuantizeOptions:
@@ -41,6 +48,11 @@ class QuantizeOptions:
     exclude: tuple[str, ...] = ()  # node-name patterns (fnmatch) left in fp32
     calibration: str | None = None  # text file (one text per line) or .npz of input arrays
     calibration_method: str = "minmax"
+    activation_types: tuple[str, ...] = ACTIVATION_TYPES  # static only; each value is tried
+    quant_formats: tuple[str, ...] = QUANT_FORMATS  # static only; each value is tried
+    fallback: str = "auto"
+    max_fp32: int = 8  # the most MatMuls a fallback leaves in fp32; it tries 1, 2, 4, ... up to this
+    fallback_candidates: int = 2  # how many candidates below budget the fallback tries to rescue
     eval_texts: str | None = None  # None: torchship/data/sentences.txt
     budget: float = 0.99  # floor on the mean of the accuracy metric
     threads: int | None = None
@@ -64,6 +76,16 @@ class QuantizeOptions:
         for s in self.sources or ():
             if s not in SOURCES:
                 raise InputError(f"unknown source variant {s!r}; quantize from {', '.join(SOURCES)}")
+        for values, allowed, what in ((self.activation_types, ACTIVATION_TYPES, "activation type"),
+                                      (self.quant_formats, QUANT_FORMATS, "quantization format"),
+                                      ((self.fallback,), FALLBACKS, "fp32 fallback")):
+            if not values:
+                raise InputError(f"give at least one {what} to try; use {', '.join(allowed)}")
+            for v in values:
+                if v not in allowed:
+                    raise InputError(f"unknown {what} {v!r}; use {', '.join(allowed)}")
+        if self.max_fp32 < 0 or self.fallback_candidates < 0:
+            raise InputError("the fp32 fallback's limits must be 0 or more")
         return self
 
 
@@ -74,7 +96,10 @@ class Candidate:
     per_channel: bool
     reduce_range: bool
     op_types: tuple[str, ...] | None
-    exclude: tuple[str, ...]
+    exclude: tuple[str, ...]  # the user's --exclude, resolved to node names
+    activation_type: str | None = None  # static: "uint8" or "int8"
+    quant_format: str | None = None  # static: "qdq" or "qoperator"
+    fp32_nodes: tuple[str, ...] = ()  # left in fp32 by the fallback, most sensitive first
 
     @property
     def name(self) -> str:
@@ -82,6 +107,10 @@ class Candidate:
         parts = [self.method, self.source, ops, "per-channel" if self.per_channel else "per-tensor"]
         if self.reduce_range:
             parts.append("reduce-range")
+        if self.method == "static":
+            parts += [f"{'s8' if self.activation_type == 'int8' else 'u8'}-act", self.quant_format]
+        if self.fp32_nodes:
+            parts.append(f"fp32x{len(self.fp32_nodes)}")
         return "/".join(parts)
 
     @property
@@ -91,7 +120,9 @@ class Candidate:
     def to_json(self) -> dict:
         return {"name": self.name, "method": self.method, "source": self.source, "per_channel": self.per_channel,
                 "reduce_range": self.reduce_range, "op_types": list(self.op_types) if self.op_types else "default",
-                "exclude": list(self.exclude), "disabled_optimizers": list(self.disabled_optimizers)}
+                "exclude": list(self.exclude), "disabled_optimizers": list(self.disabled_optimizers),
+                "activation_type": self.activation_type, "quant_format": self.quant_format,
+                "fp32_fallback": list(self.fp32_nodes)}
 
 
 def candidates(options: QuantizeOptions, available: dict[str, Path], exclude_nodes: dict[str, tuple[str, ...]]):
@@ -102,10 +133,13 @@ def candidates(options: QuantizeOptions, available: dict[str, Path], exclude_nod
                 continue
             if method == "static" and source != "model":
                 continue  # static calibration needs the plain graph: ORT cannot type the fused contrib ops
+            static = [(a, f) for f in options.quant_formats for a in options.activation_types] \
+                if method == "static" else [(None, None)]
             for ops in _op_sets(options, method):
                 for pc in options.per_channel:
                     for rr in options.reduce_range:
-                        out.append(Candidate(method, source, pc, rr, ops, exclude_nodes[source]))
+                        out += [Candidate(method, source, pc, rr, ops, exclude_nodes[source], act, fmt)
+                                for act, fmt in static]
     return out
 
 
@@ -181,7 +215,8 @@ def build(c: Candidate, src: Path, dst: Path, *, calibration: list[dict] | None,
 
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=c.per_channel,
                          reduce_range=c.reduce_range, op_types_to_quantize=list(c.op_types) if c.op_types else None,
-                         nodes_to_exclude=list(c.exclude), use_external_data_format=external, extra_options=extra)
+                         nodes_to_exclude=list(dict.fromkeys([*c.exclude, *c.fp32_nodes])),
+                         use_external_data_format=external, extra_options=extra)
         return
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           quantize_static)
@@ -199,11 +234,20 @@ def build(c: Candidate, src: Path, dst: Path, *, calibration: list[dict] | None,
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, save_as_external_data=external)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calibration_method]
-    quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+    # The ranges are calibrated once per source and method, and read back by every other static candidate.
+    cache = calibration_cache(scratch, src, calibration_method)
+    quantize_static(pre, dst, Reader(), calibration_cache_path=cache,
+                    quant_format=QuantFormat.QOperator if c.quant_format == "qoperator" else QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8 if c.activation_type == "int8" else QuantType.QUInt8,
                     weight_type=QuantType.QInt8, per_channel=c.per_channel, reduce_range=c.reduce_range,
-                    op_types_to_quantize=list(c.op_types) if c.op_types else ["MatMul", "Gemm"],
-                    nodes_to_exclude=list(dict.fromkeys([*c.exclude, *activation_matmuls(pre)])),
+                    op_types_to_quantize=list(c.op_types) if c.op_types else list(STATIC_OPS),
+                    nodes_to_exclude=list(dict.fromkeys([*c.exclude, *c.fp32_nodes, *activation_matmuls(pre)])),
                     calibrate_method=method, use_external_data_format=external, extra_options=extra)
+
+
+def calibration_cache(scratch: Path, src: Path, calibration_method: str) -> Path:
+    """Where static int8 keeps the calibrated activation ranges of ``src`` (JSON, ORT's format)."""
+    return scratch / f"ranges_{src.stem}_{calibration_method}.json"
 
 
 def fused_without_skip_ln(artifact: Artifact, scratch: Path) -> Path:

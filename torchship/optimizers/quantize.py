@@ -6,14 +6,17 @@ depends on the model and the CPU. So ``quantize`` builds a small set of candidat
 - dynamic int8 (weights int8 ahead of time, activations quantized per run) from the export and from
   the transformer-fused model (where QAttention replaces Attention), per-channel and per-tensor
   weights, optionally with reduced (7-bit) range;
-- static int8 (QDQ, activations calibrated on the user's texts or arrays) when calibration data is
-  given. MatMuls between two activations (attention scores) stay in fp32 by default.
+- static int8 (activations calibrated on the user's texts or arrays) when calibration data is given,
+  with unsigned and signed activations, as QDQ pairs and as QLinear operators. MatMuls between two
+  activations (attention scores) stay in fp32.
 
 Each candidate is compared with the fp32 export on the accuracy probe (sentence cosine for
 embedding models, label agreement for classifiers), all are timed together at the use shape, and
-the fastest one within the budget is saved as ``model_int8.onnx``. Every candidate, kept or not,
-is recorded in the manifest with its numbers; if none meets the budget nothing is saved and the
-command fails, naming the best one.
+the fastest one within the budget is saved as ``model_int8.onnx``. When none meets the budget (or, with
+``fallback="always"``, when one below it timed faster than the fastest within it), the fp32 fallback
+(``int8_fallback.py``) rebuilds the closest ones with their most sensitive MatMuls left in fp32. Every
+candidate, kept or not, is recorded in the manifest with its numbers and the reason (``verdict``); if none
+meets the budget nothing is saved and the command fails, naming the best one.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from torchship.external_data import normalize, staged_model
 from torchship._ort import ort_runner
 from torchship.optimizers.accuracy import AccuracyProbe, AccuracyResult
 from torchship.optimizers.fusion import op_histogram
-from torchship.optimizers.int8_candidates import (SOURCES, Candidate, QuantizeOptions, build, calibration_feeds,
-                                                  candidates, fused_without_skip_ln, matching_nodes)
+from torchship.optimizers.int8_candidates import (SOURCES, Candidate, QuantizeOptions, build, calibration_cache,
+                                                  calibration_feeds, candidates, fused_without_skip_ln, matching_nodes)
 from torchship.validation import run_reference_cases
 from torchship.exporters.spec import family_of, saved_config
 
@@ -88,7 +91,6 @@ def _quantize(artifact: Artifact, options: QuantizeOptions, progress: _progress.
     started = time.perf_counter()
     folder = artifact.folder
     m = artifact.manifest
-    spec = family_of(m)
     src_fp32 = artifact.path_of("model")
     available = {s: artifact.path_of(s) for s in SOURCES if s in m.variants}
     for s in options.sources or ():
@@ -103,53 +105,134 @@ def _quantize(artifact: Artifact, options: QuantizeOptions, progress: _progress.
             else {s: () for s in available}
         progress.step(f"accuracy probe: {probe.metric} on {probe.source}")
         probe.set_reference(ort_runner(src_fp32, threads=options.threads))
-        outcomes = [Outcome(c) for c in candidates(options, available, exclude)]
-        for i, o in enumerate(outcomes, 1):
-            progress.step(f"[{i}/{len(outcomes)}] {o.candidate.name}")
-            dst = scratch / f"c{i}.onnx"
+        built = iter(range(1, 1_000_000))
+
+        def judge(c: Candidate, label: str = "fallback") -> Outcome:
+            o = Outcome(c)
+            progress.step(f"[{label}] {c.name}")
+            dst = scratch / f"c{next(built)}.onnx"
             start = time.perf_counter()
             try:
-                build(o.candidate, available[o.candidate.source], dst, calibration=calibration,
-                       calibration_method=options.calibration_method, scratch=scratch)
+                build(c, available[c.source], dst, calibration=calibration,
+                      calibration_method=options.calibration_method, scratch=scratch)
                 o.build_s = time.perf_counter() - start
                 o.accuracy = probe.measure(ort_runner(dst, threads=options.threads,
-                                                      disabled_optimizers=o.candidate.disabled_optimizers),
-                                           options.budget)
+                                                      disabled_optimizers=c.disabled_optimizers), options.budget)
                 o.path = dst
             except (ArtifactError, ValueError, RuntimeError, KeyError, IndexError, TypeError) as exc:
                 # The quantizer raises plain Python errors on graphs it cannot handle: record, go on.
                 o.error = f"{type(exc).__name__}: {first_line(exc, 200)}"
-                continue
+                return o
             progress.step(f"    {o.accuracy.describe()} {'ok' if o.accuracy.passed else 'BELOW BUDGET'}")
-        _time(artifact, spec, src_fp32, [o for o in outcomes if o.passed], options, progress)
-        return _keep_best(artifact, outcomes, options, probe, started)
+            return o
+
+        base = candidates(options, available, exclude)
+        outcomes = [judge(c, f"{i}/{len(base)}") for i, c in enumerate(base, 1)]
+        timer = _Timer(artifact, src_fp32, options, progress)
+        fallback = _fall_back(outcomes, options, available, probe, scratch, judge, timer, progress)
+        timer.time([o for o in outcomes if o.passed], "p50_ms")
+        return _keep_best(artifact, outcomes, options, probe, started, fallback)
 
 
-def _time(artifact: Artifact, spec, src_fp32: Path, built: list[Outcome], options: QuantizeOptions,
-          progress: _progress.Progress) -> None:
-    """Time the fp32 export and every built candidate together (interleaved) at the speed shape."""
-    if not built:
-        return
-    config = saved_config(artifact)
-    sizes = speed_sizes(spec, config, artifact.manifest.resolved_shapes())
-    case = spec.case_for(sizes, config)
-    feeds = spec.sample_inputs(config, artifact.manifest.io(), case, seed=7)
-    progress.step(f"timing the {len(built)} candidates within budget and the fp32 export at {case.label()}")
-    runners = {"fp32": ort_runner(src_fp32, threads=options.threads)}
-    runners.update({o.candidate.name: ort_runner(o.path, threads=options.threads,
-                                                 disabled_optimizers=o.candidate.disabled_optimizers) for o in built})
-    times = measure_interleaved({k: (lambda r=r: r(feeds)) for k, r in runners.items()}, options.timing)
-    fp32 = float(np.median(times["fp32"]) * 1000)
-    for o in built:
-        o.p50_ms = round(float(np.median(times[o.candidate.name]) * 1000), 3)
-        o.extra = {"fp32_p50_ms": round(fp32, 3), "speedup_vs_fp32": round(fp32 / o.p50_ms, 3),
-                   "shape": case.label()}
+class _Timer:
+    """Times the fp32 export and candidates together (interleaved) at the speed shape."""
+
+    def __init__(self, artifact: Artifact, src_fp32: Path, options: QuantizeOptions, progress: _progress.Progress):
+        spec = family_of(artifact.manifest)
+        config = saved_config(artifact)
+        sizes = speed_sizes(spec, config, artifact.manifest.resolved_shapes())
+        self.case = spec.case_for(sizes, config)
+        self.feeds = spec.sample_inputs(config, artifact.manifest.io(), self.case, seed=7)
+        self.src_fp32, self.options, self.progress = src_fp32, options, progress
+
+    def time(self, built: list[Outcome], key: str) -> None:
+        """Sets ``o.p50_ms`` (key "p50_ms") or ``o.extra[key]`` of every outcome in ``built``."""
+        if not built:
+            return
+        what = "candidates within budget" if key == "p50_ms" else "candidates (screening for the fp32 fallback)"
+        self.progress.step(f"timing the {len(built)} {what} and the fp32 export at {self.case.label()}")
+        threads = self.options.threads
+        runners = {"fp32": ort_runner(self.src_fp32, threads=threads)}
+        runners.update({o.candidate.name: ort_runner(o.path, threads=threads,
+                                                     disabled_optimizers=o.candidate.disabled_optimizers)
+                        for o in built})
+        times = measure_interleaved({k: (lambda r=r: r(self.feeds)) for k, r in runners.items()}, self.options.timing)
+        fp32 = float(np.median(times["fp32"]) * 1000)
+        for o in built:
+            ms = round(float(np.median(times[o.candidate.name]) * 1000), 3)
+            if key != "p50_ms":
+                o.extra[key] = ms
+                continue
+            o.p50_ms = ms
+            o.extra.update({"fp32_p50_ms": round(fp32, 3), "speedup_vs_fp32": round(fp32 / ms, 3),
+                            "shape": self.case.label()})
+
+
+def _fall_back(outcomes: list[Outcome], options: QuantizeOptions, available: dict[str, Path], probe: AccuracyProbe,
+               scratch: Path, judge, timer: _Timer, progress: _progress.Progress) -> dict | None:
+    """The fp32 fallback (optimizers/int8_fallback.py): which candidates below budget it tries to rescue, and
+    why; the outcomes of its tries are appended to ``outcomes``. None when it does not run."""
+    if options.fallback == "off" or not options.max_fp32 or not options.fallback_candidates:
+        return None
+    below = [o for o in outcomes if o.error is None and o.accuracy is not None and not o.passed
+             and np.isfinite(o.accuracy.mean)]
+    passing = [o for o in outcomes if o.passed]
+    if not below:
+        return None
+    if not passing:
+        trigger = "no candidate met the budget: the closest ones are retried with their most sensitive MatMuls in fp32"
+        targets = sorted(below, key=lambda o: -o.accuracy.mean)
+    elif options.fallback == "always":
+        timer.time(below + passing, "screen_p50_ms")
+        fastest = min(o.extra["screen_p50_ms"] for o in passing)
+        trigger = (f"fallback 'always': candidates below budget that timed faster than the fastest within it "
+                   f"({fastest:.3f} ms) are retried with their most sensitive MatMuls in fp32")
+        targets = sorted((o for o in below if o.extra["screen_p50_ms"] < fastest), key=lambda o: o.extra["screen_p50_ms"])
+    else:
+        return None
+    from torchship.optimizers.int8_fallback import RANKED, Sensitivity, calibrated_ranges, fall_back
+
+    sensitivity: dict[str, Sensitivity] = {}
+    record = {"trigger": trigger, "max_fp32": options.max_fp32, "targets": []}
+    for target in targets[:options.fallback_candidates]:
+        c = target.candidate
+        if c.source not in sensitivity:
+            progress.step(f"fp32 fallback: measuring MatMul sensitivity on {c.source}")
+            sensitivity[c.source] = Sensitivity(available[c.source], probe.batches[0], scratch, threads=options.threads)
+        ranges = calibrated_ranges(calibration_cache(scratch, available[c.source], options.calibration_method)) \
+            if c.method == "static" else None
+        ranking = sensitivity[c.source].rank(c, ranges)
+        tried = fall_back(c, ranking, options.max_fp32, judge)
+        outcomes.extend(tried)
+        rescued = next((o.candidate.name for o in tried if o.passed), None)
+        record["targets"].append({"candidate": c.name, "accuracy_mean": target.accuracy.mean,
+                                  "ranking": ranking[:RANKED], "ranked": len(ranking),
+                                  "tried": [o.candidate.name for o in tried], "rescued_by": rescued})
+    return record
+
+
+def _verdicts(outcomes: list[Outcome], chosen: str | None) -> dict[str, str]:
+    """Why each candidate was kept or not, in words."""
+    rescued = {o.extra.get("fallback_of"): o.candidate.name for o in outcomes if o.passed and o.extra.get("fallback_of")}
+    out = {}
+    for o in outcomes:
+        name = o.candidate.name
+        if o.error:
+            out[name] = f"not built: {o.error}"
+        elif name == chosen:
+            out[name] = "kept: the fastest within budget"
+        elif o.passed:
+            out[name] = "slower than the kept one" if chosen else "within budget"
+        else:
+            out[name] = "below budget" + (f"; rescued by {rescued[name]}" if name in rescued else "")
+    return out
 
 
 def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOptions,
-               probe: AccuracyProbe, started: float) -> Artifact:
+               probe: AccuracyProbe, started: float, fallback: dict | None) -> Artifact:
     passing = sorted((o for o in outcomes if o.passed), key=lambda o: o.p50_ms)
-    report = [o.to_json() for o in outcomes]
+    verdicts = _verdicts(outcomes, passing[0].candidate.name if passing else None)
+    report = [{**o.to_json(), "verdict": verdicts[o.candidate.name]} for o in outcomes]
     if not passing:
         tried = [o for o in outcomes if o.accuracy is not None]
         best = max(tried, key=lambda o: o.accuracy.mean, default=None)
@@ -157,10 +240,11 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                + (f"; the closest, {best.candidate.name}, reached {best.accuracy.mean:.4f}" if best else
                   "; none could be built: " + "; ".join(f"{o.candidate.name}: {o.error}" for o in outcomes)))
         manifest = artifact.manifest.with_skipped(VARIANT, why)
-        artifact.save(replace(manifest, quantization={"chosen": None, "candidates": report}))
-        raise BudgetError(f"{why}. Every candidate's numbers are in {artifact.folder}/torchship.json; "
-                              "leave sensitive nodes in fp32 with --exclude, try --static with calibration text, "
-                              "or lower --budget")
+        artifact.save(replace(manifest, quantization={"chosen": None, "candidates": report, "fallback": fallback}))
+        tried = (f"the fp32 fallback tried up to {options.max_fp32} MatMuls in fp32; " if fallback else "")
+        raise BudgetError(f"{why}. Every candidate's numbers are in {artifact.folder}/torchship.json; {tried}"
+                          "allow more fp32 MatMuls with --max-fp32, leave nodes in fp32 with --exclude, try static "
+                          "int8 with --calibration, or lower --budget")
     best = passing[0]
     final = artifact.folder / FILE
     with staged_model(final) as tmp:
@@ -177,5 +261,6 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                       size_bytes=model_bytes(final), seconds=round(best.build_s, 3), validation=validation,
                       fusion={"counts": op_histogram(final)})
     manifest = artifact.manifest.with_variant(variant)
-    artifact.save(replace(manifest, quantization={"chosen": best.candidate.name, "candidates": report}))
+    artifact.save(replace(manifest, quantization={"chosen": best.candidate.name, "candidates": report,
+                                                  "fallback": fallback}))
     return artifact
