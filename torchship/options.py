@@ -93,6 +93,10 @@ peak_memory = click.option("--peak-memory/--no-peak-memory", default=True, show_
 budget = click.option("--budget", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.99, show_default=True,
                       help="Accuracy floor against the fp32 model: mean sentence-embedding cosine (embedding "
                            "models), label agreement (classifiers) or output cosine (other models).")
+exact = click.option("--exact", is_flag=True,
+                     help="Exact variants only: leave out the fused model with tanh-approximate GELU (FastGelu, as "
+                          "Optimum's O3), which the measured dispatch otherwise times and may choose where it is "
+                          "faster; it is judged by output cosine >= 0.9999 against the export, not eager's --atol.")
 eval_texts = click.option("--eval-texts", type=click.Path(dir_okay=False), default=None,
                           help="Texts (one per line) the accuracy is measured on; default: torchship's 60 varied "
                                "sentences (torchship/data/sentences.txt).")

@@ -88,6 +88,11 @@ TABLE: tuple[Backend, ...] = (
     _level("basic", 3),
     _level("extended", 2),
     _level("all", 1),
+    # Approximate: GELU as tanh (FastGelu), as Optimum's O3; judged by output cosine against the fp32 export, not
+    # by eager PyTorch's tolerance. Never picked by preference: only the measured dispatch, where it is faster.
+    Backend("ort-optimized-approx", "onnxruntime", "fp32", "cpu", "ORT transformer fusion, tanh-approximate GELU",
+            FUSION, _ORT, ("optimized-approx",), ("model_optimized_approx.onnx",), _OPTIMIZE, swept=False,
+            triton=_ONNX_PLATFORM, settings={"approximate": "GELU as its tanh approximation (FastGelu)"}),
     # Not a file: per call, the fp32 variant that torchship optimize measured fastest for the call's shape (the
     # manifest's dispatch table). auto times the variants themselves; Triton serves one file.
     Backend("ort-measured", "onnxruntime", "fp32", "cpu", "fastest fp32 variant per shape, as optimize measured",

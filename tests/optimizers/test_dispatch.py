@@ -39,8 +39,11 @@ def measured(exported, tmp_path_factory):
 def test_every_candidate_is_timed_at_every_shape_and_each_range_has_a_winner(measured):
     table = measured.manifest.dispatch
     assert list(table["candidates"]) == list(candidate_variants()) == \
-        ["optimized", "ort-all", "ort-extended", "ort-basic", "model"]
+        ["optimized", "ort-all", "ort-extended", "ort-basic", "model", "optimized-approx"]
     assert all(c["validation"]["passed"] for c in table["candidates"].values())
+    # Only the approximate one says so, with the cosine it was judged by instead of eager's tolerance.
+    assert [n for n, c in table["candidates"].items() if c.get("approximate")] == ["optimized-approx"]
+    assert table["candidates"]["optimized-approx"]["validation"]["min_cosine"] >= 0.9999
     # The default grid, its sequences clipped to the tiny model's 128 positions.
     assert [(s["batch"], s["sequence"]) for s in table["shapes"]] == [(1, 16), (1, 128), (8, 16), (8, 128)]
     assert table["grid"] == "default" and table["machine"]["spin"] is False
@@ -131,7 +134,8 @@ def test_the_shape_config_sets_the_grid(model_dirs, tmp_path):
     out = tmp_path / "onnx"
     export(str(model_dirs("bert")), out, ExportOptions(shapes=load_shape_config(config)))
     table = optimize(out, OptimizeOptions(levels=("all",), dispatch=QUICK)).manifest.dispatch
-    assert table["grid"] == "shape config" and list(table["candidates"]) == ["optimized", "ort-all", "model"]
+    assert table["grid"] == "shape config"
+    assert list(table["candidates"]) == ["optimized", "ort-all", "model", "optimized-approx"]
     assert {(s["batch"], s["sequence"]) for s in table["shapes"]} == {(b, s) for b in (1, 2, 4) for s in (4, 24, 64)}
 
 
@@ -194,3 +198,74 @@ def test_the_winner_rule_keeps_the_preferred_variant_unless_the_fastest_clearly_
     # Not clearly beaten: the earliest such candidate in the preference order, here ort-all over model.
     times = {"optimized": _t(12.0, 12.1), "ort-all": _t(10.05, 10.1), "model": _t(10.0, 10.1)}
     assert _winner(times, order, 0.01) == ("ort-all", "model", round(10.0 / 10.05, 4))
+
+
+def test_the_approximate_candidate_is_the_fused_model_with_fastgelu_judged_by_cosine(measured):
+    import onnx
+
+    from torchship.optimizers.approximate import MIN_COSINE
+
+    v, fused = measured.manifest.variants["optimized-approx"], measured.manifest.variants["optimized"]
+    assert v.file == "model_optimized_approx.onnx" and v.stage == "transformer-fusion"
+    exact_ops = [n.op_type for n in onnx.load(str(measured.folder / fused.file)).graph.node]
+    ops = [n.op_type for n in onnx.load(str(measured.folder / v.file)).graph.node]
+    gelus = exact_ops.count("Gelu") + exact_ops.count("BiasGelu")
+    assert gelus and v.options["approximated_nodes"] == gelus == ops.count("FastGelu")
+    assert "Gelu" not in ops and "BiasGelu" not in ops and len(ops) == len(exact_ops)
+    val = v.validation
+    assert val["passed"] and val["min_cosine"] >= MIN_COSINE and "FastGelu" in val["approximate"]
+    assert 0 < val["max_abs"] and 0 < val["max_abs_vs_eager"] and "cosine" in val["judged_by"]
+    assert any("approximate" in note for note in v.notes)
+    assert measured.best_variant() == "optimized"  # never picked by preference, only by the measured table
+    # The outputs really differ from the exact fused model's, by less than the cosine bar.
+    feeds = _feeds(2, 16)
+    with create_predictor(measured, "ort-optimized-approx", RuntimeOptions(threads=1)) as approx, \
+            create_predictor(measured, "ort-optimized", RuntimeOptions(threads=1)) as exact:
+        a, e = approx.infer(feeds)["last_hidden_state"], exact.infer(feeds)["last_hidden_state"]
+    assert not np.array_equal(a, e)
+    cos = (a * e).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(e, axis=-1)
+    assert cos.min() >= MIN_COSINE
+
+
+def test_the_table_may_choose_the_approximate_variant_and_the_report_says_so(measured, tmp_path):
+    from torchship.benchmarks.dispatch_report import all_times_markdown, dispatch_markdown
+
+    art = Artifact.open(shutil.copytree(measured.folder, tmp_path / "bert"))
+    shapes = [{**s, "winner": "optimized-approx" if (s["batch"], s["sequence"]) == (1, 16) else "ort-all"}
+              for s in art.manifest.dispatch["shapes"]]
+    table = {**art.manifest.dispatch, "shapes": shapes}
+    art.save(dataclasses.replace(art.manifest, dispatch=table))
+    art = _with_ranges(art, [{"batch": [1, 1], "sequence": [1, 16], "variant": "optimized-approx",
+                              "measured_at": [1, 16]},
+                             {"batch": [1, None], "sequence": [1, None], "variant": "ort-all", "measured_at": [8, 128]}])
+    with create_predictor(art, "ort-measured", RuntimeOptions(threads=1)) as predictor:
+        predictor.infer(_feeds(1, 12))
+        assert predictor.last_variant == "optimized-approx"
+        predictor.infer(_feeds(1, 40))
+        assert predictor.last_variant == "ort-all"
+    text = dispatch_markdown(art.manifest.dispatch)
+    assert "| ort-optimized-approx (approximate) | b1 s16 |" in text
+    assert "ort-optimized-approx is approximate: GELU as its tanh approximation (FastGelu)" in text
+    assert "**The table chose it at b1 s16**" in text and "--exact" in text
+    assert "ort-optimized-approx (approximate)" in all_times_markdown(art.manifest.dispatch).splitlines()[0]
+
+
+def test_exact_leaves_the_approximate_variant_out_and_drops_an_earlier_one(measured, tmp_path):
+    folder = shutil.copytree(measured.folder, tmp_path / "bert")
+    r = CliRunner().invoke(main, ["optimize", str(folder), "--levels", "all", "--exact"])
+    assert r.exit_code == 0, r.output
+    m = Artifact.open(folder).manifest
+    assert "optimized-approx" not in m.variants and m.skipped["optimized-approx"] == "left out: --exact"
+    assert "optimized-approx" not in m.dispatch["candidates"] and "approximate" not in r.output.split("Measured")[-1]
+    # A folder optimized exactly gets it back from a plain measured run.
+    art = optimize(folder, OptimizeOptions(levels=(), dispatch=QUICK))
+    assert "optimized-approx" in art.manifest.variants and "optimized-approx" in art.manifest.dispatch["candidates"]
+
+
+def test_nothing_to_approximate_without_a_fused_gelu(measured, tmp_path):
+    from torchship.errors import ArtifactError
+    from torchship.optimizers.approximate import approximate_gelu
+
+    with pytest.raises(ArtifactError, match="no fused GELU"):
+        approximate_gelu(measured.folder / "model.onnx", tmp_path / "x.onnx", external=False)
+    assert not (tmp_path / "x.onnx").exists()

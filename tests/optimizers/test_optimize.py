@@ -11,11 +11,12 @@ from torchship.optimizers.fusion import FusionReport, count_ops
 def test_levels_and_fusion_variants_are_written_and_validated(exported):
     folder = exported("bert", optimized=True)
     m = Artifact.open(folder).manifest
-    assert set(m.variants) == {"model", "ort-disabled", "ort-basic", "ort-extended", "ort-all", "optimized"}
+    assert set(m.variants) == {"model", "ort-disabled", "ort-basic", "ort-extended", "ort-all", "optimized",
+                               "optimized-approx"}  # the last judged by cosine against the export (test_dispatch)
     for name, v in m.variants.items():
         assert (folder / v.file).is_file(), name
         assert v.validation["passed"], name
-        assert v.validation["max_abs"] < m.atol
+        assert v.validation["max_abs"] < m.atol or v.validation.get("approximate")
         onnx.checker.check_model(str(folder / v.file))
     # Disabled is the export itself run without optimizations; the others are new files.
     assert m.variants["ort-disabled"].file == "model.onnx"

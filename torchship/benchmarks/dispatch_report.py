@@ -13,6 +13,12 @@ def _span(lo: int, hi: int | None) -> str:
     return str(hi) if lo == hi else f"{lo}-{hi}"
 
 
+def _name(table: dict, variant: str) -> str:
+    """The backend name, marked when the variant is approximate."""
+    name = backend_of_variant(variant).name
+    return f"{name} (approximate)" if table["candidates"].get(variant, {}).get("approximate") else name
+
+
 def dispatch_markdown(table: dict) -> str:
     """A Markdown table, one row per shape range, with the measured shape it was judged at."""
     machine, plan = table["machine"], table["plan"]
@@ -34,20 +40,37 @@ def dispatch_markdown(table: dict) -> str:
         spread = "-" if best["spread"] is None else f"{best['spread']:.2f}" + (
             " unstable" if best["spread"] > UNSTABLE_SPREAD else "")
         lines.append(
-            f"| {_span(*r['batch'])} | {_span(*r['sequence'])} | {backend_of_variant(r['variant']).name} | "
+            f"| {_span(*r['batch'])} | {_span(*r['sequence'])} | {_name(table, r['variant'])} | "
             f"b{key[0]} s{key[1]} | {best['median_ms']:.2f} | {spread} | "
-            f"{'-' if up is None else backend_of_variant(s['runner_up']).name} | "
+            f"{'-' if up is None else _name(table, s['runner_up'])} | "
             f"{'-' if up is None else f'{up:.2f}'} | {'-' if s['ratio'] is None else '%.3fx' % s['ratio']} |")
     if table.get("excluded"):
         lines.append("")
         lines += [f"not timed: {name} ({why})" for name, why in table["excluded"].items()]
+    lines += _approximate_lines(table)
     return "\n".join(lines)
+
+
+def _approximate_lines(table: dict) -> list[str]:
+    """What an approximate candidate is, how it was judged, and whether the table chose it anywhere."""
+    out = []
+    for variant, c in table["candidates"].items():
+        if not c.get("approximate"):
+            continue
+        v = c["validation"]
+        shapes = [f"b{s['batch']} s{s['sequence']}" for s in table["shapes"] if s["winner"] == variant]
+        out += ["", f"{backend_of_variant(variant).name} is approximate: {c['approximate']}; judged by the "
+                    f"smallest output cosine against the fp32 export, {v.get('min_cosine', float('nan')):.6f} "
+                    f"(>= 0.9999), max abs {v.get('max_abs') or float('nan'):.1e}. "
+                + (f"**The table chose it at {', '.join(shapes)}**" if shapes else "The table chose it nowhere")
+                + "; `torchship optimize --exact` leaves it out."]
+    return out
 
 
 def all_times_markdown(table: dict) -> str:
     """Every candidate's median (ms) at every measured shape."""
     names = list(table["candidates"])
-    lines = ["| shape | " + " | ".join(backend_of_variant(n).name for n in names) + " |",
+    lines = ["| shape | " + " | ".join(_name(table, n) for n in names) + " |",
              "|---|" + "---:|" * len(names)]
     for s in table["shapes"]:
         cells = [f"**{s['times'][n]['median_ms']:.2f}**" if n == s["winner"] else f"{s['times'][n]['median_ms']:.2f}"

@@ -107,8 +107,9 @@ def family_command(command: str):
               help="measured: time the validated fp32 variants at each shape of the shape config (else batch 1,8 x "
                    "sequence 16,128,384) on this machine and record which runs which shape range (predict and the "
                    "ort-measured backend use it); preset: no timing, the fixed preference order.")
+@o.exact
 @friendly_errors
-def optimize_cmd(folder, levels, no_fusion, atol, fp16, fp16_block, fp16_budget, openvino, candidates):
+def optimize_cmd(folder, levels, no_fusion, atol, fp16, fp16_block, fp16_budget, openvino, candidates, exact):
     """Add ORT graph-level and transformer-fused variants to an exported FOLDER, each validated, and measure
     which of them is fastest for each shape range."""
     from torchship.optimizers import OptimizeOptions, optimize
@@ -116,7 +117,7 @@ def optimize_cmd(folder, levels, no_fusion, atol, fp16, fp16_block, fp16_budget,
     names = tuple(lv.strip() for lv in levels.split(",") if lv.strip())
     options = OptimizeOptions(levels=names, transformer_fusion=not no_fusion, atol=atol, fp16=fp16,
                               fp16_block=split(fp16_block) or (), fp16_budget=fp16_budget, openvino=openvino,
-                              candidates=candidates).resolved()  # a bad flag fails before any work
+                              candidates=candidates, approximate=not exact).resolved()  # bad flags fail first
     if openvino:
         from torchship.runtimes.openvino import require_openvino
 

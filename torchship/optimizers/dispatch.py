@@ -36,10 +36,12 @@ TABLE_VERSION = 1
 
 def candidate_variants() -> tuple[str, ...]:
     """The variants a table may choose from, from the backend table: fp32 ONNX Runtime CPU variants that
-    torchship would pick by itself, in its preference order (ties in the timing go to the earlier one)."""
-    ranked = sorted((b for b in TABLE if b.preference is not None and b.runtime == "onnxruntime"
-                     and b.precision == "fp32" and b.device == "cpu"), key=lambda b: b.preference)
-    return tuple(b.variants[0] for b in ranked)
+    torchship would pick by itself, in its preference order (ties in the timing go to the earlier one), then
+    the approximate ones (settings["approximate"]), which win a shape only where clearly faster than all."""
+    cpu = [b for b in TABLE if b.runtime == "onnxruntime" and b.precision == "fp32" and b.device == "cpu"]
+    ranked = sorted((b for b in cpu if b.preference is not None), key=lambda b: b.preference)
+    approximate = [b for b in cpu if b.preference is None and b.settings.get("approximate")]
+    return tuple(b.variants[0] for b in ranked + approximate)
 
 
 @dataclass(frozen=True)
@@ -223,13 +225,21 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         "plan": {"min_rounds": plan.min_rounds, "max_rounds": plan.max_rounds, "seconds_per_shape": plan.seconds,
                  "sample_s": plan.sample_s, "margin": plan.margin},
         "grid": "shape config" if m.resolved_shapes() is not None else "default",
-        "candidates": {name: {"file": v.file, "validation": {k: (v.validation or {}).get(k)
-                                                             for k in ("passed", "max_abs")}}
-                       for name, v in candidates.items()},
+        "candidates": {name: _candidate_record(v) for name, v in candidates.items()},
         "excluded": excluded,
         "shapes": shapes,
         "ranges": ranges,
     }
+
+
+def _candidate_record(variant) -> dict:
+    """A candidate as the table keeps it; an approximate one says so, with the cosine it was judged by."""
+    validation = variant.validation or {}
+    record = {"file": variant.file, "validation": {k: validation.get(k) for k in ("passed", "max_abs")}}
+    if validation.get("approximate"):
+        record["approximate"] = validation["approximate"]
+        record["validation"].update({k: validation.get(k) for k in ("min_cosine", "judged_by")})
+    return record
 
 
 def _available_bytes() -> int:

@@ -32,6 +32,9 @@ class OptimizeOptions:
     # preset: no timing, no table (the backend table's preference order decides, as before)
     candidates: str = "measured"
     dispatch: DispatchPlan = DispatchPlan()
+    # measured only: also the fused model with tanh-approximate GELU (optimizers/approximate.py), judged by output
+    # cosine >= 0.9999 against the export instead of eager's tolerance; False (--exact): exact variants only
+    approximate: bool = True
 
     def resolved(self) -> "OptimizeOptions":
         bad = [lv for lv in self.levels if lv not in GRAPH_LEVELS]
@@ -100,9 +103,41 @@ def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
                    validation=validation.to_json(), fusion=report.to_json())
 
 
+def _approximate_variant(ctx: _Context, manifest_now) -> Variant:
+    """The fused model with GELU as FastGelu, judged by output cosine against the export (see approximate.py)."""
+    from torchship.optimizers import approximate
+    from torchship.optimizers.fusion import FusionReport
+
+    fused = manifest_now().variants.get("optimized")
+    if fused is None:
+        raise ArtifactError("no transformer-fused model to approximate")
+    path = ctx.folder / approximate.FILE
+    start = time.perf_counter()
+    with staged_model(path) as tmp:
+        changed = approximate.approximate_gelu(ctx.folder / fused.file, tmp, external=ctx.external)
+        validation = approximate.judge(tmp, ctx.src, ctx.cases)
+        if not validation["passed"]:
+            raise ValidationError(f"{approximate.WHAT} moved the outputs too far: smallest cosine "
+                                  f"{validation['min_cosine']:.6f} against the export, below {approximate.MIN_COSINE}")
+        report = FusionReport(count_ops(tmp), expected_attention=fused.fusion.get("expected_attention", 0))
+    return Variant(name=approximate.VARIANT, file=path.name, stage="transformer-fusion",
+                   options={**fused.options, "approximate": approximate.WHAT, "approximated_nodes": changed},
+                   size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
+                   validation=validation, fusion=report.to_json(),
+                   notes=(f"approximate: {approximate.WHAT}; judged by output cosine against the fp32 export",))
+
+
 # Failures that skip a variant instead of failing the command: the fusion optimizer's crashes on graphs it
 # does not expect, and an fp16 model that cannot be made or misses its budget (recorded, then reported).
-_SKIPPABLE = {"optimized": ArtifactError, "fp16": (ArtifactError, ValidationError)}
+_SKIPPABLE = {"optimized": ArtifactError, "fp16": (ArtifactError, ValidationError),
+              "optimized-approx": (ArtifactError, ValidationError)}
+
+
+def _wants_approximate(artifact: Artifact, opts: OptimizeOptions) -> bool:
+    """The approximate candidate is made only for the measured dispatch, which alone may choose it."""
+    from torchship.exporters.spec import ENCODE
+
+    return opts.approximate and opts.candidates == "measured" and ENCODE in family_of(artifact.manifest).phases
 
 
 def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *,
@@ -126,6 +161,12 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
             "optimized", f"ONNX Runtime's transformer optimizer has nothing for the {artifact.manifest.family} family")
     elif opts.transformer_fusion:
         jobs.append(("optimized", lambda: _fusion_variant(ctx, opts.use_gpu)))
+        if _wants_approximate(artifact, opts):
+            jobs.append(("optimized-approx", lambda: _approximate_variant(ctx, lambda: artifact.manifest)))
+    if "optimized-approx" in artifact.manifest.variants and not (opts.approximate and opts.candidates == "measured"):
+        # an earlier run's approximate file: this run asked for exact variants, or for no measured choice
+        why = "left out: --exact" if not opts.approximate else "left out: only the measured dispatch may choose it"
+        artifact.manifest = artifact.manifest.with_skipped("optimized-approx", why)
     if opts.fp16:
         from torchship.optimizers.fp16 import fp16_variant
 
