@@ -27,7 +27,7 @@ PROMPTS = ["the cat is eating food and the dog", "hello"]
 
 @pytest.fixture(scope="module")
 def rotary_exports(tmp_path_factory):
-    """Factory: a tiny checkpoint of the family and its export (no optimize: ORT's optimizer adds nothing here)."""
+    """Factory: a tiny checkpoint of the family and its export (not optimized; copy the folder to optimize it)."""
     cache = {}
 
     def get(model_type: str):
@@ -80,6 +80,41 @@ def test_export_keeps_kv_heads_grouped_and_greedy_equals_transformers(rotary_exp
     with create_predictor(art, "ort", RuntimeOptions(threads=2)) as p:
         result = Generator.from_artifact(art, p).generate(ids, mask, max_new_tokens=16)
     np.testing.assert_array_equal(result.tokens, hf_greedy(src, ids, mask, 16))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ROTARY_FAMILIES)
+def test_optimize_fuses_attention_with_its_cache_and_generation_still_equals_transformers(rotary_exports, model_type,
+                                                                                         tmp_path):
+    """``optimize`` rewrites every layer's attention to one 3-D Attention that holds the cache (rotary positions,
+    partial rotary and left padding as in the export) and each residual Add + RMSNorm to
+    SkipSimplifiedLayerNormalization; the variant validates against eager PyTorch, and greedy and beam search
+    through transformers' generate still give transformers' own tokens."""
+    import shutil
+
+    from torchship.optimizers.optimize import OptimizeOptions, optimize
+    from torchship.runtimes.hf_generate import causal_lm
+
+    src, art = rotary_exports(model_type)
+    layers = TINY_DECODER_CONFIGS[model_type]["num_hidden_layers"]
+    shutil.copytree(art.folder, tmp_path / "onnx")
+    art = optimize(tmp_path / "onnx", OptimizeOptions(levels=(), candidates="preset"))
+    v = art.manifest.variants["optimized"]
+    assert v.fusion["rewrites"] == {"attention": "Attention", "attention_layers": layers, "skip_rms_norm": 2 * layers}
+    assert v.fusion["counts"]["SkipSimplifiedLayerNormalization"] == 2 * layers and v.fusion["attention_fused"]
+    graph = onnx.load(str(art.folder / v.file)).graph
+    attention = [n for n in graph.node if n.op_type == "Attention"]
+    assert len(attention) == layers and all(len(n.input) == 6 and len(n.output) == 3 for n in attention)
+    assert not any(n.op_type == "Transpose" for n in graph.node)
+    assert v.validation["passed"]  # at past 0, 1 and 17, batches with left padding
+    model, tok = causal_lm(art.folder, "ort-optimized")
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    eager = AutoModelForCausalLM.from_pretrained(src).eval()
+    for settings in (dict(do_sample=False), dict(num_beams=3, do_sample=False)):
+        ours = model.generate(**enc, max_new_tokens=16, pad_token_id=0, **settings)
+        with torch.inference_mode():
+            theirs = eager.generate(**enc, max_new_tokens=16, pad_token_id=0, **settings)
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=str(settings))
 
 
 @pytest.mark.slow
@@ -191,7 +226,8 @@ def test_a_head_tied_to_the_embedding_gets_its_own_copy_to_quantize(tmp_path):
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 64])], [numpy_helper.from_array(emb, "emb")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "tied.onnx")
     layout = _prepare(tmp_path / "tied.onnx", tmp_path / "prepared.onnx", exclude=(), merge=True)
-    assert layout == {"untied": ["emb"], "merged": []}
+    assert layout == {"untied": ["emb"], "merged": [],
+                      "fused": {"attention": "Attention", "attention_layers": 0, "skip_rms_norm": 0}}
     _build(tmp_path / "prepared.onnx", tmp_path / "q.onnx", WeightOnlyOptions(bits=4), exclude=())
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
     assert ops == ["MatMulNBits"]

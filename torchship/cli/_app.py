@@ -93,12 +93,17 @@ def print_artifact(artifact) -> None:
                f"opset {m.export['opset']}")
     for name, v in m.variants.items():
         val = v.validation or {}
-        line = (f"  {backend_of_variant(name).name:15s} {v.file:22s} {v.size_bytes / 1e6:8.1f} MB  "
-                f"max abs {val.get('max_abs', float('nan')):.2e}")
+        line = f"  {backend_of_variant(name).name:15s} {v.file:22s} {v.size_bytes / 1e6:8.1f} MB  "
+        if "logit_cosine_mean" in val:  # a weight-only variant, judged on a decode against the fp32 export
+            line += f"logit cosine {val['logit_cosine_mean']:.4f}"
+        else:
+            line += f"max abs {val.get('max_abs', float('nan')):.2e}"
         if v.fusion and "attention" in v.fusion:
             c = v.fusion["counts"]
-            line += (f"  fused: Attention {v.fusion['attention']}/{v.fusion['expected_attention']}, "
-                     f"EmbedLayerNorm {c['EmbedLayerNormalization']}, SkipLayerNorm {c['SkipLayerNormalization']}, "
+            kinds = "+".join(op for op in ("Attention", "MultiHeadAttention", "GroupQueryAttention") if c.get(op))
+            line += (f"  fused: Attention {v.fusion['attention']}/{v.fusion['expected_attention']}"
+                     f"{f' ({kinds})' if kinds else ''}, EmbedLayerNorm {c['EmbedLayerNormalization']}, SkipLayerNorm "
+                     f"{c['SkipLayerNormalization'] + c.get('SkipSimplifiedLayerNormalization', 0)}, "
                      f"Gelu {c['Gelu'] + c['FastGelu'] + c['BiasGelu'] + c['BiasFastGelu']}")
         click.echo(line)
         if v.fusion and v.fusion.get("warning"):

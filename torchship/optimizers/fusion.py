@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchship.onnx_io import load_onnx
+from torchship.optimizers.decoder_fusion import decoder_fusions
 from torchship.errors import ArtifactError
 
 # Operators the fusion report counts, grouped as the report shows them.
@@ -31,6 +32,7 @@ class FusionReport:
     counts: dict[str, int]
     expected_attention: int  # one per transformer layer
     hint: str = ""  # how to get full fusion for this family
+    rewrites: dict | None = None  # torchship's own decoder fusions (optimizers/decoder_fusion.py), when any
 
     @property
     def attention(self) -> int:
@@ -50,7 +52,8 @@ class FusionReport:
     def to_json(self) -> dict:
         return {"counts": self.counts, "attention": self.attention,
                 "expected_attention": self.expected_attention,
-                "attention_fused": self.attention_fused, "warning": self.warning}
+                "attention_fused": self.attention_fused, "warning": self.warning,
+                **({"rewrites": self.rewrites} if self.rewrites else {})}
 
 
 def op_histogram(path: Path) -> dict[str, int]:
@@ -96,6 +99,8 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
             optimized = optimize_model(str(src), model_type=model_type, num_heads=num_heads,
                                        hidden_size=hidden_size, opt_level=0,
                                        optimization_options=options, use_gpu=use_gpu)
+            # nothing to do on a graph without a rotary decoder's layers
+            rewrites = decoder_fusions(optimized.model, attention="GroupQueryAttention" if use_gpu else "Attention")
             optimized.save_model_to_file(str(dst), use_external_data_format=external_data,
                                          all_tensors_to_one_file=True)
     except OSError:  # a full disk or an unwritable folder is the machine's problem, said as such
@@ -105,4 +110,6 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-    return FusionReport(count_ops(dst), expected_attention=num_layers, hint=hint)
+    if not rewrites["attention_layers"] and not rewrites["skip_rms_norm"]:
+        rewrites = {}
+    return FusionReport(count_ops(dst), expected_attention=num_layers, hint=hint, rewrites=rewrites)

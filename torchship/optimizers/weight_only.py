@@ -33,6 +33,7 @@ from torchship.artifact import Artifact, Variant, model_bytes
 from torchship.errors import BudgetError, InputError, first_line
 from torchship.exporters.spec import DECODE, family_of, require_family, saved_config
 from torchship.external_data import normalize, staged_model, uses_external_data
+from torchship.optimizers.decoder_fusion import ATTENTION_FORMS, decoder_fusions
 from torchship.optimizers.fusion import op_histogram
 from torchship.runtimes.generate import Generator, cache_heads
 
@@ -64,6 +65,7 @@ class WeightOnlyOptions:
     embedding: bool = False  # also the token embedding (GatherBlockQuantized; 4 bits only)
     head: bool = True  # also the MatMul that makes the logits
     merge_siblings: bool = True  # q/k/v and gate/up MatMuls as one (same numbers, fewer and larger kernels)
+    attention: str = "Attention"  # the op each layer's attention becomes (decoder_fusion.ATTENTION_FORMS)
     budget: float | None = None  # floor on the mean next-token logit cosine; None: DEFAULT_COSINE[bits]
     max_weight_error: float | None = None  # ceiling on any MatMul's relative weight error; None: the default
     steps: int = 64  # decode steps the logits are compared over
@@ -85,6 +87,8 @@ class WeightOnlyOptions:
             raise InputError(f"the accuracy budget must be in [0, 1], got {self.budget:g}")
         if self.max_weight_error is not None and not self.max_weight_error > 0:
             raise InputError(f"--max-weight-error must be positive, got {self.max_weight_error:g}")
+        if self.attention not in ATTENTION_FORMS:
+            raise InputError(f"attention must be one of {', '.join(ATTENTION_FORMS)}, got {self.attention!r}")
         if self.steps < 1 or self.prompt_length < 1:
             raise InputError("the judged decode needs at least one step and one prompt token")
         return self
@@ -118,7 +122,7 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
         prepared, built = scratch / "prepared.onnx", scratch / "quantized.onnx"
         head = _head_matmuls(src)
         exclude = () if options.head else head
-        layout = _prepare(src, prepared, exclude=exclude, merge=options.merge_siblings)
+        layout = _prepare(src, prepared, exclude=exclude, merge=options.merge_siblings, attention=options.attention)
         _build(prepared, built, options, exclude=exclude)
         seconds = time.perf_counter() - start
         progress.step("measuring each quantized MatMul's weight error")
@@ -145,7 +149,7 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
                       options={"precision": f"int{options.bits}", "bits": options.bits,
                                "block_size": options.block_size, "accuracy_level": options.accuracy_level,
                                "symmetric": options.symmetric, "embedding": options.embedding, "head": options.head,
-                               "merge_siblings": options.merge_siblings,
+                               "merge_siblings": options.merge_siblings, "attention": options.attention,
                                "quantizer": "onnxruntime MatMulNBitsQuantizer (round to nearest)"},
                       size_bytes=model_bytes(final), seconds=round(seconds, 3), validation=judged,
                       fusion={"counts": op_histogram(final)})
@@ -153,13 +157,15 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
     return artifact
 
 
-def _prepare(src: Path, dst: Path, *, exclude: tuple[str, ...], merge: bool) -> dict:
-    """The fp32 graph the quantizer takes, written to ``dst``: a tied head untied, sibling MatMuls merged."""
+def _prepare(src: Path, dst: Path, *, exclude: tuple[str, ...], merge: bool, attention: str = "Attention") -> dict:
+    """The fp32 graph the quantizer takes, written to ``dst``: a tied head untied, sibling MatMuls merged,
+    attention and residual norms fused as ``optimize`` fuses them."""
     import onnx
 
     model = onnx.load(str(src))
     layout = {"untied": sorted(_untie_transposed_weights(model, exclude).values()),
-              "merged": _merge_sibling_matmuls(model, exclude) if merge else []}
+              "merged": _merge_sibling_matmuls(model, exclude) if merge else [],
+              "fused": decoder_fusions(model, attention=attention)}
     onnx.save(model, str(dst), save_as_external_data=uses_external_data(src), all_tensors_to_one_file=True,
               location=dst.name + ".data")
     return layout

@@ -1,0 +1,330 @@
+"""Decoder graph fusions ONNX Runtime does not make itself on a dynamo export of a Llama-shaped model.
+
+The dynamo exporter writes each attention layer in standard ONNX: the projections reshaped and transposed
+to (batch, heads, sequence, head size), ``RotaryEmbedding`` on queries and keys, the new keys and values
+concatenated to the past, the opset-23 ``Attention`` op, and a transpose and reshape back. Per decode step
+that is a dozen small nodes per layer around one attention, and at batch 1 a decode step is so short that
+their dispatch costs as much as the attention itself. ONNX Runtime's own optimizer fuses none of it.
+
+:func:`fuse_attention` rewrites each such layer to one 3-D attention node that holds the cache: ONNX's own
+``Attention`` (opset 23, which takes the past and gives the present) or ``GroupQueryAttention`` (ONNX
+Runtime's contrib op, the one onnxruntime-genai's builder writes). Rotary stays the export's own
+``RotaryEmbedding`` (on the 3-D projections, so positions come from ``position_ids`` exactly as before), the
+cache stays in the export's layout (batch, KV heads, past, head size) with the same input and output names, and the export's
+own boolean mask (causal, padding, sliding window) is passed on (``GroupQueryAttention`` takes it as an
+additive ``attention_bias``), so left padded batches give the same results as the export. Partial rotary
+(Phi-3's ``Concat(rotary(x[..., :d]), x[..., d:])``) becomes the op's ``rotary_embedding_dim``. A layer
+that does not match the expected pattern is left as it is; the counts say how many were rewritten.
+
+:func:`fuse_skip_rms_norm` replaces ``Add`` followed by ``RMSNormalization`` (the residual and the next
+norm) with ``SkipSimplifiedLayerNormalization``, which gives both the sum and the normalized value.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+MS = "com.microsoft"
+_BSHD = [0, 2, 1, 3]
+
+
+class _Graph:
+    """Producers and consumers of a graph's values, kept current as nodes are added."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.consumers: dict[str, list] = defaultdict(list)
+        for n in graph.node:
+            for i in n.input:
+                self.consumers[i].append(n)
+        self.outputs = {o.name for o in graph.output}
+        self.constants = {t.name: t for t in graph.initializer}
+        for n in graph.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.constants[n.output[0]] = n.attribute[0].t
+        self.new_nodes: list = []
+        self.dead: set[int] = set()
+        self._names: set[str] = {n.name for n in graph.node} | {v for n in graph.node for v in n.output}
+
+    def name(self, base: str) -> str:
+        i, out = 0, base
+        while out in self._names:
+            i += 1
+            out = f"{base}_{i}"
+        self._names.add(out)
+        return out
+
+    def op(self, op_type: str, inputs, n_out: int = 1, *, domain: str = "", outputs=None, **attrs):
+        from onnx import helper
+
+        outs = outputs or [self.name(f"tsf_{op_type}_out") for _ in range(n_out)]
+        node = helper.make_node(op_type, list(inputs), outs, name=self.name(f"tsf_{op_type}"), domain=domain,
+                                **attrs)
+        self.new_nodes.append(node)
+        return outs if n_out > 1 else outs[0]
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = self.name(base)
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+    def lazy_const(self, base: str, array: np.ndarray):
+        """A constant added on first use: call the result for its name."""
+        made: list[str] = []
+
+        def name() -> str:
+            if not made:
+                made.append(self.const(base, array))
+            return made[0]
+        return name
+
+    def only_consumer(self, value: str):
+        users = self.consumers.get(value, [])
+        return users[0] if len(users) == 1 and value not in self.outputs else None
+
+    def int_attr(self, node, key: str, default=None):
+        for a in node.attribute:
+            if a.name == key:
+                return list(a.ints) if a.ints else (a.f if a.type == 1 else a.i)
+        return default
+
+    def commit(self) -> None:
+        """Drop the dead nodes, add the new ones, and sort the graph again."""
+        keep = [n for n in self.graph.node if id(n) not in self.dead] + self.new_nodes
+        del self.graph.node[:]
+        self.graph.node.extend(_toposorted(keep, {i.name for i in self.graph.input} | set(self.constants)))
+
+
+def _toposorted(nodes, available: set[str]):
+    ready, out, waiting = set(available) | {""}, [], list(nodes)
+    while waiting:
+        rest = []
+        for n in waiting:
+            if all(i in ready for i in n.input):
+                out.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(waiting):  # a cycle or a missing value: keep the original order for those
+            out.extend(rest)
+            break
+        waiting = rest
+    return out
+
+
+def _bshd_source(g: _Graph, value: str, users: int = 1):
+    """``value`` = Transpose(perm 0,2,1,3)(X) with X in (batch, sequence, heads, head size), feeding ``users``
+    nodes and nothing else: (X's name, the Transpose), else (None, None)."""
+    t = g.producer.get(value)
+    if t is None or t.op_type != "Transpose" or g.int_attr(t, "perm") != _BSHD:
+        return None, None
+    if len(g.consumers.get(value, [])) != users or value in g.outputs:
+        return None, None
+    return t.input[0], t
+
+
+def _ints(g: _Graph, value: str):
+    from onnx import numpy_helper
+
+    t = g.constants.get(value)
+    return None if t is None else [int(x) for x in numpy_helper.to_array(t).reshape(-1)]
+
+
+def _rotated(g: _Graph, value: str):
+    """``value`` = RotaryEmbedding(T), or the partial form Concat(RotaryEmbedding(T[..., :d]), T[..., d:]):
+    (the rotary node, T, d or 0 for whole heads, the nodes replaced), else None."""
+    n = g.producer.get(value)
+    if n is None or g.only_consumer(value) is None:
+        return None
+    if n.op_type == "RotaryEmbedding" and len(n.input) == 3 and not g.int_attr(n, "rotary_embedding_dim", 0):
+        return n, n.input[0], 0, [n]
+    if n.op_type != "Concat" or len(n.input) != 2 or g.int_attr(n, "axis") not in (-1, 3):
+        return None
+    rot, tail = g.producer.get(n.input[0]), g.producer.get(n.input[1])
+    if not rot or rot.op_type != "RotaryEmbedding" or len(rot.input) != 3 or not tail or tail.op_type != "Slice":
+        return None
+    head = g.producer.get(rot.input[0])
+    if not head or head.op_type != "Slice" or head.input[0] != tail.input[0]:
+        return None
+    h, t = [[_ints(g, x) for x in s.input[1:]] for s in (head, tail)]
+    # starts, ends, axes (the last: head size), steps (1)
+    plain = all(len(x) >= 3 and x[2] in ([-1], [3]) and (len(x) < 4 or x[3] == [1]) for x in (h, t))
+    if not plain or h[0] != [0] or not h[1] or h[1] != t[0]:
+        return None
+    return rot, head.input[0], h[1][0], [n, rot, head, tail]
+
+
+def _four_dims(g: _Graph, shape: str) -> bool:
+    """A Reshape's shape input that has four entries (a constant, or a Concat of four parts)."""
+    const = _ints(g, shape)
+    if const is not None:
+        return len(const) == 4
+    n = g.producer.get(shape)
+    return n is not None and n.op_type == "Concat" and len(n.input) == 4
+
+
+def _match_layer(g: _Graph, att):
+    """The pieces of one exported attention layer, or None when it is not the expected pattern."""
+    if not 3 <= len(att.input) <= 4 or len(att.output) != 1:
+        return None
+    k_cat, v_cat = g.producer.get(att.input[1]), g.producer.get(att.input[2])
+    if not all(c and c.op_type == "Concat" and len(c.input) == 2 and g.int_attr(c, "axis") in (-2, 2)
+               for c in (k_cat, v_cat)):
+        return None
+    if k_cat.output[0] not in g.outputs or v_cat.output[0] not in g.outputs:
+        return None  # the cache must be the graph's present outputs
+    q, k = _rotated(g, att.input[0]), _rotated(g, k_cat.input[1])
+    if not q or not k or q[2] != k[2]:
+        return None
+    q_src, q_t = _bshd_source(g, q[1], users=2 if q[2] else 1)
+    k_src, k_t = _bshd_source(g, k[1], users=2 if k[2] else 1)
+    v_src, v_t = _bshd_source(g, v_cat.input[1])
+    if not (q_src and k_src and v_src):
+        return None
+    out_t, views = g.only_consumer(att.output[0]), []
+    if out_t is not None and out_t.op_type == "Reshape" and _four_dims(g, out_t.input[1]):
+        views, out_t = [out_t], g.only_consumer(out_t.output[0])  # a view to the same 4-D shape (Phi-3)
+    if not out_t or out_t.op_type != "Transpose" or g.int_attr(out_t, "perm") != _BSHD:
+        return None
+    out_r = g.only_consumer(out_t.output[0])
+    if not out_r or out_r.op_type != "Reshape":
+        return None
+    q_rot, k_rot = q[0], k[0]
+    heads, kv_heads = g.int_attr(q_rot, "num_heads"), g.int_attr(k_rot, "num_heads")
+    if not heads or not kv_heads or g.int_attr(att, "qk_matmul_output_mode", 0) != 0:
+        return None
+    if g.int_attr(q_rot, "interleaved", 0) != g.int_attr(k_rot, "interleaved", 0):
+        return None
+    return dict(att=att, q_rot=q_rot, k_rot=k_rot, k_cat=k_cat, v_cat=v_cat, q=q_src, k=k_src, v=v_src,
+                rotary_dim=q[2], replaced=[att, k_cat, v_cat, q_t, k_t, v_t, out_t, out_r, *views, *q[3], *k[3]],
+                out_r=out_r, heads=heads, kv_heads=kv_heads)
+
+
+_PROJECTIONS = ("MatMul", "MatMulNBits", "Split", "Add", "Gemm")
+
+
+def _flat(g: _Graph, bshd: str, flat: str) -> str:
+    """(batch, sequence, heads, head size) as (batch, sequence, hidden): the projection itself when ``bshd``
+    is only its reshape, else a reshape."""
+    r = g.producer.get(bshd)
+    if r is not None and r.op_type == "Reshape" and g.only_consumer(bshd) is not None:
+        src = g.producer.get(r.input[0])
+        if src is not None and src.op_type in _PROJECTIONS:
+            g.dead.add(id(r))
+            return r.input[0]
+    return g.op("Reshape", [bshd, flat()])
+
+
+def fuse_attention(model, *, op: str = "Attention") -> int:
+    """Rewrite every matching attention layer of ``model`` (an ``onnx.ModelProto``, changed in place) to one
+    3-D attention node with the cache inside it: ONNX's own ``Attention`` (``op="Attention"``, opset 23) or
+    ONNX Runtime's ``GroupQueryAttention``. Returns how many layers were rewritten."""
+    from onnx import helper
+
+    g = _Graph(model.graph)
+    layers = [m for m in (_match_layer(g, n) for n in model.graph.node if n.op_type == "Attention") if m]
+    if not layers:
+        return 0
+    flat = g.lazy_const("tsf_flat_shape", np.array([0, 0, -1], dtype=np.int64))
+    lengths, biases = None, {}
+    for m in layers:
+        att = m["att"]
+        past_k, past_v = m["k_cat"].input[0], m["v_cat"].input[0]
+        mask = att.input[3] if len(att.input) > 3 else ""
+        q3, k3, v3 = (_flat(g, m[x], flat) for x in ("q", "k", "v"))
+        if lengths is None and op != "Attention":  # every layer's cache has the same length
+            lengths = _lengths(g, past_k, q3)
+        rot = {"interleaved": g.int_attr(m["q_rot"], "interleaved", 0)}
+        if m["rotary_dim"]:
+            rot["rotary_embedding_dim"] = m["rotary_dim"]
+        q3 = g.op("RotaryEmbedding", [q3, *m["q_rot"].input[1:]], num_heads=m["heads"], **rot)
+        k3 = g.op("RotaryEmbedding", [k3, *m["k_rot"].input[1:]], num_heads=m["kv_heads"], **rot)
+        outputs = [m["out_r"].output[0], m["k_cat"].output[0], m["v_cat"].output[0]]
+        attrs = {}
+        for key in ("scale", "softcap"):
+            value = g.int_attr(att, key)
+            if value:
+                attrs[key] = float(value)
+        if op == "Attention":
+            g.op("Attention", [q3, k3, v3, mask, past_k, past_v], 3, outputs=outputs, q_num_heads=m["heads"],
+                 kv_num_heads=m["kv_heads"], is_causal=g.int_attr(att, "is_causal", 0), **attrs)
+        else:
+            if mask and mask not in biases:
+                biases[mask] = _additive(g, mask)
+            g.op("GroupQueryAttention", [q3, k3, v3, past_k, past_v, *lengths, "", "", "", biases.get(mask, "")],
+                 3, domain=MS, outputs=outputs, num_heads=m["heads"], kv_num_heads=m["kv_heads"], **attrs)
+        g.dead.update(id(n) for n in m["replaced"])
+    g.commit()
+    if op != "Attention" and not any(o.domain == MS for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS, 1))
+    return len(layers)
+
+
+def _lengths(g: _Graph, past_key: str, new_bsh: str):
+    """``seqlens_k`` (int32, one per row: the cache length after this step, minus 1; every row's cache holds
+    the whole padded length, padding is masked by the bias) and ``total_sequence_length`` (int32 scalar)."""
+    from onnx import TensorProto
+
+    past_len = g.op("Shape", [past_key], start=2, end=3)
+    new_len = g.op("Shape", [new_bsh], start=1, end=2)
+    batch = g.op("Shape", [new_bsh], start=0, end=1)
+    total64 = g.op("Add", [past_len, new_len])
+    total32 = g.op("Cast", [total64], to=TensorProto.INT32)
+    one = g.const("tsf_one_i32", np.array([1], dtype=np.int32))
+    seqlens = g.op("Expand", [g.op("Sub", [total32, one]), batch])
+    scalar = g.op("Squeeze", [total32, g.const("tsf_axis0", np.array([0], dtype=np.int64))])
+    return seqlens, scalar
+
+
+def _additive(g: _Graph, mask: str) -> str:
+    """The export's boolean mask (True: attend) as an additive fp32 bias."""
+    zero = g.const("tsf_zero", np.array(0.0, dtype=np.float32))
+    low = g.const("tsf_masked", np.array(np.finfo(np.float32).min, dtype=np.float32))
+    return g.op("Where", [mask, zero, low])
+
+
+def fuse_skip_rms_norm(model) -> int:
+    """``Add(a, b)`` feeding ``RMSNormalization`` (and the residual stream) becomes one
+    ``SkipSimplifiedLayerNormalization`` giving both; returns how many were fused."""
+    g = _Graph(model.graph)
+    fused = 0
+    for add in list(model.graph.node):
+        if add.op_type != "Add" or len(add.input) != 2:
+            continue
+        norms = [n for n in g.consumers.get(add.output[0], []) if n.op_type == "RMSNormalization"]
+        if len(norms) != 1 or len(norms[0].input) != 2 or norms[0].input[1] not in g.constants:
+            continue
+        norm = norms[0]
+        if g.int_attr(norm, "axis", -1) != -1 or g.int_attr(norm, "stash_type", 1) != 1:
+            continue
+        if any(i in g.constants for i in add.input):
+            continue  # a bias add, not a residual
+        eps = g.int_attr(norm, "epsilon", 1e-5)
+        others = [n for n in g.consumers[add.output[0]] if n is not norm] or add.output[0] in g.outputs
+        outputs = [norm.output[0], "", "", add.output[0] if others else ""]
+        g.op("SkipSimplifiedLayerNormalization", [add.input[0], add.input[1], norm.input[1]], 4, domain=MS,
+             outputs=outputs, epsilon=float(eps))
+        g.dead.update({id(add), id(norm)})
+        fused += 1
+    if fused:
+        g.commit()
+    return fused
+
+
+ATTENTION_FORMS = ("Attention", "GroupQueryAttention")
+
+
+def decoder_fusions(model, *, attention: str = "Attention") -> dict[str, object]:
+    """Both fusions, attention first (``attention`` names the op the layers become); what each did.
+
+    On the CPU the default is ONNX's own ``Attention`` with the cache inside: timed per decode step on
+    SmolLM2-135M's architecture (int4, past 128, 2 threads), its kernel took ~78 us a layer against ~84 us for
+    ``GroupQueryAttention`` (scripts/decoder_int4_benchmark.py times both). ``GroupQueryAttention`` is the
+    form ONNX Runtime's CUDA kernels serve best."""
+    return {"attention": attention, "attention_layers": fuse_attention(model, op=attention),
+            "skip_rms_norm": fuse_skip_rms_norm(model)}
