@@ -10,9 +10,9 @@ their dispatch costs as much as the attention itself. ONNX Runtime's own optimiz
 ``Attention`` (opset 23, which takes the past and gives the present) or ``GroupQueryAttention`` (ONNX
 Runtime's contrib op, the one onnxruntime-genai's builder writes). Rotary stays the export's own
 ``RotaryEmbedding`` (on the 3-D projections, so positions come from ``position_ids`` exactly as before), the
-cache stays in the export's layout (batch, KV heads, past, head size) with the same input and output names, and the export's
-own boolean mask (causal, padding, sliding window) is passed on (``GroupQueryAttention`` takes it as an
-additive ``attention_bias``), so left padded batches give the same results as the export. Partial rotary
+cache stays in the export's layout (batch, KV heads, past, head size) with the same input and output names,
+and the export's own boolean mask (causal, padding, sliding window) is passed on (``GroupQueryAttention``
+takes it as an additive ``attention_bias``), so left padded batches give the same results as the export. Partial rotary
 (Phi-3's ``Concat(rotary(x[..., :d]), x[..., d:])``) becomes the op's ``rotary_embedding_dim``. A layer
 that does not match the expected pattern is left as it is; the counts say how many were rewritten.
 
