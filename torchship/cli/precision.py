@@ -95,7 +95,11 @@ def _choices(value: str) -> tuple[bool, ...]:
               help="7-bit weights (avoids saturation in the int8 kernels of CPUs without VNNI).")
 @click.option("--from", "sources", default=None,
               help="Variants to quantize, comma-separated: model (the export), optimized (transformer-fused), "
-                   "optimized-ln (fused, but residual Add + LayerNorm unfused). Default: all that apply.")
+                   "optimized-ln (fused, but residual Add + LayerNorm unfused), optimized-ln-approx (that, with GELU "
+                   "as FastGelu). Default: all that apply but the last.")
+@click.option("--approximate-gelu", is_flag=True,
+              help="Also quantize the fused graph with GELU as its tanh approximation (FastGelu, as Optimum's O3; "
+                   "optimized-ln-approx); judged by the same accuracy probe, kept only if fastest within budget.")
 @click.option("--op-types", default=None, help="Op types to quantize, comma-separated (e.g. MatMul,Attention); "
                                                "default: ONNX Runtime's for the method.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
@@ -117,7 +121,7 @@ def _choices(value: str) -> tuple[bool, ...]:
 @friendly_errors
 def quantize_cmd(folder, int8, method, bits, block_size, accuracy_level, quantize_embedding, head, max_weight_error,
                  calibration, calibration_method, per_channel, reduce_range, sources, op_types, exclude,
-                 activation_type, quant_format, fallback, max_fp32, budget, eval_texts, threads):
+                 approximate_gelu, activation_type, quant_format, fallback, max_fp32, budget, eval_texts, threads):
     """Make an int8 variant of FOLDER: try several quantizations, keep the fastest within the accuracy budget.
     With --method weight-only (decoders), an int4 or int8 weight-only variant instead."""
     weight_flags = {"--bits": bits, "--block-size": block_size, "--accuracy-level": accuracy_level,
@@ -140,6 +144,10 @@ def quantize_cmd(folder, int8, method, bits, block_size, accuracy_level, quantiz
                          "--method both")
     methods = {"auto": ("dynamic", "static") if calibration else ("dynamic",), "dynamic": ("dynamic",),
                "static": ("static",), "both": ("dynamic", "static")}[method]
+    if approximate_gelu:
+        from torchship.optimizers.int8_candidates import DEFAULT_SOURCES
+
+        sources = ",".join(dict.fromkeys([*(split(sources) or DEFAULT_SOURCES), "optimized-ln-approx"]))
     static_only = [f for f, v in (("--activation-type", activation_type), ("--quant-format", quant_format)) if v != "both"]
     if static_only and "static" not in methods:
         raise InputError(f"{static_only[0]} is for static int8; add --calibration FILE, or drop {static_only[0]}")

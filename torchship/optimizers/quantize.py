@@ -36,8 +36,9 @@ from torchship.external_data import normalize, staged_model
 from torchship._ort import ort_runner
 from torchship.optimizers.accuracy import AccuracyProbe, AccuracyResult
 from torchship.optimizers.fusion import op_histogram
-from torchship.optimizers.int8_candidates import (SOURCES, Candidate, QuantizeOptions, build, calibration_cache,
-                                                  calibration_feeds, candidates, fused_without_skip_ln, matching_nodes)
+from torchship.optimizers.int8_candidates import (DEFAULT_SOURCES, SOURCES, UNFUSED_LN, Candidate, QuantizeOptions,
+                                                  build, calibration_cache, calibration_feeds, candidates, ln_sources,
+                                                  matching_nodes)
 from torchship.validation import run_reference_cases
 from torchship.exporters.spec import family_of, saved_config
 
@@ -94,13 +95,13 @@ def _quantize(artifact: Artifact, options: QuantizeOptions, progress: _progress.
     src_fp32 = artifact.path_of("model")
     available = {s: artifact.path_of(s) for s in SOURCES if s in m.variants}
     for s in options.sources or ():
-        if s not in available and not (s == "optimized-ln" and "optimized" in m.variants):
+        if s not in available and not (s in UNFUSED_LN and "optimized" in m.variants):
             raise InputError(f"{artifact.folder} has no {s!r} variant to quantize; run: torchship optimize {folder}")
     calibration = calibration_feeds(options, artifact) if "static" in options.methods else None
     probe = AccuracyProbe.for_artifact(artifact, options.eval_texts)
     with scratch_dir(artifact.folder, "int8") as scratch:
-        if "optimized" in available and "optimized-ln" in (options.sources or SOURCES):
-            available["optimized-ln"] = fused_without_skip_ln(artifact, scratch)
+        if "optimized" in available:
+            available.update(ln_sources(artifact, options.sources or DEFAULT_SOURCES, scratch))
         exclude = {s: matching_nodes(p, options.exclude) for s, p in available.items()} if options.exclude \
             else {s: () for s in available}
         progress.step(f"accuracy probe: {probe.metric} on {probe.source}")
