@@ -137,10 +137,13 @@ def _ints(g: _Graph, value: str):
 
 def _rotated(g: _Graph, value: str):
     """``value`` = RotaryEmbedding(T), or the partial form Concat(RotaryEmbedding(T[..., :d]), T[..., d:]):
-    (the rotary node, T, d or 0 for whole heads, the nodes replaced), else None."""
+    (the rotary node, T, d or 0 for whole heads, the nodes replaced); no rotary at all (GPT-2): (None, value,
+    0, []); else None."""
     n = g.producer.get(value)
     if n is None or g.only_consumer(value) is None:
         return None
+    if n.op_type == "Transpose":
+        return None, value, 0, []
     if n.op_type == "RotaryEmbedding" and len(n.input) == 3 and not g.int_attr(n, "rotary_embedding_dim", 0):
         return n, n.input[0], 0, [n]
     if n.op_type != "Concat" or len(n.input) != 2 or g.int_attr(n, "axis") not in (-1, 3):
@@ -159,17 +162,23 @@ def _rotated(g: _Graph, value: str):
     return rot, head.input[0], h[1][0], [n, rot, head, tail]
 
 
-def _four_dims(g: _Graph, shape: str) -> bool:
-    """A Reshape's shape input that has four entries (a constant, or a Concat of four parts)."""
+def _dims(g: _Graph, shape: str) -> int | None:
+    """How many entries a Reshape's shape input has, when it is a constant or a Concat of single values."""
     const = _ints(g, shape)
     if const is not None:
-        return len(const) == 4
+        return len(const)
     n = g.producer.get(shape)
-    return n is not None and n.op_type == "Concat" and len(n.input) == 4
+    if n is None or n.op_type != "Concat":
+        return None
+    parts = [_ints(g, i) for i in n.input]
+    if any(p is not None and len(p) != 1 for p in parts):
+        return None
+    return len(n.input)  # a computed part is taken as one value (a Shape slice or a gathered size)
 
 
-def _match_layer(g: _Graph, att):
-    """The pieces of one exported attention layer, or None when it is not the expected pattern."""
+def _match_layer(g: _Graph, att, heads: tuple[int, int] | None):
+    """The pieces of one exported attention layer, or None when it is not the expected pattern. ``heads``
+    (query heads, KV heads) is needed where no rotary node says them."""
     if not 3 <= len(att.input) <= 4 or len(att.output) != 1:
         return None
     k_cat, v_cat = g.producer.get(att.input[1]), g.producer.get(att.input[2])
@@ -179,7 +188,7 @@ def _match_layer(g: _Graph, att):
     if k_cat.output[0] not in g.outputs or v_cat.output[0] not in g.outputs:
         return None  # the cache must be the graph's present outputs
     q, k = _rotated(g, att.input[0]), _rotated(g, k_cat.input[1])
-    if not q or not k or q[2] != k[2]:
+    if not q or not k or q[2] != k[2] or (q[0] is None) != (k[0] is None):
         return None
     q_src, q_t = _bshd_source(g, q[1], users=2 if q[2] else 1)
     k_src, k_t = _bshd_source(g, k[1], users=2 if k[2] else 1)
@@ -187,7 +196,7 @@ def _match_layer(g: _Graph, att):
     if not (q_src and k_src and v_src):
         return None
     out_t, views = g.only_consumer(att.output[0]), []
-    if out_t is not None and out_t.op_type == "Reshape" and _four_dims(g, out_t.input[1]):
+    if out_t is not None and out_t.op_type == "Reshape" and _dims(g, out_t.input[1]) == 4:
         views, out_t = [out_t], g.only_consumer(out_t.output[0])  # a view to the same 4-D shape (Phi-3)
     if not out_t or out_t.op_type != "Transpose" or g.int_attr(out_t, "perm") != _BSHD:
         return None
@@ -195,13 +204,16 @@ def _match_layer(g: _Graph, att):
     if not out_r or out_r.op_type != "Reshape":
         return None
     q_rot, k_rot = q[0], k[0]
-    heads, kv_heads = g.int_attr(q_rot, "num_heads"), g.int_attr(k_rot, "num_heads")
+    if q_rot is None:
+        heads, kv_heads = heads or (None, None)
+    else:
+        heads, kv_heads = g.int_attr(q_rot, "num_heads"), g.int_attr(k_rot, "num_heads")
+        if g.int_attr(q_rot, "interleaved", 0) != g.int_attr(k_rot, "interleaved", 0):
+            return None
     if not heads or not kv_heads or g.int_attr(att, "qk_matmul_output_mode", 0) != 0:
         return None
-    if g.int_attr(q_rot, "interleaved", 0) != g.int_attr(k_rot, "interleaved", 0):
-        return None
     return dict(att=att, q_rot=q_rot, k_rot=k_rot, k_cat=k_cat, v_cat=v_cat, q=q_src, k=k_src, v=v_src,
-                rotary_dim=q[2], replaced=[att, k_cat, v_cat, q_t, k_t, v_t, out_t, out_r, *views, *q[3], *k[3]],
+                rotary_dim=q[2], replaced=[att, k_cat, v_cat, q_t, k_t, v_t, out_t, *views, *q[3], *k[3]],
                 out_r=out_r, heads=heads, kv_heads=kv_heads)
 
 
@@ -220,14 +232,15 @@ def _flat(g: _Graph, bshd: str, flat: str) -> str:
     return g.op("Reshape", [bshd, flat()])
 
 
-def fuse_attention(model, *, op: str = "Attention") -> int:
+def fuse_attention(model, *, op: str = "Attention", heads: tuple[int, int] | None = None) -> int:
     """Rewrite every matching attention layer of ``model`` (an ``onnx.ModelProto``, changed in place) to one
     3-D attention node with the cache inside it: ONNX's own ``Attention`` (``op="Attention"``, opset 23) or
-    ONNX Runtime's ``GroupQueryAttention``. Returns how many layers were rewritten."""
+    ONNX Runtime's ``GroupQueryAttention``. ``heads`` (query heads, KV heads) lets layers without rotary
+    (GPT-2) be rewritten too. Returns how many layers were rewritten."""
     from onnx import helper
 
     g = _Graph(model.graph)
-    layers = [m for m in (_match_layer(g, n) for n in model.graph.node if n.op_type == "Attention") if m]
+    layers = [m for m in (_match_layer(g, n, heads) for n in model.graph.node if n.op_type == "Attention") if m]
     if not layers:
         return 0
     flat = g.lazy_const("tsf_flat_shape", np.array([0, 0, -1], dtype=np.int64))
@@ -239,12 +252,20 @@ def fuse_attention(model, *, op: str = "Attention") -> int:
         q3, k3, v3 = (_flat(g, m[x], flat) for x in ("q", "k", "v"))
         if lengths is None and op != "Attention":  # every layer's cache has the same length
             lengths = _lengths(g, past_k, q3)
-        rot = {"interleaved": g.int_attr(m["q_rot"], "interleaved", 0)}
-        if m["rotary_dim"]:
-            rot["rotary_embedding_dim"] = m["rotary_dim"]
-        q3 = g.op("RotaryEmbedding", [q3, *m["q_rot"].input[1:]], num_heads=m["heads"], **rot)
-        k3 = g.op("RotaryEmbedding", [k3, *m["k_rot"].input[1:]], num_heads=m["kv_heads"], **rot)
-        outputs = [m["out_r"].output[0], m["k_cat"].output[0], m["v_cat"].output[0]]
+        if m["q_rot"] is not None:
+            rot = {"interleaved": g.int_attr(m["q_rot"], "interleaved", 0)}
+            if m["rotary_dim"]:
+                rot["rotary_embedding_dim"] = m["rotary_dim"]
+            q3 = g.op("RotaryEmbedding", [q3, *m["q_rot"].input[1:]], num_heads=m["heads"], **rot)
+            k3 = g.op("RotaryEmbedding", [k3, *m["k_rot"].input[1:]], num_heads=m["kv_heads"], **rot)
+        out_r = m["out_r"]
+        if _dims(g, out_r.input[1]) == 3:  # already (batch, sequence, hidden): the reshape goes
+            g.dead.add(id(out_r))
+            y = out_r.output[0]
+        else:  # another shape (GPT-2 flattens to 2-D for its Gemm): reshape the 3-D output instead
+            y = g.name("tsf_attention_out")
+            out_r.input[0] = y
+        outputs = [y, m["k_cat"].output[0], m["v_cat"].output[0]]
         attrs = {}
         for key in ("scale", "softcap"):
             value = g.int_attr(att, key)
@@ -319,12 +340,21 @@ def fuse_skip_rms_norm(model) -> int:
 ATTENTION_FORMS = ("Attention", "GroupQueryAttention")
 
 
-def decoder_fusions(model, *, attention: str = "Attention") -> dict[str, object]:
+def cache_heads(model) -> int | None:
+    """The KV heads of the graph's cache: dimension 1 of its first ``past_key_values.*`` input, when fixed."""
+    for value in model.graph.input:
+        if value.name.startswith("past_key_values."):
+            dims = value.type.tensor_type.shape.dim
+            return dims[1].dim_value or None if len(dims) == 4 else None
+    return None
+
+
+def decoder_fusions(model, *, attention: str = "Attention", heads: tuple[int, int] | None = None) -> dict[str, object]:
     """Both fusions, attention first (``attention`` names the op the layers become); what each did.
 
     On the CPU the default is ONNX's own ``Attention`` with the cache inside: timed per decode step on
     SmolLM2-135M's architecture (int4, past 128, 2 threads), its kernel took ~78 us a layer against ~84 us for
     ``GroupQueryAttention`` (scripts/decoder_int4_benchmark.py times both). ``GroupQueryAttention`` is the
     form ONNX Runtime's CUDA kernels serve best."""
-    return {"attention": attention, "attention_layers": fuse_attention(model, op=attention),
+    return {"attention": attention, "attention_layers": fuse_attention(model, op=attention, heads=heads),
             "skip_rms_norm": fuse_skip_rms_norm(model)}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchship.onnx_io import load_onnx
-from torchship.optimizers.decoder_fusion import decoder_fusions
+from torchship.optimizers.decoder_fusion import cache_heads, decoder_fusions
 from torchship.errors import ArtifactError
 
 # Operators the fusion report counts, grouped as the report shows them.
@@ -100,7 +100,9 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
                                        hidden_size=hidden_size, opt_level=0,
                                        optimization_options=options, use_gpu=use_gpu)
             # nothing to do on a graph without a rotary decoder's layers
-            rewrites = decoder_fusions(optimized.model, attention="GroupQueryAttention" if use_gpu else "Attention")
+            kv = cache_heads(optimized.model)
+            rewrites = decoder_fusions(optimized.model, attention="GroupQueryAttention" if use_gpu else "Attention",
+                                       heads=(num_heads, kv) if kv else None)
             optimized.save_model_to_file(str(dst), use_external_data_format=external_data,
                                          all_tensors_to_one_file=True)
     except OSError:  # a full disk or an unwritable folder is the machine's problem, said as such
