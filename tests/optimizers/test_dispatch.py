@@ -237,7 +237,8 @@ def test_the_table_may_choose_the_approximate_variant_and_the_report_says_so(mea
     art.save(dataclasses.replace(art.manifest, dispatch=table))
     art = _with_ranges(art, [{"batch": [1, 1], "sequence": [1, 16], "variant": "optimized-approx",
                               "measured_at": [1, 16]},
-                             {"batch": [1, None], "sequence": [1, None], "variant": "ort-all", "measured_at": [8, 128]}])
+                             {"batch": [1, None], "sequence": [1, None], "variant": "ort-all",
+                              "measured_at": [8, 128]}])
     with create_predictor(art, "ort-measured", RuntimeOptions(threads=1)) as predictor:
         predictor.infer(_feeds(1, 12))
         assert predictor.last_variant == "optimized-approx"

@@ -148,7 +148,8 @@ def quantize_cmd(folder, int8, method, bits, block_size, accuracy_level, quantiz
         from torchship.optimizers.int8_candidates import DEFAULT_SOURCES
 
         sources = ",".join(dict.fromkeys([*(split(sources) or DEFAULT_SOURCES), "optimized-ln-approx"]))
-    static_only = [f for f, v in (("--activation-type", activation_type), ("--quant-format", quant_format)) if v != "both"]
+    static_only = [flag for flag, value in (("--activation-type", activation_type), ("--quant-format", quant_format))
+                   if value != "both"]
     if static_only and "static" not in methods:
         raise InputError(f"{static_only[0]} is for static int8; add --calibration FILE, or drop {static_only[0]}")
     opts = QuantizeOptions(

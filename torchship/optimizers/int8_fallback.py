@@ -8,16 +8,17 @@ averaged over the tokens:
 
     mean over rows r of ||Q(x_r) Q(W) - x_r W|| / ||x_r W||
 
-Per token, not over the whole tensor: one scale per tensor is set by a few outlier tokens, which then quantize
-well while every other token loses its resolution; a tensor-wide norm is dominated by the outliers and hides
-that (on MiniLM it ranked the FFN output MatMuls, whose fp32 fallback moves static int8 from 0.943 to 0.991
-sentence cosine, below the FFN inputs; the per-token mean ranks them first).
-
 with activations 8-bit per tensor over their range (dynamic int8: the range seen on the probe texts; static:
-the calibrated range, so values outside it clip as they will at run time) and weights int8 symmetric, per channel or per tensor, 7-bit with reduce-range. The candidate is then rebuilt with
-the k most sensitive nodes left in fp32, k = 1, 2, 4, ... up to ``max_fp32``, each try judged by the task's own
-accuracy probe against the budget; the first that meets it ends the ladder. Every try, and the ranking it
-came from, is recorded in the manifest.
+the calibrated range, so values outside it clip as they will at run time) and weights int8 symmetric, per
+channel or per tensor, 7-bit with reduce-range. Per token, not over the whole tensor: one scale per tensor is
+set by a few outlier tokens, which then quantize well while every other token loses its resolution; a
+tensor-wide norm is dominated by the outliers and hides that (on MiniLM it ranked the FFN output MatMuls, whose
+fp32 fallback moves static int8 from 0.943 to 0.991 sentence cosine, below the FFN inputs; the per-token mean
+ranks them first).
+
+The candidate is then rebuilt with the k most sensitive nodes left in fp32, k = 1, 2, 4, ... up to
+``max_fp32``, each try judged by the task's own accuracy probe against the budget; the first that meets it ends
+the ladder. Every try, and the ranking it came from, is recorded in the manifest.
 """
 
 from __future__ import annotations

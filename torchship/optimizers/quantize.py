@@ -188,7 +188,8 @@ def _fall_back(outcomes: list[Outcome], options: QuantizeOptions, available: dic
         fastest = min(o.extra["screen_p50_ms"] for o in passing)
         trigger = (f"fallback 'always': candidates below budget that timed faster than the fastest within it "
                    f"({fastest:.3f} ms) are retried with their most sensitive MatMuls in fp32")
-        targets = sorted((o for o in below if o.extra["screen_p50_ms"] < fastest), key=lambda o: o.extra["screen_p50_ms"])
+        targets = sorted((o for o in below if o.extra["screen_p50_ms"] < fastest),
+                         key=lambda o: o.extra["screen_p50_ms"])
     else:
         return None
     from torchship.optimizers.int8_fallback import RANKED, Sensitivity, calibrated_ranges, fall_back
@@ -214,7 +215,7 @@ def _fall_back(outcomes: list[Outcome], options: QuantizeOptions, available: dic
 
 def _verdicts(outcomes: list[Outcome], chosen: str | None) -> dict[str, str]:
     """Why each candidate was kept or not, in words."""
-    rescued = {o.extra.get("fallback_of"): o.candidate.name for o in outcomes if o.passed and o.extra.get("fallback_of")}
+    rescued = {o.extra["fallback_of"]: o.candidate.name for o in outcomes if o.passed and o.extra.get("fallback_of")}
     out = {}
     for o in outcomes:
         name = o.candidate.name
