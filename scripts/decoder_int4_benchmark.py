@@ -1,37 +1,38 @@
 #!/usr/bin/env python
-"""Weight-only int4 / int8 decoding against eager PyTorch and onnxruntime-genai's model builder.
+"""Weight-only int4 / int8 decoding against eager PyTorch and onnxruntime-genai's model builder, through
+torchship's own decoder benchmark.
 
-    python scripts/decoder_int4_benchmark.py --config DIR [--work DIR] [--threads 2] [--past 128]
-        [--genai-python PATH] [--min-seconds 5] [--out reports/decoder-int4]
+    python scripts/decoder_int4_benchmark.py --config ../shared/data/smollm2-135m [--work DIR] [--threads 2]
+        [--prompt-lengths 32,128,512] [--past-lengths 32,128,512] [--min-seconds 5] [--min-iterations 20]
+        [--no-genai] [--no-peak-memory] [--out reports/decoder-int4]
 
-1. Makes a checkpoint with random weights from the model config in --config (e.g. SmolLM2-135M's
-   config.json) and a small generated BPE tokenizer, unless --work already holds one.
+1. Makes a checkpoint with random weights from the model config in --config (e.g. SmolLM2-135M's config.json)
+   and a small generated BPE tokenizer (the builder copies a tokenizer), unless --work already holds one.
 2. Exports it with ``export-decoder --no-optimize`` and makes the weight-only variants with
    ``torchship quantize --method weight-only`` (int8, then int4; block 32, accuracy level 4, head included).
-3. With --genai-python (a Python where ``onnxruntime_genai`` imports), builds the same checkpoint with
-   ``python -m onnxruntime_genai.models.builder -p int4 -e cpu`` (GroupQueryAttention with rotary,
-   MatMulNBits, quantized embedding).
-4. Times one decode step (batch 1, one new token after --past cached ones, same random past for all) of
-   eager PyTorch with its DynamicCache, the fp32 export, both weight-only variants and the builder's graph,
-   interleaved, each ONNX graph in a plain ONNX Runtime session with the same threads.
-Writes SUMMARY.md and summary.json (ms/token, tokens/s, file sizes, the variants' judged accuracy) to --out.
-Timings on a shared machine are indicative: compare ratios from one run.
+3. Runs the library's decoder benchmark (``torchship bench``'s): batch 1, prefill at each prompt length, one
+   decode step after each past length, every row interleaved with the same inputs and threads: eager PyTorch
+   with its DynamicCache, the fp32 export, both weight-only variants and, when onnxruntime-genai is installed,
+   its model builder's fp32 / int8 / int4 graphs of the same checkpoint (built once into WORK/onnx/genai/).
+   Each row's peak memory is probed alone in a fresh process.
+Writes the benchmark's report (bench/report.md, results.json, latency.png) and SUMMARY.md + summary.json (the
+issue's bar at past 128, the command) to --out. Timings on a shared machine are indicative: compare ratios
+from one run on an idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "tests"))
+BAR_PAST = 128  # the issue's bar: a decode step after 128 cached tokens, batch 1
 
 
 def run(*cmd: str) -> None:
@@ -48,12 +49,54 @@ def make_checkpoint(config_dir: Path, dst: Path) -> None:
     config = AutoConfig.from_pretrained(config_dir)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).eval().save_pretrained(dst)
-    make_bpe_tokenizer().save_pretrained(dst)  # the genai builder saves a tokenizer; any will do
+    make_bpe_tokenizer().save_pretrained(dst)
 
 
-def size_of(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+def lengths(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def bar(report, past: int) -> dict:
+    """The issue's bar at one past length: int4 >= 4x eager and at least as fast as genai's int4, int8 >= 3x
+    with a next-token logit cosine >= 0.99 over 64 steps."""
+    def ms(name):
+        m = next((m for m in report.measurements if (m.backend, m.phase, m.past) == (name, "decode", past)), None)
+        return None if m is None else m.p50_ms
+
+    eager, int4, int8, genai4 = ms("torch"), ms("ort-wo-int4"), ms("ort-wo-int8"), ms("genai-int4")
+    cosine = report.judged.get("ort-wo-int8", {}).get("logit_cosine_mean")
+    checks = {
+        "int4 >= 4x eager": None if None in (eager, int4) else eager / int4 >= 4,
+        "int4 at least as fast as genai int4": None if None in (int4, genai4) else int4 <= genai4,
+        "int8 >= 3x eager": None if None in (eager, int8) else eager / int8 >= 3,
+        "int8 logit cosine >= 0.99 (64 steps)": None if cosine is None else cosine >= 0.99,
+    }
+    return {"past": past, "eager_ms": eager, "wo_int4_ms": int4, "wo_int8_ms": int8, "genai_int4_ms": genai4,
+            "int4_vs_eager": None if None in (eager, int4) else round(eager / int4, 2),
+            "int4_vs_genai_int4": None if None in (int4, genai4) else round(genai4 / int4, 2),
+            "int8_vs_eager": None if None in (eager, int8) else round(eager / int8, 2),
+            "int8_logit_cosine_mean": cosine, "checks": checks}
+
+
+def summary_md(report, command: str, checked: dict, config: Path) -> str:
+    from torchship.benchmarks.report import markdown
+
+    def word(ok):
+        return "not measured" if ok is None else "met" if ok else "MISSED"
+
+    lines = [f"# Weight-only decoding: {config.name} (random weights), batch 1, {report.environment.threads} threads",
+             "", f"Command: `{command}`", "",
+             f"## The bar: one decode step after {checked['past']} cached tokens", ""]
+    lines += [f"- {name}: {word(ok)}" for name, ok in checked["checks"].items()]
+    def ratio(key):
+        return "not measured" if checked[key] is None else f"{checked[key]}x"
+
+    lines += ["", f"int4: {ratio('int4_vs_eager')} eager, {ratio('int4_vs_genai_int4')} genai's int4 build (its "
+              f"median over ours); int8: {ratio('int8_vs_eager')} eager, next-token logit cosine "
+              f"{checked['int8_logit_cosine_mean']}. Random weights make a 4-bit model's end-to-end logits "
+              "meaningless, so int4 is judged by each quantized MatMul's relative weight error (below).", "",
+              "## The whole benchmark", "", markdown(report).split("\n", 1)[1]]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -61,74 +104,48 @@ def main(argv=None) -> int:
     ap.add_argument("--config", type=Path, required=True, help="folder with the model's config.json")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "decoder-int4")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--past", type=int, default=128)
-    ap.add_argument("--genai-python", default=None)
+    ap.add_argument("--prompt-lengths", default="32,128,512")
+    ap.add_argument("--past-lengths", default="32,128,512")
     ap.add_argument("--min-seconds", type=float, default=5.0)
+    ap.add_argument("--min-iterations", type=int, default=20)
+    ap.add_argument("--no-genai", action="store_true")
+    ap.add_argument("--no-peak-memory", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "decoder-int4")
     args = ap.parse_args(argv)
+    command = shlex.join(["python", "scripts/decoder_int4_benchmark.py", *(sys.argv[1:] if argv is None else argv)])
 
-    checkpoint, folder, genai = args.work / "model", args.work / "onnx", args.work / "genai-int4"
+    checkpoint, folder = args.work / "model", args.work / "onnx"
     if not (checkpoint / "config.json").is_file():
         make_checkpoint(args.config, checkpoint)
     if not (folder / "model.onnx").is_file():
-        run(str(BIN / "export-gpt2"), "--model", str(checkpoint), "--output", str(folder), "--no-optimize")
+        run(str(BIN / "export-decoder"), "--model", str(checkpoint), "--output", str(folder), "--no-optimize")
     for bits in (8, 4):
         if not (folder / f"model_wo_int{bits}.onnx").is_file():
             run(str(BIN / "torchship"), "quantize", str(folder), "--method", "weight-only", "--bits", str(bits),
                 "--block-size", "32")
-    if args.genai_python and not (genai / "model.onnx").is_file():
-        run(args.genai_python, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(genai),
-            "-p", "int4", "-e", "cpu", "-c", str(args.work / "genai-cache"))
 
-    from torchship._ort import ort_runner
-    from torchship.artifact import Artifact
-    from torchship.benchmarks.timing import TimingPlan, measure_interleaved
-    from torchship.exporters.spec import BATCH, PAST_SEQUENCE, SEQUENCE, family_of, saved_config
-    from torchship.runtimes import source_model_loader
-    from torchship.runtimes.torch_runtime import TorchCachedDecoder
+    from dataclasses import replace
 
-    art = Artifact.open(folder)
-    m = art.manifest
-    spec, config = family_of(m), saved_config(art)
-    case = spec.case_for({BATCH: 1, SEQUENCE: 1, PAST_SEQUENCE: args.past}, config)
-    feeds = spec.sample_inputs(config, m.io(), case, seed=0)
-    files = {"ort-fp32": folder / "model.onnx", "wo-int8": folder / "model_wo_int8.onnx",
-             "wo-int4": folder / "model_wo_int4.onnx"}
-    if (genai / "model.onnx").is_file():
-        files["genai-int4"] = genai / "model.onnx"
-    eager = TorchCachedDecoder(source_model_loader(art), m.io(), num_layers=m.num_layers, threads=args.threads)
-    eager.activate()
-    fns = {"torch": eager.timed_step(feeds)}
-    fns.update({name: (lambda r=ort_runner(path, threads=args.threads): r(feeds)) for name, path in files.items()})
-    print(f"timing one decode step after {args.past} cached tokens, {args.threads} threads", flush=True)
-    times = measure_interleaved(fns, TimingPlan(warmup=5, min_iterations=30, min_seconds=args.min_seconds))
-    rows = {}
-    for name, t in times.items():
-        ms = float(np.median(t) * 1000)
-        rows[name] = {"ms_per_token": round(ms, 2), "p90_ms": round(float(np.percentile(t, 90) * 1000), 2),
-                      "tokens_per_s": round(1000 / ms, 1), "iterations": len(t),
-                      "bytes": size_of(files[name]) if name in files else None}
-    for name in ("wo-int8", "wo-int4"):
-        v = m.variants[name].validation
-        rows[name]["judged"] = {k: v[k] for k in ("logit_cosine_mean", "logit_cosine_min", "top1_agreement",
-                                                  "max_weight_error", "mean_weight_error", "quantized_matmuls")}
-    base = rows["torch"]["ms_per_token"]
-    for r in rows.values():
-        r["speedup_vs_eager"] = round(base / r["ms_per_token"], 2)
-    summary = {"model": str(args.config), "past": args.past, "threads": args.threads, "batch": 1,
-               "machine": platform.processor() or platform.machine(), "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"# Decode step, batch 1, past {args.past}, {args.threads} threads ({args.config.name}, random weights)",
-             "", "| model | ms/token | p90 | tokens/s | vs eager | file MB | logit cosine (64 steps) | worst weight error |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in rows.items():
-        judged = r.get("judged", {})
-        lines.append(f"| {name} | {r['ms_per_token']:.2f} | {r['p90_ms']:.2f} | {r['tokens_per_s']:.1f} | "
-                     f"{r['speedup_vs_eager']:.2f}x | {r['bytes'] / 1e6 if r['bytes'] else 0:.0f} | "
-                     f"{judged.get('logit_cosine_mean', '-')} | {judged.get('max_weight_error', '-')} |")
-    (args.out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from torchship import _progress
+    from torchship._fs import write_text_atomic
+    from torchship.benchmarks.decoder import DecoderBenchOptions, run_decoder_benchmark
+    from torchship.benchmarks.report import write_report
+    from torchship.benchmarks.timing import TimingPlan
+
+    pasts = lengths(args.past_lengths)
+    plan = replace(TimingPlan(), min_seconds=args.min_seconds, min_iterations=args.min_iterations,
+                   block=min(TimingPlan().block, args.min_iterations))
+    report = run_decoder_benchmark(folder, DecoderBenchOptions(
+        batch_sizes=(1,), prompt_lengths=lengths(args.prompt_lengths), past_lengths=pasts, threads=args.threads,
+        plan=plan, genai=not args.no_genai, peak_memory=not args.no_peak_memory),
+        progress=_progress.Progress(step=lambda text: print(f"torchship: {text}", flush=True)))
+    write_report(report, args.out / "bench")
+    checked = bar(report, BAR_PAST if BAR_PAST in pasts else max(pasts))
+    summary = {"command": command, "config": str(args.config), "bar": checked, "report": report.to_json()}
+    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    text = summary_md(report, command, checked, args.config)
+    write_text_atomic(args.out / "SUMMARY.md", text)
+    print(text)
     return 0
 
 

@@ -95,7 +95,8 @@ def supported_architectures() -> tuple[str, ...]:
 def precisions_for(artifact: Artifact, backends) -> dict[str, dict]:
     """The builder precisions the benched backends call for, with the builder options that match them: fp32
     for any fp32 ONNX Runtime backend, int8 / int4 for a weight-only variant (its block size, accuracy level,
-    symmetry, and whether its embedding and head are quantized)."""
+    and whether its embedding and head are quantized). The builder's own symmetric quantization is kept: at
+    int4, asymmetric, it writes a tied embedding (SmolLM2's) that ONNX Runtime 1.32 cannot load."""
     out: dict[str, dict] = {}
     for name in backends:
         if name.startswith(PREFIX):
@@ -105,8 +106,7 @@ def precisions_for(artifact: Artifact, backends) -> dict[str, dict]:
             out.setdefault("fp32", {})
         elif record.builder == WEIGHT_ONLY and (variant := artifact.variant_for(name)) is not None:
             opts = variant.options
-            extra = {"block_size": opts.get("block_size", 32), "accuracy_level": opts.get("accuracy_level", 4),
-                     "is_symmetric": str(bool(opts.get("symmetric", True))).lower()}
+            extra = {"block_size": opts.get("block_size", 32), "accuracy_level": opts.get("accuracy_level", 4)}
             if opts.get("embedding"):
                 extra["op_types_to_quantize"] = "MatMul/Gather"
             if opts.get("head") is False:
