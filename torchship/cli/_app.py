@@ -93,7 +93,9 @@ def print_artifact(artifact) -> None:
                f"opset {m.export['opset']}")
     for name, v in m.variants.items():
         val = v.validation or {}
-        line = f"  {backend_of_variant(name).name:15s} {v.file:22s} {v.size_bytes / 1e6:8.1f} MB  "
+        line = f"  {backend_of_variant(name).name:20s} {v.file:28s} {v.size_bytes / 1e6:8.1f} MB  "
+        if val.get("approximate"):
+            line += f"approximate: cosine {val['min_cosine']:.6f} vs export, "
         if "logit_cosine_mean" in val:  # a weight-only variant, judged on a decode against the fp32 export
             line += f"logit cosine {val['logit_cosine_mean']:.4f}"
         else:
@@ -109,7 +111,7 @@ def print_artifact(artifact) -> None:
         if v.fusion and v.fusion.get("warning"):
             click.echo(f"  {v.fusion['warning']}", err=True)
     for name, reason in m.skipped.items():
-        click.echo(f"  {backend_of_variant(name).name:15s} skipped: {reason}", err=True)
+        click.echo(f"  {backend_of_variant(name).name:20s} skipped: {reason}", err=True)
 
 
 def print_dispatch(artifact) -> None:
