@@ -80,7 +80,7 @@ def test_lengths_weight_only_rows_sizes_and_peak_memory(llama_bench, tmp_path):
 
 
 @pytest.mark.skipif(not HAS_GENAI, reason="onnxruntime-genai is not installed (pip install 'torchship[genai]')")
-def test_genai_builds_of_the_same_checkpoint_are_timed_beside_ours(llama_bench):
+def test_genai_builds_of_the_same_checkpoint_are_timed_beside_ours(llama_bench, monkeypatch):
     options = DecoderBenchOptions(backends=("torch", "ort", "ort-wo-int4"), prompt_lengths=(8,), past_lengths=(16,),
                                   threads=1, plan=QUICK, genai=True)
     report = run_decoder_benchmark(llama_bench, options)
@@ -94,9 +94,11 @@ def test_genai_builds_of_the_same_checkpoint_are_timed_beside_ours(llama_bench):
     assert "-p int4" in builds["genai-int4"]["command"] and builds["genai-int4"]["extra_options"]["block_size"] == 32
     assert (llama_bench / "genai" / "int4" / "model.onnx").is_file() and report.file_bytes["genai-int4"] > 0
     assert "not onnxruntime-genai's generation loop" in markdown(report)
-    # Built once: a second run reuses the builds.
-    again = run_decoder_benchmark(llama_bench, options)
+    # Built once: a second run reuses the builds (the folder given as a relative path this time).
+    monkeypatch.chdir(llama_bench.parent)
+    again = run_decoder_benchmark(Path(llama_bench.name), options)
     assert all(b["reused"] for b in again.settings["genai"]["builds"].values())
+    assert again.variant_files["genai-int4"] == "genai/int4/model.onnx"
 
     # A builder that fails (a checkpoint without weights): one line in the report, the bench goes on without it,
     # and the build kept from before is untouched.
