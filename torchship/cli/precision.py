@@ -62,7 +62,7 @@ def _choices(value: str) -> tuple[bool, ...]:
 @main.command("quantize", epilog=examples(
     'torchship quantize onnx/bert --int8',
     'torchship quantize onnx/bert --method both --calibration texts.txt',
-    'torchship quantize onnx/gpt2 --method weight-only --bits 4 --block-size 32'))
+    'torchship quantize onnx/gpt2 --method weight-only --bits 4 --block-size 128'))
 @click.argument("folder", type=click.Path())
 @click.option("--int8", "int8", is_flag=True, default=True,
               help="Make an int8 variant (the default; --method weight-only makes int4 or int8 weights instead).")
@@ -73,7 +73,10 @@ def _choices(value: str) -> tuple[bool, ...]:
 @click.option("--bits", type=click.Choice(["4", "8"]), default=None,
               help="Weight-only: bits per weight (default 4).")
 @click.option("--block-size", type=click.Choice(["16", "32", "64", "128", "256"]), default=None,
-              help="Weight-only: weights per scale along K (default 32).")
+              help="Weight-only: weights per scale along K (default 128).")
+@click.option("--symmetric/--asymmetric", "symmetric", default=None,
+              help="Weight-only: scales only (default), or scales and zero points (a little more accurate, "
+                   "a little slower).")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=None,
               help="Weight-only: MatMulNBits compute type, 1 fp32 ... 4 int8 (default 4, the fast CPU path).")
 @click.option("--quantize-embedding", is_flag=True, default=False,
@@ -119,20 +122,22 @@ def _choices(value: str) -> tuple[bool, ...]:
 @o.eval_texts
 @o.threads
 @friendly_errors
-def quantize_cmd(folder, int8, method, bits, block_size, accuracy_level, quantize_embedding, head, max_weight_error,
+def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_level, quantize_embedding, head,
+                 max_weight_error,
                  calibration, calibration_method, per_channel, reduce_range, sources, op_types, exclude,
                  approximate_gelu, activation_type, quant_format, fallback, max_fp32, budget, eval_texts, threads):
     """Make an int8 variant of FOLDER: try several quantizations, keep the fastest within the accuracy budget.
     With --method weight-only (decoders), an int4 or int8 weight-only variant instead."""
-    weight_flags = {"--bits": bits, "--block-size": block_size, "--accuracy-level": accuracy_level,
+    weight_flags = {"--bits": bits, "--block-size": block_size, "--symmetric/--asymmetric": symmetric,
+                    "--accuracy-level": accuracy_level,
                     "--quantize-embedding": quantize_embedding or None, "--head/--no-head": head,
                     "--max-weight-error": max_weight_error}
     if method == "weight-only":
         from click.core import ParameterSource
 
         user_budget = click.get_current_context().get_parameter_source("budget") != ParameterSource.DEFAULT
-        _weight_only(folder, bits, block_size, accuracy_level, quantize_embedding, head, max_weight_error,
-                     budget if user_budget else None, threads)
+        _weight_only(folder, bits, block_size, symmetric, accuracy_level, quantize_embedding, head,
+                     max_weight_error, budget if user_budget else None, threads)
         return
     given = [flag for flag, value in weight_flags.items() if value is not None]
     if given:
@@ -170,11 +175,13 @@ def quantize_cmd(folder, int8, method, bits, block_size, accuracy_level, quantiz
                f"export at {v.options['shape']})")
 
 
-def _weight_only(folder, bits, block_size, accuracy_level, embedding, head, max_weight_error, budget, threads):
+def _weight_only(folder, bits, block_size, symmetric, accuracy_level, embedding, head, max_weight_error, budget,
+                 threads):
     from torchship.optimizers.weight_only import WeightOnlyOptions, variant_name, weight_only
 
     defaults = WeightOnlyOptions()
     opts = WeightOnlyOptions(bits=int(bits or defaults.bits), block_size=int(block_size or defaults.block_size),
+                             symmetric=defaults.symmetric if symmetric is None else symmetric,
                              accuracy_level=defaults.accuracy_level if accuracy_level is None else accuracy_level,
                              embedding=embedding, head=defaults.head if head is None else head, budget=budget,
                              max_weight_error=max_weight_error, threads=threads)
