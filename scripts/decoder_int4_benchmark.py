@@ -3,13 +3,15 @@
 torchship's own decoder benchmark.
 
     python scripts/decoder_int4_benchmark.py --config ../shared/data/smollm2-135m [--work DIR] [--threads 2]
-        [--prompt-lengths 32,128,512] [--past-lengths 32,128,512] [--min-seconds 5] [--min-iterations 20]
+        [--prompt-lengths 32,128,512] [--past-lengths 32,128,512] [--block-size 128] [--min-seconds 5]
+        [--min-iterations 20]
         [--no-genai] [--no-peak-memory] [--out reports/decoder-int4]
 
 1. Makes a checkpoint with random weights from the model config in --config (e.g. SmolLM2-135M's config.json)
    and a small generated BPE tokenizer (the builder copies a tokenizer), unless --work already holds one.
-2. Exports it with ``export-decoder --no-optimize`` and makes the weight-only variants with
-   ``torchship quantize --method weight-only`` (int8, then int4; block 32, accuracy level 4, head included).
+2. Exports it with ``export-decoder --no-optimize``, runs ``torchship optimize --levels ''`` (the fp32 graph
+   with torchship's decoder fusion, ort-optimized) and makes the weight-only variants with ``torchship
+   quantize --method weight-only`` (int8, then int4; --block-size, default 128, symmetric, accuracy level 4).
 3. Runs the library's decoder benchmark (``torchship bench``'s): batch 1, prefill at each prompt length, one
    decode step after each past length, every row interleaved with the same inputs and threads: eager PyTorch
    with its DynamicCache, the fp32 export, both weight-only variants and, when onnxruntime-genai is installed,
@@ -108,6 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--past-lengths", default="32,128,512")
     ap.add_argument("--min-seconds", type=float, default=5.0)
     ap.add_argument("--min-iterations", type=int, default=20)
+    ap.add_argument("--block-size", type=int, default=128, help="weight-only block size (genai builds follow it)")
     ap.add_argument("--no-genai", action="store_true")
     ap.add_argument("--no-peak-memory", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "decoder-int4")
@@ -119,10 +122,12 @@ def main(argv=None) -> int:
         make_checkpoint(args.config, checkpoint)
     if not (folder / "model.onnx").is_file():
         run(str(BIN / "export-decoder"), "--model", str(checkpoint), "--output", str(folder), "--no-optimize")
+    if not (folder / "model_optimized.onnx").is_file():  # the fp32 graph with torchship's decoder fusion
+        run(str(BIN / "torchship"), "optimize", str(folder), "--levels", "", "--candidates", "preset")
     for bits in (8, 4):
         if not (folder / f"model_wo_int{bits}.onnx").is_file():
             run(str(BIN / "torchship"), "quantize", str(folder), "--method", "weight-only", "--bits", str(bits),
-                "--block-size", "32")
+                "--block-size", str(args.block_size))
 
     from dataclasses import replace
 

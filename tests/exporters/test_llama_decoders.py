@@ -100,7 +100,9 @@ def test_optimize_fuses_attention_with_its_cache_and_generation_still_equals_tra
     shutil.copytree(art.folder, tmp_path / "onnx")
     art = optimize(tmp_path / "onnx", OptimizeOptions(levels=(), candidates="preset"))
     v = art.manifest.variants["optimized"]
-    assert v.fusion["rewrites"] == {"attention": "Attention", "attention_layers": layers, "skip_rms_norm": 2 * layers}
+    merged = 0 if model_type == "phi3" else 2 * layers  # q/k/v and gate/up; Phi-3 has them merged already
+    assert v.fusion["rewrites"] == {"attention": "Attention", "attention_layers": layers, "skip_rms_norm": 2 * layers,
+                                    "merged_matmuls": merged}
     assert v.fusion["counts"]["SkipSimplifiedLayerNormalization"] == 2 * layers and v.fusion["attention_fused"]
     graph = onnx.load(str(art.folder / v.file)).graph
     attention = [n for n in graph.node if n.op_type == "Attention"]
@@ -227,7 +229,8 @@ def test_a_head_tied_to_the_embedding_gets_its_own_copy_to_quantize(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "tied.onnx")
     layout = _prepare(tmp_path / "tied.onnx", tmp_path / "prepared.onnx", exclude=(), merge=True)
     assert layout == {"untied": ["emb"], "merged": [],
-                      "fused": {"attention": "Attention", "attention_layers": 0, "skip_rms_norm": 0}}
+                      "fused": {"attention": "Attention", "attention_layers": 0, "skip_rms_norm": 0,
+                                "merged_matmuls": 0}}
     _build(tmp_path / "prepared.onnx", tmp_path / "q.onnx", WeightOnlyOptions(bits=4), exclude=())
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
     assert ops == ["MatMulNBits"]

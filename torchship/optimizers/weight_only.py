@@ -17,7 +17,6 @@ budget is not kept; the manifest says why.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import types
@@ -33,7 +32,7 @@ from torchship.artifact import Artifact, Variant, model_bytes
 from torchship.errors import BudgetError, InputError, first_line
 from torchship.exporters.spec import DECODE, family_of, require_family, saved_config
 from torchship.external_data import normalize, staged_model, uses_external_data
-from torchship.optimizers.decoder_fusion import ATTENTION_FORMS, decoder_fusions
+from torchship.optimizers.decoder_fusion import ATTENTION_FORMS, decoder_fusions, merge_sibling_matmuls
 from torchship.optimizers.fusion import op_histogram
 from torchship.runtimes.generate import Generator, cache_heads
 
@@ -166,7 +165,7 @@ def _prepare(src: Path, dst: Path, *, exclude: tuple[str, ...], merge: bool, att
 
     model = onnx.load(str(src))
     layout = {"untied": sorted(_untie_transposed_weights(model, exclude).values()),
-              "merged": _merge_sibling_matmuls(model, exclude) if merge else [],
+              "merged": merge_sibling_matmuls(model, exclude) if merge else [],
               "fused": decoder_fusions(model, attention=attention)}
     onnx.save(model, str(dst), save_as_external_data=uses_external_data(src), all_tensors_to_one_file=True,
               location=dst.name + ".data")
@@ -229,49 +228,6 @@ def _untie_transposed_weights(model, exclude: tuple[str, ...]) -> dict[str, str]
     for n in dead:
         graph.node.remove(n)
     return untied
-
-
-def _merge_sibling_matmuls(model, exclude: tuple[str, ...]) -> list[list[str]]:
-    """MatMuls that read the same activation with constant 2-D weights (q, k, v; gate, up) become one MatMul
-    over the weights side by side, then a Split: one larger MatMulNBits reads the activation once and keeps
-    the threads busy (measured on SmolLM2-135M int4, as onnxruntime-genai's builder does). Blocks run along
-    K, so each column is quantized exactly as before. Returns the merged groups' node names."""
-    from collections import defaultdict
-
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:
-        return []  # Split takes its sizes as an input from opset 13
-    inits = {t.name: t for t in graph.initializer}
-    siblings = defaultdict(list)
-    for node in graph.node:
-        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is not None and len(weight.dims) == 2 and node.name not in exclude:
-            siblings[(node.input[0], weight.dims[0])].append(node)
-    merged, replaced = [], {}  # first sibling's output -> the nodes in its place; other siblings -> []
-    for (activation, _), nodes in siblings.items():
-        if len(nodes) < 2:
-            continue
-        weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
-        name = f"{nodes[0].name}.merged"
-        graph.initializer.extend([numpy_helper.from_array(np.concatenate(weights, axis=1), f"{name}.weight"),
-                                  numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64),
-                                                          f"{name}.sizes")])
-        replaced.update({n.output[0]: [] for n in nodes[1:]})
-        replaced[nodes[0].output[0]] = [
-            helper.make_node("MatMul", [activation, f"{name}.weight"], [f"{name}.out"], name=name),
-            helper.make_node("Split", [f"{name}.out", f"{name}.sizes"], [n.output[0] for n in nodes], axis=-1,
-                             name=f"{name}.split")]
-        merged.append([n.name for n in nodes])
-    if replaced:  # in the first sibling's place, so the graph stays in topological order
-        order = [copy.deepcopy(new) for node in graph.node for new in replaced.get(node.output[0], [node])]
-        graph.ClearField("node")
-        graph.node.extend(order)
-    used = {i for n in graph.node for i in n.input}
-    for tensor in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(tensor)
-    return merged
 
 
 def _head_matmuls(path: Path) -> tuple[str, ...]:
