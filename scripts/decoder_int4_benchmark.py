@@ -117,6 +117,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     command = shlex.join(["python", "scripts/decoder_int4_benchmark.py", *(sys.argv[1:] if argv is None else argv)])
 
+    from torchship.optimizers.weight_only import file_name
+
     checkpoint, folder = args.work / "model", args.work / "onnx"
     if not (checkpoint / "config.json").is_file():
         make_checkpoint(args.config, checkpoint)
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     if not (folder / "model_optimized.onnx").is_file():  # the fp32 graph with torchship's decoder fusion
         run(str(BIN / "torchship"), "optimize", str(folder), "--levels", "", "--candidates", "preset")
     for bits in (8, 4):
-        if not (folder / f"model_wo_int{bits}.onnx").is_file():
+        if not (folder / file_name(bits)).is_file():
             run(str(BIN / "torchship"), "quantize", str(folder), "--method", "weight-only", "--bits", str(bits),
                 "--block-size", str(args.block_size))
 

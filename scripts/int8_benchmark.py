@@ -138,9 +138,11 @@ def main(argv=None) -> int:
                 "met": bool(speedup >= BAR_SPEEDUP and cos.mean() >= BAR_COSINE)},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from torchship._fs import write_text_atomic
+
+    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     text = summarize(summary)
-    (args.out / "SUMMARY.md").write_text(text)
+    write_text_atomic(args.out / "SUMMARY.md", text)
     print(text)
     return 0
 

@@ -97,6 +97,17 @@ def make_session(path: Path, *, threads: int | None = None, spin: bool = False, 
                             f"the file is corrupted or incomplete, {fix}") from None
 
 
+def run_errors() -> tuple[type[BaseException], ...]:
+    """What ONNX Runtime raises when a session cannot be made or run (its own classes derive from Exception
+    alone)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (RuntimeError, *(getattr(state, n) for n in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel",
+                                                        "EngineError", "RuntimeException", "InvalidProtobuf",
+                                                        "NotImplemented", "InvalidGraph", "EPFail")
+                            if hasattr(state, n)))
+
+
 def ort_runner(path: Path, *, threads: int | None = None, disabled_optimizers: tuple[str, ...] = (),
                fix: str = "re-run torchship export"):
     """A function feeds -> {output name: array} over one session of ``path``; feeds may hold extra names."""

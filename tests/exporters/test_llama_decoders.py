@@ -268,6 +268,10 @@ def test_weight_only_flags_are_checked_in_one_line():
 
     result = CliRunner().invoke(cli.main, ["quantize", "nowhere", "--bits", "4"])
     assert result.exit_code == 2 and "--bits is for --method weight-only" in result.output
+    for flags in (["--fallback", "always"], ["--from", "model"], ["--calibration", "x.txt"]):
+        result = CliRunner().invoke(cli.main, ["quantize", "nowhere", "--method", "weight-only", *flags])
+        assert result.exit_code == 2 and f"{flags[0]} is for int8 quantization" in result.output, flags
+        assert result.output.count("\n") == 1  # one line, nothing quantized
     from torchship.optimizers.weight_only import WeightOnlyOptions
 
     with pytest.raises(InputError, match="at 4 bits only"):

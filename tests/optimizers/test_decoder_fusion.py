@@ -41,6 +41,10 @@ def test_each_attention_form_gives_the_exports_outputs(phi3_export, form, tmp_pa
     layers = art.manifest.num_layers
     assert done == {"attention": form, "attention_layers": layers, "skip_rms_norm": 2 * layers, "merged_matmuls": 0}
     ops = [n.op_type for n in model.graph.node]
+    known = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    for node in model.graph.node:  # saved in topological order, new constants included
+        assert set(node.input) <= known, node.name
+        known.update(node.output)
     assert ops.count(form) == layers and "Transpose" not in ops and ops.count("RotaryEmbedding") == 2 * layers
     onnx.save(model, tmp_path / "fused.onnx")
     plain, fused = ort_runner(art.folder / "model.onnx", threads=1), ort_runner(tmp_path / "fused.onnx", threads=1)

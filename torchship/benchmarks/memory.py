@@ -98,7 +98,10 @@ def measure(folder, jobs: dict[str, dict], *, progress: _progress.Progress = _pr
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
             return name, None, (lines[-1] if lines else f"exit {proc.returncode}")[:300]
-        return name, json.loads(proc.stdout.strip().splitlines()[-1]), None
+        lines = proc.stdout.strip().splitlines()
+        if not lines:
+            return name, None, "its probe printed no result"
+        return name, json.loads(lines[-1]), None
 
     out, notes = {}, []
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:

@@ -135,7 +135,15 @@ def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_lev
     if method == "weight-only":
         from click.core import ParameterSource
 
-        user_budget = click.get_current_context().get_parameter_source("budget") != ParameterSource.DEFAULT
+        ctx = click.get_current_context()
+        int8_only = ("calibration", "calibration_method", "per_channel", "reduce_range", "sources", "op_types",
+                     "exclude", "approximate_gelu", "activation_type", "quant_format", "fallback", "max_fp32",
+                     "eval_texts")
+        given = [n for n in int8_only if ctx.get_parameter_source(n) != ParameterSource.DEFAULT]
+        if given:
+            flag = next(o for o in ctx.command.params if o.name == given[0]).opts[0]
+            raise InputError(f"{flag} is for int8 quantization, not --method weight-only; drop {flag}")
+        user_budget = ctx.get_parameter_source("budget") != ParameterSource.DEFAULT
         _weight_only(folder, bits, block_size, symmetric, accuracy_level, quantize_embedding, head,
                      max_weight_error, budget if user_budget else None, threads)
         return

@@ -132,7 +132,7 @@ def _match_layer(g: Graph, att, heads: tuple[int, int] | None):
                 out_r=out_r, heads=heads, kv_heads=kv_heads)
 
 
-_PROJECTIONS = ("MatMul", "MatMulNBits", "Split", "Add", "Gemm")
+_PROJECTIONS = ("MatMul", "MatMulNBits", "Split", "Add")  # 3-D outputs (a Gemm's are 2-D)
 
 
 def _flat(g: Graph, bshd: str, flat: str) -> str:
@@ -284,7 +284,7 @@ def merge_sibling_matmuls(model, exclude: tuple[str, ...]) -> list[list[str]]:
                              name=f"{name}.split")]
         merged.append([n.name for n in nodes])
     if replaced:  # in the first sibling's place, so the graph stays in topological order
-        order = [_copy(new) for node in graph.node for new in replaced.get(node.output[0], [node])]
+        order = [new for node in graph.node for new in replaced.get(node.output[0], [node])]
         graph.ClearField("node")
         graph.node.extend(order)
     used = {i for n in graph.node for i in n.input}
@@ -293,16 +293,10 @@ def merge_sibling_matmuls(model, exclude: tuple[str, ...]) -> list[list[str]]:
     return merged
 
 
-def _copy(node):
-    import copy
-
-    return copy.deepcopy(node)
-
-
 ATTENTION_FORMS = ("Attention", "GroupQueryAttention")
 
 
-def cache_heads(model) -> int | None:
+def graph_kv_heads(model) -> int | None:
     """The KV heads of the graph's cache: dimension 1 of its first ``past_key_values.*`` input, when fixed."""
     for value in model.graph.input:
         if value.name.startswith("past_key_values."):
@@ -311,15 +305,16 @@ def cache_heads(model) -> int | None:
     return None
 
 
-def decoder_fusions(model, *, attention: str = "Attention", heads: tuple[int, int] | None = None) -> dict[str, object]:
+def decoder_fusions(model, *, attention: str = "Attention", heads: tuple[int, int] | None = None,
+                    merge: bool = True) -> dict[str, object]:
     """The fusions, attention first (``attention`` names the op the layers become); what each did. Where layers
-    were rewritten, sibling MatMuls (q/k/v, gate/up) are merged too: measured on SmolLM2-135M's architecture
-    (fp32 decode step, past 128, 2 threads) 25.2 ms against 26.5.
+    were rewritten and ``merge`` holds, sibling MatMuls (q/k/v, gate/up) are merged too: measured on
+    SmolLM2-135M's architecture (fp32 decode step, past 128, 2 threads) 25.2 ms against 26.5.
 
-    On the CPU the default is ONNX's own ``Attention`` with the cache inside. ``GroupQueryAttention`` is the
-    form ONNX Runtime's CUDA kernels serve best; on the CPU it measured a little slower (84 against 78 us a
-    layer, SmolLM2-135M int4), and ONNX Runtime refuses it for a batch above 1 with several new tokens after a
-    past (a chunked prompt)."""
+    ``Attention`` (ONNX's own, with the cache inside) is the form torchship writes. ``GroupQueryAttention``
+    measured a little slower on the CPU (84 against 78 us a layer, SmolLM2-135M int4), ONNX Runtime refuses it
+    for a batch above 1 with several new tokens after a past (a chunked prompt), and its CUDA kernel takes
+    fp16 / bf16 only; it stays here for graphs that want it."""
     layers = fuse_attention(model, op=attention, heads=heads)
     return {"attention": attention, "attention_layers": layers, "skip_rms_norm": fuse_skip_rms_norm(model),
-            "merged_matmuls": len(merge_sibling_matmuls(model, ())) if layers else 0}
+            "merged_matmuls": len(merge_sibling_matmuls(model, ())) if layers and merge else 0}

@@ -48,7 +48,9 @@ class Graph:
         from onnx import numpy_helper
 
         name = self.name(base)
-        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        tensor = numpy_helper.from_array(array, name)
+        self.graph.initializer.append(tensor)
+        self.constants[name] = tensor  # available to the nodes that read it when the graph is sorted
         return name
 
     def lazy_const(self, base: str, array: np.ndarray):

@@ -33,7 +33,7 @@ from torchship.benchmarks.timing import measure_interleaved
 from torchship._fs import scratch_dir, transaction
 from torchship.errors import ArtifactError, BudgetError, InputError, first_line
 from torchship.external_data import normalize, staged_model
-from torchship._ort import ort_runner
+from torchship._ort import ort_runner, run_errors
 from torchship.optimizers.accuracy import AccuracyProbe, AccuracyResult
 from torchship.optimizers.fusion import op_histogram
 from torchship.optimizers.int8_candidates import (DEFAULT_SOURCES, SOURCES, UNFUSED_LN, Candidate, QuantizeOptions,
@@ -120,8 +120,9 @@ def _quantize(artifact: Artifact, options: QuantizeOptions, progress: _progress.
                 o.accuracy = probe.measure(ort_runner(dst, threads=options.threads,
                                                       disabled_optimizers=c.disabled_optimizers), options.budget)
                 o.path = dst
-            except (ArtifactError, ValueError, RuntimeError, KeyError, IndexError, TypeError) as exc:
-                # The quantizer raises plain Python errors on graphs it cannot handle: record, go on.
+            except (ArtifactError, ValueError, KeyError, IndexError, TypeError, *run_errors()) as exc:
+                # The quantizer raises plain Python errors on graphs it cannot handle, ONNX Runtime its own on a
+                # candidate it cannot load or run: record, go on.
                 o.error = f"{type(exc).__name__}: {first_line(exc, 200)}"
                 return o
             progress.step(f"    {o.accuracy.describe()} {'ok' if o.accuracy.passed else 'BELOW BUDGET'}")

@@ -32,7 +32,8 @@ from torchship.artifact import Artifact, Variant, model_bytes
 from torchship.errors import BudgetError, InputError, first_line
 from torchship.exporters.spec import DECODE, family_of, require_family, saved_config
 from torchship.external_data import normalize, staged_model, uses_external_data
-from torchship.optimizers.decoder_fusion import ATTENTION_FORMS, decoder_fusions, merge_sibling_matmuls
+from torchship.optimizers.decoder_fusion import (ATTENTION_FORMS, decoder_fusions, graph_kv_heads,
+                                                 merge_sibling_matmuls)
 from torchship.optimizers.fusion import op_histogram
 from torchship.runtimes.generate import Generator, cache_heads
 
@@ -123,7 +124,8 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
         prepared, built = scratch / "prepared.onnx", scratch / "quantized.onnx"
         head = _head_matmuls(src)
         exclude = () if options.head else head
-        layout = _prepare(src, prepared, exclude=exclude, merge=options.merge_siblings, attention=options.attention)
+        layout = _prepare(src, prepared, exclude=exclude, merge=options.merge_siblings, attention=options.attention,
+                          heads=artifact.manifest.num_heads)
         _build(prepared, built, options, exclude=exclude)
         seconds = time.perf_counter() - start
         progress.step("measuring each quantized MatMul's weight error")
@@ -158,15 +160,19 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
     return artifact
 
 
-def _prepare(src: Path, dst: Path, *, exclude: tuple[str, ...], merge: bool, attention: str = "Attention") -> dict:
+def _prepare(src: Path, dst: Path, *, exclude: tuple[str, ...], merge: bool, attention: str = "Attention",
+             heads: int | None = None) -> dict:
     """The fp32 graph the quantizer takes, written to ``dst``: a tied head untied, sibling MatMuls merged,
-    attention and residual norms fused as ``optimize`` fuses them."""
+    attention and residual norms fused as ``optimize`` fuses them (``heads``: the query heads, for layers
+    without rotary)."""
     import onnx
 
     model = onnx.load(str(src))
+    kv = graph_kv_heads(model)
     layout = {"untied": sorted(_untie_transposed_weights(model, exclude).values()),
               "merged": merge_sibling_matmuls(model, exclude) if merge else [],
-              "fused": decoder_fusions(model, attention=attention)}
+              "fused": decoder_fusions(model, attention=attention, heads=(heads, kv) if heads and kv else None,
+                                       merge=False)}
     onnx.save(model, str(dst), save_as_external_data=uses_external_data(src), all_tensors_to_one_file=True,
               location=dst.name + ".data")
     return layout
