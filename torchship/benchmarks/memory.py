@@ -23,7 +23,9 @@ from torchship.errors import first_line
 PROC_STATUS = Path("/proc/self/status")
 WHAT = ("peak memory: resident memory added by loading the row's model and running its largest prefill and "
         "decode step, each row alone in a fresh process (Linux VmHWM after the load minus VmRSS before it)")
-PARALLEL = 4  # probes at once: each is a separate process, so they do not see one another's memory
+# One probe at a time: each loads a whole model, so probes side by side would multiply the memory the bench
+# needs (four copies of a 7B model) and crowd a small machine; sequential, they cost only wall time.
+PARALLEL = 1
 
 
 def _status_mb(field: str) -> float | None:
