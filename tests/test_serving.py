@@ -7,9 +7,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -318,19 +320,29 @@ def test_sigterm_stops_serve_and_its_server(exported, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "from torchship.cli import main; main()", "serve", str(repo),
                              "--http-port", str(p.http), "--grpc-port", str(p.grpc), "--metrics-port", str(p.metrics)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
+    seen = []
     try:
+        # serve says "serving" once its own readiness check is done: a SIGTERM before that stops it while
+        # starting (exit 130), which is not what this test is about
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not any("serving; Ctrl-C stops it" in line for line in seen):
             try:
-                TritonHTTP("127.0.0.1", p.http, "b").connect()(["hello"])
-                break
-            except OSError:
-                time.sleep(0.3)
+                seen.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                pass
+        TritonHTTP("127.0.0.1", p.http, "b").connect()(["hello"])  # it answers
         proc.terminate()
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    reader.join(timeout=10)
+    while not lines.empty():
+        seen.append(lines.get())
+    out = "".join(seen)
     assert proc.returncode == 0 and "stopped the server (exit 0)" in out, out
     left = subprocess.run(["pgrep", "-f", f"--http-port={p.http}"], capture_output=True, text=True).stdout
     assert not left.strip()
