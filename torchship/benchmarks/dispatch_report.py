@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torchship.benchmarks.results import UNSTABLE_SPREAD
 from torchship.variants import backend_of_variant
+from torchship.optimizers import approximate
 
 
 def _span(lo: int, hi: int | None) -> str:
@@ -61,7 +62,7 @@ def _approximate_lines(table: dict) -> list[str]:
         shapes = [f"b{s['batch']} s{s['sequence']}" for s in table["shapes"] if s["winner"] == variant]
         out += ["", f"{backend_of_variant(variant).name} is approximate: {c['approximate']}; judged by the "
                     f"smallest output cosine against the fp32 export, {v.get('min_cosine', float('nan')):.6f} "
-                    f"(>= 0.9999), max abs {v.get('max_abs') or float('nan'):.1e}. "
+                    f"(>= {approximate.MIN_COSINE}), max abs {v.get('max_abs') or float('nan'):.1e}. "
                 + (f"**The table chose it at {', '.join(shapes)}**" if shapes else "The table chose it nowhere")
                 + "; `torchship optimize --exact` leaves it out."]
     return out

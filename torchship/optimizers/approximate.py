@@ -20,12 +20,14 @@ from torchship.compare import rowwise_cosine
 from torchship.errors import ArtifactError
 from torchship.external_data import save_model
 from torchship.onnx_io import load_onnx
+from torchship.variants import backend
 
-VARIANT = "optimized-approx"
-FILE = "model_optimized_approx.onnx"
+_RECORD = backend("ort-optimized-approx")  # the backend table says what the variant is called and holds
+VARIANT = _RECORD.variants[0]
+FILE = _RECORD.files[0]
+WHAT = _RECORD.settings["approximate"]
 MIN_COSINE = 0.9999
 GELU_OPS = ("Gelu", "BiasGelu")  # ONNX Runtime's contrib ops (com.microsoft), as the fusion writes them
-WHAT = "GELU as its tanh approximation (FastGelu)"
 
 
 def approximate_gelu(src: Path, dst: Path, *, external: bool) -> int:

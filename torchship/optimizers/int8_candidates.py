@@ -22,6 +22,7 @@ from torchship.errors import InputError
 from torchship.onnx_io import load_onnx
 from torchship.external_data import uses_external_data
 from torchship.optimizers.accuracy import read_texts
+from torchship.optimizers import approximate
 from torchship.benchmarks.timing import TimingPlan
 
 METHODS = ("dynamic", "static")
@@ -127,8 +128,7 @@ class Candidate:
                 "exclude": list(self.exclude), "disabled_optimizers": list(self.disabled_optimizers),
                 "activation_type": self.activation_type, "quant_format": self.quant_format,
                 "fp32_fallback": list(self.fp32_nodes),
-                **({"approximate": "GELU as its tanh approximation (FastGelu)"} if self.source.endswith("-approx")
-                   else {})}
+                **({"approximate": approximate.WHAT} if self.source.endswith("-approx") else {})}
 
 
 def candidates(options: QuantizeOptions, available: dict[str, Path], exclude_nodes: dict[str, tuple[str, ...]]):
