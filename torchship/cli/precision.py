@@ -128,7 +128,8 @@ def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_lev
                  approximate_gelu, activation_type, quant_format, fallback, max_fp32, budget, eval_texts, threads):
     """Make an int8 variant of FOLDER: try several quantizations, keep the fastest within the accuracy budget.
     With --method weight-only (decoders), an int4 or int8 weight-only variant instead."""
-    weight_flags = {"--bits": bits, "--block-size": block_size, "--symmetric/--asymmetric": symmetric,
+    symmetric_flag = "--asymmetric" if symmetric is False else "--symmetric"  # the one given
+    weight_flags = {"--bits": bits, "--block-size": block_size, symmetric_flag: symmetric,
                     "--accuracy-level": accuracy_level,
                     "--quantize-embedding": quantize_embedding or None, "--head/--no-head": head,
                     "--max-weight-error": max_weight_error}
