@@ -126,7 +126,8 @@ def summary_markdown(results: list[dict]) -> str:
             lines.append(f"| {res['model']} | {r['batch']} | {r['sequence']} | {r['torch_p50_ms']:.2f} | {r['best_ort']} | "
                          f"{r['best_ort_p50_ms']:.2f} | {r['speedup']:.2f}x | {r['cosine_min']:.6f} | {r['max_abs']:.1e} |")
     first = results[0]
-    lines += ["", f"CPU: {first['environment']}; {first['threads']} threads for every backend; ORT spinning off; "
+    lines += ["", f"CPU: {first['environment']}; {first['threads']} threads for every backend; "
+              "ORT threads spinning during each run only; "
               "medians of interleaved runs."]
     for res in results:
         f = res["fusion"]

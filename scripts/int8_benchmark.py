@@ -12,7 +12,7 @@ The stages run as a user runs them, through the CLI, in a fresh folder:
     torchship quantize M --threads 2 [--quantize-args ...]   # the measured int8 search; the fastest within 0.99
 
 Then, in this one process: eager PyTorch (torchship's torch backend), the fp32 fused model and the kept int8
-model are timed at batch 1 x 128 tokens (held-out text), --threads threads each, ORT spinning off, interleaved
+model are timed at batch 1 x 128 tokens (held-out text), --threads threads each, ORT threads spinning during each run only, interleaved
 in blocks until each has run --seconds (medians compared). The int8 model's sentence embeddings are compared
 with sentence-transformers' own eager fp32 ``encode`` on 40 held-out sentences (scripts/int8_heldout.txt: none
 of them is in the accuracy probe's torchship/data/sentences.txt or in torchship/data/calibration.txt).
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         # One batch of 128 real tokens: the held-out sentences run together, cut at 128.
         feeds, _ = tokenize(load_tokenizer(art), [" ".join(texts)], m.input_names, 128)
         assert feeds["input_ids"].shape == (1, 128), feeds["input_ids"].shape
-        runtime = RuntimeOptions(threads=args.threads, spin=False)
+        runtime = RuntimeOptions(threads=args.threads, spin="run")
         preds = {b: create_predictor(art, b, runtime).activate() for b in BACKENDS}
         try:
             plan = TimingPlan(warmup=10, min_iterations=50, min_seconds=args.seconds, max_iterations=100_000,
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
                     "versions": _versions()},
-        "shape": "batch 1 x 128 tokens", "spin": False, "timing": timing,
+        "shape": "batch 1 x 128 tokens", "spin": "run", "timing": timing,
         "int8_vs_eager": round(speedup, 3),
         "held_out": {"file": str(HELD_OUT.relative_to(ROOT)), "sentences": len(texts),
                      "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
@@ -166,7 +166,7 @@ def summarize(s: dict) -> str:
         "# int8 against eager PyTorch: all-MiniLM-L6-v2, batch 1 x 128 tokens",
         "",
         f"`{s['command'].strip()}` on {mach['cpu']}, {mach['threads']} threads ({mach['cpus_visible']} CPUs visible), "
-        f"ORT spinning off, every backend interleaved in one process. Load average before "
+        f"ORT threads spinning during each run, stopped after it; every backend interleaved in one process. Load average before "
         f"{mach['load_average_before'][0]:.2f}, after {mach['load_average_after'][0]:.2f}.",
         "",
         "| backend | median ms | p10 ms | p90 ms | runs | vs eager PyTorch |",

@@ -123,7 +123,9 @@ def main(argv=None) -> int:
 
         # 4. ORT session settings, interleaved with eager PyTorch
         settings = {
-            "spinning off (torchship default)": {"session.intra_op.allow_spinning": "0"},
+            "spinning off": {"session.intra_op.allow_spinning": "0"},
+            "spinning during each run (torchship default)": {"session.intra_op.allow_spinning": "1",
+                                                             "session.force_spinning_stop": "1"},
             "spinning on": {"session.intra_op.allow_spinning": "1"},
             "spinning on + denormals as zero": {"session.intra_op.allow_spinning": "1",
                                                 "session.set_denormal_as_zero": "1"},

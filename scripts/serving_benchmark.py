@@ -150,7 +150,7 @@ def main(argv=None) -> int:
 
     from torchship.artifact import library_versions
 
-    environment = Environment.collect(threads=2, spin=False, versions=library_versions())
+    environment = Environment.collect(threads=2, spin="off", versions=library_versions())
     summary = {"command": "python scripts/serving_benchmark.py " + " ".join(argv or sys.argv[1:]),
                "environment": asdict(environment),
                "concurrency": args.concurrency, "duration_s": args.duration, "rounds": args.rounds,

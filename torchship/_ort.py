@@ -21,20 +21,43 @@ def graph_level(name: str):
     }[name]
 
 
-def session_options(*, threads: int | None = None, spin: bool = False, level: str = "all",
-                    optimized_model_path: Path | None = None):
-    """Session options with intra-op ``threads`` (None: ORT's default) and spinning off by default.
+SPIN_MODES = ("run", "always", "off")
 
-    Spinning threads keep a core busy after each run; in a benchmark that alternates backends they
-    slow the other backend down, so torchship turns it off unless asked.
+
+def spin_entries(spin: str) -> dict[str, str]:
+    """ORT session config entries for a spinning mode.
+
+    ``run`` (torchship's default): worker threads spin between the operators of a run, so that waking them
+    costs nothing, and stop as soon as the run returns (ORT's ``session.force_spinning_stop``). ``always``:
+    ORT's own default, threads keep spinning for a while after each run and hold a core; in a benchmark
+    that alternates backends they slow the next backend down. ``off``: threads sleep between operators,
+    which costs a wake-up per parallel operator (about 1 ms of a 9 ms SmolLM2 decode step, measured in
+    docs/measurements.md).
     """
+    if spin not in SPIN_MODES:
+        raise ValueError(f"spin must be one of {SPIN_MODES}, got {spin!r}")
+    return {"session.intra_op.allow_spinning": "0" if spin == "off" else "1",
+            "session.force_spinning_stop": "1" if spin == "run" else "0"}
+
+
+def spin_label(spin) -> str:
+    """How a report names a spinning mode (older manifests and results recorded a bool)."""
+    return {"run": "during each run, stopped after it", "always": "on, also after each run",
+            "off": "off", True: "on, also after each run", False: "off"}.get(spin, str(spin))
+
+
+def session_options(*, threads: int | None = None, spin: str = "run", level: str = "all",
+                    optimized_model_path: Path | None = None):
+    """Session options with intra-op ``threads`` (None: ORT's default) and spinning as ``spin`` says
+    (:func:`spin_entries`)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    for key, value in spin_entries(spin).items():
+        so.add_session_config_entry(key, value)
     so.graph_optimization_level = graph_level(level)
     if optimized_model_path is not None:
         so.optimized_model_filepath = str(optimized_model_path)
@@ -69,7 +92,7 @@ def providers_for(device: str) -> list:
     raise BackendUnavailable(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
-def make_session(path: Path, *, threads: int | None = None, spin: bool = False, level: str = "all",
+def make_session(path: Path, *, threads: int | None = None, spin: str = "run", level: str = "all",
                  device: str = "cpu", optimized_model_path: Path | None = None,
                  disabled_optimizers: tuple[str, ...] = (), fix: str = "re-run torchship export"):
     """An ORT session for ``path``; ``disabled_optimizers`` names ORT graph transformers to skip (a variant

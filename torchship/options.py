@@ -70,8 +70,10 @@ warmup = click.option("--warmup", type=click.IntRange(min=0), default=5, show_de
 min_iterations = click.option("--min-iterations", type=click.IntRange(min=1), default=30, show_default=True,
                               help="Timed runs per backend and shape, at least (a UNet step takes seconds on a "
                                    "CPU: lower this for a quick look).")
-spin = click.option("--ort-spin/--no-ort-spin", default=False, show_default=True,
-                    help="Let ORT worker threads spin between runs (lower latency, burns a core).")
+spin = click.option("--ort-spin", type=click.Choice(["run", "always", "off"]), default="run", show_default=True,
+                    help="ORT worker threads: spin during each run and stop when it returns (run), keep spinning "
+                         "after it too, holding a core (always, ORT's own default), or sleep between operators "
+                         "(off, slower).")
 reference_model = click.option("--reference-model", default=None, metavar="ID_OR_DIR",
                                help="Checkpoint for the PyTorch backends; default: the export's source.")
 report_dir = click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,

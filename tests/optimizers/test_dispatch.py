@@ -46,7 +46,7 @@ def test_every_candidate_is_timed_at_every_shape_and_each_range_has_a_winner(mea
     assert table["candidates"]["optimized-approx"]["validation"]["min_cosine"] >= 0.9999
     # The default grid, its sequences clipped to the tiny model's 128 positions.
     assert [(s["batch"], s["sequence"]) for s in table["shapes"]] == [(1, 16), (1, 128), (8, 16), (8, 128)]
-    assert table["grid"] == "default" and table["machine"]["spin"] is False
+    assert table["grid"] == "default" and table["machine"]["spin"] == "run"
     for shape in table["shapes"]:
         assert set(shape["times"]) == set(table["candidates"])
         for t in shape["times"].values():

@@ -217,7 +217,7 @@ def _benchmark(artifact, config: AutoConfig, rows: dict[str, Row], usable: list[
     backends = (("torch",) if spec.has_checkpoint else ()) + tuple(usable)
     plan = replace(TimingPlan(), min_seconds=config.min_seconds, min_iterations=20, max_iterations=500)
     report = AutoReport(model="", config={}, shape="", budget=config.budget, rows=list(rows.values()),
-                        environment=asdict(Environment.collect(threads=threads, spin=False,
+                        environment=asdict(Environment.collect(threads=threads, spin="run",
                                                                versions=library_versions())))
     report.config = {"source": config.source, "device": config.shapes.device, "budget": config.budget,
                      "precisions": list(config.precisions), "threads": threads, "use": use}

@@ -38,7 +38,7 @@ class DecoderBenchOptions:
     past_lengths: tuple[int, ...] | None = None  # decode steps after this many cached tokens; None: 32 and 128
     prompt: int | None = None  # one length for both the prefill and the decode step's past (older callers)
     threads: int = field(default_factory=default_threads)
-    spin: bool = False
+    spin: str = "run"
     plan: TimingPlan = TimingPlan()
     reference_model: str | None = None
     seed: int = 0

@@ -31,7 +31,7 @@ def default_backends(artifact: Artifact) -> tuple[str, ...]:
     return tuple(names)
 
 
-def make_runner(artifact: Artifact, name: str, *, threads: int, spin: bool = False,
+def make_runner(artifact: Artifact, name: str, *, threads: int, spin: str = "run",
                 reference_model: str | None = None, genai_model: Path | None = None):
     """The runner of row ``name``; nothing is loaded until it is activated."""
     manifest = artifact.manifest

@@ -3,6 +3,7 @@ range, its median, and how much slower the runner-up was (the numbers stay in th
 
 from __future__ import annotations
 
+from torchship._ort import spin_label
 from torchship.benchmarks.results import UNSTABLE_SPREAD
 from torchship.variants import backend_of_variant
 from torchship.optimizers import approximate
@@ -25,7 +26,8 @@ def dispatch_markdown(table: dict) -> str:
     machine, plan = table["machine"], table["plan"]
     shapes = {(s["batch"], s["sequence"]): s for s in table["shapes"]}
     lines = [
-        f"Measured dispatch ({machine['threads']} threads on {machine['cpu']}, ORT spinning off; median of up to "
+        f"Measured dispatch ({machine['threads']} threads on {machine['cpu']}, "
+        f"ORT spinning {spin_label(machine.get('spin', False))}; median of up to "
         f"{plan['max_rounds']} interleaved rounds per shape; a variant earlier in the preference order is kept "
         f"unless the fastest is more than {plan['margin']:.0%} faster and its p90 below the kept one's median, "
         "so a ratio under 1.0 means the runner-up's lead was within the noise):",

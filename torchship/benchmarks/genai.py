@@ -219,7 +219,7 @@ class GenaiGraph:
     predictor's. ``feed_names`` are the inputs the benchmark makes; the graph takes a subset of them (the
     builder's models compute positions from the attention mask)."""
 
-    def __init__(self, model: Path, *, feed_names, threads: int | None, spin: bool = False):
+    def __init__(self, model: Path, *, feed_names, threads: int | None, spin: str = "run"):
         self.model, self.feed_names = Path(model), tuple(feed_names)
         self.threads, self.spin = threads, spin
         self.session = None

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from torchship._fs import staged_dir
+from torchship._ort import spin_label
 from torchship.benchmarks.results import UNSTABLE_SPREAD, BenchReport
 
 RESULTS_NAME = "results.json"
@@ -128,7 +129,7 @@ def markdown(report: BenchReport) -> str:
         f"# torchship benchmark: {report.model}",
         "",
         f"CPU: {env.cpu} ({env.logical_cpus} logical CPUs); threads for every backend: {env.threads}; "
-        f"ORT spinning: {'on' if env.ort_spinning else 'off'}; GPU: {env.gpu or 'none'}.",
+        f"ORT spinning: {spin_label(env.ort_spinning)}; GPU: {env.gpu or 'none'}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in env.versions.items() if k not in ("platform",) and v),
         "",
         f"Latencies are medians (p50) and tails over {report.settings['min_iterations']}+ runs per backend, "

@@ -83,12 +83,12 @@ class Environment:
     cpu: str
     logical_cpus: int
     threads: int
-    ort_spinning: bool
+    ort_spinning: str  # run, always or off (torchship._ort.spin_entries)
     versions: dict
     gpu: str | None = None
 
     @classmethod
-    def collect(cls, *, threads: int, spin: bool, versions: dict) -> "Environment":
+    def collect(cls, *, threads: int, spin: str, versions: dict) -> "Environment":
         return cls(cpu=cpu_name(), logical_cpus=os.cpu_count() or 0, threads=threads,
                    ort_spinning=spin, versions=versions, gpu=_gpu_name())
 

@@ -33,7 +33,7 @@ class BenchOptions:
     sizes: tuple[dict, ...] | None = None  # any family: named axis sizes; None: shapes, else bench_sizes()
     device: str = "cpu"
     threads: int = field(default_factory=default_threads)
-    spin: bool = False
+    spin: str = "run"
     plan: TimingPlan = TimingPlan()
     reference_model: str | None = None
     seed: int = 0

@@ -5,10 +5,11 @@ on long ones and larger batches, where the unfused graph of level ``all`` or ``e
 after ``optimize`` has built and validated its variants, every validated fp32 ONNX Runtime CPU variant is
 timed at a grid of (batch, sequence) shapes: the shape config's min/use/max values of each axis, else
 batch {1, 8} x sequence {16, 128, 384} clipped to the model's positions. Candidates run interleaved in
-rounds (the order turns each round), spinning off, every candidate on the same inputs, with a bounded
-number of rounds per shape. The result is data in the manifest (``Manifest.dispatch``): every candidate's
-median and spread per shape, the winner per shape, and the ranges of shapes each winner serves, which the
-``ort-measured`` predictor reads per call (``artifact.dispatch_variant``).
+rounds (the order turns each round), ORT threads spinning during each run as the predictor's do, every
+candidate on the same inputs, with a bounded number of rounds per shape. The result is data in the manifest
+(``Manifest.dispatch``): every candidate's median and spread per shape, the winner per shape, and the ranges
+of shapes each winner serves, which the ``ort-measured`` predictor reads per call
+(``artifact.dispatch_variant``).
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
     threads = _threads(plan)
     sessions = {}
     for name, variant in candidates.items():
-        session = make_session(artifact.path_of(name), threads=threads, spin=False,
+        session = make_session(artifact.path_of(name), threads=threads, spin="run",
                                level=variant.options.get("session_level", "all"),
                                disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())))
         inputs = [i.name for i in session.get_inputs()]
@@ -221,7 +222,7 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
                                               zip(sorted({s for _, s in grid}), sequences))]
     return {
         "version": TABLE_VERSION,
-        "machine": {"cpu": cpu_name(), "threads": threads, "spin": False},
+        "machine": {"cpu": cpu_name(), "threads": threads, "spin": "run"},
         "plan": {"min_rounds": plan.min_rounds, "max_rounds": plan.max_rounds, "seconds_per_shape": plan.seconds,
                  "sample_s": plan.sample_s, "margin": plan.margin},
         "grid": "shape config" if m.resolved_shapes() is not None else "default",

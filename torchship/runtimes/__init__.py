@@ -19,7 +19,7 @@ from torchship.variants import BACKENDS, Backend, backend, backend_variants, par
 @dataclass(frozen=True)
 class RuntimeOptions:
     threads: int | None = None
-    spin: bool = False
+    spin: str = "run"  # ORT worker threads: see torchship._ort.spin_entries
     device: str = "cpu"
     reference_model: str | None = None  # checkpoint for the torch backends; None: the export's source
 

@@ -18,7 +18,7 @@ class OrtPredictor(Predictor):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, io, *, threads: int | None = None,
-                 spin: bool = False, session_level: str = "all", device: str = "cpu",
+                 spin: str = "run", session_level: str = "all", device: str = "cpu",
                  disabled_optimizers: tuple[str, ...] = (), fix: str = "re-run torchship export"):
         super().__init__(io)
         self.fix = fix
