@@ -29,8 +29,8 @@ def dispatch_markdown(table: dict) -> str:
         f"Measured dispatch ({machine['threads']} threads on {machine['cpu']}, "
         f"ORT spinning {spin_label(machine.get('spin', False))}; median of up to "
         f"{plan['max_rounds']} interleaved rounds per shape; a variant earlier in the preference order is kept "
-        f"unless the fastest is more than {plan['margin']:.0%} faster and its p90 below the kept one's median, "
-        "so a ratio under 1.0 means the runner-up's lead was within the noise):",
+        f"unless the fastest is more than {plan['margin']:.0%} faster and faster in two "
+        "rounds out of three, so a ratio under 1.0 means the runner-up's lead was within the noise):",
         "",
         "| batch | sequence | runs | measured at | median ms | p90/p10 | runner-up | runner-up ms | ratio |",
         "|---|---|---|---|---:|---:|---|---:|---:|",

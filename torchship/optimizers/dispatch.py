@@ -133,20 +133,37 @@ def _stats(seconds: list[float]) -> dict:
     ms = np.asarray(seconds) * 1000.0
     p10, p50, p90 = (float(v) for v in np.percentile(ms, [10, 50, 90]))
     return {"median_ms": round(p50, 4), "p10_ms": round(p10, 4), "p90_ms": round(p90, 4),
-            "spread": round(p90 / p10, 4) if p10 > 0 else None, "rounds": len(seconds)}
+            "spread": round(p90 / p10, 4) if p10 > 0 else None, "rounds": len(seconds),
+            "rounds_ms": [round(float(v), 4) for v in ms]}
+
+
+PAIRED_WINS = 2 / 3  # share of rounds the fastest must win against a candidate to beat it clearly
+
+
+def _paired_wins(fast: dict, slow: dict) -> float | None:
+    """The share of rounds in which ``fast`` ran faster than ``slow``; None without paired rounds. Both ran
+    in every round, one right after the other, so the drift of a busy machine cancels out of each pair."""
+    a, b = fast.get("rounds_ms"), slow.get("rounds_ms")
+    if not a or not b or len(a) != len(b):
+        return None
+    return sum(x < y for x, y in zip(a, b)) / len(a)
 
 
 def _winner(times: dict[str, dict], order: tuple[str, ...], margin: float) -> tuple[str, str | None, float | None]:
     """(winner, runner-up, runner-up median / winner median). The winner is the earliest candidate in the
     preference order that the fastest one does not clearly beat; clearly: a median faster by more than
-    ``margin`` and a p90 below the other's median. So noise never flips the choice: on a busy machine, where
-    the spreads overlap, the preferred variant stays (today's fixed choice); on a quiet one a real win shows."""
+    ``margin`` and faster in at least two rounds out of three, paired round by round (without per-round
+    times: a p90 below the other's median). Noise does not flip the choice: where the rounds disagree the
+    preferred variant stays (today's fixed choice); a real win shows in most rounds."""
     fastest = min(times, key=lambda n: times[n]["median_ms"])
     f = times[fastest]
 
     def clearly_beaten(name: str) -> bool:
         t = times[name]
-        return f["median_ms"] * (1 + margin) < t["median_ms"] and f["p90_ms"] < t["median_ms"]
+        if not f["median_ms"] * (1 + margin) < t["median_ms"]:
+            return False
+        wins = _paired_wins(f, t)
+        return f["p90_ms"] < t["median_ms"] if wins is None else wins >= PAIRED_WINS
 
     best = next(n for n in (*[o for o in order if o in times], fastest) if not clearly_beaten(n))
     others = sorted((n for n in times if n != best), key=lambda n: times[n]["median_ms"])
