@@ -12,8 +12,8 @@ The stages run as a user runs them, through the CLI, in a fresh folder:
     torchship quantize M --threads 2 [--quantize-args ...]   # the measured int8 search; the fastest within 0.99
 
 Then, in this one process: eager PyTorch (torchship's torch backend), the fp32 fused model and the kept int8
-model are timed at batch 1 x 128 tokens (held-out text), --threads threads each, ORT threads spinning during each run only, interleaved
-in blocks until each has run --seconds (medians compared). The int8 model's sentence embeddings are compared
+model are timed at batch 1 x 128 tokens (held-out text), --threads threads each, ORT threads spinning during
+each run only, interleaved in blocks until each has run --seconds (medians compared). The int8 model's sentence embeddings are compared
 with sentence-transformers' own eager fp32 ``encode`` on 40 held-out sentences (scripts/int8_heldout.txt: none
 of them is in the accuracy probe's torchship/data/sentences.txt or in torchship/data/calibration.txt).
 
@@ -166,7 +166,8 @@ def summarize(s: dict) -> str:
         "# int8 against eager PyTorch: all-MiniLM-L6-v2, batch 1 x 128 tokens",
         "",
         f"`{s['command'].strip()}` on {mach['cpu']}, {mach['threads']} threads ({mach['cpus_visible']} CPUs visible), "
-        f"ORT threads spinning during each run, stopped after it; every backend interleaved in one process. Load average before "
+        "ORT threads spinning during each run, stopped after it; every backend interleaved in one process. "
+        f"Load average before "
         f"{mach['load_average_before'][0]:.2f}, after {mach['load_average_after'][0]:.2f}.",
         "",
         "| backend | median ms | p10 ms | p90 ms | runs | vs eager PyTorch |",

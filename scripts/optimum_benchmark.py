@@ -12,8 +12,8 @@ export-bert (graph levels, transformer fusion, and optimize's measured dispatch 
 
 All of them are then timed here, in one process, on this environment's onnxruntime: per shape of the grid
 (batch 1 and 8 x sequence 16, 128 and 384), every model runs once per round, in an order that turns each
-round, 2 intra-op threads, ORT threads spinning during each run and stopped after it; the median over the rounds is compared. torchship's entry is the
-variant its predictor (ort-measured) runs at that shape. Each output is compared with the torchship
+round, 2 intra-op threads, ORT threads spinning during each run and stopped after it; the median over the
+rounds is compared. torchship's entry is the variant its predictor (ort-measured) runs at that shape. Each output is compared with the torchship
 export's (fp32, unoptimized) last hidden state on the same inputs: the smallest cosine over the tokens.
 
 The bar: at every shape, torchship's choice at least as fast as O3 (ratio >= 1.0) at cosine >= 0.9999.
@@ -193,7 +193,8 @@ def summarize(rows: list[dict], versions: str, args) -> str:
     lines = [
         "# torchship's measured choice against Optimum O1-O3 (all-MiniLM-L6-v2)",
         "",
-        f"{env.cpu}, {args.threads} threads, ORT spinning during each run only, median of {min(r['rounds'] for r in rows)}-"
+        f"{env.cpu}, {args.threads} threads, ORT spinning during each run only, "
+        f"median of {min(r['rounds'] for r in rows)}-"
         f"{max(r['rounds'] for r in rows)} interleaved rounds per shape; "
         f"Optimum environment: {versions}.",
         "",
