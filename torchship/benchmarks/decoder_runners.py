@@ -36,7 +36,7 @@ def make_runner(artifact: Artifact, name: str, *, threads: int, spin: str = "run
     """The runner of row ``name``; nothing is loaded until it is activated."""
     manifest = artifact.manifest
     if name.startswith(PREFIX):
-        return GenaiGraph(genai_model, feed_names=manifest.input_names, threads=threads, spin=spin)
+        return GenaiGraph(genai_model, manifest.io(), threads=threads, spin=spin)
     if name == "torch":
         check_backend(artifact, "torch")
         return TorchCachedDecoder(source_model_loader(artifact, reference_model), manifest.io(),

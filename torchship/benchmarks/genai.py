@@ -26,11 +26,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from torchship import _progress
 from torchship._fs import scratch_dir, staged_dir
-from torchship._ort import make_session
 from torchship.artifact import Artifact
 from torchship.errors import TorchshipError, first_line
+from torchship.runtimes.ort import OrtPredictor
 from torchship.variants import WEIGHT_ONLY, backend
 
 BUILDER = "onnxruntime_genai.models.builder"
@@ -214,32 +216,27 @@ def _last_error(log: Path) -> str:
     return ((errors or lines or ["no output"])[-1])[:300]
 
 
-class GenaiGraph:
-    """The builder's graph in a plain ONNX Runtime session: ``activate`` / ``infer`` / ``deactivate`` as a
-    predictor's. ``feed_names`` are the inputs the benchmark makes; the graph takes a subset of them (the
-    builder's models compute positions from the attention mask)."""
+class GenaiGraph(OrtPredictor):
+    """The builder's graph as an ONNX Runtime predictor over the export's inputs (``io``): the benchmark's
+    feeds are checked as for every other row, and the graph gets the subset it takes (the builder's models
+    compute positions from the attention mask); it gives the outputs it has."""
 
-    def __init__(self, model: Path, *, feed_names, threads: int | None, spin: str = "run"):
-        self.model, self.feed_names = Path(model), tuple(feed_names)
-        self.threads, self.spin = threads, spin
-        self.session = None
+    backend = "onnxruntime-genai graph"
 
-    def activate(self) -> "GenaiGraph":
-        if self.session is None:
-            session = make_session(self.model, threads=self.threads, spin=self.spin,
-                                   fix=f"delete {self.model.parent} and bench again to rebuild it")
-            missing = [i.name for i in session.get_inputs() if i.name not in self.feed_names]
-            if missing:
-                raise GenaiSkipped(f"{self.model} takes {', '.join(missing)}, which the export's inputs do not "
-                                   "give; it cannot be timed on the same feeds")
-            self.session = session
-            self._inputs = [i.name for i in session.get_inputs()]
-            self._outputs = [o.name for o in session.get_outputs()]
-        return self
+    def __init__(self, model: Path, io, *, threads: int | None, spin: str = "run"):
+        super().__init__(model, io, threads=threads, spin=spin,
+                         fix=f"delete {Path(model).parent} and bench again to rebuild it")
 
-    def infer(self, feeds):
-        self.activate()
-        return dict(zip(self._outputs, self.session.run(self._outputs, {n: feeds[n] for n in self._inputs})))
+    def _activate(self) -> None:
+        super()._activate()
+        inputs = [i.name for i in self._session.get_inputs()]
+        missing = [n for n in inputs if n not in self.input_names]
+        if missing:
+            self._session = None
+            raise GenaiSkipped(f"{self.path} takes {', '.join(missing)}, which the export's inputs do not give; "
+                               "it cannot be timed on the same feeds")
+        self._inputs, self._outputs = inputs, [o.name for o in self._session.get_outputs()]
 
-    def deactivate(self) -> None:
-        self.session = None
+    def _infer(self, feeds):
+        values = self._session.run(self._outputs, {n: feeds[n] for n in self._inputs})
+        return {n: np.asarray(v) for n, v in zip(self._outputs, values)}
