@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from torchship import _progress
@@ -23,9 +22,6 @@ from torchship.errors import first_line
 PROC_STATUS = Path("/proc/self/status")
 WHAT = ("peak memory: resident memory added by loading the row's model and running its largest prefill and "
         "decode step, each row alone in a fresh process (Linux VmHWM after the load minus VmRSS before it)")
-# One probe at a time: each loads a whole model, so probes side by side would multiply the memory the bench
-# needs (four copies of a 7B model) and crowd a small machine; sequential, they cost only wall time.
-PARALLEL = 1
 
 
 def _status_mb(field: str) -> float | None:
@@ -81,37 +77,37 @@ def probe(job: dict) -> dict:
 
 def measure(folder, jobs: dict[str, dict], *, progress: _progress.Progress = _progress.SILENT,
             timeout_s: float = 1800) -> tuple[dict[str, dict], list[str]]:
-    """Peak memory per row name, each probed in its own process (a few at once); a probe that fails leaves its
-    row without a number and says why in a note."""
+    """Peak memory per row name, each probed in its own process, one after another (side by side they would
+    multiply the memory the bench needs: four copies of a 7B model); a probe that fails leaves its row without
+    a number and says why in a note."""
     if not PROC_STATUS.exists():
         return {}, ["peak memory not measured: it reads /proc/self (Linux only)"]
     progress.step(f"measuring the peak memory of {len(jobs)} rows, each alone in a fresh process")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])]))
 
-    def run(item):
-        name, job = item
+    def run(name, job):
         command = [sys.executable, "-m", "torchship.benchmarks.memory", json.dumps({"folder": str(folder),
                                                                                    "name": name, **job})]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return name, None, f"its probe ran past {timeout_s:g} s"
+            return None, f"its probe ran past {timeout_s:g} s"
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-            return name, None, (lines[-1] if lines else f"exit {proc.returncode}")[:300]
+            return None, (lines[-1] if lines else f"exit {proc.returncode}")[:300]
         lines = proc.stdout.strip().splitlines()
         if not lines:
-            return name, None, "its probe printed no result"
-        return name, json.loads(lines[-1]), None
+            return None, "its probe printed no result"
+        return json.loads(lines[-1]), None
 
     out, notes = {}, []
-    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        for name, result, why in pool.map(run, jobs.items()):
-            if result is None:
-                notes.append(f"peak memory of {name} not measured: {why}")
-            else:
-                out[name] = result
+    for name, job in jobs.items():
+        result, why = run(name, job)
+        if result is None:
+            notes.append(f"peak memory of {name} not measured: {why}")
+        else:
+            out[name] = result
     return out, notes
 
 
