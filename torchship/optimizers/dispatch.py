@@ -140,30 +140,25 @@ def _stats(seconds: list[float]) -> dict:
 PAIRED_WINS = 2 / 3  # share of rounds the fastest must win against a candidate to beat it clearly
 
 
-def _paired_wins(fast: dict, slow: dict) -> float | None:
-    """The share of rounds in which ``fast`` ran faster than ``slow``; None without paired rounds. Both ran
-    in every round, one right after the other, so the drift of a busy machine cancels out of each pair."""
-    a, b = fast.get("rounds_ms"), slow.get("rounds_ms")
-    if not a or not b or len(a) != len(b):
-        return None
-    return sum(x < y for x, y in zip(a, b)) / len(a)
+def _paired_wins(fast: dict, slow: dict) -> float:
+    """The share of rounds in which ``fast`` ran faster than ``slow``. Both ran in every round, one right after
+    the other, so the drift of a busy machine cancels out of each pair."""
+    pairs = list(zip(fast["rounds_ms"], slow["rounds_ms"], strict=True))
+    return sum(x < y for x, y in pairs) / len(pairs)
 
 
 def _winner(times: dict[str, dict], order: tuple[str, ...], margin: float) -> tuple[str, str | None, float | None]:
     """(winner, runner-up, runner-up median / winner median). The winner is the earliest candidate in the
     preference order that the fastest one does not clearly beat; clearly: a median faster by more than
-    ``margin`` and faster in at least two rounds out of three, paired round by round (without per-round
-    times: a p90 below the other's median). Noise does not flip the choice: where the rounds disagree the
-    preferred variant stays (today's fixed choice); a real win shows in most rounds."""
+    ``margin`` and faster in at least two rounds out of three, paired round by round. Noise does not flip the
+    choice: where the rounds disagree the preferred variant stays (today's fixed choice); a real win shows in
+    most rounds."""
     fastest = min(times, key=lambda n: times[n]["median_ms"])
     f = times[fastest]
 
     def clearly_beaten(name: str) -> bool:
         t = times[name]
-        if not f["median_ms"] * (1 + margin) < t["median_ms"]:
-            return False
-        wins = _paired_wins(f, t)
-        return f["p90_ms"] < t["median_ms"] if wins is None else wins >= PAIRED_WINS
+        return f["median_ms"] * (1 + margin) < t["median_ms"] and _paired_wins(f, t) >= PAIRED_WINS
 
     best = next(n for n in (*[o for o in order if o in times], fastest) if not clearly_beaten(n))
     others = sorted((n for n in times if n != best), key=lambda n: times[n]["median_ms"])
