@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from torchship._ort import GRAPH_LEVELS
+from torchship._ort import GRAPH_LEVELS, SPIN_MODES
 from torchship.exporters.export import ATTN_IMPLEMENTATIONS, EXPORTERS, MAX_OPSET, MIN_OPSET
 from torchship.exporters.spec import TASKS
 from torchship.external_data import MODES as EXTERNAL_DATA_MODES
@@ -70,7 +70,7 @@ warmup = click.option("--warmup", type=click.IntRange(min=0), default=5, show_de
 min_iterations = click.option("--min-iterations", type=click.IntRange(min=1), default=30, show_default=True,
                               help="Timed runs per backend and shape, at least (a UNet step takes seconds on a "
                                    "CPU: lower this for a quick look).")
-spin = click.option("--ort-spin", type=click.Choice(["run", "always", "off"]), default="run", show_default=True,
+spin = click.option("--ort-spin", type=click.Choice(SPIN_MODES), default="run", show_default=True,
                     help="ORT worker threads: spin during each run and stop when it returns (run), keep spinning "
                          "after it too, holding a core (always, ORT's own default), or sleep between operators "
                          "(off, slower).")

@@ -123,9 +123,8 @@ def _choices(value: str) -> tuple[bool, ...]:
 @o.threads
 @friendly_errors
 def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_level, quantize_embedding, head,
-                 max_weight_error,
-                 calibration, calibration_method, per_channel, reduce_range, sources, op_types, exclude,
-                 approximate_gelu, activation_type, quant_format, fallback, max_fp32, budget, eval_texts, threads):
+                 max_weight_error, calibration, calibration_method, per_channel, reduce_range, sources, op_types,
+                 exclude, approximate_gelu, activation_type, quant_format, fallback, max_fp32, budget, eval_texts, threads):
     """Make an int8 variant of FOLDER: try several quantizations, keep the fastest within the accuracy budget.
     With --method weight-only (decoders), an int4 or int8 weight-only variant instead."""
     symmetric_flag = "--asymmetric" if symmetric is False else "--symmetric"  # the one given
@@ -151,6 +150,7 @@ def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_lev
     given = [flag for flag, value in weight_flags.items() if value is not None]
     if given:
         raise InputError(f"{given[0]} is for --method weight-only; add it, or drop {given[0]}")
+    from torchship.optimizers.int8_candidates import ACTIVATION_TYPES, DEFAULT_SOURCES, QUANT_FORMATS
     from torchship.optimizers.quantize import QuantizeOptions, quantize
 
     if calibration and method == "dynamic":
@@ -159,8 +159,6 @@ def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_lev
     methods = {"auto": ("dynamic", "static") if calibration else ("dynamic",), "dynamic": ("dynamic",),
                "static": ("static",), "both": ("dynamic", "static")}[method]
     if approximate_gelu:
-        from torchship.optimizers.int8_candidates import DEFAULT_SOURCES
-
         sources = ",".join(dict.fromkeys([*(split(sources) or DEFAULT_SOURCES), "optimized-ln-approx"]))
     static_only = [flag for flag, value in (("--activation-type", activation_type), ("--quant-format", quant_format))
                    if value != "both"]
@@ -171,8 +169,8 @@ def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_lev
         reduce_range=_choices(reduce_range),
         sources=split(sources), op_types=split(op_types), exclude=tuple(exclude), calibration=calibration,
         calibration_method=calibration_method, eval_texts=eval_texts, budget=budget, threads=threads,
-        activation_types=("uint8", "int8") if activation_type == "both" else (activation_type,),
-        quant_formats=("qdq", "qoperator") if quant_format == "both" else (quant_format,),
+        activation_types=ACTIVATION_TYPES if activation_type == "both" else (activation_type,),
+        quant_formats=QUANT_FORMATS if quant_format == "both" else (quant_format,),
         fallback=fallback, max_fp32=max_fp32)
     try:
         artifact = quantize(folder, opts, progress=PROGRESS)

@@ -208,7 +208,7 @@ def calibration_feeds(options: QuantizeOptions, artifact: Artifact) -> list[dict
 
 
 def build(c: Candidate, src: Path, dst: Path, *, calibration: list[dict] | None, calibration_method: str,
-           scratch: Path) -> None:
+          scratch: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType
 

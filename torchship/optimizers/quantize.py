@@ -21,6 +21,7 @@ meets the budget nothing is saved and the command fails, naming the best one.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -106,7 +107,7 @@ def _quantize(artifact: Artifact, options: QuantizeOptions, progress: _progress.
             else {s: () for s in available}
         progress.step(f"accuracy probe: {probe.metric} on {probe.source}")
         probe.set_reference(ort_runner(src_fp32, threads=options.threads))
-        built = iter(range(1, 1_000_000))
+        built = itertools.count(1)
 
         def judge(c: Candidate, label: str = "fallback") -> Outcome:
             o = Outcome(c)
