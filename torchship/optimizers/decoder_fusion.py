@@ -36,7 +36,7 @@ def _bshd_source(g: Graph, value: str, users: int = 1):
     """``value`` = Transpose(perm 0,2,1,3)(X) with X in (batch, sequence, heads, head size), feeding ``users``
     nodes and nothing else: (X's name, the Transpose), else (None, None)."""
     t = g.producer.get(value)
-    if t is None or t.op_type != "Transpose" or g.int_attr(t, "perm") != _BSHD:
+    if t is None or t.op_type != "Transpose" or g.attr(t, "perm") != _BSHD:
         return None, None
     if len(g.consumers.get(value, [])) != users or value in g.outputs:
         return None, None
@@ -59,9 +59,9 @@ def _rotated(g: Graph, value: str):
         return None
     if n.op_type == "Transpose":
         return None, value, 0, []
-    if n.op_type == "RotaryEmbedding" and len(n.input) == 3 and not g.int_attr(n, "rotary_embedding_dim", 0):
+    if n.op_type == "RotaryEmbedding" and len(n.input) == 3 and not g.attr(n, "rotary_embedding_dim", 0):
         return n, n.input[0], 0, [n]
-    if n.op_type != "Concat" or len(n.input) != 2 or g.int_attr(n, "axis") not in (-1, 3):
+    if n.op_type != "Concat" or len(n.input) != 2 or g.attr(n, "axis") not in (-1, 3):
         return None
     rot, tail = g.producer.get(n.input[0]), g.producer.get(n.input[1])
     if not rot or rot.op_type != "RotaryEmbedding" or len(rot.input) != 3 or not tail or tail.op_type != "Slice":
@@ -97,7 +97,7 @@ def _match_layer(g: Graph, att, heads: tuple[int, int] | None):
     if not 3 <= len(att.input) <= 4 or len(att.output) != 1:
         return None
     k_cat, v_cat = g.producer.get(att.input[1]), g.producer.get(att.input[2])
-    if not all(c and c.op_type == "Concat" and len(c.input) == 2 and g.int_attr(c, "axis") in (-2, 2)
+    if not all(c and c.op_type == "Concat" and len(c.input) == 2 and g.attr(c, "axis") in (-2, 2)
                for c in (k_cat, v_cat)):
         return None
     if k_cat.output[0] not in g.outputs or v_cat.output[0] not in g.outputs:
@@ -113,7 +113,7 @@ def _match_layer(g: Graph, att, heads: tuple[int, int] | None):
     out_t, views = g.only_consumer(att.output[0]), []
     if out_t is not None and out_t.op_type == "Reshape" and _dims(g, out_t.input[1]) == 4:
         views, out_t = [out_t], g.only_consumer(out_t.output[0])  # a view to the same 4-D shape (Phi-3)
-    if not out_t or out_t.op_type != "Transpose" or g.int_attr(out_t, "perm") != _BSHD:
+    if not out_t or out_t.op_type != "Transpose" or g.attr(out_t, "perm") != _BSHD:
         return None
     out_r = g.only_consumer(out_t.output[0])
     if not out_r or out_r.op_type != "Reshape":
@@ -122,10 +122,10 @@ def _match_layer(g: Graph, att, heads: tuple[int, int] | None):
     if q_rot is None:
         heads, kv_heads = heads or (None, None)
     else:
-        heads, kv_heads = g.int_attr(q_rot, "num_heads"), g.int_attr(k_rot, "num_heads")
-        if g.int_attr(q_rot, "interleaved", 0) != g.int_attr(k_rot, "interleaved", 0):
+        heads, kv_heads = g.attr(q_rot, "num_heads"), g.attr(k_rot, "num_heads")
+        if g.attr(q_rot, "interleaved", 0) != g.attr(k_rot, "interleaved", 0):
             return None
-    if not heads or not kv_heads or g.int_attr(att, "qk_matmul_output_mode", 0) != 0:
+    if not heads or not kv_heads or g.attr(att, "qk_matmul_output_mode", 0) != 0:
         return None
     return dict(att=att, q_rot=q_rot, k_rot=k_rot, k_cat=k_cat, v_cat=v_cat, q=q_src, k=k_src, v=v_src,
                 rotary_dim=q[2], replaced=[att, k_cat, v_cat, q_t, k_t, v_t, out_t, *views, *q[3], *k[3]],
@@ -168,7 +168,7 @@ def fuse_attention(model, *, op: str = "Attention", heads: tuple[int, int] | Non
         if lengths is None and op != "Attention":  # every layer's cache has the same length
             lengths = _lengths(g, past_k, q3)
         if m["q_rot"] is not None:
-            rot = {"interleaved": g.int_attr(m["q_rot"], "interleaved", 0)}
+            rot = {"interleaved": g.attr(m["q_rot"], "interleaved", 0)}
             if m["rotary_dim"]:
                 rot["rotary_embedding_dim"] = m["rotary_dim"]
             q3 = g.op("RotaryEmbedding", [q3, *m["q_rot"].input[1:]], num_heads=m["heads"], **rot)
@@ -183,12 +183,12 @@ def fuse_attention(model, *, op: str = "Attention", heads: tuple[int, int] | Non
         outputs = [y, m["k_cat"].output[0], m["v_cat"].output[0]]
         attrs = {}
         for key in ("scale", "softcap"):
-            value = g.int_attr(att, key)
+            value = g.attr(att, key)
             if value:
                 attrs[key] = float(value)
         if op == "Attention":
             g.op("Attention", [q3, k3, v3, mask, past_k, past_v], 3, outputs=outputs, q_num_heads=m["heads"],
-                 kv_num_heads=m["kv_heads"], is_causal=g.int_attr(att, "is_causal", 0), **attrs)
+                 kv_num_heads=m["kv_heads"], is_causal=g.attr(att, "is_causal", 0), **attrs)
         else:
             if mask and mask not in biases:
                 biases[mask] = _additive(g, mask)
@@ -236,11 +236,11 @@ def fuse_skip_rms_norm(model) -> int:
         if len(norms) != 1 or len(norms[0].input) != 2 or norms[0].input[1] not in g.constants:
             continue
         norm = norms[0]
-        if g.int_attr(norm, "axis", -1) != -1 or g.int_attr(norm, "stash_type", 1) != 1:
+        if g.attr(norm, "axis", -1) != -1 or g.attr(norm, "stash_type", 1) != 1:
             continue
         if any(i in g.constants for i in add.input):
             continue  # a bias add, not a residual
-        eps = g.int_attr(norm, "epsilon", 1e-5)
+        eps = g.attr(norm, "epsilon", 1e-5)
         others = [n for n in g.consumers[add.output[0]] if n is not norm] or add.output[0] in g.outputs
         outputs = [norm.output[0], "", "", add.output[0] if others else ""]
         g.op("SkipSimplifiedLayerNormalization", [add.input[0], add.input[1], norm.input[1]], 4, domain=MS,

@@ -67,7 +67,8 @@ class Graph:
         users = self.consumers.get(value, [])
         return users[0] if len(users) == 1 and value not in self.outputs else None
 
-    def int_attr(self, node, key: str, default=None):
+    def attr(self, node, key: str, default=None):
+        """An int, float or ints attribute of ``node``, else ``default``."""
         for a in node.attribute:
             if a.name == key:
                 return list(a.ints) if a.ints else (a.f if a.type == 1 else a.i)
