@@ -148,15 +148,11 @@ def main(argv=None) -> int:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import version
 
-    out = {}
-    for name in ("torch", "onnxruntime", "transformers", "sentence-transformers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    from torchship.artifact import library_versions
+
+    return {**library_versions(), "sentence-transformers": version("sentence-transformers")}
 
 
 def summarize(s: dict) -> str:
