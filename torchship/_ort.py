@@ -31,7 +31,7 @@ def spin_entries(spin: str) -> dict[str, str]:
     costs nothing, and stop as soon as the run returns (ORT's ``session.force_spinning_stop``). ``always``:
     ORT's own default, threads keep spinning for a while after each run and hold a core; in a benchmark
     that alternates backends they slow the next backend down. ``off``: threads sleep between operators,
-    which costs a wake-up per parallel operator (a SmolLM2-135M int4 decode step: 10.9 ms against 8.2,
+    which costs a wake-up per parallel operator (a SmolLM2-135M int4 decode step: 10.9 ms against 7.9,
     docs/measurements.md, "Spinning").
     """
     if spin not in SPIN_MODES:
