@@ -33,15 +33,21 @@ def main() -> int:
 
     from torchship._ort import SPIN_MODES
     from torchship.artifact import Artifact
-    from torchship.exporters.spec import BATCH, PAST_SEQUENCE, SEQUENCE, family_of, saved_config
+    from torchship.errors import TorchshipError
+    from torchship.exporters.spec import BATCH, DECODE, PAST_SEQUENCE, SEQUENCE, family_of, saved_config
     from torchship.runtimes import RuntimeOptions, create_predictor
 
-    artifact = Artifact.open(args.folder)
-    spec, config = family_of(artifact.manifest), saved_config(artifact)
-    case = spec.case_for({BATCH: 1, SEQUENCE: 1, PAST_SEQUENCE: args.past}, config)
-    feeds = spec.sample_inputs(config, artifact.manifest.io(), case, seed=0)
-    predictors = {mode: create_predictor(artifact, args.backend, RuntimeOptions(threads=args.threads, spin=mode))
-                  .activate() for mode in SPIN_MODES}
+    try:  # a wrong folder, backend or length: one line, as the CLI says it
+        artifact = Artifact.open(args.folder)
+        spec, config = family_of(artifact.manifest), saved_config(artifact)
+        if DECODE not in spec.phases:
+            raise SystemExit(f"spinning_benchmark: {args.folder} holds {spec.group.one}, not a decoder")
+        case = spec.case_for({BATCH: 1, SEQUENCE: 1, PAST_SEQUENCE: args.past}, config)
+        feeds = spec.sample_inputs(config, artifact.manifest.io(), case, seed=0)
+        predictors = {mode: create_predictor(artifact, args.backend, RuntimeOptions(threads=args.threads, spin=mode))
+                      .activate() for mode in SPIN_MODES}
+    except TorchshipError as exc:
+        raise SystemExit(f"spinning_benchmark: {exc}") from None
     torch.set_num_threads(args.threads)
     layers = [torch.nn.Linear(576, 1536) for _ in range(20)]
     x = torch.randn(1, 576)
