@@ -238,12 +238,23 @@ class Artifact:
 def dispatch_variant(table: dict, batch: int, sequence: int) -> str:
     """The variant a dispatch table names for a call of ``batch`` x ``sequence``: the range that holds it.
     Ranges are ``{"batch": [lo, hi], "sequence": [lo, hi], "variant": name}`` with ``hi`` None for no upper
-    bound; together they cover every shape (torchship.optimizers.dispatch writes them)."""
+    bound; together they cover every shape (torchship.optimizers.dispatch writes them). A hand-edited table
+    with a hole gives the overall winner, never an error mid-request."""
+    return dispatch_choice(table, batch, sequence)[0]
+
+
+def range_choice(r: dict) -> tuple[str, str]:
+    """(variant, session tuning) of one range of a dispatch table (tables before version 2 name no tuning)."""
+    return r["variant"], r.get("session", "default")
+
+
+def dispatch_choice(table: dict, batch: int, sequence: int) -> tuple[str, str]:
+    """(variant, session tuning, _ort.SESSION_TUNINGS) a dispatch table names for ``batch`` x ``sequence``."""
     for r in table["ranges"]:
         (b_lo, b_hi), (s_lo, s_hi) = r["batch"], r["sequence"]
         if b_lo <= batch <= (b_hi or batch) and s_lo <= sequence <= (s_hi or sequence):
-            return r["variant"]
-    return most_wins(table)  # a hand-edited table with a hole: the overall winner, never an error mid-request
+            return range_choice(r)
+    return most_wins(table), "default"
 
 
 def most_wins(table: dict) -> str:

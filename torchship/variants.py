@@ -93,6 +93,18 @@ TABLE: tuple[Backend, ...] = (
     Backend("ort-optimized-approx", "onnxruntime", "fp32", "cpu", "ORT transformer fusion, tanh-approximate GELU",
             FUSION, _ORT, ("optimized-approx",), ("model_optimized_approx.onnx",), _OPTIMIZE, swept=False,
             triton=_ONNX_PLATFORM, settings={"approximate": "GELU as its tanh approximation (FastGelu)"}),
+    # Exact, with another attention kernel of ONNX Runtime (optimizers/attention_kernels.py): ONNX's Attention
+    # operator with the K bias dropped and the V bias folded; MultiHeadAttention's flash kernel for batches without
+    # padding. Never picked by preference: only the measured dispatch, at the shapes where they are faster.
+    Backend("ort-optimized-sdpa", "onnxruntime", "fp32", "cpu", "ORT transformer fusion, ONNX Attention operator",
+            FUSION, _ORT, ("optimized-sdpa",), ("model_optimized_sdpa.onnx",), _OPTIMIZE, swept=False,
+            triton=_ONNX_PLATFORM, settings={"attention": "ONNX Attention (opset 24), K/V biases folded",
+                                             "measured_only": True}),
+    Backend("ort-optimized-flash", "onnxruntime", "fp32", "cpu",
+            "ORT transformer fusion, flash attention without padding", FUSION, _ORT, ("optimized-flash",),
+            ("model_optimized_flash.onnx",), _OPTIMIZE, swept=False, triton=_ONNX_PLATFORM,
+            settings={"attention": "MultiHeadAttention, flash kernel when the batch has no padding",
+                      "measured_only": True}),
     # Not a file: per call, the fp32 variant that torchship optimize measured fastest for the call's shape (the
     # manifest's dispatch table). auto times the variants themselves; Triton serves one file.
     Backend("ort-measured", "onnxruntime", "fp32", "cpu", "fastest fp32 variant per shape, as optimize measured",

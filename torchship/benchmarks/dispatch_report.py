@@ -15,10 +15,24 @@ def _span(lo: int, hi: int | None) -> str:
     return str(hi) if lo == hi else f"{lo}-{hi}"
 
 
-def _name(table: dict, variant: str) -> str:
-    """The backend name, marked when the variant is approximate."""
+def _name(table: dict, key: str) -> str:
+    """The backend name, marked when the variant is approximate, with the session tuning of a final's runner
+    (``variant@tuning``) when it is not ORT's default."""
+    variant, _, tuning = key.partition("@")
     name = backend_of_variant(variant).name
-    return f"{name} (approximate)" if table["candidates"].get(variant, {}).get("approximate") else name
+    if table["candidates"].get(variant, {}).get("approximate"):
+        name += " (approximate)"
+    return f"{name}, {tuning}" if tuning and tuning != "default" else name
+
+
+def _winner_key(s: dict) -> str:
+    tuning = s.get("session", "default")
+    return s["winner"] if tuning == "default" else f"{s['winner']}@{tuning}"
+
+
+def _timing(shape: dict, key: str) -> dict:
+    """A runner's timing at a shape: the final's where it ran in the final, else the first round's."""
+    return (shape.get("final") or {}).get(key) or shape["times"][key.partition("@")[0]]
 
 
 def dispatch_markdown(table: dict) -> str:
@@ -28,9 +42,13 @@ def dispatch_markdown(table: dict) -> str:
     lines = [
         f"Measured dispatch ({machine['threads']} threads on {machine['cpu']}, "
         f"ORT spinning {spin_label(machine.get('spin', False))}; median of up to "
-        f"{plan['max_rounds']} interleaved rounds per shape; a variant earlier in the preference order is kept "
-        f"unless the fastest is more than {plan['margin']:.0%} faster and faster in two "
-        "rounds out of three, so a ratio under 1.0 means the runner-up's lead was within the noise):",
+        f"{plan['max_rounds']} interleaved rounds per shape"
+        + (f", then a final of the best {plan['finalists']} with and without each session tuning "
+           f"({', '.join(t for t in plan['tunings'] if t != 'default')}), {plan['final_rounds']} rounds at least"
+           if "finalists" in plan else "")
+        + f"; a variant earlier in the preference order is kept "
+        f"unless the fastest is more than {plan['margin']:.0%} faster and faster in clearly more than half of the "
+        "paired rounds (a sign test), so a ratio under 1.0 means the runner-up's lead was within the noise):",
         "",
         "| batch | sequence | runs | measured at | median ms | p90/p10 | runner-up | runner-up ms | ratio |",
         "|---|---|---|---|---:|---:|---|---:|---:|",
@@ -38,12 +56,12 @@ def dispatch_markdown(table: dict) -> str:
     for r in table["ranges"]:
         key = tuple(r["measured_at"])
         s = shapes[key]
-        best = s["times"][s["winner"]]
-        up = s["times"][s["runner_up"]]["median_ms"] if s["runner_up"] else None
+        best = _timing(s, _winner_key(s))
+        up = _timing(s, s["runner_up"])["median_ms"] if s["runner_up"] else None
         spread = "-" if best["spread"] is None else f"{best['spread']:.2f}" + (
             " unstable" if best["spread"] > UNSTABLE_SPREAD else "")
         lines.append(
-            f"| {_span(*r['batch'])} | {_span(*r['sequence'])} | {_name(table, r['variant'])} | "
+            f"| {_span(*r['batch'])} | {_span(*r['sequence'])} | {_name(table, _winner_key(s))} | "
             f"b{key[0]} s{key[1]} | {best['median_ms']:.2f} | {spread} | "
             f"{'-' if up is None else _name(table, s['runner_up'])} | "
             f"{'-' if up is None else f'{up:.2f}'} | {'-' if s['ratio'] is None else '%.3fx' % s['ratio']} |")
@@ -71,7 +89,8 @@ def _approximate_lines(table: dict) -> list[str]:
 
 
 def all_times_markdown(table: dict) -> str:
-    """Every candidate's median (ms) at every measured shape."""
+    """Every candidate's median (ms) at every measured shape, in the first round of timing (the final's
+    numbers are in the manifest)."""
     names = list(table["candidates"])
     lines = ["| shape | " + " | ".join(_name(table, n) for n in names) + " |",
              "|---|" + "---:|" * len(names)]

@@ -104,7 +104,10 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
             outputs = {name: p.infer(feeds)[main_output] for name, p in predictors.items()}
             for name, p in predictors.items():
                 if getattr(p, "last_variant", None):
-                    dispatched.setdefault(name, []).append(f"{case.label()}: {artifact.variant(p.last_variant).file}")
+                    tuning = getattr(p, "last_session", None)
+                    dispatched.setdefault(name, []).append(
+                        f"{case.label()}: {artifact.variant(p.last_variant).file}"
+                        + (f" ({tuning})" if tuning and tuning != "default" else ""))
             label = f"[{i}/{len(cases)}] {case.label()}"
             progress.step(label)
             times = measure_interleaved(

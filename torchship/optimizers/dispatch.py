@@ -6,10 +6,12 @@ after ``optimize`` has built and validated its variants, every validated fp32 ON
 timed at a grid of (batch, sequence) shapes: the shape config's min/use/max values of each axis, else
 batch {1, 8} x sequence {16, 128, 384} clipped to the model's positions. Candidates run interleaved in
 rounds (the order turns each round), ORT threads spinning during each run as the predictor's do, every
-candidate on the same inputs, with a bounded number of rounds per shape. The result is data in the manifest
-(``Manifest.dispatch``): every candidate's median and spread per shape, the winner per shape, and the ranges
-of shapes each winner serves, which the ``ort-measured`` predictor reads per call
-(``artifact.dispatch_variant``).
+candidate on the same inputs, with a bounded number of rounds per shape. Then a final at each shape: the two
+best variants, each with ORT's default session settings and with every tuning of ``_ort.SESSION_TUNINGS``,
+run again for more rounds, so that the choice between close finalists rests on more than a few samples. The
+result is data in the manifest (``Manifest.dispatch``): every candidate's median and spread per shape, the
+final's, the winner (variant and session tuning) per shape, and the ranges of shapes each winner serves,
+which the ``ort-measured`` predictor reads per call (``artifact.dispatch_choice``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from itertools import product
 import numpy as np
 
 from torchship import _progress
-from torchship._ort import make_session
+from torchship._ort import SESSION_TUNINGS, make_session
 from torchship.benchmarks.timing import cpu_name
 from torchship.artifact import Artifact
 from torchship.errors import InputError
@@ -32,17 +34,19 @@ from torchship.variants import TABLE
 CANDIDATE_CHOICES = ("measured", "preset")
 DEFAULT_BATCHES = (1, 8)
 DEFAULT_SEQUENCES = (16, 128, 384)
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: a final per shape, and a session tuning per range
 
 
 def candidate_variants() -> tuple[str, ...]:
     """The variants a table may choose from, from the backend table: fp32 ONNX Runtime CPU variants that
     torchship would pick by itself, in its preference order (ties in the timing go to the earlier one), then
-    the approximate ones (settings["approximate"]), which win a shape only where clearly faster than all."""
+    the exact ones only a table may choose (settings["measured_only"]: other attention kernels), then the
+    approximate ones (settings["approximate"]); a later one wins a shape only where clearly faster."""
     cpu = [b for b in TABLE if b.runtime == "onnxruntime" and b.precision == "fp32" and b.device == "cpu"]
     ranked = sorted((b for b in cpu if b.preference is not None), key=lambda b: b.preference)
+    measured_only = [b for b in cpu if b.preference is None and b.settings.get("measured_only")]
     approximate = [b for b in cpu if b.preference is None and b.settings.get("approximate")]
-    return tuple(b.variants[0] for b in ranked + approximate)
+    return tuple(b.variants[0] for b in ranked + measured_only + approximate)
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,16 @@ class DispatchPlan:
     a tiny model's sub-millisecond runs are timed as a batch of runs, a large model's one at a time."""
 
     min_rounds: int = 3
-    max_rounds: int = 9
+    max_rounds: int = 40
     seconds: float = 2.0  # per shape, all candidates together
     sample_s: float = 0.001
     warmup: int = 1
     margin: float = 0.01  # a candidate displaces a preferred one only when faster by more than this (see _winner)
     threads: int | None = None  # None: every CPU this process may use (as bench)
+    finalists: int = 2  # variants that go on to the final, each with every session tuning
+    final_rounds: int = 7  # rounds of the final, at least (it may take ``seconds`` more per shape) ...
+    final_max_rounds: int = 100  # ... and at most
+    tunings: tuple[str, ...] = tuple(SESSION_TUNINGS)
 
 
 def _threads(plan: DispatchPlan) -> int:
@@ -111,14 +119,16 @@ def _samples(fn, plan: DispatchPlan) -> int:
     return max(1, math.ceil(plan.sample_s / max(once, 1e-6)))
 
 
-def _time_shape(runners: dict, plan: DispatchPlan) -> dict[str, list[float]]:
-    """Seconds per run of every candidate, one value per round, candidates interleaved."""
+def _time_shape(runners: dict, plan: DispatchPlan, final: bool = False) -> dict[str, list[float]]:
+    """Seconds per run of every candidate, one value per round, candidates interleaved (a final: at least
+    ``plan.final_rounds`` rounds)."""
     repeats = {name: _samples(fn, plan) for name, fn in runners.items()}
     names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
+    least, most = (plan.final_rounds, plan.final_max_rounds) if final else (plan.min_rounds, plan.max_rounds)
     start = time.perf_counter()
-    for r in range(plan.max_rounds):
-        if r >= plan.min_rounds and time.perf_counter() - start >= plan.seconds:
+    for r in range(max(most, least)):
+        if r >= least and time.perf_counter() - start >= plan.seconds:
             break
         for name in names[r % len(names):] + names[:r % len(names)]:
             fn, n = runners[name], repeats[name]
@@ -137,28 +147,30 @@ def _stats(seconds: list[float]) -> dict:
             "rounds_ms": [round(float(v), 4) for v in ms]}
 
 
-PAIRED_WINS = 2 / 3  # share of rounds the fastest must win against a candidate to beat it clearly
+SIGN_TEST_Z = 1.28  # one-sided, 90%: how far above half of the rounds a clear win must be
 
 
-def _paired_wins(fast: dict, slow: dict) -> float:
-    """The share of rounds in which ``fast`` ran faster than ``slow``. Both ran in every round, one right after
-    the other, so the drift of a busy machine cancels out of each pair."""
+def _clear_wins(fast: dict, slow: dict) -> bool:
+    """Whether ``fast`` ran faster than ``slow`` in more rounds than chance would give: a sign test over the
+    rounds, paired (both ran in every round, one right after the other, so the drift of a busy machine cancels
+    out of each pair). The wins needed: all of 3 rounds, 5 of 6, 7 of 9, 25 of 40, 57 of 100."""
     pairs = list(zip(fast["rounds_ms"], slow["rounds_ms"], strict=True))
-    return sum(x < y for x, y in pairs) / len(pairs)
+    wins = sum(x < y for x, y in pairs)
+    return wins > len(pairs) / 2 + SIGN_TEST_Z * math.sqrt(len(pairs)) / 2
 
 
 def _winner(times: dict[str, dict], order: tuple[str, ...], margin: float) -> tuple[str, str | None, float | None]:
     """(winner, runner-up, runner-up median / winner median). The winner is the earliest candidate in the
     preference order that the fastest one does not clearly beat; clearly: a median faster by more than
-    ``margin`` and faster in at least two rounds out of three, paired round by round. Noise does not flip the
-    choice: where the rounds disagree the preferred variant stays (today's fixed choice); a real win shows in
-    most rounds."""
+    ``margin`` and faster in clearly more than half of the rounds, paired round by round (``_clear_wins``). Noise
+    does not flip the choice: where the rounds disagree the preferred variant stays (today's fixed choice); a
+    real win shows in most rounds, and the more rounds, the smaller a lead that can show."""
     fastest = min(times, key=lambda n: times[n]["median_ms"])
     f = times[fastest]
 
     def clearly_beaten(name: str) -> bool:
         t = times[name]
-        return f["median_ms"] * (1 + margin) < t["median_ms"] and _paired_wins(f, t) >= PAIRED_WINS
+        return f["median_ms"] * (1 + margin) < t["median_ms"] and _clear_wins(f, t)
 
     best = next(n for n in (*[o for o in order if o in times], fastest) if not clearly_beaten(n))
     others = sorted((n for n in times if n != best), key=lambda n: times[n]["median_ms"])
@@ -166,6 +178,34 @@ def _winner(times: dict[str, dict], order: tuple[str, ...], margin: float) -> tu
         return best, None, None
     runner_up = others[0]
     return best, runner_up, round(times[runner_up]["median_ms"] / times[best]["median_ms"], 4)
+
+
+def runner_key(variant: str, tuning: str) -> str:
+    """How the final names a variant run with a session tuning: the variant alone for ORT's defaults."""
+    return variant if tuning == "default" else f"{variant}@{tuning}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    variant, _, tuning = key.partition("@")
+    return variant, tuning or "default"
+
+
+def _final(sessions, feeds, screen: dict, order: tuple[str, ...], plan: DispatchPlan) -> dict:
+    """The final at one shape: the screen's winner and the next fastest variants (``plan.finalists`` in all),
+    each with every session tuning, timed again; the same winner rule, the preference order first and ORT's
+    default settings before a tuning. Keys are ``runner_key`` names."""
+    winner = _winner(screen, order, plan.margin)[0]
+    rest = sorted((n for n in screen if n != winner), key=lambda n: screen[n]["median_ms"])
+    finalists = sorted([winner, *rest[:max(0, plan.finalists - 1)]], key=order.index)
+    runners = {}
+    for name in finalists:
+        for tuning in plan.tunings:
+            session, names = sessions(name, tuning)
+            runners[runner_key(name, tuning)] = lambda s=session, names=names: s.run(None, {n: feeds[n] for n in names})
+    times = {key: _stats(t) for key, t in _time_shape(runners, plan, final=True).items()}
+    best, runner_up, ratio = _winner(times, tuple(runners), plan.margin)
+    variant, tuning = split_key(best)
+    return {"times": times, "winner": variant, "session": tuning, "runner_up": runner_up, "ratio": ratio}
 
 
 def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
@@ -190,19 +230,26 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         candidates[name] = variant
     if len(candidates) < 2:
         return None
-    held, free = sum(v.size_bytes for v in candidates.values()), _available_bytes()
-    if held > free / 2:  # every candidate's session is open at once, so that the rounds interleave
+    held = sum(v.size_bytes for v in candidates.values()) * len(plan.tunings)
+    free = _available_bytes()
+    if held > free / 2:  # every candidate's sessions are open at once, so that the rounds interleave
         progress.step(f"note: no per-shape timing: the {len(candidates)} fp32 variants take {held / 2**30:.1f} GiB "
                       f"together and {free / 2**30:.1f} GiB of memory is free; the preference order decides")
         return None
     threads = _threads(plan)
-    sessions = {}
-    for name, variant in candidates.items():
-        session = make_session(artifact.path_of(name), threads=threads, spin="run",
-                               level=variant.options.get("session_level", "all"),
-                               disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())))
-        inputs = [i.name for i in session.get_inputs()]
-        sessions[name] = (session, inputs)
+    opened: dict[tuple[str, str], tuple] = {}
+
+    def session_of(name: str, tuning: str = "default") -> tuple:
+        """(session, its input names), opened on first use and kept to the end."""
+        if (name, tuning) not in opened:
+            variant = candidates[name]
+            session = make_session(artifact.path_of(name), threads=threads, spin="run", tuning=tuning,
+                                   level=variant.options.get("session_level", "all"),
+                                   disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())))
+            opened[(name, tuning)] = (session, [i.name for i in session.get_inputs()])
+        return opened[(name, tuning)]
+
+    sessions = {name: session_of(name) for name in candidates}
     io = m.io()
     config = saved_config(artifact)
     first, names = next(iter(sessions.values()))
@@ -222,21 +269,24 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         runners = {name: (lambda s=s, names=names: s.run(None, {n: feeds[n] for n in names}))
                    for name, (s, names) in sessions.items()}
         times = {name: _stats(t) for name, t in _time_shape(runners, plan).items()}
-        winner, runner_up, ratio = _winner(times, order, plan.margin)
-        shapes.append({"batch": batch, "sequence": sequence, "times": times, "winner": winner,
-                       "runner_up": runner_up, "ratio": ratio})
-    del sessions
+        final = _final(session_of, feeds, times, order, plan)
+        shapes.append({"batch": batch, "sequence": sequence, "times": times, "final": final["times"],
+                       "winner": final["winner"], "session": final["session"],
+                       "runner_up": final["runner_up"], "ratio": final["ratio"]})
+    del sessions, opened
     batches = _ranges(sorted({b for b, _ in grid}))
     sequences = _ranges(sorted({s for _, s in grid}))
-    by_shape = {(s["batch"], s["sequence"]): s["winner"] for s in shapes}
-    ranges = [{"batch": list(br), "sequence": list(sr), "variant": by_shape[(b, s)], "measured_at": [b, s]}
+    by_shape = {(s["batch"], s["sequence"]): s for s in shapes}
+    ranges = [{"batch": list(br), "sequence": list(sr), "variant": by_shape[(b, s)]["winner"],
+               "session": by_shape[(b, s)]["session"], "measured_at": [b, s]}
               for (b, br), (s, sr) in product(zip(sorted({b for b, _ in grid}), batches),
                                               zip(sorted({s for _, s in grid}), sequences))]
     return {
         "version": TABLE_VERSION,
         "machine": {"cpu": cpu_name(), "threads": threads, "spin": "run"},
         "plan": {"min_rounds": plan.min_rounds, "max_rounds": plan.max_rounds, "seconds_per_shape": plan.seconds,
-                 "sample_s": plan.sample_s, "margin": plan.margin},
+                 "sample_s": plan.sample_s, "margin": plan.margin, "finalists": plan.finalists,
+                 "final_rounds": plan.final_rounds, "final_max_rounds": plan.final_max_rounds, "tunings": {t: SESSION_TUNINGS[t] for t in plan.tunings}},
         "grid": "shape config" if m.resolved_shapes() is not None else "default",
         "candidates": {name: _candidate_record(v) for name, v in candidates.items()},
         "excluded": excluded,

@@ -62,7 +62,11 @@ def op_histogram(path: Path) -> dict[str, int]:
 
 
 def count_ops(path: Path) -> dict[str, int]:
-    counts = op_histogram(path)
+    return reported(op_histogram(path))
+
+
+def reported(counts: dict[str, int]) -> dict[str, int]:
+    """The fusion report's operators out of a histogram of op types."""
     return {op: counts.get(op, 0) for op in REPORTED_OPS}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from torchship.artifact import Artifact, Variant, load_reference, model_bytes
 from torchship.external_data import staged_model, uses_external_data
 from torchship.errors import ArtifactError, InputError, ValidationError
 from torchship.optimizers.dispatch import CANDIDATE_CHOICES, DispatchPlan, candidate_variants, measure_dispatch
-from torchship.optimizers.fusion import count_ops, fuse
+from torchship.optimizers.attention_kernels import mha_fused
+from torchship.optimizers.fusion import FusionReport, count_ops, fuse, reported
+from torchship.variants import backend_of_variant
 from torchship.validation import check, run_reference_cases
 from torchship.exporters.spec import family_of
 
@@ -106,7 +109,6 @@ def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
 def _approximate_variant(ctx: _Context, manifest_now) -> Variant:
     """The fused model with GELU as FastGelu, judged by output cosine against the export (see approximate.py)."""
     from torchship.optimizers import approximate
-    from torchship.optimizers.fusion import FusionReport
 
     fused = manifest_now().variants.get("optimized")
     if fused is None:
@@ -127,17 +129,64 @@ def _approximate_variant(ctx: _Context, manifest_now) -> Variant:
                    notes=(f"approximate: {approximate.WHAT}; judged by output cosine against the fp32 export",))
 
 
+def _kernel_variant(ctx: _Context, name: str, mha_model) -> Variant:
+    """optimized-sdpa or optimized-flash: the fusion with MultiHeadAttention (``mha_model()``, made once for
+    both), rewritten for another attention kernel (optimizers/attention_kernels.py), validated as exact."""
+    import copy
+
+    from torchship.optimizers import attention_kernels as ak
+
+    start = time.perf_counter()
+    model = copy.deepcopy(mha_model())
+    # the report counts operators per layer: for flash, the graph before its attention moves into If branches
+    counts = reported(Counter(n.op_type for n in model.graph.node))
+    if name == ak.SDPA:
+        layers = ak.to_onnx_attention(model)
+        counts = None
+    else:
+        layers = ak.to_flash_when_unpadded(model, "attention_mask")
+    record = backend_of_variant(name)
+    path = ctx.folder / record.files[0]
+    with staged_model(path) as tmp:
+        ak.write(model, tmp, external=ctx.external)
+        validation = ctx.validated(tmp, name)
+    return Variant(name=name, file=path.name, stage="transformer-fusion",
+                   options={"model_type": ctx.manifest.ort_model_type, "attention": record.settings["attention"]},
+                   size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
+                   validation=validation.to_json(), fusion={**FusionReport(
+                       counts or count_ops(path), expected_attention=ctx.manifest.num_layers).to_json(),
+                       "rewritten": layers})
+
+
 # Failures that skip a variant instead of failing the command: the fusion optimizer's crashes on graphs it
 # does not expect, and an fp16 model that cannot be made or misses its budget (recorded, then reported).
 _SKIPPABLE = {"optimized": ArtifactError, "fp16": (ArtifactError, ValidationError),
-              "optimized-approx": (ArtifactError, ValidationError)}
+              "optimized-approx": (ArtifactError, ValidationError),
+              "optimized-sdpa": (ArtifactError, ValidationError), "optimized-flash": (ArtifactError, ValidationError)}
+MEASURED_ONLY = ("optimized-sdpa", "optimized-flash")  # exact, other attention kernels: only a table chooses them
+
+
+def _measured_encoder(artifact: Artifact, opts: OptimizeOptions) -> bool:
+    """The dispatch-only candidates are made only for the measured dispatch of an encoder."""
+    from torchship.exporters.spec import ENCODE
+
+    return opts.candidates == "measured" and ENCODE in family_of(artifact.manifest).phases
 
 
 def _wants_approximate(artifact: Artifact, opts: OptimizeOptions) -> bool:
     """The approximate candidate is made only for the measured dispatch, which alone may choose it."""
-    from torchship.exporters.spec import ENCODE
+    return opts.approximate and _measured_encoder(artifact, opts)
 
-    return opts.approximate and opts.candidates == "measured" and ENCODE in family_of(artifact.manifest).phases
+
+def _once(make):
+    """``make()`` on the first call, the same value after; its error again on every call."""
+    kept: list = []
+
+    def get():
+        if not kept:
+            kept.append(make())
+        return kept[0]
+    return get
 
 
 def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *,
@@ -163,6 +212,14 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
         jobs.append(("optimized", lambda: _fusion_variant(ctx, opts.use_gpu)))
         if _wants_approximate(artifact, opts):
             jobs.append(("optimized-approx", lambda: _approximate_variant(ctx, lambda: artifact.manifest)))
+        if _measured_encoder(artifact, opts):
+            mha = _once(lambda: mha_fused(ctx.src, model_type=artifact.manifest.ort_model_type,
+                                          num_heads=artifact.manifest.num_heads,
+                                          hidden_size=artifact.manifest.hidden_size))
+            jobs += [(name, lambda name=name: _kernel_variant(ctx, name, mha)) for name in MEASURED_ONLY]
+    for name in MEASURED_ONLY:
+        if name in artifact.manifest.variants and opts.candidates != "measured":
+            artifact.manifest = artifact.manifest.with_skipped(name, "left out: only the measured dispatch may choose it")
     if "optimized-approx" in artifact.manifest.variants and not (opts.approximate and opts.candidates == "measured"):
         # an earlier run's approximate file: this run asked for exact variants, or for no measured choice
         why = "left out: --exact" if not opts.approximate else "left out: only the measured dispatch may choose it"
@@ -186,8 +243,9 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
                 artifact.manifest = artifact.manifest.with_variant(variant)
                 made_fp32 = made_fp32 or variant.name in candidate_variants()
         except _SKIPPABLE.get(name, ()) as exc:
-            # The other variants stand; this one is recorded as skipped, loudly.
-            progress.step(f"WARNING: {name} skipped: {exc}")
+            # The other variants stand; this one is recorded as skipped, loudly (a dispatch-only candidate that
+            # does not apply to this graph is a note: nothing the user asked for is missing).
+            progress.step(f"{'note' if name in MEASURED_ONLY else 'WARNING'}: {name} skipped: {exc}")
             artifact.manifest = artifact.manifest.with_skipped(name, str(exc))
             if name == "fp16":
                 fp16_error = exc

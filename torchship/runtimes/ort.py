@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship._ort import cuda_index, make_session
-from torchship.artifact import dispatch_variant
+from torchship.artifact import dispatch_choice, range_choice
 from torchship.errors import InputError
 from torchship.runtimes.base import Predictor
 from torchship.tensors import BATCH, SEQUENCE
@@ -19,9 +19,11 @@ class OrtPredictor(Predictor):
 
     def __init__(self, path: Path, io, *, threads: int | None = None,
                  spin: str = "run", session_level: str = "all", device: str = "cpu",
-                 disabled_optimizers: tuple[str, ...] = (), fix: str = "re-run torchship export"):
+                 disabled_optimizers: tuple[str, ...] = (), fix: str = "re-run torchship export",
+                 tuning: str = "default"):
         super().__init__(io)
         self.fix = fix
+        self.tuning = tuning
         self.disabled_optimizers = tuple(disabled_optimizers)
         self.path = Path(path)
         self.threads = threads
@@ -33,7 +35,8 @@ class OrtPredictor(Predictor):
     def _activate(self) -> None:
         self._session = make_session(self.path, threads=self.threads, spin=self.spin,
                                      level=self.session_level, device=self.device,
-                                     disabled_optimizers=self.disabled_optimizers, fix=self.fix)
+                                     disabled_optimizers=self.disabled_optimizers, fix=self.fix,
+                                     tuning=self.tuning)
 
     def _infer(self, feeds):
         values = self._session.run(list(self.output_names), feeds)
@@ -71,49 +74,55 @@ def _session_of(artifact, record, variant: str) -> dict:
             "fix": "re-run " + record.make_command(artifact.folder)}
 
 
-def ort_predictor(artifact, record, options) -> OrtPredictor:
-    """The table's factory for ONNX Runtime CPU backends: the variant's file at the level it was saved for."""
+def ort_predictor(artifact, record, options, tuning: str = "default") -> OrtPredictor:
+    """The table's factory for ONNX Runtime CPU backends: the variant's file at the level it was saved for
+    (``tuning``: the session settings a dispatch table chose, _ort.SESSION_TUNINGS)."""
     from torchship.runtimes import require_variant
 
     name = require_variant(artifact, record)
     variant = artifact.manifest.variants[name]
     return OrtPredictor(**_session_of(artifact, record, name), threads=options.threads, spin=options.spin,
                         device=options.device, session_level=variant.options.get("session_level", "all"),
-                        disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())))
+                        disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())), tuning=tuning)
 
 
 class OrtMeasuredPredictor(Predictor):
-    """Per call, the fp32 variant the folder's dispatch table names for the call's batch x sequence (measured
-    by torchship optimize); each variant's session is loaded the first time a call needs it."""
+    """Per call, the fp32 variant and session settings the folder's dispatch table names for the call's
+    batch x sequence (measured by torchship optimize); each session is loaded the first time a call needs it."""
 
     backend = "onnxruntime-measured"
 
     def __init__(self, artifact, record, options):
         super().__init__(artifact.manifest.io())
         self.table = artifact.manifest.dispatch
-        used = dict.fromkeys(r["variant"] for r in self.table["ranges"])
-        missing = [n for n in used if n not in artifact.manifest.variants]
+        used = dict.fromkeys(range_choice(r) for r in self.table["ranges"])
+        missing = [n for n, _ in used if n not in artifact.manifest.variants]
         if missing:
             raise InputError(f"{artifact.folder}: the dispatch table names variant {missing[0]!r}, which the folder "
                              f"no longer has; run: {record.make_command(artifact.folder)}")
-        self.variants = {n: ort_predictor(artifact, backend_of_variant(n), options) for n in used}
+        self.variants = {(n, t): ort_predictor(artifact, backend_of_variant(n), options, tuning=t) for n, t in used}
         self.axes = _batch_sequence_axes(self.io)
         self.last_variant: str | None = None  # which variant ran the last call
+        self.last_session: str | None = None  # with which session tuning (_ort.SESSION_TUNINGS)
         self._ran: dict[str, None] = {}  # every variant a call has run, in the order first used
 
-    def variant_for(self, feeds) -> str:
+    def choice_for(self, feeds) -> tuple[str, str]:
+        """(variant, session tuning) the table names for these feeds' batch x sequence."""
         (name, b_axis), (_, s_axis) = self.axes
         shape = np.shape(feeds[name])
-        return dispatch_variant(self.table, int(shape[b_axis]), int(shape[s_axis]))
+        return dispatch_choice(self.table, int(shape[b_axis]), int(shape[s_axis]))
+
+    def variant_for(self, feeds) -> str:
+        return self.choice_for(feeds)[0]
 
     def _activate(self) -> None:
         pass  # sessions load on first use
 
     def _infer(self, feeds):
-        name = self.variant_for(feeds)
-        predictor = self.variants[name].activate()
-        self.last_variant = name
-        self._ran[name] = None
+        choice = self.choice_for(feeds)
+        predictor = self.variants[choice].activate()
+        self.last_variant, self.last_session = choice
+        self._ran[choice[0]] = None
         return predictor._infer(feeds)  # feeds were checked once, by this predictor
 
     def _deactivate(self) -> None:
@@ -128,7 +137,7 @@ class OrtMeasuredPredictor(Predictor):
     @property
     def loaded(self) -> tuple[str, ...]:
         """The variants whose sessions are loaded now."""
-        return tuple(n for n, p in self.variants.items() if p.active)
+        return tuple(dict.fromkeys(n for (n, _), p in self.variants.items() if p.active))
 
 
 def _batch_sequence_axes(io) -> tuple[tuple[str, int], tuple[str, int]]:
