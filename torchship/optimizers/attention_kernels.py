@@ -161,7 +161,8 @@ def _fold_value_bias(g: _Graph, node, b_v: np.ndarray) -> bool:
     old = g.array(nxt.input[slot])
     if old.shape != (w_o.shape[1],):
         return False
-    nxt.input[slot] = g.add_array(f"{node.name}_out_bias_with_v", (old + b_v.astype(np.float64) @ w_o).astype(old.dtype))
+    folded = (old + b_v.astype(np.float64) @ w_o).astype(old.dtype)
+    nxt.input[slot] = g.add_array(f"{node.name}_out_bias_with_v", folded)
     return True
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 
 import numpy as np
@@ -52,12 +52,15 @@ def candidate_variants() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class DispatchPlan:
     """How long the timing may take. Per shape, candidates run in rounds until ``seconds`` are spent (at
-    least ``min_rounds``, at most ``max_rounds``); one sample repeats a run until it lasts ``sample_s``, so
+    least ``min_rounds``, at most ``max_rounds``), then the final likewise (``final_rounds``,
+    ``final_max_rounds``); one sample repeats a run until it lasts ``sample_s``, so
     a tiny model's sub-millisecond runs are timed as a batch of runs, a large model's one at a time."""
 
     min_rounds: int = 3
     max_rounds: int = 40
-    seconds: float = 2.0  # per shape, all candidates together
+    # per shape and stage, all candidates together; TORCHSHIP_DISPATCH_SECONDS sets another default (a test suite
+    # of tiny models, where the choice does not matter, sets it low)
+    seconds: float = field(default_factory=lambda: float(os.environ.get("TORCHSHIP_DISPATCH_SECONDS", 2.0)))
     sample_s: float = 0.001
     warmup: int = 1
     margin: float = 0.01  # a candidate displaces a preferred one only when faster by more than this (see _winner)
@@ -230,9 +233,10 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         candidates[name] = variant
     if len(candidates) < 2:
         return None
-    held = sum(v.size_bytes for v in candidates.values()) * len(plan.tunings)
+    sizes = sorted((v.size_bytes for v in candidates.values()), reverse=True)
+    held = sum(sizes) + sum(sizes[:plan.finalists]) * (len(plan.tunings) - 1)
     free = _available_bytes()
-    if held > free / 2:  # every candidate's sessions are open at once, so that the rounds interleave
+    if held > free / 2:  # all candidates' sessions are open at once (and a final's tuned ones): rounds interleave
         progress.step(f"note: no per-shape timing: the {len(candidates)} fp32 variants take {held / 2**30:.1f} GiB "
                       f"together and {free / 2**30:.1f} GiB of memory is free; the preference order decides")
         return None
@@ -240,7 +244,7 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
     opened: dict[tuple[str, str], tuple] = {}
 
     def session_of(name: str, tuning: str = "default") -> tuple:
-        """(session, its input names), opened on first use and kept to the end."""
+        """(session, its input names), opened on first use; a tuned one is closed after its shape's final."""
         if (name, tuning) not in opened:
             variant = candidates[name]
             session = make_session(artifact.path_of(name), threads=threads, spin="run", tuning=tuning,
@@ -270,6 +274,8 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
                    for name, (s, names) in sessions.items()}
         times = {name: _stats(t) for name, t in _time_shape(runners, plan).items()}
         final = _final(session_of, feeds, times, order, plan)
+        for key in [k for k in opened if k[1] != "default"]:
+            del opened[key]
         shapes.append({"batch": batch, "sequence": sequence, "times": times, "final": final["times"],
                        "winner": final["winner"], "session": final["session"],
                        "runner_up": final["runner_up"], "ratio": final["ratio"]})
@@ -286,7 +292,8 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         "machine": {"cpu": cpu_name(), "threads": threads, "spin": "run"},
         "plan": {"min_rounds": plan.min_rounds, "max_rounds": plan.max_rounds, "seconds_per_shape": plan.seconds,
                  "sample_s": plan.sample_s, "margin": plan.margin, "finalists": plan.finalists,
-                 "final_rounds": plan.final_rounds, "final_max_rounds": plan.final_max_rounds, "tunings": {t: SESSION_TUNINGS[t] for t in plan.tunings}},
+                 "final_rounds": plan.final_rounds, "final_max_rounds": plan.final_max_rounds,
+                 "tunings": {t: SESSION_TUNINGS[t] for t in plan.tunings}},
         "grid": "shape config" if m.resolved_shapes() is not None else "default",
         "candidates": {name: _candidate_record(v) for name, v in candidates.items()},
         "excluded": excluded,

@@ -179,7 +179,7 @@ def _wants_approximate(artifact: Artifact, opts: OptimizeOptions) -> bool:
 
 
 def _once(make):
-    """``make()`` on the first call, the same value after; its error again on every call."""
+    """``make()``, made on first use and kept (a failed one is tried again by the next call)."""
     kept: list = []
 
     def get():
@@ -219,7 +219,8 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
             jobs += [(name, lambda name=name: _kernel_variant(ctx, name, mha)) for name in MEASURED_ONLY]
     for name in MEASURED_ONLY:
         if name in artifact.manifest.variants and opts.candidates != "measured":
-            artifact.manifest = artifact.manifest.with_skipped(name, "left out: only the measured dispatch may choose it")
+            artifact.manifest = artifact.manifest.with_skipped(
+                name, "left out: only the measured dispatch may choose it")
     if "optimized-approx" in artifact.manifest.variants and not (opts.approximate and opts.candidates == "measured"):
         # an earlier run's approximate file: this run asked for exact variants, or for no measured choice
         why = "left out: --exact" if not opts.approximate else "left out: only the measured dispatch may choose it"
