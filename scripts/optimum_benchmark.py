@@ -203,6 +203,8 @@ def summarize(rows: list[dict], versions: str, args) -> str:
         f"{max(r['rounds'] for r in rows)} interleaved rounds per shape; "
         f"Optimum environment: {versions}.",
         "",
+        f"Command: `python scripts/optimum_benchmark.py{''.join(' ' + a for a in sys.argv[1:])}`.",
+        "",
         "| batch | seq | torchship variant | session | torchship ms | O1 ms | O2 ms | O3 ms | vs O3 | "
         "O3 dynamic-blocks ms | cosine torchship | cosine O3 |",
         "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
