@@ -175,6 +175,13 @@ def test_the_optimize_command_prints_the_table_and_refuses_a_bad_choice(measured
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "unknown --candidates 'fastest'; use measured or preset" in errors[0], proc.stderr
     assert (folder / "torchship.json").read_text() == before
+    # A timing bound that is not a number of seconds: one line, nothing changed.
+    proc = subprocess.run([str(exe), "optimize", str(folder)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TORCHSHIP_DISPATCH_SECONDS": "soon"})
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "TORCHSHIP_DISPATCH_SECONDS must be a number of seconds, 0 or more; it is 'soon'" in errors[0]
+    assert (folder / "torchship.json").read_text() == before
 
 
 def test_bench_runs_ort_measured_and_reports_the_file_per_shape(measured):

@@ -60,7 +60,7 @@ class DispatchPlan:
     max_rounds: int = 40
     # per shape and stage, all candidates together; TORCHSHIP_DISPATCH_SECONDS sets another default (a test suite
     # of tiny models, where the choice does not matter, sets it low)
-    seconds: float = field(default_factory=lambda: float(os.environ.get("TORCHSHIP_DISPATCH_SECONDS", 2.0)))
+    seconds: float = field(default_factory=lambda: _default_seconds())
     sample_s: float = 0.001
     warmup: int = 1
     margin: float = 0.01  # a candidate displaces a preferred one only when faster by more than this (see _winner)
@@ -69,6 +69,19 @@ class DispatchPlan:
     final_rounds: int = 7  # rounds of the final, at least (it may take ``seconds`` more per shape) ...
     final_max_rounds: int = 100  # ... and at most
     tunings: tuple[str, ...] = tuple(SESSION_TUNINGS)
+
+
+def _default_seconds() -> float:
+    """2 s per shape and stage, or TORCHSHIP_DISPATCH_SECONDS."""
+    text = os.environ.get("TORCHSHIP_DISPATCH_SECONDS", "2")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise InputError(f"TORCHSHIP_DISPATCH_SECONDS must be a number of seconds, 0 or more; it is {text!r} "
+                         "(unset it for the default, 2)")
+    return value
 
 
 def _threads(plan: DispatchPlan) -> int:
