@@ -22,9 +22,6 @@ measured dispatch, which alone may choose them.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -45,34 +42,13 @@ _TYPES_ONLY = {"Cast", "Constant", "ConstantOfShape", "Equal", "Flatten", "Ident
 def mha_fused(src: Path, *, model_type: str, num_heads: int, hidden_size: int):
     """The export through ONNX Runtime's transformer fusion with MultiHeadAttention instead of the packed
     Attention operator (the optimizer's ``use_multi_head_attention``), as an onnx ModelProto with its data."""
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnx import helper
 
-    options = FusionOptions(model_type)
-    options.use_multi_head_attention = True
-    for flag in ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
-                 "enable_bias_add"):  # CUDA-only fusions (fusion.py)
-        if hasattr(options, flag):
-            setattr(options, flag, False)
-    loggers = [logging.getLogger(n) for n in ("onnxruntime.transformers", "fusion_base", "onnx_model")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            optimized = optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
-                                       opt_level=0, optimization_options=options, use_gpu=False)
-    except OSError:
-        raise
-    except Exception as exc:  # the optimizer raises assorted errors on graphs it does not expect
-        raise ArtifactError(f"the transformer optimizer failed on {src.name}: {exc}") from None
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-    model = optimized.model
+    from torchship.optimizers.fusion import transformer_optimizer
+
+    model = transformer_optimizer(src, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
+                                  multi_head_attention=True).model
     if not any(o.domain == "com.microsoft" for o in model.opset_import):  # the optimizer adds it only on save
-        from onnx import helper
-
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
 

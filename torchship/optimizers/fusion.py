@@ -76,12 +76,12 @@ _CUDA_ONLY_FUSIONS = ("enable_nhwc_conv", "enable_group_norm", "enable_skip_grou
                       "enable_bias_add")
 
 
-def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: int,
-         num_layers: int, use_gpu: bool = False, hint: str = "", external_data: bool = False,
-         skip_layer_norm: bool = True) -> FusionReport:
-    """Run ``onnxruntime.transformers.optimizer`` on ``src`` and save the result to ``dst`` (with its
-    weights in ``dst.data`` when ``external_data``). ``skip_layer_norm=False`` leaves residual Add +
-    LayerNormalization unfused (ORT 1.32's CPU SkipLayerNormalization measured slower than the pair)."""
+def transformer_optimizer(src: Path, *, model_type: str, num_heads: int, hidden_size: int, use_gpu: bool = False,
+                          skip_layer_norm: bool = True, multi_head_attention: bool = False):
+    """``onnxruntime.transformers.optimizer`` on ``src``, quietly: its OnnxModel, or ArtifactError naming the
+    failure. ``skip_layer_norm=False`` leaves residual Add + LayerNormalization unfused (ORT 1.32's CPU
+    SkipLayerNormalization measured slower than the pair); ``multi_head_attention`` fuses attention into
+    MultiHeadAttention on separate Q, K and V projections instead of the packed Attention."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -89,6 +89,7 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
     if not skip_layer_norm:
         options.enable_skip_layer_norm = False
         options.enable_bias_skip_layer_norm = False
+    options.use_multi_head_attention = multi_head_attention
     if not use_gpu:
         for flag in _CUDA_ONLY_FUSIONS:
             if hasattr(options, flag):
@@ -100,9 +101,8 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
         for lg in loggers:
             lg.setLevel(logging.ERROR)
         with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            optimized = optimize_model(str(src), model_type=model_type, num_heads=num_heads,
-                                       hidden_size=hidden_size, opt_level=0,
-                                       optimization_options=options, use_gpu=use_gpu)
+            return optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
+                                  opt_level=0, optimization_options=options, use_gpu=use_gpu)
     except OSError:  # a full disk or an unwritable folder is the machine's problem, said as such
         raise
     except Exception as exc:  # the optimizer raises assorted errors on graphs it does not expect
@@ -110,7 +110,16 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-    # torchship's own decoder pass (it finds nothing to do in an encoder), outside the handler above: a failure
+
+
+def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: int,
+         num_layers: int, use_gpu: bool = False, hint: str = "", external_data: bool = False,
+         skip_layer_norm: bool = True) -> FusionReport:
+    """Run ``onnxruntime.transformers.optimizer`` on ``src`` (:func:`transformer_optimizer`) and save the
+    result to ``dst`` (with its weights in ``dst.data`` when ``external_data``)."""
+    optimized = transformer_optimizer(src, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
+                                      use_gpu=use_gpu, skip_layer_norm=skip_layer_norm)
+    # torchship's own decoder pass (it finds nothing to do in an encoder), outside the optimizer's handler: a failure
     # there is torchship's, not the optimizer's
     kv = graph_kv_heads(optimized.model)
     rewrites = decoder_fusions(optimized.model, heads=(num_heads, kv) if kv else None)
