@@ -104,11 +104,17 @@ def test_outputs_get_ordinary_modes(bert, tmp_path):
 # 4. an interrupted command leaves the folder exactly as it was
 
 
+def _as_from_a_terminal():
+    """Ctrl-C as a terminal delivers it: a suite started in the background (``make test &``) inherits SIGINT
+    ignored, which Python, and so torchship, respects, as a background job should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_optimize_changes_nothing(bert, sig):
     before = snapshot(bert)
     proc = subprocess.Popen([str(BIN / "torchship"), "optimize", str(bert)], stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env=ENV, preexec_fn=_as_from_a_terminal)
     lines = []
     for line in proc.stderr:  # interrupt once the second variant is under way: the first one is written
         lines.append(line)
