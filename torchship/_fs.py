@@ -202,3 +202,14 @@ def staged_dir(output: Path, *, marker: str = MANIFEST_NAME) -> Iterator[Path]:
         if output.exists():
             os.replace(output, scratch / "old")
         os.replace(tmp, output)
+
+
+def hash_file(path: Path, digest=None):
+    """``digest`` (a new sha256 when None) updated with the bytes of the file at ``path``, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest

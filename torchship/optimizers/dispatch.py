@@ -6,7 +6,8 @@ after ``optimize`` has built and validated its variants, every validated fp32 ON
 timed at a grid of (batch, sequence) shapes: the shape config's min/use/max values of each axis, else
 batch {1, 8} x sequence {16, 128, 384} clipped to the model's positions. Candidates run interleaved in
 rounds (the order turns each round), ORT threads spinning during each run as the predictor's do, every
-candidate on the same inputs, with a bounded number of rounds per shape. Then a final at each shape: the two
+candidate on the same inputs, with a bounded number of rounds per shape (a candidate whose file is byte for
+byte an earlier one's is timed once, under the earlier name). Then a final at each shape: the two
 best variants, each with ORT's default session settings and with every tuning of ``_ort.SESSION_TUNINGS``,
 run again for more rounds, so that the choice between close finalists rests on more than a few samples. The
 result is data in the manifest (``Manifest.dispatch``): every candidate's median and spread per shape, the
@@ -25,6 +26,7 @@ from itertools import product
 import numpy as np
 
 from torchship import _progress
+from torchship._fs import hash_file
 from torchship._ort import SESSION_TUNINGS, make_session
 from torchship.benchmarks.timing import cpu_name
 from torchship.artifact import Artifact
@@ -244,6 +246,9 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
             excluded[name] = "did not pass validation"
             continue
         candidates[name] = variant
+    for name, same in _same_files(artifact, candidates).items():  # timed once, under the preferred name
+        del candidates[name]
+        excluded[name] = f"byte for byte the same file as {same}: timed as {same}"
     if len(candidates) < 2:
         return None
     sizes = sorted((v.size_bytes for v in candidates.values()), reverse=True)
@@ -313,6 +318,25 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         "shapes": shapes,
         "ranges": ranges,
     }
+
+
+def _same_files(artifact: Artifact, candidates: dict) -> dict[str, str]:
+    """{name: earlier name} for each candidate whose file is byte for byte an earlier candidate's, with the same
+    operators disabled at load (on CPU, ORT's level ``all`` adds nothing to ``extended`` on transformer graphs,
+    so ``ort_all.onnx`` and ``ort_extended.onnx`` come out identical): timing both would spend a share of every
+    shape's time on one graph and pick between them by noise. Only files of equal size are hashed."""
+    groups: dict[tuple, list[str]] = {}
+    for name, variant in candidates.items():  # preference order
+        key = (artifact.path_of(name).stat().st_size, tuple(variant.options.get("disabled_optimizers", ())))
+        groups.setdefault(key, []).append(name)
+    same = {}
+    for names in (g for g in groups.values() if len(g) > 1):
+        first: dict[str, str] = {}
+        for name in names:
+            digest = hash_file(artifact.path_of(name)).hexdigest()
+            same.update({name: first[digest]} if digest in first else {})
+            first.setdefault(digest, name)
+    return same
 
 
 def _candidate_record(variant) -> dict:

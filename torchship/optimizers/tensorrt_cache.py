@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from torchship._fs import write_bytes_atomic, write_json_atomic
+from torchship._fs import hash_file, write_bytes_atomic, write_json_atomic
 from torchship.errors import ArtifactError, InputError
 from torchship.external_data import data_file_name
 
@@ -19,7 +19,6 @@ CACHE_DIR = "tensorrt"  # the cache folder inside an export folder
 TIMING_CACHE = "timing.cache"
 PRECISIONS = ("fp16", "bf16", "int8", "tf32")  # flags on top of fp32; "fp32" alone means none of them
 KEY_VERSION = 1  # bump when the key's contents change, so old entries are not reused
-_CHUNK = 1 << 20
 
 
 def model_digest(path: Path) -> str:
@@ -32,9 +31,7 @@ def model_digest(path: Path) -> str:
         if not part.is_file():
             continue
         digest.update(f"{part.name}\0{part.stat().st_size}\0".encode())
-        with open(part, "rb") as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                digest.update(chunk)
+        hash_file(part, digest)
     return digest.hexdigest()
 
 
