@@ -89,24 +89,27 @@ TABLE: tuple[Backend, ...] = (
     _level("extended", 2),
     _level("all", 1),
     # Approximate: GELU as tanh (FastGelu), as Optimum's O3; judged by output cosine against the fp32 export, not
-    # by eager PyTorch's tolerance. Never picked by preference: only the measured dispatch, where it is faster.
+    # by eager PyTorch's tolerance. Never picked by preference: only the measured dispatch, where it is faster, or
+    # auto, which times it with the rest and judges it by the config's budget.
     Backend("ort-optimized-approx", "onnxruntime", "fp32", "cpu", "ORT transformer fusion, tanh-approximate GELU",
-            FUSION, _ORT, ("optimized-approx",), ("model_optimized_approx.onnx",), _OPTIMIZE, swept=False,
+            FUSION, _ORT, ("optimized-approx",), ("model_optimized_approx.onnx",), _OPTIMIZE,
             triton=_ONNX_PLATFORM, settings={"approximate": "GELU as its tanh approximation (FastGelu)"}),
     # Exact, with another attention kernel of ONNX Runtime (optimizers/attention_kernels.py): ONNX's Attention
     # operator with the K bias dropped and the V bias folded; MultiHeadAttention's flash kernel for batches without
-    # padding. Never picked by preference: only the measured dispatch, at the shapes where they are faster.
+    # padding. Never picked by preference: only the measured dispatch, at the shapes where they are faster, or auto,
+    # which times them with the rest at its use shape.
     Backend("ort-optimized-sdpa", "onnxruntime", "fp32", "cpu", "ORT transformer fusion, ONNX Attention operator",
-            FUSION, _ORT, ("optimized-sdpa",), ("model_optimized_sdpa.onnx",), _OPTIMIZE, swept=False,
+            FUSION, _ORT, ("optimized-sdpa",), ("model_optimized_sdpa.onnx",), _OPTIMIZE,
             triton=_ONNX_PLATFORM, settings={"attention": "ONNX Attention (opset 24), K/V biases folded",
                                              "measured_only": True}),
     Backend("ort-optimized-flash", "onnxruntime", "fp32", "cpu",
             "ORT transformer fusion, flash attention without padding", FUSION, _ORT, ("optimized-flash",),
-            ("model_optimized_flash.onnx",), _OPTIMIZE, swept=False, triton=_ONNX_PLATFORM,
+            ("model_optimized_flash.onnx",), _OPTIMIZE, triton=_ONNX_PLATFORM,
             settings={"attention": "MultiHeadAttention, flash kernel when the batch has no padding",
                       "measured_only": True}),
     # Not a file: per call, the fp32 variant that torchship optimize measured fastest for the call's shape (the
-    # manifest's dispatch table). auto times the variants themselves; Triton serves one file.
+    # manifest's dispatch table). auto times the variants themselves, these candidates included; Triton serves one
+    # file.
     Backend("ort-measured", "onnxruntime", "fp32", "cpu", "fastest fp32 variant per shape, as optimize measured",
             DISPATCH, _ORT_MEASURED, make=_OPTIMIZE, swept=False),
     Backend("ort-int8", "onnxruntime", "int8", "cpu", "torchship quantize (fastest candidate within budget)", INT8,

@@ -8,9 +8,10 @@ their logic:
 
 1. export (validated against eager PyTorch) or import the ONNX file (validated against itself);
 2. every backend the table (:mod:`torchship.variants`) marks as swept: on a CPU config ORT at each
-   graph level, ORT with transformer fusion, int8 (``quantize``), OpenVINO fp32 and fp16 weights; on
-   a GPU config (device cuda) ORT CUDA fp32/fp16 and TensorRT fp32/fp16/int8. What does not fit the
-   device or precisions is listed as skipped, with why;
+   graph level, ORT with transformer fusion, the fused model's other attention kernels and its FastGelu
+   form (an encoder's candidates of optimize's measured dispatch, made without its timing), int8
+   (``quantize``), OpenVINO fp32 and fp16 weights; on a GPU config (device cuda) ORT CUDA fp32/fp16 and
+   TensorRT fp32/fp16/int8. What does not fit the device or precisions is listed as skipped, with why;
 3. accuracy of every variant against the fp32 original: full-tensor max abs, mean abs and cosine on
    realistic random inputs at the use shape, and the budget metric (sentence cosine for embedding
    models, label agreement for classifiers, output cosine otherwise; see optimizers/accuracy.py);

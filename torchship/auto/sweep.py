@@ -100,9 +100,9 @@ def _attempt(wanted: list[Row], make) -> None:
 
 
 def _build_float_variants(artifact, config: AutoConfig, rows: dict[str, Row], progress) -> None:
+    from torchship.artifact import Artifact
+    from torchship.exporters.spec import ENCODE, family_of
     from torchship.optimizers import OptimizeOptions, optimize
-
-    from torchship.exporters.spec import family_of
 
     m = artifact.manifest
     spec = family_of(m)
@@ -125,17 +125,35 @@ def _build_float_variants(artifact, config: AutoConfig, rows: dict[str, Row], pr
             if not _EXPORTED & set(VARIANTS[r.backend].variants):  # no fallback to the export as written
                 r.skip("no transformer fusion for this model (ONNX file of unknown family)")
 
+    for r in _wanted(rows, FUSION):
+        if _measured_candidate(VARIANTS[r.backend]) and ENCODE not in spec.phases:
+            r.skip("made only for an encoder's attention")
     levels = tuple(VARIANTS[r.backend].settings["level"] for r in _wanted(rows, GRAPH_LEVEL))
     fusion = bool(m.ort_model_type) and bool(_wanted(rows, FUSION))
     if levels or fusion:
-        # auto times every variant itself at the config's use shape, so optimize's own per-shape timing is skipped
-        optimize(artifact.folder, OptimizeOptions(levels=levels, transformer_fusion=fusion, use_gpu=on_gpu,
-                                                  candidates="preset"), progress=progress)
+        # The other attention kernels and the FastGelu model are made as for optimize's measured dispatch, but auto
+        # times every variant itself at the config's use shape, so optimize's own per-shape timing is skipped.
+        wanted = {r.backend for r in _wanted(rows, FUSION)}
+        measured = any(_measured_candidate(VARIANTS[name]) for name in wanted)
+        optimize(artifact.folder, OptimizeOptions(
+            levels=levels, transformer_fusion=fusion, use_gpu=on_gpu, candidates="measured" if measured else "preset",
+            dispatch=None, approximate=any(VARIANTS[name].settings.get("approximate") for name in wanted)),
+            progress=progress)
+        skipped = Artifact.open(artifact.folder).manifest.skipped
+        for r in _wanted(rows, FUSION):  # a candidate this graph cannot take: optimize says why
+            why = next((skipped[v] for v in VARIANTS[r.backend].variants if v in skipped), None)
+            if why:
+                r.skip(f"not made: {why}")
     _attempt(_wanted(rows, OPENVINO), lambda: optimize(
         artifact.folder, OptimizeOptions(levels=(), transformer_fusion=False, openvino=True), progress=progress))
     _attempt(_wanted(rows, FP16), lambda: optimize(
         artifact.folder, OptimizeOptions(levels=(), transformer_fusion=False, fp16=True, fp16_budget=config.budget),
         progress=progress))
+
+
+def _measured_candidate(record: Backend) -> bool:
+    """One of the fp32 variants optimize makes only for a measured choice (other attention kernels, FastGelu)."""
+    return bool(record.settings.get("measured_only") or record.settings.get("approximate"))
 
 
 def _build_int8(artifact, config: AutoConfig, rows: dict[str, Row], threads: int, progress) -> None:

@@ -34,7 +34,8 @@ class OptimizeOptions:
     # measured: time the fp32 variants per shape and record which runs which shape (optimizers/dispatch.py);
     # preset: no timing, no table (the backend table's preference order decides, as before)
     candidates: str = "measured"
-    dispatch: DispatchPlan = DispatchPlan()
+    # None: make the measured candidates but time nothing and write no table (auto, which times them itself)
+    dispatch: DispatchPlan | None = DispatchPlan()
     # measured only: also the fused model with tanh-approximate GELU (optimizers/approximate.py), judged by output
     # cosine >= 0.9999 against the export instead of eager's tolerance; False (--exact): exact variants only
     approximate: bool = True
@@ -252,8 +253,8 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
                 fp16_error = exc
         artifact.save(artifact.manifest)
     if made_fp32:  # a table of the files this run replaced would be stale: measure again, or drop it
-        table = measure_dispatch(artifact, opts.dispatch, progress=progress) if opts.candidates == "measured" \
-            else None
+        timed = opts.candidates == "measured" and opts.dispatch is not None
+        table = measure_dispatch(artifact, opts.dispatch, progress=progress) if timed else None
         artifact.save(replace(artifact.manifest, dispatch=table))
     if fp16_error is not None:
         raise fp16_error  # asked for and not made: the command fails, the reason is in the manifest too
