@@ -139,10 +139,11 @@ def _build_float_variants(artifact, config: AutoConfig, rows: dict[str, Row], pr
             levels=levels, transformer_fusion=fusion, use_gpu=on_gpu, candidates="measured" if measured else "preset",
             dispatch=None, approximate=any(VARIANTS[name].settings.get("approximate") for name in wanted)),
             progress=progress)
-        skipped = Artifact.open(artifact.folder).manifest.skipped
-        for r in _wanted(rows, FUSION):  # a candidate this graph cannot take: optimize says why
-            why = next((skipped[v] for v in VARIANTS[r.backend].variants if v in skipped), None)
-            if why:
+        made = Artifact.open(artifact.folder).manifest
+        for r in _wanted(rows, FUSION):  # none of the row's variants made (a kernel this graph cannot take): why
+            names = VARIANTS[r.backend].variants
+            why = next((made.skipped[v] for v in names if v in made.skipped), None)
+            if why and not any(v in made.variants for v in names):
                 r.skip(f"not made: {why}")
     _attempt(_wanted(rows, OPENVINO), lambda: optimize(
         artifact.folder, OptimizeOptions(levels=(), transformer_fusion=False, openvino=True), progress=progress))
