@@ -100,7 +100,6 @@ def _attempt(wanted: list[Row], make) -> None:
 
 
 def _build_float_variants(artifact, config: AutoConfig, rows: dict[str, Row], progress) -> None:
-    from torchship.artifact import Artifact
     from torchship.exporters.spec import ENCODE, family_of
     from torchship.optimizers import OptimizeOptions, optimize
 
@@ -135,11 +134,10 @@ def _build_float_variants(artifact, config: AutoConfig, rows: dict[str, Row], pr
         # times every variant itself at the config's use shape, so optimize's own per-shape timing is skipped.
         wanted = {r.backend for r in _wanted(rows, FUSION)}
         measured = any(_measured_candidate(VARIANTS[name]) for name in wanted)
-        optimize(artifact.folder, OptimizeOptions(
+        made = optimize(artifact.folder, OptimizeOptions(
             levels=levels, transformer_fusion=fusion, use_gpu=on_gpu, candidates="measured" if measured else "preset",
             dispatch=None, approximate=any(VARIANTS[name].settings.get("approximate") for name in wanted)),
-            progress=progress)
-        made = Artifact.open(artifact.folder).manifest
+            progress=progress).manifest
         for r in _wanted(rows, FUSION):  # none of the row's variants made (a kernel this graph cannot take): why
             names = VARIANTS[r.backend].variants
             why = next((made.skipped[v] for v in names if v in made.skipped), None)
