@@ -13,10 +13,12 @@ export-bert (graph levels, transformer fusion, and optimize's measured dispatch 
 All of them are then timed here, in one process, on this environment's onnxruntime: per shape of the grid
 (batch 1 and 8 x sequence 16, 128 and 384), every model runs once per round, in an order that turns each
 round, 2 intra-op threads, ORT threads spinning during each run and stopped after it; the median over the
-rounds is compared. torchship's entry is the variant its predictor (ort-measured) runs at that shape, with the
-session settings its dispatch table chose there (ORT's defaults, or dynamic-blocks). Optimum's models run with ORT's
-defaults, as Optimum runs them; one more column runs O3 with dynamic-blocks, to show what that setting alone gives it. Each output is compared with the torchship
-export's (fp32, unoptimized) last hidden state on the same inputs: the smallest cosine over the tokens.
+rounds is compared. torchship's entry is its predictor (``ort-measured``, called as ``predict`` and ``bench`` call
+it, input checks included), which runs the variant and session settings its dispatch table chose for the shape
+(ORT's defaults, dynamic-blocks, or batch-shards: the batch cut into one part per thread). Optimum's models run
+with ORT's defaults, as Optimum runs them; one more column runs O3 with dynamic-blocks, to show what that
+setting alone gives it. Each output is compared with the torchship export's (fp32, unoptimized) last hidden
+state on the same inputs: the smallest cosine over the tokens.
 
 SUMMARY.md says whether torchship's choice was at least as fast as O3 (ratio >= 1.0) at every shape, at cosine
 >= 0.9999; results.json keeps every number.
@@ -119,8 +121,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from torchship._ort import make_session
-    from torchship.artifact import Artifact, dispatch_choice
+    from torchship.artifact import Artifact
     from torchship.demo import packaged_minilm
+    from torchship.runtimes import RuntimeOptions, create_predictor
 
     work = args.work or Path(tempfile.mkdtemp(prefix="torchship-optimum-"))
     src = packaged_minilm()
@@ -138,33 +141,28 @@ def main() -> int:
         sessions["O3+dynamic-blocks"] = make_session(optimum["files"]["O3"], threads=args.threads,
                                                      tuning="dynamic-blocks")
         reference = make_session(art.path_of("model"), threads=args.threads, level="disabled")
+        predictor = create_predictor(art, "ort-measured", RuntimeOptions(threads=args.threads)).activate()
         rows = []
         for i, (batch, sequence) in enumerate(GRID):
-            pick, tuning = dispatch_choice(table, batch, sequence)
-            variant = art.manifest.variants[pick]
-            ts = make_session(art.path_of(pick), threads=args.threads, tuning=tuning,
-                              level=variant.options.get("session_level", "all"),
-                              disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())))
-            runners = {"torchship": ts, **sessions}
-            ref = None
-            outs, times = {}, {n: [] for n in runners}
-            for name, s in runners.items():
-                feeds = feeds_for(batch, sequence, [x.name for x in s.get_inputs()], seed=i)
-                if ref is None:
-                    ref_feeds = feeds_for(batch, sequence, [x.name for x in reference.get_inputs()], seed=i)
-                    ref = reference.run(None, ref_feeds)[0]
-                outs[name] = (s, feeds)
-                s.run(None, feeds)  # warm-up
+            ref = reference.run(None, feeds_for(batch, sequence, [x.name for x in reference.get_inputs()], seed=i))[0]
+            feeds = feeds_for(batch, sequence, art.manifest.io().input_names, seed=i)
+            runners = {"torchship": lambda f=feeds: predictor.infer(f)["last_hidden_state"]}
+            for name, s in sessions.items():
+                f = feeds_for(batch, sequence, [x.name for x in s.get_inputs()], seed=i)
+                runners[name] = lambda s=s, f=f: s.run(None, f)[0]
+            for run_once in runners.values():
+                run_once()  # warm-up (loads the predictor's session for this shape)
+            pick, tuning = predictor.last_variant, predictor.last_session
             start = time.perf_counter()
-            cos = {name: cosine(ref, s.run(None, feeds)[0]) for name, (s, feeds) in outs.items()}
+            cos = {name: cosine(ref, run_once()) for name, run_once in runners.items()}
             one_round = time.perf_counter() - start
             rounds = max(5, min(args.rounds, int(args.seconds_per_shape / max(one_round, 1e-6))))
             names = list(runners)
+            times = {n: [] for n in names}
             for r in range(rounds):
                 for name in names[r % len(names):] + names[:r % len(names)]:
-                    s, feeds = outs[name]
                     start = time.perf_counter()
-                    s.run(None, feeds)
+                    runners[name]()
                     times[name].append(time.perf_counter() - start)
             med = {n: float(np.median(t)) * 1000 for n, t in times.items()}
             rows.append({"batch": batch, "sequence": sequence, "torchship_variant": pick, "session": tuning,
@@ -176,7 +174,7 @@ def main() -> int:
             print(f"b{batch} s{sequence}: torchship ({pick}, {tuning}) {med['torchship']:.2f} ms, "
                   + ", ".join(f"{lv} {med[lv]:.2f}" for lv in LEVELS) + f"; vs O3 {rows[-1]['ratio_vs_O3']:.3f}x",
                   flush=True)
-            del ts
+        predictor.deactivate()
         summary = summarize(rows, optimum["versions"], args)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(

@@ -50,21 +50,27 @@ def spin_label(spin) -> str:
 # ORT's defaults before it is used. dynamic-blocks: parallel loops hand out shrinking blocks of work instead of
 # one fixed block per thread, so a thread that starts late does not leave the others waiting at the end of each
 # operator; measured 2-4% faster on MiniLM's fused graph at batch 1 x 16-128 tokens, level at larger shapes.
+# batch-shards: the session gets one intra-op thread and the caller cuts a batch into as many equal parts as it has
+# threads, run side by side (torchship/_shards.py); no config entry of its own.
+BATCH_SHARDS = "batch-shards"
 SESSION_TUNINGS: dict[str, dict[str, str]] = {
     "default": {},
     "dynamic-blocks": {"session.dynamic_block_base": "2"},
+    BATCH_SHARDS: {},
 }
 
 
 def session_options(*, threads: int | None = None, spin: str = "run", level: str = "all",
                     optimized_model_path: Path | None = None, tuning: str = "default"):
-    """Session options with intra-op ``threads`` (None: ORT's default), spinning as ``spin`` says
-    (:func:`spin_entries`) and the settings of ``tuning`` (:data:`SESSION_TUNINGS`)."""
+    """Session options with intra-op ``threads`` (None: ORT's default; one for ``batch-shards``), spinning as
+    ``spin`` says (:func:`spin_entries`) and the settings of ``tuning`` (:data:`SESSION_TUNINGS`)."""
     import onnxruntime as ort
 
     if tuning not in SESSION_TUNINGS:
         raise ValueError(f"tuning must be one of {tuple(SESSION_TUNINGS)}, got {tuning!r}")
     so = ort.SessionOptions()
+    if tuning == BATCH_SHARDS:
+        threads = 1  # the shards are the parallelism
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -75,6 +81,13 @@ def session_options(*, threads: int | None = None, spin: str = "run", level: str
         so.optimized_model_filepath = str(optimized_model_path)
     so.log_severity_level = 3
     return so
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity), what ORT's default thread count follows."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cuda_index(device: str) -> int | None:

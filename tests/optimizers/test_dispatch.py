@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from torchship._ort import SESSION_TUNINGS
+from torchship._shards import splits
 from torchship.artifact import Artifact, dispatch_choice, dispatch_variant
 from torchship.cli import main
 from torchship.exporters.export import ExportOptions, export
@@ -66,13 +67,20 @@ def test_every_candidate_is_timed_at_every_shape_and_each_range_has_a_winner(mea
     assert [(s["batch"], s["sequence"]) for s in table["shapes"]] == [(1, 16), (1, 128), (8, 16), (8, 128)]
     assert table["grid"] == "default" and table["machine"]["spin"] == "run"
     for shape in table["shapes"]:
-        assert set(shape["times"]) == set(table["candidates"])
+        # Where the batch divides among the threads, every candidate is also timed with batch shards.
+        sharded = table["machine"]["threads"] > 1 and shape["batch"] == 8
+        assert set(shape["times"]) == set(table["candidates"]) | (
+            {runner_key(n, "batch-shards") for n in table["candidates"]} if sharded else set())
         for t in shape["times"].values():
             assert 0 < t["p10_ms"] <= t["median_ms"] <= t["p90_ms"] and t["rounds"] >= QUICK.min_rounds
-        # The final: the two best variants of the first timing, each with ORT's defaults and with each tuning.
+        # The final: the two best variants of the first timing, each with ORT's defaults and with each tuning
+        # that applies: batch shards only where the batch divides among the threads.
         finalists = {split_key(k)[0] for k in shape["final"]}
         assert len(finalists) == 2 and finalists <= set(table["candidates"])
-        assert set(shape["final"]) == {runner_key(v, t) for v in finalists for t in SESSION_TUNINGS}
+        threads = table["machine"]["threads"]
+        tunings = [t for t in SESSION_TUNINGS if t != "batch-shards" or splits(shape["batch"], threads)]
+        assert ("batch-shards" in tunings) == (threads > 1 and shape["batch"] == 8)
+        assert set(shape["final"]) == {runner_key(v, t) for v in finalists for t in tunings}
         assert all(t["rounds"] >= QUICK.final_rounds for t in shape["final"].values())
         assert shape["winner"] in finalists and shape["session"] in SESSION_TUNINGS
         best = runner_key(shape["winner"], shape["session"])
@@ -119,6 +127,18 @@ def test_the_predictor_runs_the_variant_the_table_names_for_the_shape(measured, 
         with pytest.raises(RuntimeError, match="does not have configuration"):  # ORT's default: not set
             sessions[("ort-basic", "default")].get_session_config_entry("session.dynamic_block_base")
     assert predictor.loaded == () and predictor.ran == ("ort-basic", "optimized")
+    # Batch shards: the batch cut into one part per thread, each run on a one-thread session; an uneven batch whole.
+    art = _with_ranges(art, [{"batch": [1, None], "sequence": [1, None], "variant": "optimized",
+                              "session": "batch-shards", "measured_at": [8, 16]}])
+    with create_predictor(art, "ort-measured", RuntimeOptions(threads=2)) as predictor:
+        shards = predictor.infer(_feeds(4, 12))
+        assert (predictor.last_variant, predictor.last_session) == ("optimized", "batch-shards")
+        sharded = predictor.variants[("optimized", "batch-shards")]
+        assert sharded._shards.shards == 2 and sharded._session.get_session_options().intra_op_num_threads == 1
+        assert sharded._whole is None
+        predictor.infer(_feeds(3, 12))
+        assert sharded._whole.get_session_options().intra_op_num_threads == 2
+    np.testing.assert_allclose(shards["last_hidden_state"], four["last_hidden_state"], rtol=1e-5, atol=1e-5)
     for backend, feeds, got in (("ort-basic", _feeds(1, 12), one), ("ort-optimized", _feeds(4, 12), four)):
         with create_predictor(art, backend, RuntimeOptions(threads=1)) as alone:
             np.testing.assert_array_equal(alone.infer(feeds)["last_hidden_state"], got["last_hidden_state"])

@@ -8,8 +8,10 @@ batch {1, 8} x sequence {16, 128, 384} clipped to the model's positions. Candida
 rounds (the order turns each round), ORT threads spinning during each run as the predictor's do, every
 candidate on the same inputs, with a bounded number of rounds per shape (a candidate whose file is byte for
 byte an earlier one's is timed once, under the earlier name). Then a final at each shape: the two
-best variants, each with ORT's default session settings and with every tuning of ``_ort.SESSION_TUNINGS``,
-run again for more rounds, so that the choice between close finalists rests on more than a few samples. The
+best variants, each with ORT's default session settings and with every tuning of ``_ort.SESSION_TUNINGS``
+that applies at the shape (``batch-shards``, the batch cut into one part per thread, only where it divides
+evenly: _shards.py), run again for more rounds, so that the choice between close finalists rests on more than
+a few samples. The
 result is data in the manifest (``Manifest.dispatch``): every candidate's median and spread per shape, the
 final's, the winner (variant and session tuning) per shape, and the ranges of shapes each winner serves,
 which the ``ort-measured`` predictor reads per call (``artifact.dispatch_choice``).
@@ -27,7 +29,8 @@ import numpy as np
 
 from torchship import _progress
 from torchship._fs import hash_file
-from torchship._ort import SESSION_TUNINGS, make_session
+from torchship._ort import BATCH_SHARDS, SESSION_TUNINGS, make_session, usable_cpus
+from torchship._shards import BatchShards, batch_axes, splits
 from torchship.benchmarks.timing import cpu_name
 from torchship.artifact import Artifact
 from torchship.errors import InputError
@@ -87,9 +90,7 @@ def _default_seconds() -> float:
 
 
 def _threads(plan: DispatchPlan) -> int:
-    if plan.threads:
-        return plan.threads
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return plan.threads or usable_cpus()
 
 
 def shape_grid(artifact: Artifact, spec, config, probe=None) -> tuple[tuple[int, int], ...]:
@@ -208,18 +209,28 @@ def split_key(key: str) -> tuple[str, str]:
     return variant, tuning or "default"
 
 
-def _final(sessions, feeds, screen: dict, order: tuple[str, ...], plan: DispatchPlan) -> dict:
+def _preferred_tunings(plan: DispatchPlan) -> tuple[str, ...]:
+    """The plan's session tunings in the order a tie goes: batch shards first where they apply (they measured
+    faster than the same variant on 2 intra-op threads for every variant at batch 8 on MiniLM, so an unsharded run
+    must clearly beat them), then ORT's defaults, then the rest."""
+    return tuple(sorted(plan.tunings, key=lambda t: (t != BATCH_SHARDS, t != "default")))
+
+
+def _final(runner_of, screen: dict, order: tuple[str, ...], plan: DispatchPlan) -> dict:
     """The final at one shape: the screen's winner and the next fastest variants (``plan.finalists`` in all),
-    each with every session tuning, timed again; the same winner rule, the preference order first and ORT's
-    default settings before a tuning. Keys are ``runner_key`` names."""
-    winner = _winner(screen, order, plan.margin)[0]
-    rest = sorted((n for n in screen if n != winner), key=lambda n: screen[n]["median_ms"])
-    finalists = sorted([winner, *rest[:max(0, plan.finalists - 1)]], key=order.index)
+    each with every session tuning that applies at the shape (``runner_of(variant, tuning)``: a function that
+    runs it once, or None), timed again; the same winner rule, the preference order first and the tunings in
+    ``_preferred_tunings`` order. Keys are ``runner_key`` names."""
+    tunings = _preferred_tunings(plan)
+    winner = _winner(screen, tuple(runner_key(n, t) for t in tunings for n in order), plan.margin)[0]
+    by_speed = [split_key(k)[0] for k in sorted(screen, key=lambda k: screen[k]["median_ms"])]
+    finalists = sorted(list(dict.fromkeys([split_key(winner)[0], *by_speed]))[:plan.finalists], key=order.index)
     runners = {}
     for name in finalists:
-        for tuning in plan.tunings:
-            session, names = sessions(name, tuning)
-            runners[runner_key(name, tuning)] = lambda s=session, names=names: s.run(None, {n: feeds[n] for n in names})
+        for tuning in tunings:
+            run = runner_of(name, tuning)
+            if run is not None:
+                runners[runner_key(name, tuning)] = run
     times = {key: _stats(t) for key, t in _time_shape(runners, plan, final=True).items()}
     best, runner_up, ratio = _winner(times, tuple(runners), plan.margin)
     variant, tuning = split_key(best)
@@ -252,7 +263,9 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
     if len(candidates) < 2:
         return None
     sizes = sorted((v.size_bytes for v in candidates.values()), reverse=True)
-    held = sum(sizes) + sum(sizes[:plan.finalists]) * (len(plan.tunings) - 1)
+    # every candidate's session, again for batch shards (one thread each), and the finalists' other tunings
+    copies = 2 if BATCH_SHARDS in plan.tunings else 1
+    held = sum(sizes) * copies + sum(sizes[:plan.finalists]) * (len(plan.tunings) - 1)
     free = _available_bytes()
     if held > free / 2:  # all candidates' sessions are open at once (and a final's tuned ones): rounds interleave
         progress.step(f"note: no per-shape timing: the {len(candidates)} fp32 variants take {held / 2**30:.1f} GiB "
@@ -273,6 +286,8 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
 
     sessions = {name: session_of(name) for name in candidates}
     io = m.io()
+    axes = (batch_axes(io.inputs), batch_axes(io.outputs))
+    shard_pools: list[BatchShards] = []
     config = saved_config(artifact)
     first, names = next(iter(sessions.values()))
 
@@ -288,10 +303,26 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         progress.step(f"timing {len(candidates)} fp32 variants at batch {batch} x seq {sequence} [{i}/{len(grid)}]")
         case = spec.case_for({"batch": batch, "sequence": sequence}, config)
         feeds = spec.sample_inputs(config, io, case, seed=i)
-        runners = {name: (lambda s=s, names=names: s.run(None, {n: feeds[n] for n in names}))
-                   for name, (s, names) in sessions.items()}
+        shard = BATCH_SHARDS in plan.tunings and None not in axes and splits(batch, threads)
+
+        def runner_of(name: str, tuning: str, feeds=feeds, shard=shard):
+            if tuning == BATCH_SHARDS and not shard:
+                return None  # nothing to cut: a batch that does not divide among the threads, or a tensor without rows
+            session, names = session_of(name, tuning)
+            feed = {n: feeds[n] for n in names}
+            if tuning != BATCH_SHARDS:
+                return lambda: session.run(None, feed)
+            shard_pools.append(BatchShards(session, threads, *axes))
+            return lambda shards=shard_pools[-1]: shards.run(None, feed)
+
+        # Batch shards change which variant is fastest (the unfused graph gains most from them), so where they
+        # apply every candidate is timed both ways from the start.
+        runners = {name: runner_of(name, "default") for name in sessions}
+        runners.update({runner_key(name, BATCH_SHARDS): runner_of(name, BATCH_SHARDS) for name in sessions if shard})
         times = {name: _stats(t) for name, t in _time_shape(runners, plan).items()}
-        final = _final(session_of, feeds, times, order, plan)
+        final = _final(runner_of, times, order, plan)
+        while shard_pools:
+            shard_pools.pop().close()
         for key in [k for k in opened if k[1] != "default"]:
             del opened[key]
         shapes.append({"batch": batch, "sequence": sequence, "times": times, "final": final["times"],
@@ -311,7 +342,8 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         "plan": {"min_rounds": plan.min_rounds, "max_rounds": plan.max_rounds, "seconds_per_shape": plan.seconds,
                  "sample_s": plan.sample_s, "margin": plan.margin, "finalists": plan.finalists,
                  "final_rounds": plan.final_rounds, "final_max_rounds": plan.final_max_rounds,
-                 "tunings": {t: SESSION_TUNINGS[t] for t in plan.tunings}},
+                 "tunings": {t: SESSION_TUNINGS[t] if t != BATCH_SHARDS else {"shards": threads, "intra_op_threads": 1}
+                             for t in plan.tunings}},
         "grid": "shape config" if m.resolved_shapes() is not None else "default",
         "candidates": {name: _candidate_record(v) for name, v in candidates.items()},
         "excluded": excluded,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship._ort import cuda_index, make_session
+from torchship._ort import BATCH_SHARDS, cuda_index, make_session, usable_cpus
+from torchship._shards import BatchShards, batch_axes, shardable, splits
 from torchship.artifact import dispatch_choice, range_choice
 from torchship.errors import InputError
 from torchship.runtimes.base import Predictor
@@ -31,19 +32,41 @@ class OrtPredictor(Predictor):
         self.session_level = session_level
         self.device = device
         self._session = None
+        self._shards: BatchShards | None = None
+        self._whole = None  # batch-shards: the session for a batch that does not cut evenly, opened when one comes
+
+    def _open(self, tuning: str):
+        return make_session(self.path, threads=self.threads, spin=self.spin, level=self.session_level,
+                            device=self.device, disabled_optimizers=self.disabled_optimizers, fix=self.fix,
+                            tuning=tuning)
 
     def _activate(self) -> None:
-        self._session = make_session(self.path, threads=self.threads, spin=self.spin,
-                                     level=self.session_level, device=self.device,
-                                     disabled_optimizers=self.disabled_optimizers, fix=self.fix,
-                                     tuning=self.tuning)
+        shards = self.threads or usable_cpus()
+        if self.tuning != BATCH_SHARDS:
+            self._session = self._open(self.tuning)
+        elif shards < 2 or not shardable(self.io):  # nothing to cut: the whole batch on every thread
+            self._session = self._open("default")
+        else:
+            self._session = self._open(BATCH_SHARDS)
+            self._shards = BatchShards(self._session, shards, batch_axes(self.io.inputs),
+                                       batch_axes(self.io.outputs))
 
     def _infer(self, feeds):
-        values = self._session.run(list(self.output_names), feeds)
+        names = list(self.output_names)
+        if self._shards is not None and splits(self._shards.batch_of(feeds), self._shards.shards):
+            values = self._shards.run(names, feeds)
+        elif self._shards is not None:
+            if self._whole is None:
+                self._whole = self._open("default")
+            values = self._whole.run(names, feeds)
+        else:
+            values = self._session.run(names, feeds)
         return {n: np.asarray(v) for n, v in zip(self.output_names, values)}
 
     def _deactivate(self) -> None:
-        self._session = None
+        if self._shards is not None:
+            self._shards.close()
+        self._session = self._whole = self._shards = None
 
 
 class OrtCudaPredictor(OrtPredictor):
