@@ -14,6 +14,8 @@ from torchship.errors import ArtifactError
 from torchship.optimizers import OptimizeOptions, optimize
 from torchship.optimizers.attention_kernels import to_flash_when_unpadded, to_onnx_attention
 from torchship.optimizers.dispatch import DispatchPlan
+from torchship.runtimes import RuntimeOptions, create_predictor
+from torchship.variants import backend_of_variant
 
 QUICK = DispatchPlan(min_rounds=2, max_rounds=3, seconds=0.0, final_rounds=2, final_max_rounds=2)
 
@@ -52,6 +54,16 @@ def test_both_are_made_validated_and_offered_to_the_dispatch(kernels):
         branches = {a.name: a.g.node[0] for a in node.attribute}
         assert [b.op_type for b in branches.values()] == ["MultiHeadAttention"] * 2
         assert len(branches["then_branch"].input) == 4 and len(branches["else_branch"].input) == 5
+    # Both keep residual Add + LayerNormalization apart and load without ORT's SkipLayerNormFusion, which the
+    # predictors pass on to ORT.
+    for name, graph in (("optimized-sdpa", sdpa), ("optimized-flash", flash)):
+        ops = [n.op_type for n in graph.graph.node]
+        assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 2 * layers, name
+        assert m.variants[name].options["disabled_optimizers"] == ["SkipLayerNormFusion"]
+        with create_predictor(kernels, backend_of_variant(name).name, RuntimeOptions(threads=1)) as predictor:
+            predictor.infer({"input_ids": np.full((1, 4), 5), "attention_mask": np.ones((1, 4), dtype=np.int64),
+                             "token_type_ids": np.zeros((1, 4), dtype=np.int64)})
+            assert predictor.disabled_optimizers == ("SkipLayerNormFusion",)
 
 
 @pytest.mark.parametrize("name", ["optimized-sdpa", "optimized-flash"])

@@ -16,8 +16,11 @@ rewritten to use them without changing what it computes:
   with the mask. Correct for every input; MiniLM, 2 threads: 4-6% faster than the packed kernel at 8 x 384
   tokens without padding.
 
-Both are validated like every exact variant (eager PyTorch's tolerance); optimize makes them only for the
-measured dispatch, which alone may choose them.
+Both keep each residual Add and LayerNormalization apart, as the export has them, instead of ONNX Runtime's
+SkipLayerNormalization, and their sessions turn ORT's SkipLayerNormFusion off: ORT 1.32's CPU
+SkipLayerNormalization is slower than the pair (MiniLM on a 2-core AVX2 EPYC, 2 threads: both kernels 4-5%
+faster at 1 x 384 and 8 x 384 with the pair; docs/measurements.md). Both are validated like every exact variant
+(eager PyTorch's tolerance); optimize makes them only for the measured dispatch, which alone may choose them.
 """
 
 from __future__ import annotations
@@ -39,15 +42,16 @@ _TYPES_ONLY = {"Cast", "Constant", "ConstantOfShape", "Equal", "Flatten", "Ident
                "Squeeze", "Transpose", "Unsqueeze"}
 
 
-def mha_fused(src: Path, *, model_type: str, num_heads: int, hidden_size: int):
+def mha_fused(src: Path, *, model_type: str, num_heads: int, hidden_size: int, skip_layer_norm: bool = True):
     """The export through ONNX Runtime's transformer fusion with MultiHeadAttention instead of the packed
-    Attention operator (the optimizer's ``use_multi_head_attention``), as an onnx ModelProto with its data."""
+    Attention operator (the optimizer's ``use_multi_head_attention``), as an onnx ModelProto with its data;
+    ``skip_layer_norm=False`` leaves each residual Add + LayerNormalization unfused."""
     from onnx import helper
 
     from torchship.optimizers.fusion import transformer_optimizer
 
     model = transformer_optimizer(src, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
-                                  multi_head_attention=True).model
+                                  multi_head_attention=True, skip_layer_norm=skip_layer_norm).model
     if not any(o.domain == "com.microsoft" for o in model.opset_import):  # the optimizer adds it only on save
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model

@@ -76,6 +76,11 @@ _CUDA_ONLY_FUSIONS = ("enable_nhwc_conv", "enable_group_norm", "enable_skip_grou
                       "enable_bias_add")
 
 
+# ORT's graph transformer that fuses residual Add + LayerNormalization back into SkipLayerNormalization when a
+# session loads the model; a variant left unfused records it in ``disabled_optimizers`` (every predictor honours it)
+NO_SKIP_LN = ("SkipLayerNormFusion",)
+
+
 def transformer_optimizer(src: Path, *, model_type: str, num_heads: int, hidden_size: int, use_gpu: bool = False,
                           skip_layer_norm: bool = True, multi_head_attention: bool = False):
     """``onnxruntime.transformers.optimizer`` on ``src``, quietly: its OnnxModel, or ArtifactError naming the

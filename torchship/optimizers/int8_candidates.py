@@ -23,6 +23,7 @@ from torchship.onnx_io import load_onnx
 from torchship.external_data import uses_external_data
 from torchship.optimizers.accuracy import read_texts
 from torchship.optimizers import approximate
+from torchship.optimizers.fusion import NO_SKIP_LN
 from torchship.benchmarks.timing import TimingPlan
 
 METHODS = ("dynamic", "static")
@@ -34,7 +35,6 @@ METHODS = ("dynamic", "static")
 SOURCES = ("model", "optimized", "optimized-ln", "optimized-ln-approx")
 DEFAULT_SOURCES = ("model", "optimized", "optimized-ln")
 UNFUSED_LN = ("optimized-ln", "optimized-ln-approx")
-NO_SKIP_LN = ("SkipLayerNormFusion",)
 STATIC_OPS = ("MatMul", "Gemm")  # what static int8 quantizes unless --op-types says otherwise
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")  # static: QUInt8 or QInt8 activations (weights are always QInt8)

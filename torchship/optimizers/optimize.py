@@ -15,7 +15,7 @@ from torchship.external_data import staged_model, uses_external_data
 from torchship.errors import ArtifactError, InputError, ValidationError
 from torchship.optimizers.dispatch import CANDIDATE_CHOICES, DispatchPlan, candidate_variants, measure_dispatch
 from torchship.optimizers.attention_kernels import mha_fused
-from torchship.optimizers.fusion import FusionReport, count_ops, fuse, reported
+from torchship.optimizers.fusion import NO_SKIP_LN, FusionReport, count_ops, fuse, reported
 from torchship.variants import backend_of_variant
 from torchship.validation import check, run_reference_cases
 from torchship.exporters.spec import family_of
@@ -131,8 +131,9 @@ def _approximate_variant(ctx: _Context, manifest_now) -> Variant:
 
 
 def _kernel_variant(ctx: _Context, name: str, mha_model) -> Variant:
-    """optimized-sdpa or optimized-flash: the fusion with MultiHeadAttention (``mha_model()``, made once for
-    both), rewritten for another attention kernel (optimizers/attention_kernels.py), validated as exact."""
+    """optimized-sdpa or optimized-flash: the fusion with MultiHeadAttention and unfused layer norms
+    (``mha_model()``, made once for both), rewritten for another attention kernel
+    (optimizers/attention_kernels.py), validated as exact; its sessions run without SkipLayerNormFusion."""
     import copy
 
     from torchship.optimizers import attention_kernels as ak
@@ -152,7 +153,9 @@ def _kernel_variant(ctx: _Context, name: str, mha_model) -> Variant:
         ak.write(model, tmp, external=ctx.external)
         validation = ctx.validated(tmp, name)
     return Variant(name=name, file=path.name, stage="transformer-fusion",
-                   options={"model_type": ctx.manifest.ort_model_type, "attention": record.settings["attention"]},
+                   options={"model_type": ctx.manifest.ort_model_type, "attention": record.settings["attention"],
+                            "layer_norm": "residual Add + LayerNormalization, unfused",
+                            "disabled_optimizers": list(NO_SKIP_LN)},
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
                    validation=validation.to_json(), fusion={**FusionReport(
                        counts or count_ops(path), expected_attention=ctx.manifest.num_layers).to_json(),
@@ -216,7 +219,7 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
         if _measured_encoder(artifact, opts):
             mha = _once(lambda: mha_fused(ctx.src, model_type=artifact.manifest.ort_model_type,
                                           num_heads=artifact.manifest.num_heads,
-                                          hidden_size=artifact.manifest.hidden_size))
+                                          hidden_size=artifact.manifest.hidden_size, skip_layer_norm=False))
             jobs += [(name, lambda name=name: _kernel_variant(ctx, name, mha)) for name in MEASURED_ONLY]
     for name in MEASURED_ONLY:
         if name in artifact.manifest.variants and opts.candidates != "measured":
