@@ -184,3 +184,27 @@ def test_the_measured_dispatch_table_picks_the_served_variant(tmp_path, model_di
     assert r.exit_code == 0, r.output
     marker = json.loads((tmp_path / "repo" / "b" / "torchship-model.json").read_text())
     assert marker["folder_variant"] == most_wins(table) and "measured fastest at the most shapes" in marker["why"]
+
+
+def test_a_variant_measured_without_an_ort_fusion_is_served_without_it(tmp_path, exported):
+    """The ONNX-Attention candidate keeps its layer norms unfused and loads without ORT's SkipLayerNormFusion;
+    served by the Python backend, its session is made the same way (serving.json carries the setting)."""
+    import importlib.util
+    import json
+
+    import numpy as np
+
+    folder = exported("bert", optimized=True)
+    r = CliRunner().invoke(main, ["triton", str(folder), "--output", str(tmp_path / "repo"), "--name", "s",
+                                  "--variant", "optimized-sdpa"])
+    assert r.exit_code == 0, r.output
+    version = next(p.parent for p in (tmp_path / "repo").rglob("serving.json"))
+    settings = json.loads((version / "serving.json").read_text())
+    assert settings["disabled_optimizers"] == ["SkipLayerNormFusion"]
+    spec = importlib.util.spec_from_file_location("served_steps", version / "torchship_steps.py")
+    steps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steps)
+    model = steps.Model(str(version), {**settings, "threads": 1})
+    ids = np.full((2, 6), 7, dtype=np.int64)
+    got = model.run({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    assert got.shape[0] == 2 and np.isfinite(got).all()

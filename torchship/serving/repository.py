@@ -171,6 +171,8 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
                 "pad_id": _pad_id(artifact.folder), **_task_settings(artifact, task, sopts)}
     dims = {"EMBEDDING": [width], "HIDDEN_STATES": [-1, width], "SCORES": [width]}
     model_file = artifact.path_of(variant) if sopts.runtime == "python" else None
+    if model_file is not None:  # ORT graph transformers the variant was measured without (SkipLayerNormFusion)
+        settings["disabled_optimizers"] = list(m.variants[variant].options.get("disabled_optimizers", ()))
     return Plan(name, task, artifact.folder, variant or record.name, record.name, why, model_file, output, dims,
                 max_batch, settings)
 

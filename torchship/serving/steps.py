@@ -122,8 +122,10 @@ class Model:
         # between runs: threads that spin after a run would hold them
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # graph transformers the variant was measured without, e.g. SkipLayerNormFusion for unfused layer norms
+        disabled = {"disabled_optimizers": settings["disabled_optimizers"]} if settings.get("disabled_optimizers") else {}
         self.session = ort.InferenceSession(os.path.join(folder, settings["model"]), options,
-                                            providers=["CPUExecutionProvider"])
+                                            providers=["CPUExecutionProvider"], **disabled)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.output = settings["output"]
 
