@@ -18,7 +18,7 @@ rewritten to use them without changing what it computes:
 
 Both keep each residual Add and LayerNormalization apart, as the export has them, instead of ONNX Runtime's
 SkipLayerNormalization, and their sessions turn ORT's SkipLayerNormFusion off: ORT 1.32's CPU
-SkipLayerNormalization is slower than the pair (MiniLM on a 2-core AVX2 EPYC, 2 threads: both kernels 4-5%
+SkipLayerNormalization is slower than the pair (MiniLM on a 2-core AVX2 EPYC, 2 threads: both kernels 5-7%
 faster at 1 x 384 and 8 x 384 with the pair; docs/measurements.md). Both are validated like every exact variant
 (eager PyTorch's tolerance); optimize makes them only for the measured dispatch, which alone may choose them.
 """
