@@ -84,7 +84,8 @@ def session_options(*, threads: int | None = None, spin: str = "run", level: str
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity), what ORT's default thread count follows."""
+    """The logical CPUs this process may run on (its affinity): the threads torchship uses when none are given
+    (ORT's own default counts physical cores)."""
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

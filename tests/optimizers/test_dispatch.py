@@ -68,7 +68,7 @@ def test_every_candidate_is_timed_at_every_shape_and_each_range_has_a_winner(mea
     assert table["grid"] == "default" and table["machine"]["spin"] == "run"
     for shape in table["shapes"]:
         # Where the batch divides among the threads, every candidate is also timed with batch shards.
-        sharded = table["machine"]["threads"] > 1 and shape["batch"] == 8
+        sharded = splits(shape["batch"], table["machine"]["threads"])
         assert set(shape["times"]) == set(table["candidates"]) | (
             {runner_key(n, "batch-shards") for n in table["candidates"]} if sharded else set())
         for t in shape["times"].values():
@@ -79,7 +79,7 @@ def test_every_candidate_is_timed_at_every_shape_and_each_range_has_a_winner(mea
         assert len(finalists) == 2 and finalists <= set(table["candidates"])
         threads = table["machine"]["threads"]
         tunings = [t for t in SESSION_TUNINGS if t != "batch-shards" or splits(shape["batch"], threads)]
-        assert ("batch-shards" in tunings) == (threads > 1 and shape["batch"] == 8)
+        assert ("batch-shards" in tunings) == (threads in (2, 4, 8) and shape["batch"] == 8)
         assert set(shape["final"]) == {runner_key(v, t) for v in finalists for t in tunings}
         assert all(t["rounds"] >= QUICK.final_rounds for t in shape["final"].values())
         assert shape["winner"] in finalists and shape["session"] in SESSION_TUNINGS

@@ -75,6 +75,10 @@ class DispatchPlan:
     final_max_rounds: int = 100  # ... and at most
     tunings: tuple[str, ...] = tuple(SESSION_TUNINGS)
 
+    def __post_init__(self):
+        if "default" not in self.tunings:  # the screen runs every candidate with ORT's defaults
+            raise ValueError(f"a dispatch plan's tunings must include 'default', got {self.tunings}")
+
 
 def _default_seconds() -> float:
     """2 s per shape and stage, or TORCHSHIP_DISPATCH_SECONDS."""
@@ -222,7 +226,7 @@ def _final(runner_of, screen: dict, order: tuple[str, ...], plan: DispatchPlan) 
     runs it once, or None), timed again; the same winner rule, the preference order first and the tunings in
     ``_preferred_tunings`` order. Keys are ``runner_key`` names."""
     tunings = _preferred_tunings(plan)
-    winner = _winner(screen, tuple(runner_key(n, t) for t in tunings for n in order), plan.margin)[0]
+    winner = _winner(screen, tuple(runner_key(n, t) for n in order for t in tunings), plan.margin)[0]
     by_speed = [split_key(k)[0] for k in sorted(screen, key=lambda k: screen[k]["median_ms"])]
     finalists = sorted(list(dict.fromkeys([split_key(winner)[0], *by_speed]))[:plan.finalists], key=order.index)
     runners = {}
@@ -265,7 +269,8 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
     sizes = sorted((v.size_bytes for v in candidates.values()), reverse=True)
     # every candidate's session, again for batch shards (one thread each), and the finalists' other tunings
     copies = 2 if BATCH_SHARDS in plan.tunings else 1
-    held = sum(sizes) * copies + sum(sizes[:plan.finalists]) * (len(plan.tunings) - 1)
+    others = [t for t in plan.tunings if t not in ("default", BATCH_SHARDS)]
+    held = sum(sizes) * copies + sum(sizes[:plan.finalists]) * len(others)
     free = _available_bytes()
     if held > free / 2:  # all candidates' sessions are open at once (and a final's tuned ones): rounds interleave
         progress.step(f"note: no per-shape timing: the {len(candidates)} fp32 variants take {held / 2**30:.1f} GiB "
@@ -317,14 +322,17 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
 
         # Batch shards change which variant is fastest (the unfused graph gains most from them), so where they
         # apply every candidate is timed both ways from the start.
-        runners = {name: runner_of(name, "default") for name in sessions}
-        runners.update({runner_key(name, BATCH_SHARDS): runner_of(name, BATCH_SHARDS) for name in sessions if shard})
-        times = {name: _stats(t) for name, t in _time_shape(runners, plan).items()}
-        final = _final(runner_of, times, order, plan)
-        while shard_pools:
-            shard_pools.pop().close()
-        for key in [k for k in opened if k[1] != "default"]:
-            del opened[key]
+        try:
+            runners = {name: runner_of(name, "default") for name in sessions}
+            runners.update({runner_key(name, BATCH_SHARDS): runner_of(name, BATCH_SHARDS)
+                            for name in sessions if shard})
+            times = {name: _stats(t) for name, t in _time_shape(runners, plan).items()}
+            final = _final(runner_of, times, order, plan)
+        finally:  # the shards' threads and the tuned sessions go with their shape, also when a run fails
+            while shard_pools:
+                shard_pools.pop().close()
+            for key in [k for k in opened if k[1] != "default"]:
+                del opened[key]
         shapes.append({"batch": batch, "sequence": sequence, "times": times, "final": final["times"],
                        "winner": final["winner"], "session": final["session"],
                        "runner_up": final["runner_up"], "ratio": final["ratio"]})
