@@ -253,7 +253,7 @@ def _rounds(*ms):
 
 
 def test_the_winner_rule_keeps_the_preferred_variant_unless_the_fastest_clearly_beats_it():
-    from torchship.optimizers.dispatch import _winner
+    from torchship.optimizers.rounds import winner as _winner
 
     order = ("optimized", "ort-all", "model")
     # A clear win (5% faster, in every round) displaces the preferred variant.
@@ -272,7 +272,7 @@ def test_the_winner_rule_keeps_the_preferred_variant_unless_the_fastest_clearly_
 
 
 def test_with_per_round_times_a_win_must_show_in_clearly_more_than_half_the_rounds():
-    from torchship.optimizers.dispatch import _winner
+    from torchship.optimizers.rounds import winner as _winner
 
     order = ("optimized", "optimized-approx")
     # 5% faster in the median and in 5 of 6 rounds: it wins although its p90 (one slow round) is above the
@@ -288,6 +288,27 @@ def test_with_per_round_times_a_win_must_show_in_clearly_more_than_half_the_roun
     for won, winner in ((60, "optimized-approx"), (55, "optimized")):
         times = {"optimized": _rounds(*[10.0] * 100), "optimized-approx": _rounds(*[9.8] * won + [10.2] * (100 - won))}
         assert _winner(times, order, 0.01)[0] == winner
+
+
+def test_a_lead_the_rounds_do_not_yet_show_is_settled_head_to_head():
+    """The final's fastest led the kept runner in the median but won only 1 of 3 rounds: the two run on, in
+    turn, until the sign test says it (a real 20% lead) or the bound is reached (no real lead)."""
+    import time
+
+    from torchship.optimizers.rounds import clear_wins, settle
+
+    runners = {"kept": lambda: time.sleep(0.0024), "fast": lambda: time.sleep(0.002),
+               "slower": lambda: time.sleep(0.0028)}
+    plan = DispatchPlan(seconds=0.1, settle_rounds=30, warmup=0)
+    raw = {"kept": [0.0024, 0.0019, 0.0024], "fast": [0.002, 0.0025, 0.0026]}
+    assert not clear_wins({"rounds_ms": raw["fast"]}, {"rounds_ms": raw["kept"]})
+    added = settle(runners, raw, "kept", "fast", plan)
+    assert 0 < added < 27 and len(raw["kept"]) == len(raw["fast"]) == 3 + added
+    assert clear_wins({"rounds_ms": raw["fast"]}, {"rounds_ms": raw["kept"]})
+    # A lead that was noise (the other is in fact slower): no clear win, so the rounds stop at the bound.
+    raw = {"kept": [0.0024, 0.0024, 0.0024], "slower": [0.0023, 0.0025, 0.0023]}
+    added = settle(runners, raw, "kept", "slower", DispatchPlan(seconds=10, settle_rounds=12, warmup=0))
+    assert added == 9 and len(raw["kept"]) == 12
 
 
 def test_the_approximate_candidate_is_the_fused_model_with_fastgelu_judged_by_cosine(measured):

@@ -11,7 +11,9 @@ byte an earlier one's is timed once, under the earlier name). Then a final at ea
 best variants, each with ORT's default session settings and with every tuning of ``_ort.SESSION_TUNINGS``
 that applies at the shape (``batch-shards``, the batch cut into one part per thread, only where it divides
 evenly: _shards.py), run again for more rounds, so that the choice between close finalists rests on more than
-a few samples. The
+a few samples; where the fastest of the final leads the kept one by more than the margin but not yet in clearly
+more than half of the rounds, the two run head to head for more rounds until it does or the bound is reached
+(``rounds.settle``). The
 result is data in the manifest (``Manifest.dispatch``): every candidate's median and spread per shape, the
 final's, the winner (variant and session tuning) per shape, and the ranges of shapes each winner serves,
 which the ``ort-measured`` predictor reads per call (``artifact.dispatch_choice``).
@@ -19,13 +21,9 @@ which the ``ort-measured`` predictor reads per call (``artifact.dispatch_choice`
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from dataclasses import dataclass, field
 from itertools import product
-
-import numpy as np
 
 from torchship import _progress
 from torchship._fs import hash_file
@@ -34,6 +32,7 @@ from torchship._shards import BatchShards, batch_axes, splits
 from torchship.benchmarks.timing import cpu_name
 from torchship.artifact import Artifact
 from torchship.errors import InputError
+from torchship.optimizers.rounds import clear_wins, round_stats, settle, time_rounds, winner
 from torchship.variants import TABLE
 
 CANDIDATE_CHOICES = ("measured", "preset")
@@ -68,12 +67,16 @@ class DispatchPlan:
     seconds: float = field(default_factory=lambda: _default_seconds())
     sample_s: float = 0.001
     warmup: int = 1
-    margin: float = 0.01  # a candidate displaces a preferred one only when faster by more than this (see _winner)
+    margin: float = 0.01  # a candidate displaces a preferred one only when faster by more than this (see rounds.winner)
     threads: int | None = None  # None: every CPU this process may use (as bench)
     finalists: int = 2  # variants that go on to the final, each with every session tuning
     final_rounds: int = 7  # rounds of the final, at least (it may take ``seconds`` more per shape) ...
     final_max_rounds: int = 100  # ... and at most
     tunings: tuple[str, ...] = tuple(SESSION_TUNINGS)
+    # a final's fastest runner that leads the kept one by more than the margin, but not yet in clearly more than
+    # half of the rounds, runs head to head with it up to this many rounds in all ...
+    settle_rounds: int = 40
+    settle_seconds: float | None = None  # ... for at most this long (None: 10 x ``seconds``)
 
     def __post_init__(self):
         if "default" not in self.tunings:  # the screen runs every candidate with ORT's defaults
@@ -132,77 +135,6 @@ def _ranges(values: list[int]) -> list[tuple[int, int | None]]:
     return out
 
 
-def _samples(fn, plan: DispatchPlan) -> int:
-    """Runs per sample so that one sample lasts about ``plan.sample_s`` (after ``plan.warmup`` runs)."""
-    for _ in range(max(1, plan.warmup)):
-        fn()
-    start = time.perf_counter()
-    fn()
-    once = time.perf_counter() - start
-    return max(1, math.ceil(plan.sample_s / max(once, 1e-6)))
-
-
-def _time_shape(runners: dict, plan: DispatchPlan, final: bool = False) -> dict[str, list[float]]:
-    """Seconds per run of every candidate, one value per round, candidates interleaved (a final: at least
-    ``plan.final_rounds`` rounds)."""
-    repeats = {name: _samples(fn, plan) for name, fn in runners.items()}
-    names = list(runners)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    least, most = (plan.final_rounds, plan.final_max_rounds) if final else (plan.min_rounds, plan.max_rounds)
-    start = time.perf_counter()
-    for r in range(max(most, least)):
-        if r >= least and time.perf_counter() - start >= plan.seconds:
-            break
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            fn, n = runners[name], repeats[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[name].append((time.perf_counter() - t0) / n)
-    return times
-
-
-def _stats(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1000.0
-    p10, p50, p90 = (float(v) for v in np.percentile(ms, [10, 50, 90]))
-    return {"median_ms": round(p50, 4), "p10_ms": round(p10, 4), "p90_ms": round(p90, 4),
-            "spread": round(p90 / p10, 4) if p10 > 0 else None, "rounds": len(seconds),
-            "rounds_ms": [round(float(v), 4) for v in ms]}
-
-
-SIGN_TEST_Z = 1.28  # one-sided, 90%: how far above half of the rounds a clear win must be
-
-
-def _clear_wins(fast: dict, slow: dict) -> bool:
-    """Whether ``fast`` ran faster than ``slow`` in more rounds than chance would give: a sign test over the
-    rounds, paired (both ran in every round, one right after the other, so the drift of a busy machine cancels
-    out of each pair). The wins needed: all of 3 rounds, 5 of 6, 7 of 9, 25 of 40, 57 of 100."""
-    pairs = list(zip(fast["rounds_ms"], slow["rounds_ms"], strict=True))
-    wins = sum(x < y for x, y in pairs)
-    return wins > len(pairs) / 2 + SIGN_TEST_Z * math.sqrt(len(pairs)) / 2
-
-
-def _winner(times: dict[str, dict], order: tuple[str, ...], margin: float) -> tuple[str, str | None, float | None]:
-    """(winner, runner-up, runner-up median / winner median). The winner is the earliest candidate in the
-    preference order that the fastest one does not clearly beat; clearly: a median faster by more than
-    ``margin`` and faster in clearly more than half of the rounds, paired round by round (``_clear_wins``). Noise
-    does not flip the choice: where the rounds disagree the preferred variant stays (today's fixed choice); a
-    real win shows in most rounds, and the more rounds, the smaller a lead that can show."""
-    fastest = min(times, key=lambda n: times[n]["median_ms"])
-    f = times[fastest]
-
-    def clearly_beaten(name: str) -> bool:
-        t = times[name]
-        return f["median_ms"] * (1 + margin) < t["median_ms"] and _clear_wins(f, t)
-
-    best = next(n for n in (*[o for o in order if o in times], fastest) if not clearly_beaten(n))
-    others = sorted((n for n in times if n != best), key=lambda n: times[n]["median_ms"])
-    if not others:
-        return best, None, None
-    runner_up = others[0]
-    return best, runner_up, round(times[runner_up]["median_ms"] / times[best]["median_ms"], 4)
-
-
 def runner_key(variant: str, tuning: str) -> str:
     """How the final names a variant run with a session tuning: the variant alone for ORT's defaults."""
     return variant if tuning == "default" else f"{variant}@{tuning}"
@@ -226,19 +158,34 @@ def _final(runner_of, screen: dict, order: tuple[str, ...], plan: DispatchPlan) 
     runs it once, or None), timed again; the same winner rule, the preference order first and the tunings in
     ``_preferred_tunings`` order. Keys are ``runner_key`` names."""
     tunings = _preferred_tunings(plan)
-    winner = _winner(screen, tuple(runner_key(n, t) for n in order for t in tunings), plan.margin)[0]
+    kept = winner(screen, tuple(runner_key(n, t) for n in order for t in tunings), plan.margin)[0]
     by_speed = [split_key(k)[0] for k in sorted(screen, key=lambda k: screen[k]["median_ms"])]
-    finalists = sorted(list(dict.fromkeys([split_key(winner)[0], *by_speed]))[:plan.finalists], key=order.index)
+    finalists = sorted(list(dict.fromkeys([split_key(kept)[0], *by_speed]))[:plan.finalists], key=order.index)
     runners = {}
     for name in finalists:
         for tuning in tunings:
             run = runner_of(name, tuning)
             if run is not None:
                 runners[runner_key(name, tuning)] = run
-    times = {key: _stats(t) for key, t in _time_shape(runners, plan, final=True).items()}
-    best, runner_up, ratio = _winner(times, tuple(runners), plan.margin)
+    raw = time_rounds(runners, plan, final=True)
+    times = {key: round_stats(t) for key, t in raw.items()}
+    best, runner_up, ratio = winner(times, tuple(runners), plan.margin)
+    fastest = min(times, key=lambda k: times[k]["median_ms"])
+    settled = None
+    if fastest != best and times[fastest]["median_ms"] * (1 + plan.margin) < times[best]["median_ms"]:
+        # a lead in the median that the rounds do not yet show clearly: more rounds, the two alone, decide it
+        rounds = settle(runners, raw, best, fastest, plan)
+        times.update({k: round_stats(raw[k]) for k in (best, fastest)})
+        f, b = times[fastest], times[best]
+        won = f["median_ms"] * (1 + plan.margin) < b["median_ms"] and clear_wins(f, b)
+        settled = {"between": [best, fastest], "rounds": rounds, "winner": fastest if won else best}
+        if won:
+            best = fastest
+        runner_up = min((k for k in times if k != best), key=lambda k: times[k]["median_ms"])
+        ratio = round(times[runner_up]["median_ms"] / times[best]["median_ms"], 4)
     variant, tuning = split_key(best)
-    return {"times": times, "winner": variant, "session": tuning, "runner_up": runner_up, "ratio": ratio}
+    return {"times": times, "winner": variant, "session": tuning, "runner_up": runner_up, "ratio": ratio,
+            "settled": settled}
 
 
 def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
@@ -326,7 +273,7 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
             runners = {name: runner_of(name, "default") for name in sessions}
             runners.update({runner_key(name, BATCH_SHARDS): runner_of(name, BATCH_SHARDS)
                             for name in sessions if shard})
-            times = {name: _stats(t) for name, t in _time_shape(runners, plan).items()}
+            times = {name: round_stats(t) for name, t in time_rounds(runners, plan).items()}
             final = _final(runner_of, times, order, plan)
         finally:  # the shards' threads and the tuned sessions go with their shape, also when a run fails
             while shard_pools:
@@ -335,7 +282,7 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
                 del opened[key]
         shapes.append({"batch": batch, "sequence": sequence, "times": times, "final": final["times"],
                        "winner": final["winner"], "session": final["session"],
-                       "runner_up": final["runner_up"], "ratio": final["ratio"]})
+                       "runner_up": final["runner_up"], "ratio": final["ratio"], "settled": final["settled"]})
     del sessions, opened
     batches = _ranges(sorted({b for b, _ in grid}))
     sequences = _ranges(sorted({s for _, s in grid}))
