@@ -147,13 +147,13 @@ def summary_markdown(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     from torchship._progress import Progress
-    from torchship.benchmarks.run import default_threads
+    from torchship._ort import usable_cpus
     from torchship.demo import packaged_minilm
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="minilm,bert-base,gpt2", help="comma-separated: minilm, bert-base, gpt2")
     ap.add_argument("--output", type=Path, default=ROOT / "reports" / "benchmark")
-    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--threads", type=int, default=usable_cpus())
     ap.add_argument("--min-seconds", type=float, default=5.0)
     ap.add_argument("--bert-base-config", type=Path, default=BERT_BASE_CONFIG)
     ap.add_argument("--gpt2-config", type=Path, default=GPT2_CONFIG)

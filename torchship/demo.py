@@ -25,7 +25,8 @@ def packaged_minilm() -> Path:
 def run_demo(output: Path, *, threads: int | None = None, min_seconds: float = 3.0,
              progress: _progress.Progress = _progress.SILENT) -> str:
     from torchship.benchmarks.report import markdown_table, write_report
-    from torchship.benchmarks.run import BenchOptions, default_threads, run_benchmark
+    from torchship._ort import usable_cpus
+    from torchship.benchmarks.run import BenchOptions, run_benchmark
     from torchship.benchmarks.timing import TimingPlan
     from torchship.exporters.export import export
     from torchship.optimizers import OptimizeOptions, optimize
@@ -38,7 +39,7 @@ def run_demo(output: Path, *, threads: int | None = None, min_seconds: float = 3
     artifact = optimize(model_dir, OptimizeOptions(levels=(), candidates="preset"), progress=progress)
     fused = artifact.manifest.variants["optimized"].fusion
     options = BenchOptions(backends=("torch", "ort", "ort-optimized"), shapes=DEMO_SHAPES,
-                           threads=threads or default_threads(),
+                           threads=threads or usable_cpus(),
                            plan=replace(TimingPlan(), min_seconds=min_seconds))
     report = replace(run_benchmark(model_dir, options, progress=progress), model=DEMO_NAME)
     paths = write_report(report, report_dir)

@@ -36,13 +36,13 @@ def run_auto(model: str, config: AutoConfig, output: str | Path, *,
              progress: _progress.Progress = _progress.SILENT) -> AutoReport:
     """Build, validate and benchmark every variant of ``model`` that fits ``config``; write the summary."""
     from torchship._fs import check_output_dir, staged_dir
-    from torchship.benchmarks.run import default_threads
+    from torchship._ort import usable_cpus
 
     start = time.perf_counter()
     output = Path(output)
     check_device(config.shapes.device)
     check_output_dir(output, marker=SUMMARY)
-    threads = config.threads or default_threads()
+    threads = config.threads or usable_cpus()
     with staged_dir(output, marker=SUMMARY) as tmp:
         folder = tmp / MODEL_DIR
         stages = 6

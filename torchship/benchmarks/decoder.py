@@ -20,7 +20,8 @@ from torchship.benchmarks import genai as genai_builds
 from torchship.benchmarks import memory
 from torchship.benchmarks.decoder_runners import default_backends, file_bytes, judged, make_runner, timed
 from torchship.benchmarks.results import BenchReport, Environment, Measurement
-from torchship.benchmarks.run import accuracy_of, default_threads, variant_budgets, variant_files
+from torchship._ort import usable_cpus
+from torchship.benchmarks.run import accuracy_of, variant_budgets, variant_files
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
 from torchship.errors import InputError, TorchshipError, first_line
 from torchship.exporters.spec import BATCH, DECODE, PAST_SEQUENCE, PREFILL, SEQUENCE, require_family, saved_config
@@ -37,7 +38,7 @@ class DecoderBenchOptions:
     prompt_lengths: tuple[int, ...] | None = None  # prefill lengths; None: 32 and 128, within the positions
     past_lengths: tuple[int, ...] | None = None  # decode steps after this many cached tokens; None: 32 and 128
     prompt: int | None = None  # one length for both the prefill and the decode step's past (older callers)
-    threads: int = field(default_factory=default_threads)
+    threads: int = field(default_factory=usable_cpus)
     spin: str = "run"
     plan: TimingPlan = TimingPlan()
     reference_model: str | None = None

@@ -7,12 +7,12 @@ them into inputs, so the harness knows nothing of any one family.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from torchship import _progress
+from torchship._ort import usable_cpus
 from torchship.artifact import Artifact, library_versions
 from torchship.benchmarks.results import Accuracy, BenchReport, Environment, Measurement
 from torchship.benchmarks.timing import TimingPlan, measure_interleaved
@@ -22,17 +22,13 @@ from torchship.exporters.spec import BATCH, DECODE, SEQUENCE, family_of, saved_c
 from torchship.runtimes import RuntimeOptions, create_predictor
 
 
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
 @dataclass(frozen=True)
 class BenchOptions:
     backends: tuple[str, ...] = ("torch", "ort", "ort-optimized")
     shapes: tuple[tuple[int, int], ...] | None = None  # encoders: (batch, sequence) pairs
     sizes: tuple[dict, ...] | None = None  # any family: named axis sizes; None: shapes, else bench_sizes()
     device: str = "cpu"
-    threads: int = field(default_factory=default_threads)
+    threads: int = field(default_factory=usable_cpus)
     spin: str = "run"
     plan: TimingPlan = TimingPlan()
     reference_model: str | None = None

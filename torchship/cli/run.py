@@ -15,14 +15,15 @@ from torchship.errors import InputError
 def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_spin, reference_model):
     from dataclasses import replace
 
-    from torchship.benchmarks.run import BenchOptions, default_threads
+    from torchship._ort import usable_cpus
+    from torchship.benchmarks.run import BenchOptions
     from torchship.benchmarks.timing import TimingPlan
     from torchship.runtimes import parse_backends
 
     plan = replace(TimingPlan(), min_seconds=min_seconds, warmup=warmup, min_iterations=min_iterations,
                    block=min(TimingPlan().block, min_iterations))
     return BenchOptions(backends=parse_backends(backends or "torch,ort,ort-optimized"),
-                        threads=default_threads() if threads is None else threads,
+                        threads=usable_cpus() if threads is None else threads,
                         spin=ort_spin, plan=plan, reference_model=reference_model)
 
 

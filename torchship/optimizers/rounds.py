@@ -33,13 +33,18 @@ def time_rounds(runners: dict, plan, final: bool = False) -> dict[str, list[floa
     for r in range(max(most, least)):
         if r >= least and time.perf_counter() - start >= plan.seconds:
             break
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            fn, n = runners[name], repeats[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[name].append((time.perf_counter() - t0) / n)
+        _one_round(runners, repeats, names, r, times)
     return times
+
+
+def _one_round(runners: dict, repeats: dict[str, int], names, turn: int, times: dict[str, list[float]]) -> None:
+    """Every runner of ``names`` once (``repeats`` runs per sample), the order turned by ``turn``; seconds per run
+    appended to ``times``."""
+    for name in names[turn % len(names):] + names[:turn % len(names)]:
+        t0 = time.perf_counter()
+        for _ in range(repeats[name]):
+            runners[name]()
+        times[name].append((time.perf_counter() - t0) / repeats[name])
 
 
 def round_stats(seconds: list[float]) -> dict:
@@ -93,11 +98,7 @@ def settle(runners: dict, raw: dict[str, list[float]], kept: str, fastest: str, 
     repeats = {k: samples_per_run(runners[k], plan) for k in pair}
     start, added = time.perf_counter(), 0
     while len(raw[kept]) < plan.settle_rounds and time.perf_counter() - start < limit:
-        for key in pair[added % 2:] + pair[:added % 2]:
-            t0 = time.perf_counter()
-            for _ in range(repeats[key]):
-                runners[key]()
-            raw[key].append((time.perf_counter() - t0) / repeats[key])
+        _one_round(runners, repeats, pair, added, raw)
         added += 1
         if clear_wins({"rounds_ms": raw[fastest]}, {"rounds_ms": raw[kept]}):
             break
