@@ -147,6 +147,18 @@ def test_the_predictor_runs_the_variant_the_table_names_for_the_shape(measured, 
     assert art.measured_variant() in art.manifest.dispatch["candidates"]
 
 
+def test_a_table_naming_a_variant_or_tuning_this_folder_or_torchship_lacks_is_one_line(measured, tmp_path):
+    """A hand-edited table (or one a newer torchship wrote): predict says what is wrong and what remakes it."""
+    for key, value, words in (("variant", "optimized-gone", "names variant 'optimized-gone'"),
+                              ("session", "turbo", "names session tuning 'turbo', which this torchship does not know")):
+        art = Artifact.open(shutil.copytree(measured.folder, tmp_path / key))
+        art = _with_ranges(art, [{**r, key: value} for r in art.manifest.dispatch["ranges"]])
+        before = (art.folder / "torchship.json").read_bytes()
+        r = CliRunner().invoke(main, ["predict", str(art.folder), "a good movie"])
+        assert r.exit_code == 2 and words in r.output and f"run: torchship optimize {art.folder}" in r.output, r.output
+        assert "Traceback" not in r.output and (art.folder / "torchship.json").read_bytes() == before
+
+
 def test_predict_uses_the_table_and_says_which_variant_ran(measured):
     r = CliRunner().invoke(main, ["predict", str(measured.folder), "a good movie", "--json"])
     assert r.exit_code == 0, r.output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship._ort import BATCH_SHARDS, cuda_index, make_session, usable_cpus
+from torchship._ort import BATCH_SHARDS, SESSION_TUNINGS, cuda_index, make_session, usable_cpus
 from torchship._shards import BatchShards, batch_axes, shardable, splits
 from torchship.artifact import dispatch_choice, range_choice
 from torchship.errors import InputError
@@ -123,6 +123,11 @@ class OrtMeasuredPredictor(Predictor):
         if missing:
             raise InputError(f"{artifact.folder}: the dispatch table names variant {missing[0]!r}, which the folder "
                              f"no longer has; run: {record.make_command(artifact.folder)}")
+        unknown = [t for _, t in used if t not in SESSION_TUNINGS]
+        if unknown:  # a hand-edited table, or one a newer torchship wrote
+            raise InputError(f"{artifact.folder}: the dispatch table names session tuning {unknown[0]!r}, which this "
+                             f"torchship does not know ({', '.join(SESSION_TUNINGS)}); run: "
+                             f"{record.make_command(artifact.folder)}")
         self.variants = {(n, t): ort_predictor(artifact, backend_of_variant(n), options, tuning=t) for n, t in used}
         self.axes = _batch_sequence_axes(self.io)
         self.last_variant: str | None = None  # which variant ran the last call
