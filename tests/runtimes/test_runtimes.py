@@ -36,6 +36,11 @@ def test_predictor_checks_inputs(exported):
         p.infer({k: v.astype(np.float32) for k, v in good.items()})
     out = p.infer({k: v.astype(np.int32) for k, v in good.items()})  # ints of any width are fine
     assert out["last_hidden_state"].shape == (1, 4, 32)
+    as_lists = p.infer({k: v.tolist() for k, v in good.items()})  # nested lists too, as the declared dtype
+    np.testing.assert_array_equal(as_lists["last_hidden_state"], out["last_hidden_state"])
+    assert all(p._checked(good)[k] is v for k, v in good.items())  # well-formed feeds pass as they are, uncopied
+    with pytest.raises(InputError, match="'input_ids' is empty along 'batch'"):
+        p.infer({k: v[:0] for k, v in good.items()})
 
 
 def test_parse_backends():

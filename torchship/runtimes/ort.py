@@ -52,16 +52,14 @@ class OrtPredictor(Predictor):
                                        batch_axes(self.io.outputs))
 
     def _infer(self, feeds):
-        names = list(self.output_names)
-        if self._shards is not None and splits(self._shards.batch_of(feeds), self._shards.shards):
-            values = self._shards.run(names, feeds)
-        elif self._shards is not None:
-            if self._whole is None:
-                self._whole = self._open("default")
-            values = self._whole.run(names, feeds)
-        else:
-            values = self._session.run(names, feeds)
-        return {n: np.asarray(v) for n, v in zip(self.output_names, values)}
+        names = self.output_names
+        if self._shards is None:  # the common case first, and nothing more per call than it needs
+            return dict(zip(names, self._session.run(names, feeds)))
+        if splits(self._shards.batch_of(feeds), self._shards.shards):
+            return dict(zip(names, self._shards.run(names, feeds)))
+        if self._whole is None:
+            self._whole = self._open("default")
+        return dict(zip(names, self._whole.run(names, feeds)))
 
     def _deactivate(self) -> None:
         if self._shards is not None:
@@ -133,12 +131,19 @@ class OrtMeasuredPredictor(Predictor):
         self.last_variant: str | None = None  # which variant ran the last call
         self.last_session: str | None = None  # with which session tuning (_ort.SESSION_TUNINGS)
         self._ran: dict[str, None] = {}  # every variant a call has run, in the order first used
+        self._chosen: dict[tuple[int, int], tuple[str, str]] = {}  # (batch, sequence) -> choice_for's answer
 
     def choice_for(self, feeds) -> tuple[str, str]:
         """(variant, session tuning) the table names for these feeds' batch x sequence."""
         (name, b_axis), (_, s_axis) = self.axes
-        shape = np.shape(feeds[name])
-        return dispatch_choice(self.table, int(shape[b_axis]), int(shape[s_axis]))
+        shape = feeds[name].shape  # checked feeds: arrays
+        key = (shape[b_axis], shape[s_axis])
+        choice = self._chosen.get(key)
+        if choice is None:
+            choice = dispatch_choice(self.table, *key)
+            if len(self._chosen) < 4096:  # shapes seen before: no walk through the ranges (bounded for servers)
+                self._chosen[key] = choice
+        return choice
 
     def variant_for(self, feeds) -> str:
         return self.choice_for(feeds)[0]
