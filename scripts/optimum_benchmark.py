@@ -16,8 +16,9 @@ round, 2 intra-op threads, ORT threads spinning during each run and stopped afte
 rounds is compared. torchship's entry is its predictor (``ort-measured``, called as ``predict`` and ``bench`` call
 it, input checks included), which runs the variant and session settings its dispatch table chose for the shape
 (ORT's defaults, dynamic-blocks, or batch-shards: the batch cut into one part per thread). Optimum's models run
-with ORT's defaults, as Optimum runs them; one more column runs O3 with dynamic-blocks, to show what that
-setting alone gives it. Each output is compared with the torchship export's (fp32, unoptimized) last hidden
+with ORT's defaults, as Optimum runs them; two more columns run O3 with dynamic-blocks and O3 with its weights on
+huge pages (as torchship's sessions put theirs, torchship/_hugepages.py), to show what each setting alone gives
+it. Each output is compared with the torchship export's (fp32, unoptimized) last hidden
 state on the same inputs: the smallest cosine over the tokens.
 
 SUMMARY.md says whether torchship's choice was at least as fast as O3 (ratio >= 1.0) at every shape, at cosine
@@ -137,9 +138,11 @@ def main() -> int:
         table = art.manifest.dispatch
         if not table:
             raise SystemExit(f"{folder} has no dispatch table; run torchship optimize {folder}")
-        sessions = {lv: make_session(path, threads=args.threads) for lv, path in optimum["files"].items()}
+        sessions = {lv: make_session(path, threads=args.threads, huge_pages=False)
+                    for lv, path in optimum["files"].items()}
         sessions["O3+dynamic-blocks"] = make_session(optimum["files"]["O3"], threads=args.threads,
-                                                     tuning="dynamic-blocks")
+                                                     tuning="dynamic-blocks", huge_pages=False)
+        sessions["O3+huge-pages"] = make_session(optimum["files"]["O3"], threads=args.threads)
         reference = make_session(art.path_of("model"), threads=args.threads, level="disabled")
         predictor = create_predictor(art, "ort-measured", RuntimeOptions(threads=args.threads)).activate()
         rows = []
@@ -204,15 +207,15 @@ def summarize(rows: list[dict], versions: str, args) -> str:
         f"Command: `python scripts/optimum_benchmark.py{''.join(' ' + a for a in sys.argv[1:])}`.",
         "",
         "| batch | seq | torchship variant | session | torchship ms | O1 ms | O2 ms | O3 ms | vs O3 | "
-        "O3 dynamic-blocks ms | cosine torchship | cosine O3 |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "O3 dynamic-blocks ms | O3 huge pages ms | cosine torchship | cosine O3 |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         m = r["median_ms"]
         lines.append(f"| {r['batch']} | {r['sequence']} | {r['torchship_variant']} | {r.get('session', 'default')} | "
                      f"{m['torchship']:.2f} | "
                      f"{m['O1']:.2f} | {m['O2']:.2f} | {m['O3']:.2f} | {r['ratio_vs_O3']:.3f}x | "
-                     f"{m['O3+dynamic-blocks']:.2f} | "
+                     f"{m['O3+dynamic-blocks']:.2f} | {m['O3+huge-pages']:.2f} | "
                      f"{r['cosine']['torchship']:.6f} | {r['cosine']['O3']:.6f} |")
     lines += ["", f"torchship at least as fast as O3 at every shape, at cosine >= 0.9999: {'yes' if met else 'no'}."]
     return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torchship._hugepages import new_memory
 from torchship.errors import ArtifactError, BackendUnavailable, first_line
 from torchship.external_data import check_file, data_file_name
 
@@ -121,10 +122,11 @@ def providers_for(device: str) -> list:
 def make_session(path: Path, *, threads: int | None = None, spin: str = "run", level: str = "all",
                  device: str = "cpu", optimized_model_path: Path | None = None,
                  disabled_optimizers: tuple[str, ...] = (), fix: str = "re-run torchship export",
-                 tuning: str = "default"):
+                 tuning: str = "default", huge_pages: bool = True):
     """An ORT session for ``path`` (``tuning``: :data:`SESSION_TUNINGS`); ``disabled_optimizers`` names ORT graph transformers to skip (a variant
     records them when it was measured faster without, e.g. SkipLayerNormFusion). ``fix`` names the
-    command that makes the file again, for the error of a missing or corrupted file."""
+    command that makes the file again, for the error of a missing or corrupted file. On the CPU the weights go on
+    huge pages (``huge_pages``, :mod:`torchship._hugepages`)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -140,7 +142,11 @@ def make_session(path: Path, *, threads: int | None = None, spin: str = "run", l
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
         extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
-        return ort.InferenceSession(str(path), so, providers=providers_for(device), **extra)
+        providers = providers_for(device)
+        if providers != ["CPUExecutionProvider"] or not huge_pages:
+            return ort.InferenceSession(str(path), so, providers=providers, **extra)
+        with new_memory():  # the weights on huge pages (torchship/_hugepages.py)
+            return ort.InferenceSession(str(path), so, providers=providers, **extra)
     except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
             ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:
