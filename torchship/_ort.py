@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from torchship._hugepages import new_memory
@@ -143,9 +144,8 @@ def make_session(path: Path, *, threads: int | None = None, spin: str = "run", l
     try:
         extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
         providers = providers_for(device)
-        if providers != ["CPUExecutionProvider"] or not huge_pages:
-            return ort.InferenceSession(str(path), so, providers=providers, **extra)
-        with new_memory():  # the weights on huge pages (torchship/_hugepages.py)
+        on_cpu = providers == ["CPUExecutionProvider"]
+        with new_memory() if on_cpu and huge_pages else nullcontext():  # weights on huge pages: _hugepages.py
             return ort.InferenceSession(str(path), so, providers=providers, **extra)
     except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,

@@ -1,4 +1,5 @@
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,8 +43,9 @@ def _kernel_collapses() -> bool:
     if platform.system() != "Linux" or not Path("/proc/self/smaps_rollup").is_file():
         return False
     mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    major, minor = (int(x) for x in platform.release().split(".")[:2])
-    return mode.is_file() and "[never]" not in mode.read_text() and (major, minor) >= (6, 1)
+    version = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (mode.is_file() and "[never]" not in mode.read_text() and version is not None
+            and tuple(map(int, version.groups())) >= (6, 1))
 
 
 @pytest.mark.skipif(not _kernel_collapses(), reason="needs Linux 6.1+ with transparent huge pages not 'never'")

@@ -32,7 +32,7 @@ from torchship._shards import BatchShards, batch_axes, splits
 from torchship.benchmarks.timing import cpu_name
 from torchship.artifact import Artifact
 from torchship.errors import InputError
-from torchship.optimizers.rounds import clear_wins, round_stats, settle, time_rounds, winner
+from torchship.optimizers.rounds import clearly_beats, leads, round_stats, runner_up, settle, time_rounds, winner
 from torchship.variants import TABLE
 
 CANDIDATE_CHOICES = ("measured", "preset")
@@ -169,22 +169,20 @@ def _final(runner_of, screen: dict, order: tuple[str, ...], plan: DispatchPlan) 
                 runners[runner_key(name, tuning)] = run
     raw = time_rounds(runners, plan, final=True)
     times = {key: round_stats(t) for key, t in raw.items()}
-    best, runner_up, ratio = winner(times, tuple(runners), plan.margin)
+    best, second, ratio = winner(times, tuple(runners), plan.margin)
     fastest = min(times, key=lambda k: times[k]["median_ms"])
     settled = None
-    if fastest != best and times[fastest]["median_ms"] * (1 + plan.margin) < times[best]["median_ms"]:
+    if fastest != best and leads(times[fastest], times[best], plan.margin):
         # a lead in the median that the rounds do not yet show clearly: more rounds, the two alone, decide it
         rounds = settle(runners, raw, best, fastest, plan)
         times.update({k: round_stats(raw[k]) for k in (best, fastest)})
-        f, b = times[fastest], times[best]
-        won = f["median_ms"] * (1 + plan.margin) < b["median_ms"] and clear_wins(f, b)
+        won = clearly_beats(times[fastest], times[best], plan.margin)
         settled = {"between": [best, fastest], "rounds": rounds, "winner": fastest if won else best}
         if won:
             best = fastest
-        runner_up = min((k for k in times if k != best), key=lambda k: times[k]["median_ms"])
-        ratio = round(times[runner_up]["median_ms"] / times[best]["median_ms"], 4)
+        second, ratio = runner_up(times, best)
     variant, tuning = split_key(best)
-    return {"times": times, "winner": variant, "session": tuning, "runner_up": runner_up, "ratio": ratio,
+    return {"times": times, "winner": variant, "session": tuning, "runner_up": second, "ratio": ratio,
             "settled": settled}
 
 

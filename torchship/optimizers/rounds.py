@@ -67,25 +67,35 @@ def clear_wins(fast: dict, slow: dict) -> bool:
     return wins > len(pairs) / 2 + SIGN_TEST_Z * math.sqrt(len(pairs)) / 2
 
 
+def leads(fast: dict, slow: dict, margin: float) -> bool:
+    """Whether ``fast``'s median is faster than ``slow``'s by more than ``margin``."""
+    return fast["median_ms"] * (1 + margin) < slow["median_ms"]
+
+
+def clearly_beats(fast: dict, slow: dict, margin: float) -> bool:
+    """A lead in the median (``leads``) that the paired rounds show too (``clear_wins``)."""
+    return leads(fast, slow, margin) and clear_wins(fast, slow)
+
+
+def runner_up(times: dict[str, dict], best: str) -> tuple[str | None, float | None]:
+    """The fastest candidate other than ``best`` and its median over ``best``'s; (None, None) when alone."""
+    others = [n for n in times if n != best]
+    if not others:
+        return None, None
+    second = min(others, key=lambda n: times[n]["median_ms"])
+    return second, round(times[second]["median_ms"] / times[best]["median_ms"], 4)
+
+
 def winner(times: dict[str, dict], order: tuple[str, ...], margin: float) -> tuple[str, str | None, float | None]:
     """(winner, runner-up, runner-up median / winner median). The winner is the earliest candidate in the
     preference order that the fastest one does not clearly beat; clearly: a median faster by more than
-    ``margin`` and faster in clearly more than half of the rounds, paired round by round (``clear_wins``). Noise
-    does not flip the choice: where the rounds disagree the preferred variant stays (today's fixed choice); a
-    real win shows in most rounds, and the more rounds, the smaller a lead that can show."""
+    ``margin`` and faster in clearly more than half of the rounds, paired round by round (``clearly_beats``).
+    Noise does not flip the choice: where the rounds disagree the preferred variant stays (today's fixed choice);
+    a real win shows in most rounds, and the more rounds, the smaller a lead that can show."""
     fastest = min(times, key=lambda n: times[n]["median_ms"])
-    f = times[fastest]
-
-    def clearly_beaten(name: str) -> bool:
-        t = times[name]
-        return f["median_ms"] * (1 + margin) < t["median_ms"] and clear_wins(f, t)
-
-    best = next(n for n in (*[o for o in order if o in times], fastest) if not clearly_beaten(n))
-    others = sorted((n for n in times if n != best), key=lambda n: times[n]["median_ms"])
-    if not others:
-        return best, None, None
-    runner_up = others[0]
-    return best, runner_up, round(times[runner_up]["median_ms"] / times[best]["median_ms"], 4)
+    best = next(n for n in (*[o for o in order if o in times], fastest)
+                if not clearly_beats(times[fastest], times[n], margin))
+    return (best, *runner_up(times, best))
 
 
 def settle(runners: dict, raw: dict[str, list[float]], kept: str, fastest: str, plan) -> int:

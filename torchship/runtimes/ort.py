@@ -131,19 +131,12 @@ class OrtMeasuredPredictor(Predictor):
         self.last_variant: str | None = None  # which variant ran the last call
         self.last_session: str | None = None  # with which session tuning (_ort.SESSION_TUNINGS)
         self._ran: dict[str, None] = {}  # every variant a call has run, in the order first used
-        self._chosen: dict[tuple[int, int], tuple[str, str]] = {}  # (batch, sequence) -> choice_for's answer
 
     def choice_for(self, feeds) -> tuple[str, str]:
         """(variant, session tuning) the table names for these feeds' batch x sequence."""
         (name, b_axis), (_, s_axis) = self.axes
         shape = feeds[name].shape  # checked feeds: arrays
-        key = (shape[b_axis], shape[s_axis])
-        choice = self._chosen.get(key)
-        if choice is None:
-            choice = dispatch_choice(self.table, *key)
-            if len(self._chosen) < 4096:  # shapes seen before: no walk through the ranges (bounded for servers)
-                self._chosen[key] = choice
-        return choice
+        return dispatch_choice(self.table, shape[b_axis], shape[s_axis])
 
     def variant_for(self, feeds) -> str:
         return self.choice_for(feeds)[0]
