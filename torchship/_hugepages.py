@@ -10,7 +10,7 @@ that is new with 2 MiB pages (``MADV_COLLAPSE``, Linux 6.1+, synchronous): the w
 of them. Memory the session reused from the process's free space stays as it is.
 
 Best effort: any failure (another OS, an older kernel, huge pages off, no free huge page) leaves the memory as it
-was and nothing is raised. ``TORCHSHIP_HUGE_PAGES=0`` turns it off.
+was and nothing is raised. ``TORCHSHIP_HUGE_PAGES=0`` turns it off (1, the default, on).
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ import os
 import sys
 from contextlib import contextmanager
 
+from torchship.errors import InputError
+
 HUGE = 2 << 20
 MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
 
 
 def enabled() -> bool:
-    return sys.platform.startswith("linux") and os.environ.get("TORCHSHIP_HUGE_PAGES", "1") != "0"
+    """Whether to try (Linux, and ``TORCHSHIP_HUGE_PAGES`` unset or 1); any other value than 0 or 1 is one line."""
+    value = os.environ.get("TORCHSHIP_HUGE_PAGES", "1")
+    if value not in ("0", "1"):
+        raise InputError(f"TORCHSHIP_HUGE_PAGES must be 1 (weights on huge pages) or 0 (off); it is {value!r} "
+                         "(unset it for the default, 1)")
+    return value == "1" and sys.platform.startswith("linux")
 
 
 def anonymous_regions() -> list[tuple[int, int]]:

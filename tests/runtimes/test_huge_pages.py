@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from torchship._hugepages import HUGE, added, anonymous_regions
+from torchship.errors import InputError
 
 
 def test_new_memory_is_what_no_earlier_mapping_covered():
@@ -66,3 +67,6 @@ def test_huge_pages_can_be_turned_off(monkeypatch):
     assert not enabled()
     monkeypatch.setenv("TORCHSHIP_HUGE_PAGES", "1")
     assert enabled() == (platform.system() == "Linux")
+    monkeypatch.setenv("TORCHSHIP_HUGE_PAGES", "off")
+    with pytest.raises(InputError, match="TORCHSHIP_HUGE_PAGES must be 1 .* or 0 .*; it is 'off'"):
+        enabled()
