@@ -24,6 +24,10 @@ from torchship.tensors import ModelIO, TensorSpec
 
 FORMAT_VERSION = 1
 REFERENCE_NAME = "reference.npz"
+# A torchship auto output: its summary, and the torchship folder inside it (torchship.auto writes both).
+AUTO_SUMMARY, AUTO_MODEL_DIR = "summary.json", "model"
+_PASS = ("pass a folder that torchship export or torchship auto wrote "
+         "(make one with: torchship export --model MODEL --output DIR)")
 
 
 @dataclass(frozen=True)
@@ -167,27 +171,24 @@ class Artifact:
     def __init__(self, folder: Path, manifest: Manifest):
         self.folder = Path(folder)
         self.manifest = manifest
+        self.auto_choice: str | None = None  # opened through a torchship auto output: the backend auto chose
 
     @classmethod
     def open(cls, folder: str | Path) -> "Artifact":
-        folder = Path(folder)
-        if not folder.exists():
-            raise InputError(f"folder {folder} does not exist; pass the --output folder of torchship export")
-        if not folder.is_dir():
-            raise InputError(f"{folder} is a file; pass the folder that torchship export wrote")
+        """The torchship folder the user passed: an export folder, or a torchship auto output (its model/), the
+        same for every command; anything else is one line that says what to pass."""
+        given = Path(folder)
+        folder, auto_choice = resolve_folder(given)
         path = folder / MANIFEST_NAME
-        if not path.is_file():
-            raise ArtifactError(
-                f"{folder} has no {MANIFEST_NAME}, so torchship did not write it; "
-                "create one with: torchship export --model MODEL --output DIR"
-            )
         try:
             manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"{path} is corrupted ({type(exc).__name__}: {exc}); re-run torchship export") from None
         if manifest.format != FORMAT_VERSION:
             raise ArtifactError(f"{path} has format {manifest.format}; this torchship reads format {FORMAT_VERSION}")
-        return cls(folder, manifest)
+        artifact = cls(folder, manifest)
+        artifact.auto_choice = auto_choice
+        return artifact
 
     def variant(self, name: str) -> Variant:
         if name not in self.manifest.variants:
@@ -233,6 +234,29 @@ class Artifact:
     def save(self, manifest: Manifest) -> None:
         write_json_atomic(self.folder / MANIFEST_NAME, manifest.to_json())
         self.manifest = manifest
+
+
+def resolve_folder(folder: str | Path) -> tuple[Path, str | None]:
+    """(the torchship folder, the backend torchship auto chose or None) for what a user passed: a folder with a
+    manifest, or a torchship auto output (AUTO_SUMMARY beside AUTO_MODEL_DIR/, the folder auto exported into).
+    Every command opens folders through here (``Artifact.open``), so all accept the same ones and refuse the
+    rest with the same line."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"folder {folder} does not exist; {_PASS}")
+    if not folder.is_dir():
+        raise InputError(f"{folder} is a file; {_PASS}")
+    if (folder / MANIFEST_NAME).is_file():
+        return folder, None
+    inner = folder / AUTO_MODEL_DIR
+    if (inner / MANIFEST_NAME).is_file():
+        summary = folder / AUTO_SUMMARY
+        try:  # an auto run stopped before its summary still left a whole model folder
+            chosen = json.loads(summary.read_text(encoding="utf-8")).get("chosen") if summary.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            raise ArtifactError(f"{summary} is corrupted; re-run torchship auto, or pass {inner}") from None
+        return inner, chosen if isinstance(chosen, str) else None
+    raise ArtifactError(f"{folder} has no {MANIFEST_NAME}, so torchship did not write it; {_PASS}")
 
 
 def dispatch_variant(table: dict, batch: int, sequence: int) -> str:

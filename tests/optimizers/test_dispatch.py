@@ -168,10 +168,14 @@ def test_predict_uses_the_table_and_says_which_variant_ran(measured):
     assert r.exit_code == 0 and f"(backend ort-measured ran {ran};" in r.output, r.output
 
 
-def test_preset_records_no_table_and_drops_a_stale_one(measured, tmp_path):
-    art = optimize(shutil.copytree(measured.folder, tmp_path / "bert"),
-                   OptimizeOptions(levels=("all",), candidates="preset"))
-    assert art.manifest.dispatch is None
+def test_preset_keeps_a_table_whose_files_are_unchanged_and_without_one_runs_the_preferred_variant(measured, tmp_path):
+    folder = shutil.copytree(measured.folder, tmp_path / "bert")
+    art = optimize(folder, OptimizeOptions(levels=("all",), candidates="preset"))  # ort_all.onnx made again, same bytes
+    assert art.manifest.dispatch == measured.manifest.dispatch
+    data = json.loads((folder / "torchship.json").read_text())
+    data["dispatch"] = None
+    (folder / "torchship.json").write_text(json.dumps(data))
+    art = Artifact.open(folder)
     assert art.measured_variant() == art.best_variant() == "optimized"
     with create_predictor(art, "ort-measured") as predictor:  # no table: the single preferred variant
         assert predictor.path.name == "model_optimized.onnx"
@@ -371,16 +375,17 @@ def test_the_table_may_choose_the_approximate_variant_and_the_report_says_so(mea
     assert "| ort-optimized-approx (approximate) | b1 s16 |" in text
     assert "ort-optimized-approx is approximate: GELU as its tanh approximation (FastGelu)" in text
     assert "**The table chose it at b1 s16**" in text and "--exact" in text
-    assert "ort-optimized-approx (approximate)" in all_times_markdown(art.manifest.dispatch).splitlines()[0]
+    assert "ort-optimized-approx (approximate)" in all_times_markdown(art.manifest.dispatch).splitlines()[2]
 
 
-def test_exact_leaves_the_approximate_variant_out_and_drops_an_earlier_one(measured, tmp_path):
+def test_exact_leaves_the_approximate_variant_out_of_the_table_and_keeps_an_earlier_one(measured, tmp_path):
     folder = shutil.copytree(measured.folder, tmp_path / "bert")
     r = CliRunner().invoke(main, ["optimize", str(folder), "--levels", "all", "--exact"])
     assert r.exit_code == 0, r.output
     m = Artifact.open(folder).manifest
-    assert "optimized-approx" not in m.variants and m.skipped["optimized-approx"] == "left out: --exact"
-    assert "optimized-approx" not in m.dispatch["candidates"] and "approximate" not in r.output.split("Measured")[-1]
+    assert "optimized-approx" in m.variants and (folder / m.variants["optimized-approx"].file).is_file()
+    assert m.dispatch["excluded"]["optimized-approx"] == "left out: --exact"
+    assert "optimized-approx" not in m.dispatch["candidates"] and "(approximate)" not in r.output.split("Measured")[-1]
     # A folder optimized exactly gets it back from a plain measured run.
     art = optimize(folder, OptimizeOptions(levels=(), dispatch=QUICK))
     assert "optimized-approx" in art.manifest.variants and "optimized-approx" in art.manifest.dispatch["candidates"]

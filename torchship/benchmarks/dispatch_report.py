@@ -89,13 +89,24 @@ def _approximate_lines(table: dict) -> list[str]:
 
 
 def all_times_markdown(table: dict) -> str:
-    """Every candidate's median (ms) at every measured shape, in the first round of timing (the final's
-    numbers are in the manifest)."""
+    """Every candidate's median (ms) at every measured shape in the screen, the first stage of timing, with ORT's
+    default session; the chosen one is bold, with its median in the final (the number the dispatch table shows,
+    with the session tuning it won with) beside it, since a screen median may be larger than another's."""
     names = list(table["candidates"])
-    lines = ["| shape | " + " | ".join(_name(table, n) for n in names) + " |",
+    lines = ["Screen medians (ms, ORT's default session, every candidate interleaved); **bold**: the variant "
+             "chosen at that shape, then → its median in the final (its winning session tuning in brackets), "
+             "which decided; a smaller screen number beside a bold one lost in the final or by the margin:", "",
+             "| shape | " + " | ".join(_name(table, n) for n in names) + " |",
              "|---|" + "---:|" * len(names)]
     for s in table["shapes"]:
-        cells = [f"**{s['times'][n]['median_ms']:.2f}**" if n == s["winner"] else f"{s['times'][n]['median_ms']:.2f}"
-                 for n in names]
+        cells = []
+        for n in names:
+            screen = f"{s['times'][n]['median_ms']:.2f}"
+            if n != s["winner"]:
+                cells.append(screen)
+                continue
+            final = _timing(s, _winner_key(s))["median_ms"]
+            tuning = s.get("session", "default")
+            cells.append(f"**{screen}** → {final:.2f}" + (f" [{tuning}]" if tuning != "default" else ""))
         lines.append(f"| b{s['batch']} s{s['sequence']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from torchship.runtimes import RuntimeOptions, create_predictor
 
 @dataclass(frozen=True)
 class BenchOptions:
-    backends: tuple[str, ...] = ("torch", "ort", "ort-optimized")
+    backends: tuple[str, ...] | None = None  # None: eager PyTorch and every variant in the folder (folder_backends)
     shapes: tuple[tuple[int, int], ...] | None = None  # encoders: (batch, sequence) pairs
     sizes: tuple[dict, ...] | None = None  # any family: named axis sizes; None: shapes, else bench_sizes()
     device: str = "cpu"
@@ -84,12 +84,13 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
     io = manifest.io()
     runtime = RuntimeOptions(threads=options.threads, spin=options.spin, reference_model=options.reference_model,
                              device=options.device)
+    backends = options.backends or folder_backends(artifact)
     # Creating a predictor loads nothing; a missing variant fails here, before anything runs.
-    predictors = {b: create_predictor(artifact, b, runtime) for b in options.backends}
+    predictors = {b: create_predictor(artifact, b, runtime) for b in backends}
     for name, p in predictors.items():
         progress.step(f"loading {name}")
         p.activate()
-    reference = "torch" if "torch" in predictors else options.backends[0]
+    reference = "torch" if "torch" in predictors else backends[0]
     main_output = manifest.output_names[0]
     phase = spec.phases[0]
     measurements = []
@@ -119,16 +120,34 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
             p.deactivate()
     return BenchReport(
         model=manifest.source.get("name") or manifest.source.get("model", str(artifact.folder)),
-        variant_files={**variant_files(artifact, options.backends), **{n: "; ".join(v) for n, v in dispatched.items()}},
-        budgets=variant_budgets(artifact, options.backends),
+        variant_files={**variant_files(artifact, backends), **{n: "; ".join(v) for n, v in dispatched.items()}},
+        budgets=variant_budgets(artifact, backends),
         environment=Environment.collect(threads=options.threads, spin=options.spin, versions=library_versions()),
-        settings={"backends": list(options.backends), "shapes": [c.label() for c in cases],
+        settings={"backends": list(backends), "shapes": [c.label() for c in cases],
                   "device": options.device, "warmup": options.plan.warmup,
                   "min_iterations": options.plan.min_iterations, "min_seconds": options.plan.min_seconds,
                   "interleaved_blocks": options.plan.block, "inputs": spec.bench_inputs},
         measurements=tuple(measurements),
         baseline=reference,
     )
+
+
+def folder_backends(artifact: Artifact) -> tuple[str, ...]:
+    """What bench times when no --backends are given: eager PyTorch, the backend of every variant in the folder
+    (int8, fp16, approximate and other-kernel ones included) and, with optimize's dispatch table, ort-measured,
+    which predict's auto may run; those the family cannot run are left out."""
+    from torchship.variants import backend, backend_of_variant
+
+    spec = family_of(artifact.manifest)
+    names = ["torch"]
+    for variant in artifact.manifest.variants:
+        try:
+            names.append(backend_of_variant(variant).name)
+        except InputError:  # a variant no CPU backend runs on its own
+            continue
+    if (artifact.manifest.dispatch or {}).get("ranges"):
+        names.append("ort-measured")
+    return tuple(n for n in dict.fromkeys(names) if not spec.backend_problem(backend(n)))
 
 
 def variant_files(artifact: Artifact, backends) -> dict[str, str]:

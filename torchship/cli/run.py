@@ -22,7 +22,7 @@ def _bench_options(backends, threads, min_seconds, warmup, min_iterations, ort_s
 
     plan = replace(TimingPlan(), min_seconds=min_seconds, warmup=warmup, min_iterations=min_iterations,
                    block=min(TimingPlan().block, min_iterations))
-    return BenchOptions(backends=parse_backends(backends or "torch,ort,ort-optimized"),
+    return BenchOptions(backends=parse_backends(backends) if backends else None,  # None: every variant
                         threads=usable_cpus() if threads is None else threads,
                         spin=ort_spin, plan=plan, reference_model=reference_model)
 
@@ -125,7 +125,8 @@ def _bench_shapes(artifact, shape_config):
 @click.argument("folder", type=click.Path())
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--backend", default="auto", show_default=True,
-              help="auto (the most optimized validated ONNX variant), or any bench backend name.")
+              help="auto: the fastest variant judged within its budget, as optimize and quantize timed them on "
+                   "this machine (a line says which and why), or any bench backend name.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: ONNX Runtime's CUDA provider when installed (torchship[gpu]) and a GPU is present.")
 @click.option("--json", "as_json", is_flag=True, help="Print full results (embeddings, logits) as JSON.")
@@ -144,6 +145,7 @@ def predict_cmd(folder, texts, backend, device, as_json, aggregation, question):
     artifact = Artifact.open(folder)
     require_family(artifact, "predict runs text encoders; for a decoder use torchship generate, for a UNet "
                              "torchship bench", text_api="predict")
+    _refuse_unused_flags(artifact, question=question)
     backend = _resolve_backend(artifact, backend)
     predictor = create_predictor(artifact, backend, RuntimeOptions(device=device))
     with predictor:
@@ -177,11 +179,26 @@ def predict_cmd(folder, texts, backend, device, as_json, aggregation, question):
     click.echo(f"(backend {backend}{ran}; --json for full vectors)", err=True)
 
 
+def _refuse_unused_flags(artifact, *, question) -> None:
+    """A flag for another task is refused, one line, before anything loads: --aggregation groups a token
+    classifier's tokens, --question is for question answering."""
+    from click.core import ParameterSource
+
+    task = artifact.manifest.task
+    given = click.get_current_context().get_parameter_source("aggregation") != ParameterSource.DEFAULT
+    for flag, used, wanted in (("--aggregation", given, "token-classification"),
+                               ("--question", question is not None, "question-answering")):
+        if used and task != wanted:
+            raise InputError(f"{flag} is for {wanted} models; {artifact.folder} does {task}: drop {flag}")
+
+
 def _resolve_backend(artifact, backend: str) -> str:
-    """``auto``: ort-measured when optimize measured which variant runs which shape (the manifest's dispatch
-    table), else the backend of the folder's most optimized validated variant (the table's preference order)."""
-    from torchship.variants import backend_of_variant
+    """``auto``: the fastest variant judged within its budget as optimize and quantize timed them on this machine
+    (runtimes/auto_backend.py), said in one line on stderr; any other name as given."""
+    from torchship.runtimes.auto_backend import choose
 
     if backend != "auto":
         return backend
-    return "ort-measured" if artifact.manifest.dispatch else backend_of_variant(artifact.best_variant()).name
+    choice = choose(artifact)
+    click.echo(f"torchship: {choice.line()}", err=True)
+    return choice.backend

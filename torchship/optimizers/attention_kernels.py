@@ -40,6 +40,12 @@ ONNX_ATTENTION_OPSET = 24  # Attention with nonpad_kv_seqlen
 # the old behaviour); any other operator must have kept its version from the graph's opset to 24.
 _TYPES_ONLY = {"Cast", "Constant", "ConstantOfShape", "Equal", "Flatten", "Identity", "If", "Reshape", "Shape", "Size",
                "Squeeze", "Transpose", "Unsqueeze"}
+# Reductions whose axes became an input at opset 18 (ReduceSum moved at 13); ReduceMax and ReduceMin only added
+# bool at 20.
+_AXES_INPUT_SINCE = 18
+_AXES_INPUT_OPS = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+                   "ReduceProd", "ReduceSumSquare"}
+_BOOL_SINCE_20 = {"ReduceMax", "ReduceMin"}
 
 
 def mha_fused(src: Path, *, model_type: str, num_heads: int, hidden_size: int, skip_layer_norm: bool = True):
@@ -146,17 +152,42 @@ def _fold_value_bias(g: _Graph, node, b_v: np.ndarray) -> bool:
     return True
 
 
+def _axes_to_inputs(g: "_Graph", version: int) -> set[str]:
+    """Rewrite each reduction that takes ``axes`` as an attribute (opsets before 18) in its opset-18 form, ``axes``
+    as an input: the same computation, which opset 24 reads alike (a sentence-embedding export's ReduceL2).
+    Returns the operators rewritten."""
+    from onnx import helper
+
+    if version >= _AXES_INPUT_SINCE:
+        return set()
+    moved = set()
+    for node in g.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _AXES_INPUT_OPS:
+            continue
+        axes = next((a for a in node.attribute if a.name == "axes"), None)
+        if axes is not None:
+            name = g.add_array(f"{node.name or node.output[0]}_axes", np.array(helper.get_attribute_value(axes),
+                                                                                 dtype=np.int64))
+            node.attribute.remove(axes)
+            node.input.extend([""] * (1 - len(node.input)) + [name])
+        moved.add(node.op_type)
+    return moved
+
+
 def _check_opset(model) -> None:
-    """Move the model to opset 24 for ONNX's Attention, where every other standard operator means the same."""
+    """Move the model to opset 24 for ONNX's Attention, where every other standard operator means the same
+    (reductions rewritten to take their axes as an input first)."""
     import onnx.defs
 
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     others = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")} - {"Attention"}
+    moved = _axes_to_inputs(_Graph(model), version)
 
     def same(op: str) -> bool:
         try:
-            return op in _TYPES_ONLY or onnx.defs.get_schema(op, version).since_version == \
-                onnx.defs.get_schema(op, ONNX_ATTENTION_OPSET).since_version
+            then = _AXES_INPUT_SINCE if op in moved else onnx.defs.get_schema(op, version).since_version
+            now = onnx.defs.get_schema(op, ONNX_ATTENTION_OPSET).since_version
+            return op in _TYPES_ONLY or then == now or (op in moved and op in _BOOL_SINCE_20)
         except onnx.defs.SchemaError:
             return False
 
@@ -245,5 +276,26 @@ def to_flash_when_unpadded(model, mask_input: str) -> int:
     return len(nodes)
 
 
+def drop_unused_initializers(model) -> list[str]:
+    """Remove the initializers no node reads (in any subgraph) and no graph output names: a folded bias left
+    behind, which ONNX Runtime warns about once per initializer every time the model loads. Returns their names."""
+    used = {o.name for o in model.graph.output}
+
+    def walk(graph) -> None:
+        for node in graph.node:
+            used.update(node.input)
+            for attr in node.attribute:
+                for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                    walk(sub)
+    walk(model.graph)
+    unused = [i.name for i in model.graph.initializer if i.name not in used]
+    if unused:
+        kept = [i for i in model.graph.initializer if i.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+    return unused
+
+
 def write(model, dst: Path, *, external: bool) -> None:
+    drop_unused_initializers(model)
     save_model(model, dst, external=external)

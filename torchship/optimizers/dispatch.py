@@ -187,9 +187,11 @@ def _final(runner_of, screen: dict, order: tuple[str, ...], plan: DispatchPlan) 
 
 
 def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
-                     progress: _progress.Progress = _progress.SILENT) -> dict | None:
+                     progress: _progress.Progress = _progress.SILENT, leave_out: dict[str, str] | None = None) -> dict | None:
     """Time the folder's validated fp32 candidates at the shape grid; the dispatch table, or None when there
-    is nothing to choose (fewer than two candidates, or a family without batch x sequence inputs)."""
+    is nothing to choose (fewer than two candidates, or a family without batch x sequence inputs). ``leave_out``:
+    {variant: why} of variants the folder holds that this table must not choose (an approximate one under
+    --exact)."""
     from torchship.exporters.spec import ENCODE, family_of, saved_config
 
     m = artifact.manifest
@@ -201,6 +203,9 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
     for name in order:
         variant = m.variants.get(name)
         if variant is None:
+            continue
+        if name in (leave_out or {}):
+            excluded[name] = leave_out[name]
             continue
         if not (variant.validation or {}).get("passed"):
             excluded[name] = "did not pass validation"

@@ -13,6 +13,7 @@ from torchship._ort import GRAPH_LEVELS, make_session
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
 from torchship.external_data import staged_model, uses_external_data
 from torchship.errors import ArtifactError, InputError, ValidationError
+from torchship.optimizers import rerun
 from torchship.optimizers.dispatch import CANDIDATE_CHOICES, DispatchPlan, candidate_variants, measure_dispatch
 from torchship.optimizers.attention_kernels import mha_fused
 from torchship.optimizers.fusion import NO_SKIP_LN, FusionReport, count_ops, fuse, reported
@@ -69,6 +70,19 @@ class _Context:
         return report
 
 
+def _summary(report) -> dict:
+    """A validation as the manifest keeps it: the verdict, the largest error, the smallest cosine, and of the
+    per-output rows (one per output and case: thousands of KV-cache ones for a decoder) those with a problem and
+    the one furthest off; the manifest stays small."""
+    data = report.to_json()
+    rows = data.get("outputs") or []
+    if rows:
+        worst = max(rows, key=lambda r: r.get("max_abs") or 0.0)
+        data["outputs"] = [r for r in rows if r.get("problem") or r is worst]
+        data["rows_checked"] = len(rows)
+    return data
+
+
 def _graph_level_variant(ctx: _Context, level: str) -> Variant:
     """ORT's own graph optimizations at ``level``, saved offline; the file runs at that level too."""
     name = f"ort-{level}"
@@ -86,7 +100,7 @@ def _graph_level_variant(ctx: _Context, level: str) -> Variant:
             notes = ("optimized for this machine's CPU (layout transforms); re-run optimize on the target",)
     return Variant(name=name, file=path.name, stage="ort-graph", options={"level": level, "session_level": level},
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=validation.to_json(), fusion={"counts": count_ops(path)}, notes=notes)
+                   validation=_summary(validation), fusion={"counts": count_ops(path)}, notes=notes)
 
 
 def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
@@ -104,7 +118,7 @@ def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
         validation = ctx.validated(tmp, "optimized")
     return Variant(name="optimized", file=path.name, stage="transformer-fusion", options=options,
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=validation.to_json(), fusion=report.to_json())
+                   validation=_summary(validation), fusion=report.to_json())
 
 
 def _approximate_variant(ctx: _Context, manifest_now) -> Variant:
@@ -157,7 +171,7 @@ def _kernel_variant(ctx: _Context, name: str, mha_model) -> Variant:
                             "layer_norm": "residual Add + LayerNormalization, unfused",
                             "disabled_optimizers": list(NO_SKIP_LN)},
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=validation.to_json(), fusion={**FusionReport(
+                   validation=_summary(validation), fusion={**FusionReport(
                        counts or count_ops(path), expected_attention=ctx.manifest.num_layers).to_json(),
                        "rewritten": layers})
 
@@ -221,14 +235,9 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
                                           num_heads=artifact.manifest.num_heads,
                                           hidden_size=artifact.manifest.hidden_size, skip_layer_norm=False))
             jobs += [(name, lambda name=name: _kernel_variant(ctx, name, mha)) for name in MEASURED_ONLY]
-    for name in MEASURED_ONLY:
-        if name in artifact.manifest.variants and opts.candidates != "measured":
-            artifact.manifest = artifact.manifest.with_skipped(
-                name, "left out: only the measured dispatch may choose it")
-    if "optimized-approx" in artifact.manifest.variants and not (opts.approximate and opts.candidates == "measured"):
-        # an earlier run's approximate file: this run asked for exact variants, or for no measured choice
-        why = "left out: --exact" if not opts.approximate else "left out: only the measured dispatch may choose it"
-        artifact.manifest = artifact.manifest.with_skipped("optimized-approx", why)
+    # A re-run keeps the variants it does not make again (files and entries); an --exact run only keeps an earlier
+    # approximate one out of the table it measures.
+    before = rerun.snapshot(artifact)
     if opts.fp16:
         from torchship.optimizers.fp16 import fp16_variant
 
@@ -249,16 +258,49 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
                 made_fp32 = made_fp32 or variant.name in candidate_variants()
         except _SKIPPABLE.get(name, ()) as exc:
             # The other variants stand; this one is recorded as skipped, loudly (a dispatch-only candidate that
-            # does not apply to this graph is a note: nothing the user asked for is missing).
-            progress.step(f"{'note' if name in MEASURED_ONLY else 'WARNING'}: {name} skipped: {exc}")
-            artifact.manifest = artifact.manifest.with_skipped(name, str(exc))
+            # does not apply to this graph is a note: nothing the user asked for is missing). An earlier run's
+            # variant of that name stays, file and entry: staging left its file as it was.
+            level = "note" if name in MEASURED_ONLY else "WARNING"
+            if name in artifact.manifest.variants:
+                progress.step(f"{level}: {name} not made again ({exc}); kept the earlier "
+                              f"{artifact.manifest.variants[name].file}")
+            else:
+                progress.step(f"{level}: {name} skipped: {exc}")
+                artifact.manifest = artifact.manifest.with_skipped(name, str(exc))
             if name == "fp16":
                 fp16_error = exc
         artifact.save(artifact.manifest)
-    if made_fp32:  # a table of the files this run replaced would be stale: measure again, or drop it
-        timed = opts.candidates == "measured" and opts.dispatch is not None
-        table = measure_dispatch(artifact, opts.dispatch, progress=progress) if timed else None
-        artifact.save(replace(artifact.manifest, dispatch=table))
+    rerun.link_identical(artifact, progress)
+    if made_fp32:
+        _dispatch_table(artifact, opts, before, progress)
     if fp16_error is not None:
         raise fp16_error  # asked for and not made: the command fails, the reason is in the manifest too
     return artifact
+
+
+def _dispatch_table(artifact: Artifact, opts: OptimizeOptions, before: dict, progress: _progress.Progress) -> None:
+    """After fp32 variants were made: measure the table (--candidates measured), or keep the earlier one while
+    every file it timed is byte for byte unchanged, else measure it again and say why; never drop it silently."""
+    old = artifact.manifest.dispatch
+    leave_out = {} if opts.approximate else {"optimized-approx": "left out: --exact"}
+    if opts.candidates == "measured" and opts.dispatch is not None:
+        table = measure_dispatch(artifact, opts.dispatch, progress=progress, leave_out=leave_out)
+    elif not old:
+        return
+    else:
+        changed = rerun.changed_since(artifact, old, before)
+        if not changed:
+            progress.step(f"kept the measured dispatch table: the {len(rerun.timed_variants(old))} files it timed "
+                          "are byte for byte unchanged")
+            return
+        progress.step(f"note: measuring the dispatch table again although --candidates {opts.candidates}: this run "
+                      f"changed {', '.join(changed)}, which it timed")
+        table = measure_dispatch(artifact, opts.dispatch or DispatchPlan(), progress=progress, leave_out=leave_out)
+    if table is None and old:
+        progress.step("note: no dispatch table now (fewer than two fp32 variants to time); predict's auto and "
+                      "triton use the preference order")
+    rounds = None
+    if table is not None:
+        table, rounds = rerun.split_rounds(table)
+    artifact.save(replace(artifact.manifest, dispatch=table))
+    rerun.save_rounds(artifact, rounds)

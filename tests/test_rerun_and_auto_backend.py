@@ -1,0 +1,170 @@
+"""Issue 27, round two: a re-run of optimize keeps work, one notion of a torchship folder, --backend auto runs what
+was measured fastest, small manifests, one copy of identical files, unused initializers gone, flags refused alike."""
+
+import json
+import shutil
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from torchship.artifact import Artifact
+from torchship.benchmarks.dispatch_report import all_times_markdown
+from torchship.benchmarks.timing import TimingPlan, cpu_name
+from torchship.cli import main
+from torchship.optimizers import OptimizeOptions, optimize
+from torchship.optimizers.quantize import QuantizeOptions, quantize
+from torchship.optimizers.rerun import ROUNDS_FILE
+from torchship.runtimes.auto_backend import choose
+
+QUICK = TimingPlan(warmup=1, min_iterations=3, min_seconds=0.0, block=3)
+KERNELS_AND_APPROX = ("optimized-sdpa", "optimized-flash", "optimized-approx")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def measured(exported, tmp_path):
+    """A copy of the tiny BERT after a full optimize (every candidate made, the dispatch table measured)."""
+    dst = tmp_path / "bert"
+    shutil.copytree(exported("bert", optimized=True), dst)
+    assert all(n in Artifact.open(dst).manifest.variants for n in KERNELS_AND_APPROX)
+    return dst
+
+
+def test_a_narrower_rerun_keeps_the_variants_and_the_table_it_did_not_redo(measured):
+    before = Artifact.open(measured).manifest
+    r = invoke("optimize", measured, "--exact", "--candidates", "preset", "--no-fusion")
+    assert r.exit_code == 0, r.output
+    after = Artifact.open(measured).manifest
+    assert all(n in after.variants and n not in after.skipped for n in KERNELS_AND_APPROX)
+    assert all((measured / after.variants[n].file).is_file() for n in after.variants)
+    assert after.dispatch == before.dispatch and "kept the measured dispatch table" in r.output
+    r = invoke("predict", measured, "--backend", "ort-optimized-flash", "a sentence")
+    assert r.exit_code == 0, r.output
+
+
+def test_a_rerun_that_changes_a_timed_file_measures_the_table_again(measured):
+    before = Artifact.open(measured).manifest.dispatch
+    shutil.copyfile(measured / "model.onnx", measured / "ort_basic.onnx")  # not what optimize writes for basic
+    r = invoke("optimize", measured, "--levels", "basic", "--no-fusion", "--candidates", "preset")
+    assert r.exit_code == 0, r.output
+    assert "measuring the dispatch table again" in r.output and "ort-basic" in r.output
+    table = Artifact.open(measured).manifest.dispatch
+    assert table is not None and table["shapes"] != before["shapes"]
+
+
+def test_manifest_keeps_statistics_and_a_side_file_keeps_the_rounds(measured):
+    text = (measured / "torchship.json").read_text()
+    assert "rounds_ms" not in text
+    table = json.loads(text)["dispatch"]
+    rounds = json.loads((measured / table["rounds_file"]).read_text())
+    shape = table["shapes"][0]
+    key = f"b{shape['batch']} s{shape['sequence']}"
+    assert len(rounds[key]["times"][shape["winner"]]) == shape["times"][shape["winner"]]["rounds"]
+    report = all_times_markdown(table)
+    assert report.startswith("Screen medians") and "**" in report and "→" in report
+    assert table["rounds_file"] == ROUNDS_FILE
+
+
+def test_identical_variant_files_are_one_copy_on_disk(measured):
+    r = invoke("optimize", measured, "--no-fusion", "--candidates", "preset")  # copytree made separate copies
+    assert r.exit_code == 0, r.output
+    files = {}
+    for v in Artifact.open(measured).manifest.variants.values():
+        path = measured / v.file
+        files.setdefault(path.read_bytes(), set()).add(path.stat().st_ino)
+    assert all(len(inodes) == 1 for inodes in files.values()), "byte-identical variant files kept as copies"
+    assert (measured / "ort_all.onnx").samefile(measured / "ort_extended.onnx")
+
+
+def _unused_initializers(path):
+    model = onnx.load(str(path))
+    used = {o.name for o in model.graph.output}
+
+    def walk(graph):
+        for node in graph.node:
+            used.update(node.input)
+            for a in node.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(g)
+    walk(model.graph)
+    return [i.name for i in model.graph.initializer if i.name not in used]
+
+
+def test_sentence_embedding_export_gets_the_onnx_attention_candidate_without_unused_initializers(tmp_path):
+    from tiny import save_sentence_transformers_dir
+    from torchship.exporters.export import ExportOptions, export
+
+    out = tmp_path / "st"
+    export(str(save_sentence_transformers_dir(tmp_path / "src")), out, ExportOptions(task="sentence-embedding"))
+    assert onnx.load(str(out / "model.onnx")).opset_import[0].version < 18  # the export's reductions: axes attribute
+    art = optimize(out, OptimizeOptions(levels=(), dispatch=None))
+    assert "optimized-sdpa" in art.manifest.variants, art.manifest.skipped.get("optimized-sdpa")
+    assert art.manifest.variants["optimized-sdpa"].validation["passed"]
+    for name in ("optimized-sdpa", "optimized-flash"):
+        assert _unused_initializers(out / art.manifest.variants[name].file) == []
+
+
+def test_an_auto_output_folder_is_a_torchship_folder_for_every_command(exported, tmp_path):
+    auto = tmp_path / "auto"
+    shutil.copytree(exported("bert"), auto / "model")
+    (auto / "summary.json").write_text(json.dumps({"chosen": "ort"}))
+    r = invoke("predict", auto, "a sentence")
+    assert r.exit_code == 0, r.output
+    assert "backend auto: ort (chosen by torchship auto" in r.output
+    r = invoke("bench", auto, "--backends", "ort", "--batch-sizes", "1", "--seq-lens", "8", "--min-seconds", "0",
+               "--min-iterations", "2", "--warmup", "0", "--report", tmp_path / "report")
+    assert r.exit_code == 0, r.output
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    lines = set()
+    for cmd in (["predict", stranger, "x"], ["bench", stranger], ["optimize", stranger], ["quantize", stranger],
+                ["generate", stranger, "x"], ["triton", stranger, "--output", tmp_path / "repo"]):
+        r = invoke(*cmd)
+        assert r.exit_code == 2 and "Traceback" not in r.output, (cmd, r.output)
+        lines.add(r.output.strip().splitlines()[-1])
+    assert len(lines) == 1 and "torchship export or torchship auto wrote" in lines.pop()
+    assert sorted(p.name for p in stranger.iterdir()) == []
+
+
+def test_backend_auto_runs_the_fastest_variant_judged_within_budget_and_says_why(measured):
+    art = quantize(measured, QuantizeOptions(budget=0.9, timing=QUICK))
+    int8 = art.manifest.variants["int8"]
+    choice = choose(art)
+    shape = int8.options["shape"]  # "batch 1 x seq 128"
+    batch, sequence = (int(w) for w in shape.replace("batch ", "").replace("seq ", "").split(" x "))
+    from torchship.runtimes.auto_backend import _fp32_speedup
+
+    fp32 = _fp32_speedup(art.manifest.dispatch, batch, sequence)
+    expected = "ort-int8" if int8.options["speedup_vs_fp32"] > (fp32 if fp32 is not None else 1.0) else "ort-measured"
+    assert choice.backend == expected
+    assert f"{int8.options['speedup_vs_fp32']:.2f}x" in choice.why and f"{batch}x{sequence}" in choice.why
+    r = invoke("predict", measured, "a sentence")
+    assert r.exit_code == 0, r.output
+    assert f"backend auto: {expected} (" in r.output and f"(backend {expected}" in r.output
+    # timed on another CPU: auto passes it over, and says so
+    manifest = json.loads((measured / "torchship.json").read_text())
+    manifest["variants"]["int8"]["options"]["machine"] = {"cpu": "another CPU"}
+    (measured / "torchship.json").write_text(json.dumps(manifest))
+    other = choose(Artifact.open(measured), cpu=cpu_name())
+    assert other.backend == "ort-measured" and "ort-int8 was timed on another CPU" in other.why
+
+
+def test_bench_times_every_variant_in_the_folder_by_default(measured, tmp_path):
+    quantize(measured, QuantizeOptions(budget=0.9, timing=QUICK, per_channel=(True,), sources=("model",)))
+    r = invoke("bench", measured, "--batch-sizes", "1", "--seq-lens", "8", "--min-seconds", "0",
+               "--min-iterations", "2", "--warmup", "0", "--report", tmp_path / "report")
+    assert r.exit_code == 0, r.output
+    ran = json.loads((tmp_path / "report" / "results.json").read_text())["settings"]["backends"]
+    assert {"torch", "ort", "ort-optimized", "ort-int8", "ort-optimized-flash", "ort-measured"} <= set(ran)
+
+
+def test_flags_for_another_task_are_refused_alike(exported):
+    folder = exported("bert")
+    for flag in (["--aggregation", "max"], ["--question", "who?"]):
+        r = invoke("predict", folder, *flag, "a sentence")
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert f"{flag[0]} is for" in r.output and f"drop {flag[0]}" in r.output

@@ -1,0 +1,108 @@
+"""What a re-run of ``optimize`` keeps: the dispatch table while the files it timed are unchanged, one copy of
+byte-identical files (hard links), and the per-round timings in a side file beside the manifest.
+
+A re-run with narrower flags only adds or replaces the variants it makes; the others stay with their files. The
+measured table stays valid (its files are byte for byte the ones it timed) or is measured again; it is never
+dropped without a line that says so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torchship import _progress
+from torchship._fs import hash_file, staged_file, write_json_atomic
+from torchship.artifact import Artifact
+from torchship.external_data import data_file_name
+
+ROUNDS_FILE = "dispatch_rounds.json"  # every runner's time per round, per shape; the manifest keeps the statistics
+
+
+def _files(artifact: Artifact, name: str) -> list[Path]:
+    """The files of variant ``name``: its graph and its external data file, if any (a folder variant: none)."""
+    path = artifact.folder / artifact.manifest.variants[name].file
+    if not path.is_file():
+        return []
+    data = path.with_name(data_file_name(path))
+    return [path, data] if data.is_file() else [path]
+
+
+def _digest(artifact: Artifact, name: str) -> str | None:
+    files = _files(artifact, name)
+    if not files:
+        return None
+    digest = None
+    for path in files:
+        digest = hash_file(path, digest)
+    return digest.hexdigest()
+
+
+def timed_variants(table: dict | None) -> tuple[str, ...]:
+    """Every variant a table's numbers stand for: its candidates and those timed under an identical file's name."""
+    if not table:
+        return ()
+    same = [n for n, why in table.get("excluded", {}).items() if why.startswith("byte for byte")]
+    return (*table.get("candidates", {}), *same)
+
+
+def snapshot(artifact: Artifact) -> dict[str, str | None]:
+    """The digest of every file the folder's dispatch table timed, taken before a run changes any."""
+    return {n: _digest(artifact, n) for n in timed_variants(artifact.manifest.dispatch)
+            if n in artifact.manifest.variants}
+
+
+def changed_since(artifact: Artifact, table: dict | None, before: dict[str, str | None]) -> list[str]:
+    """The variants ``table`` timed whose files are gone or no longer byte for byte what was timed."""
+    return [n for n in timed_variants(table)
+            if n not in artifact.manifest.variants or n not in before or _digest(artifact, n) != before[n]]
+
+
+def split_rounds(table: dict) -> tuple[dict, dict]:
+    """(the table without per-round times, those times by shape and runner): the manifest stays small."""
+    rounds = {}
+    for shape in table["shapes"]:
+        key = f"b{shape['batch']} s{shape['sequence']}"
+        for stage in ("times", "final"):
+            for runner, stats in (shape.get(stage) or {}).items():
+                if "rounds_ms" in stats:
+                    rounds.setdefault(key, {}).setdefault(stage, {})[runner] = stats.pop("rounds_ms")
+    return {**table, "rounds_file": ROUNDS_FILE}, rounds
+
+
+def save_rounds(artifact: Artifact, rounds: dict | None) -> None:
+    """Write the side file of a new table, or remove the one of a table that is gone."""
+    path = artifact.folder / ROUNDS_FILE
+    if rounds is not None:
+        write_json_atomic(path, rounds)
+    elif path.is_file():
+        path.unlink()
+
+
+def link_identical(artifact: Artifact, progress: _progress.Progress = _progress.SILENT) -> int:
+    """Hard-link every variant file that is byte for byte an earlier one (``ort_all.onnx`` and
+    ``ort_extended.onnx`` on transformer graphs, external data files alike): one copy on disk, every reader
+    unchanged. Only files of equal size are hashed. Returns the bytes saved."""
+    by_size: dict[int, list[Path]] = {}
+    for name in artifact.manifest.variants:
+        for path in _files(artifact, name):
+            group = by_size.setdefault(path.stat().st_size, [])
+            if path not in group:
+                group.append(path)
+    saved = 0
+    for size, paths in by_size.items():
+        first: dict[str, Path] = {}
+        for path in paths:
+            digest = hash_file(path).hexdigest()
+            same = first.setdefault(digest, path)
+            if same == path or os.path.samefile(same, path):
+                continue
+            try:
+                with staged_file(path) as tmp:
+                    os.link(same, tmp)
+            except OSError as exc:  # a file system without hard links keeps both copies
+                progress.step(f"note: {path.name} is byte for byte {same.name}; both copies kept ({exc})")
+                continue
+            saved += size
+            progress.step(f"{path.name} is byte for byte {same.name}: one copy on disk (hard link)")
+    return saved

@@ -1,0 +1,100 @@
+"""What ``--backend auto`` runs (predict, generate): the fastest variant judged within its budget on this machine,
+as optimize and quantize measured it, with one line that says which and why.
+
+The rule, deterministic and in this order:
+
+1. A folder opened through a torchship auto output: the backend auto chose (it timed every variant itself).
+2. Among the runs with a timing recorded on this machine's CPU: the measured fp32 dispatch (``ort-measured``,
+   when optimize's table was timed on this CPU) and the int8 variant (judged within its budget by quantize, and
+   timed by it against the fp32 export, on this CPU or on one it did not record), the one with the larger
+   speed-up over the fp32 export at the shape quantize timed (the table's range that holds it; without a table,
+   int8 must beat the export); a tie keeps fp32.
+3. Else the most optimized validated variant in the backend table's preference order.
+
+A variant without such a timing (weight-only, fp16, OpenVINO; an int8 or a table timed on another CPU) is never
+picked by auto: it runs when named with --backend, and ``bench`` times it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torchship.artifact import Artifact
+from torchship.benchmarks.timing import cpu_name
+from torchship.variants import backend, backend_of_variant
+
+MEASURED = "ort-measured"
+INT8 = backend("ort-int8")
+_SHAPE = re.compile(r"batch (\d+) x seq (\d+)")
+
+
+@dataclass(frozen=True)
+class AutoBackend:
+    backend: str
+    why: str
+
+    def line(self) -> str:
+        return f"backend auto: {self.backend} ({self.why})"
+
+
+def _fp32_speedup(table: dict, batch: int, sequence: int) -> float | None:
+    """The dispatch winner's speed-up over the fp32 export at the measured shape whose range holds ``batch`` x
+    ``sequence``, from the screen (every candidate timed together); None when the export was not timed."""
+    held = [r for r in table["ranges"] if r["batch"][0] <= batch <= (r["batch"][1] or batch)
+            and r["sequence"][0] <= sequence <= (r["sequence"][1] or sequence)]
+    if not held:
+        return None
+    at = tuple(held[0]["measured_at"])
+    times = next(s["times"] for s in table["shapes"] if (s["batch"], s["sequence"]) == at)
+    same = {n: why.split("timed as ")[-1] for n, why in table.get("excluded", {}).items() if "timed as " in why}
+    export, variant = same.get("model", "model"), held[0]["variant"]
+    if export not in times or variant not in times:
+        return None
+    return times[export]["median_ms"] / times[variant]["median_ms"]
+
+
+def choose(artifact: Artifact, cpu: str | None = None) -> AutoBackend:
+    """The backend ``--backend auto`` runs on this machine (``cpu``: its name, read when None)."""
+    if artifact.auto_choice:
+        return AutoBackend(artifact.auto_choice, "chosen by torchship auto: the fastest within its accuracy budget")
+    cpu = cpu or cpu_name()
+    m = artifact.manifest
+    table = m.dispatch if (m.dispatch or {}).get("ranges") else None
+    passed_over = []
+    if table and table.get("machine", {}).get("cpu") != cpu:
+        passed_over.append(f"the dispatch table was timed on {table.get('machine', {}).get('cpu')}")
+        table = None
+    int8 = artifact.variant_for(INT8.name)
+    judged = None
+    if int8 is not None:
+        opts, val = int8.options, int8.validation or {}
+        timed_on = (opts.get("machine") or {}).get("cpu")
+        shape = _SHAPE.search(str(opts.get("shape", "")))
+        if not val.get("passed") or not opts.get("speedup_vs_fp32") or shape is None:
+            passed_over.append(f"{INT8.name} has no passing accuracy and timing from quantize")
+        elif timed_on and timed_on != cpu:
+            passed_over.append(f"{INT8.name} was timed on {timed_on}")
+        else:
+            judged = (float(opts["speedup_vs_fp32"]), int(shape[1]), int(shape[2]), val)
+    note = f"; not considered: {', '.join(passed_over)}" if passed_over else ""
+    if judged is not None:
+        speedup, batch, sequence, val = judged
+        fp32 = _fp32_speedup(table, batch, sequence) if table else None
+        accuracy = (f"{val.get('metric', 'accuracy')} {val['mean']:.4f} >= budget {val['budget']:g}"
+                    if "mean" in val and val.get("budget") is not None else "within its budget")
+        if speedup > (fp32 if fp32 is not None else 1.0):  # without the table's number: it must beat the export
+            vs = f"; the measured fp32 dispatch {fp32:.2f}x there" if fp32 is not None else ""
+            return AutoBackend(INT8.name, f"quantize timed it {speedup:.2f}x the fp32 export at {batch}x{sequence}, "
+                                          f"{accuracy}{vs}{note}")
+        lost = f"quantize timed {INT8.name} {speedup:.2f}x the fp32 export at {batch}x{sequence}"
+        if table:
+            there = f"{fp32:.2f}x" if fp32 is not None else "the export's speed or better"
+            return AutoBackend(MEASURED, f"optimize's dispatch timed {there} there, where {lost}{note}")
+        note = f"; {lost}{note}"
+    if table:
+        return AutoBackend(MEASURED, f"the fastest fp32 variant per shape, as torchship optimize timed them on "
+                                     f"this CPU{note}")
+    best = artifact.best_variant()
+    return AutoBackend(backend_of_variant(best).name, "the most optimized validated variant in the preference "
+                                                      f"order: no faster run timed on this machine{note}")
