@@ -13,6 +13,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import save_model_dir  # noqa: E402
 
 
+def pytest_configure(config):
+    """Each run gets its own temporary root, removed when the run ends: two runs at once on one machine would
+    otherwise share /tmp/pytest-of-USER, and pytest prunes the other run's folders from under it."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        import tempfile
+
+        config.option.basetemp = tempfile.mkdtemp(prefix="torchship-tests-")
+        config._torchship_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    root = getattr(config, "_torchship_basetemp", None)
+    if root:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory):
     """Factory: a saved tiny model folder per (model_type, task), built once per session."""
