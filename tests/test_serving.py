@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from hand_models import snapshot, write_hand_models
 from torchship.cli import main
 from torchship.errors import EXIT_BAD_INPUT
 from torchship.serving.client import local_reference
@@ -39,9 +40,11 @@ def _ports() -> Ports:
 
 @pytest.fixture(scope="module")
 def served(exported, minilm_export, tmp_path_factory):
-    """One server for the module: MiniLM, a tiny BERT (single, strict, ensemble) and a tiny classifier."""
+    """One server for the module: MiniLM, a tiny BERT (single, strict, ensemble) and a tiny classifier, written
+    into a shared repository beside hand-written models (tests/hand_models.py)."""
     repo = tmp_path_factory.mktemp("serving") / "repo"
     bert = exported("bert")
+    hand = write_hand_models(repo, bert / "model.onnx")
     write_text_repo(minilm_export, repo, TritonOptions(name="minilm"))
     write_text_repo(bert, repo, TritonOptions(name="bert", max_batch_size=4))
     write_text_repo(bert, repo, TritonOptions(name="strict", max_batch_size=4), ServeOptions(strict=True))
@@ -57,7 +60,7 @@ def served(exported, minilm_export, tmp_path_factory):
     server.start()
     try:
         yield server, {"minilm": minilm_export, "bert": bert, "cls": exported("bert", "text-classification"),
-                       **tasks}
+                       **tasks, "hand": hand}
     finally:
         code = server.stop()
         assert code == 0, server.log_tail()
@@ -84,6 +87,31 @@ def _still_serves(server, model="bert"):
 
 def _cosines(got, want):
     return [float(np.dot(g, w) / (np.linalg.norm(g) * np.linalg.norm(w))) for g, w in zip(got, want)]
+
+
+def test_hand_written_models_are_served_as_they_are(served):
+    """The repository is shared: the hand-written Python model and its ensemble answer as their author wrote
+    them; the onnxruntime model (a backend this server lacks) and the ensemble over it are left out, one line
+    each naming it and the backend; nothing of theirs changed, their README.md included."""
+    server, folders = served
+    body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [2], "data": [1.5, -2]}]}
+    for model in ("hand", "hand_ens"):
+        status, data = _post(server, model, body)
+        assert status == 200 and data["outputs"][0]["data"] == [3.0, -4.0], (model, data)
+    assert {"hand", "hand_ens", "bert", "minilm"} <= set(server.models)
+    assert not {"theirs", "theirs_ens", "notes"} & set(server.models)
+    assert len(server.skipped) == 3
+    assert any(line.startswith("model theirs ") and "needs Triton's onnxruntime backend" in line
+               for line in server.skipped), server.skipped
+    assert any(line.startswith("ensemble theirs_ens ") and "its step theirs needs Triton's onnxruntime" in line
+               for line in server.skipped), server.skipped
+    assert snapshot(server.repo, ("README.md", "hand", "hand_ens", "theirs", "theirs_ens", "notes")) == folders["hand"]
+    conn = http.client.HTTPConnection("127.0.0.1", server.ports.http, timeout=30)
+    conn.request("POST", "/v2/repository/models/hand/unload", "{}")  # no client loads or unloads models
+    assert conn.getresponse().status != 200
+    conn.close()
+    assert _post(server, "hand", body)[0] == 200  # still loaded
+    _still_serves(server)
 
 
 @pytest.mark.parametrize("target", [TritonHTTP, TritonGRPC])
@@ -274,7 +302,8 @@ def test_serve_refuses_bad_repositories_before_start(exported, tmp_path):
     foreign = tmp_path / "foreign"
     (foreign / "theirs").mkdir(parents=True)
     r = CliRunner().invoke(main, ["serve", str(foreign), "--check"])
-    assert r.exit_code == EXIT_BAD_INPUT and "was not written by torchship" in r.output
+    assert r.exit_code == EXIT_BAD_INPUT and "folder theirs (not written by torchship): it is not a Triton model" \
+        in r.output
     ours = tmp_path / "ours"
     write_text_repo(bert, ours, TritonOptions(name="b"))
     (ours / "b" / "1" / "tokenizer.json").unlink()

@@ -19,12 +19,14 @@ reach a server; then the dims are checked against the model file.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchship._fs import MANIFEST_NAME
 from torchship.errors import ArtifactError, BackendUnavailable, InputError
 
 EXTRA = "torchship[triton]"
@@ -78,6 +80,7 @@ class TritonModel:
     why: str = ""  # why that one: named by the user, chosen by auto, or the most optimized validated one
 
 
+@functools.cache
 def model_config_schema():
     """Triton's ``ModelConfig`` message class, from the tritonclient package (no grpc import needed)."""
     try:
@@ -208,18 +211,61 @@ def model_name(folder: str | Path, options: TritonOptions) -> str:
     return name
 
 
+def refuse_export_folder(repo: Path, flag: str) -> None:
+    """A torchship export or auto output folder is not a model repository: say so, and how to write one."""
+    repo = Path(repo)
+    auto = (repo / "model" / MANIFEST_NAME).is_file() and (repo / "summary.json").is_file()
+    if (repo / MANIFEST_NAME).is_file() or auto:
+        raise InputError(f"{flag}{repo} is a torchship export folder, not a Triton model repository; write a "
+                         f"repository from it with: torchship triton {repo} --output REPO, then torchship serve REPO")
+
+
+def _not_written_by_us(final: Path) -> list[str]:
+    """What a model folder torchship wrote holds that its marker does not list (someone else put it there)."""
+    try:
+        files = json.loads((final / MARKER).read_text()).get("files", [])
+    except (OSError, ValueError):
+        return [MARKER]
+    known = {"config.pbtxt", MARKER, "1", *(f"1/{f}" for f in files), *(f"1/{f}.data" for f in files)}
+    return sorted(p.relative_to(final).as_posix() for p in final.rglob("*")
+                  if "__pycache__" not in p.parts and p.relative_to(final).as_posix() not in known)
+
+
 def check_repository(repo: Path, name: str) -> None:
-    """Refuse, before any work, a repository path that is a file or cannot be written, and a model folder
-    there that torchship did not write (it would be replaced)."""
+    """Refuse, before any work, a repository path that is a file, an export folder or cannot be written, and a
+    model folder there that torchship did not write, or holding what it did not write (it would be replaced)."""
     from torchship._fs import check_writable
 
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise InputError(f"--output {repo} is a file; pass a folder for the model repository")
+    refuse_export_folder(repo, "--output ")
     check_writable(repo / name)
     final = repo / name
     if final.exists() and not (final / MARKER).is_file():
-        raise InputError(f"{final} exists and was not written by torchship; choose another --name, or move it away")
+        raise InputError(f"{final} exists and was not written by torchship, which leaves it as it is; choose "
+                         f"another --name")
+    extra = _not_written_by_us(final) if final.exists() else []
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise InputError(f"{final} holds {extra[0]}{more}, which torchship did not write and would replace; move "
+                         f"it out, or choose another --name")
+
+
+def config_summary(text: str) -> str:
+    """One line of what a config.pbtxt declares: backend, inputs, outputs, batching, instances."""
+    c = parse_config(text)
+
+    def tensors(specs):
+        return ", ".join(f"{t.name} [{', '.join(map(str, t.dims))}]" for t in specs)
+
+    parts = [f"platform {c.platform}" if c.platform else f"backend {c.backend}", f"in {tensors(c.input)}",
+             f"out {tensors(c.output)}", f"max batch {c.max_batch_size}" if c.max_batch_size else "no Triton batching"]
+    if c.HasField("dynamic_batching"):
+        parts.append(f"dynamic batching (queue delay {c.dynamic_batching.max_queue_delay_microseconds} µs)")
+    kinds = {1: "GPU", 2: "CPU"}  # Triton's KIND_GPU, KIND_CPU
+    parts += [f"{g.count} {kinds.get(g.kind, 'auto')} instance{'s' if g.count > 1 else ''}" for g in c.instance_group]
+    return f"{c.name}: " + "; ".join(parts)
 
 
 def config_text(model: TritonModel, options: TritonOptions = TritonOptions()) -> str:

@@ -79,10 +79,12 @@ def triton_cmd(folder, repo, task, runtime, layout, strict, aggregation, threads
                dynamic_batching, preferred_batch_sizes, max_queue_delay_us, instances, kind):
     """Write a Triton Inference Server model repository entry for FOLDER (a torchship folder or a torchship auto
     output): by default a model that takes TEXT and returns finished results, every config checked against
-    Triton's schema, and a README.md in the repository that says how to serve it."""
+    Triton's schema, and a README.md in the repository that says how to serve it (README.torchship.md when
+    README.md is someone else's). Other model folders in the repository are left as they are."""
     from torchship.exporters.inputs import parse_shape_list
+    from torchship.serving.inventory import README, readme_path
     from torchship.serving.repository import ServeOptions, write_text_repo
-    from torchship.triton import MARKER, TritonOptions
+    from torchship.triton import MARKER, TritonOptions, config_summary
 
     preferred = tuple(parse_shape_list(preferred_batch_sizes, what="--preferred-batch-sizes")) \
         if preferred_batch_sizes else ()
@@ -96,9 +98,13 @@ def triton_cmd(folder, repo, task, runtime, layout, strict, aggregation, threads
         click.echo(f"wrote {path}: " + ", ".join(sorted(p.name for p in (path / "1").iterdir())))
     entry = paths[0]
     packaged = json.loads((entry / MARKER).read_text())
-    click.echo((entry / "config.pbtxt").read_text())
+    click.echo(config_summary((entry / "config.pbtxt").read_text()))
+    click.echo(f"config: {entry / 'config.pbtxt'}")
     click.echo(f"packaged {packaged['variant']} from {packaged['source']}: {packaged['why']}")
-    click.echo(f"how to serve it: {Path(repo) / 'README.md'}")
+    readme = readme_path(repo)
+    beside = f" (beside {readme.with_name(README)}, which is not torchship's and stays as it was)" \
+        if readme.name != README else ""
+    click.echo(f"how to serve it: {readme}{beside}")
 
 
 @main.command("demo", epilog=examples(

@@ -32,7 +32,8 @@ from torchship.cli._app import PROGRESS, examples, friendly_errors, main
 def serve_cmd(repo, setup, if_missing, wheel, http_port, grpc_port, metrics_port, host, check, log):
     """Serve a model repository written by torchship triton on a real tritonserver: waits until every model is
     ready (or prints the load error of the one that failed), prints the URLs and an example request, and stops
-    cleanly on Ctrl-C or SIGTERM."""
+    cleanly on Ctrl-C or SIGTERM. Model folders torchship did not write are served as they are when this server
+    has their backend (Python); the others are left out, one line each naming the backend they need."""
     from torchship.errors import InputError
     from torchship.serving.server import Install, Ports, Server, home, setup as setup_server
 
@@ -54,6 +55,8 @@ def serve_cmd(repo, setup, if_missing, wheel, http_port, grpc_port, metrics_port
 
         click.echo(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics "
                    f"http://{host}:{metrics_port}/metrics")
+        click.echo(f"models: {', '.join(server.models)}"
+                   + (f" ({len(server.skipped)} left out: see above)" if server.skipped else ""))
         for line in example_requests(server):
             click.echo(line)
         if check:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torchship.errors import ArtifactError, InputError
-from torchship.serving.inventory import TENSORS, mark, write_readme
+from torchship.serving.inventory import TENSORS, mark, readme_path, write_readme
 from torchship.exporters.spec import (FEATURE_EXTRACTION, FILL_MASK, QUESTION_ANSWERING, SENTENCE_EMBEDDING,
                                       TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION)
 from torchship.triton import MARKER, TritonOptions, _pick, _resolve_source, default_variant, model_name, parse_config
@@ -173,8 +173,8 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
     model_file = artifact.path_of(variant) if sopts.runtime == "python" else None
     if model_file is not None:  # ORT graph transformers the variant was measured without (SkipLayerNormFusion)
         settings["disabled_optimizers"] = list(m.variants[variant].options.get("disabled_optimizers", ()))
-    return Plan(name, task, artifact.folder, variant or record.name, record.name, why, model_file, output, dims,
-                max_batch, settings)
+    return Plan(name, task, artifact.folder.resolve(), variant or record.name, record.name, why, model_file, output,
+                dims, max_batch, settings)
 
 
 def _task_settings(artifact, task: str, sopts: ServeOptions) -> dict:
@@ -315,8 +315,12 @@ def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions =
     sopts = sopts.checked()
     repo = Path(repo)
     plan = plan_text(folder, topts, sopts)
+    check_repository(repo, plan.name)
+    readme_path(repo)  # where the README goes, or a refusal, before anything is written
     if plan.task == TENSORS:
-        return [write_triton_repo(folder, repo, replace(topts, name=plan.name))]
+        written = [write_triton_repo(folder, repo, replace(topts, name=plan.name))]
+        write_readme(repo)
+        return written
     if default_delay:
         topts = replace(topts, max_queue_delay_us=TEXT_QUEUE_DELAY_US)
     layout = sopts.resolved_layout

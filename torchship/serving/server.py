@@ -7,7 +7,10 @@ installed) and builds a small environment for the Python backend (numpy 1.x, onn
 versions torchship uses) under one home folder, ``~/.cache/torchship/triton`` or ``$TORCHSHIP_TRITON_HOME``.
 
 This server has no onnxruntime, TensorRT or OpenVINO backend: repositories written with ``--runtime
-python`` serve here; the others serve in NVIDIA's container image.
+python`` serve here; the others serve in NVIDIA's container image. A repository is shared: the server loads
+every model folder in it whose backend it has, torchship's and anyone else's as they are, and leaves out the
+others with one line each. It reads them through a temporary folder of links to those it loads, so Triton's
+default model control stays on (explicit control would let any client load models and upload their files).
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchship.errors import BackendUnavailable, InputError, TorchshipError
+from torchship.serving.inventory import HERE_BACKENDS, servable
 
 WHEEL = "nvidia-pytriton==0.7.0"
 SERVER_VERSION = "2.51"  # the tritonserver inside that wheel
-HERE_BACKENDS = ("python",)
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 # on SIGTERM the server finishes requests in flight, then waits for clients to close their connections: an idle
@@ -221,6 +224,9 @@ class Server:
         self.log_path = log
         self._own_log = log is None  # a temporary log goes when the server stops
         self.process: subprocess.Popen | None = None
+        self.models: list[str] = []  # the model folders it loads
+        self.skipped: list[str] = []  # one line per model it cannot serve: which, and the backend it needs
+        self._view: Path | None = None  # links to the model folders it loads, the repository Triton reads
         self._log_file = None
         self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}x{ports.http}_"
 
@@ -234,7 +240,7 @@ class Server:
 
     def command(self) -> list[str]:
         i = self.install
-        return [str(i.binary), f"--model-repository={self.repo}", f"--backend-directory={i.backends}",
+        return [str(i.binary), f"--model-repository={self._view or self.repo}", f"--backend-directory={i.backends}",
                 f"--cache-directory={i.caches}", f"--http-address={self.host}", f"--grpc-address={self.host}",
                 f"--metrics-address={self.host}", f"--http-port={self.ports.http}", f"--grpc-port={self.ports.grpc}",
                 f"--metrics-port={self.ports.metrics}", "--allow-gpu-metrics=false", "--exit-on-error=false", f"--exit-timeout-secs={DRAIN_S}",
@@ -242,11 +248,14 @@ class Server:
                 "--log-verbose=0"]
 
     def start(self, timeout_s: float = READY_TIMEOUT_S, *, progress=None) -> "Server":
-        from torchship.serving.inventory import check_servable
-
-        models = check_servable(self.repo, HERE_BACKENDS)  # refused before anything starts
+        self.models, self.skipped = servable(self.repo, HERE_BACKENDS)  # refused before anything starts
+        for line in self.skipped if progress else ():
+            progress(f"left out {line}")
         self.install = self.install or find_install()
         self.ports.checked(self.host)
+        self._view = Path(tempfile.mkdtemp(prefix="torchship-repository-"))
+        for name in self.models:
+            (self._view / name).symlink_to(self.repo / name, target_is_directory=True)
         if progress:
             progress(f"starting tritonserver on {self.host} (log: {self.log_path or 'a temporary file'})")
         if self.log_path is None:
@@ -256,7 +265,7 @@ class Server:
                                         stdin=subprocess.DEVNULL, env=self.install.environment(),
                                         start_new_session=True)
         try:
-            self._wait_ready(models, timeout_s)
+            self._wait_ready(self.models, timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -279,10 +288,11 @@ class Server:
                 time.sleep(0.2)
                 continue
             states = {m["name"]: m for m in json.loads(body)}
-            failed = [m for m in states.values() if m.get("state") == "UNAVAILABLE"]
+            failed = [m for m in states.values() if m.get("state") == "UNAVAILABLE" and m["name"] in models]
             if failed:
                 m = failed[0]
-                raise ServeError(f"model {m['name']} failed to load: {m.get('reason') or self.log_tail()}")
+                reason = (m.get("reason") or self.log_tail()).replace(str(self._view), str(self.repo))
+                raise ServeError(f"model {m['name']} failed to load: {reason}")
             if all(states.get(n, {}).get("state") == "READY" for n in models):
                 try:
                     if self._get("/v2/health/ready")[0] == 200:
@@ -327,6 +337,11 @@ class Server:
             leftover.unlink(missing_ok=True)
         if self._own_log and self.log_path is not None:
             Path(self.log_path).unlink(missing_ok=True)
+        if self._view is not None:  # the links only, never what they point to
+            for link in self._view.iterdir():
+                link.unlink()
+            self._view.rmdir()
+            self._view = None
         return code
 
     def __enter__(self) -> "Server":
