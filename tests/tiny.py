@@ -98,7 +98,8 @@ def make_decoder(model_type: str = "gpt2", *, seed: int = 0, vocab_size: int | N
 def save_decoder_dir(folder: Path, model_type: str = "gpt2", *, bpe: bool = False) -> Path:
     folder = Path(folder)
     tokenizer = make_bpe_tokenizer() if bpe else make_tokenizer(folder)
-    model = make_decoder(model_type, vocab_size=len(tokenizer))
+    # the largest id + 1, not len(): the word list repeats a letter, so the ids have a gap
+    model = make_decoder(model_type, vocab_size=max(tokenizer.get_vocab().values()) + 1)
     model.generation_config.pad_token_id = 0
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

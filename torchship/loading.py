@@ -242,12 +242,29 @@ def load_model(ref: ModelRef, config, *, model_class, allow_pickle: bool = False
     return model.eval()
 
 
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether ``folder`` holds the files a saved tokenizer leaves (the folder is read, not a flag about it)."""
+    return any((Path(folder) / f).is_file() for f in _TOKENIZER_FILES)
+
+
+def load_tokenizer_folder(folder: str, *, trust_remote_code: bool = False):
+    """The tokenizer that ``tokenizer.save_pretrained(folder)`` wrote (export --tokenizer FOLDER)."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise InputError(f"--tokenizer {folder}: {'is a file' if path.exists() else 'does not exist'}; pass the "
+                         "folder that tokenizer.save_pretrained() wrote")
+    if not has_tokenizer_files(path):
+        raise InputError(f"--tokenizer {folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...); "
+                         "pass the folder that tokenizer.save_pretrained() wrote")
+    return load_tokenizer(ModelRef(folder, path.resolve()), trust_remote_code=trust_remote_code)
+
+
 def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False):
     """The checkpoint's tokenizer, or None when a local checkpoint ships no tokenizer files. Files that are
     there but cannot be loaded are an error, not a silent None."""
     from transformers import AutoTokenizer
 
-    if ref.path is not None and not any((ref.path / f).is_file() for f in _TOKENIZER_FILES):
+    if ref.path is not None and not has_tokenizer_files(ref.path):
         return None
     try:
         return AutoTokenizer.from_pretrained(

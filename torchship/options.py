@@ -16,21 +16,36 @@ def model_option(example: str = "bert-base-cased"):
                         help=f"Hugging Face hub id (e.g. {example}) or a local model folder.")
 
 
-def task_option(tasks=TASKS):
-    return click.option("--task", type=click.Choice(tasks), default=None,
-                        help="What to export; default: from the checkpoint (classification head if it has one).")
+ENCODER_TASK_DEFAULT = ("its head (text-classification for a sequence classifier, question-answering for a QA "
+                        "head, ...; else feature-extraction)")
+
+
+def task_option(tasks=TASKS, default: str | None = None):
+    default = default or (f"{tasks[0]}, the only one" if len(tasks) == 1 else
+                          f"from the checkpoint: for encoders {ENCODER_TASK_DEFAULT}; text-generation for "
+                          "decoders; denoising for UNets")
+    return click.option("--task", type=click.Choice(tasks), default=None, help=f"What to export; default: {default}.")
+
+
+def exporter_option(default: str = "by measurement: torchscript for encoders (fuses fully in ONNX Runtime), dynamo "
+                                   "for decoders (ONNX Attention ops with the KV cache) and UNets"):
+    return click.option("--exporter", type=click.Choice(EXPORTERS), default=None,
+                        help=f"torch.onnx export path; default, {default}.")
 
 
 model = model_option()
 aggregation = click.option("--aggregation", type=click.Choice(STRATEGIES), default="simple", show_default=True,
                            help="Token classifiers: how tokens group into entities, as transformers' "
                                 "token-classification pipeline's aggregation_strategy.")
-output = click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False),
+# No file_okay=False: an output that is a file is refused by torchship (one line, exit 2), as one under a file is.
+output = click.option("--output", "-o", "output", required=True, type=click.Path(),
                       help="Folder to write; replaced atomically if torchship wrote it before.")
 task = task_option()
-exporter = click.option("--exporter", type=click.Choice(EXPORTERS), default=None,
-                        help="torch.onnx export path; default, by measurement: torchscript for encoders "
-                             "(fuses fully in ONNX Runtime), dynamo for decoders (ONNX Attention ops with the KV cache).")
+exporter = exporter_option()
+tokenizer = click.option("--tokenizer", "tokenizer", type=click.Path(), default=None, metavar="FOLDER",
+                         help="Text models: attach the tokenizer that tokenizer.save_pretrained() wrote into FOLDER "
+                              "(for a checkpoint without one, or in place of its own); refused when its ids exceed "
+                              "the model's vocabulary.")
 opset = click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=None,
                      help="ONNX opset; default 17 for torchscript, 23 for dynamo.")
 attn = click.option("--attn-implementation", type=click.Choice(ATTN_IMPLEMENTATIONS), default=None,

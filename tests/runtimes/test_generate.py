@@ -78,7 +78,7 @@ def test_generate_cli(decoder_export, decoder_dir, tmp_path):
     assert [r["tokens"] for r in data["results"]] == expected.tolist()
     proc = subprocess.run([exe, "generate", str(decoder_export), "hello", "--max-new-tokens", "3"],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.startswith("hello ") and "per new token" in proc.stderr
+    assert proc.returncode == 0 and proc.stdout.startswith("hello") and "per new token" in proc.stderr
     proc = subprocess.run([exe, "predict", str(decoder_export), "hello"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "use torchship generate" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -79,7 +79,7 @@ def test_sampling_is_reproducible_with_a_seed_and_streams(pair):
         runs.append(model.generate(**enc, max_new_tokens=12, do_sample=True, temperature=0.8, top_k=10, top_p=0.9,
                                    pad_token_id=tokenizer.pad_token_id))
     assert torch.equal(runs[0], runs[1])
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     torch.manual_seed(7)
     out = model.generate(**enc, max_new_tokens=12, do_sample=True, temperature=0.8, top_k=10, top_p=0.9,
                          pad_token_id=tokenizer.pad_token_id, streamer=streamer)
@@ -93,7 +93,8 @@ def test_stop_strings_and_stop_ids_end_generation(pair):
     enc = tokenizer(PROMPTS[:1], return_tensors="pt")
     free = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     new = free[0, enc["input_ids"].shape[1]:]
-    stop_id = int(new[3])
+    words = [t for t in new.tolist() if not tokenizer.convert_ids_to_tokens(t).startswith(("##", "["))]
+    stop_id = int(words[-1] if words else new[3])  # a whole word: a stop string matches its text
     first = next(i for i, t in enumerate(new.tolist()) if t == stop_id)
     stopped = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=stop_id)

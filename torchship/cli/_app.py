@@ -69,7 +69,11 @@ def friendly_errors(fn):
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="torchship")
 def main():
-    """torchship: PyTorch / Hugging Face models to validated, optimized ONNX, with a latency report."""
+    """torchship: PyTorch / Hugging Face models to validated, optimized ONNX, with a latency report.
+
+    Also installed: export-bert, export-decoder (alias export-gpt2) and export-unet, which are torchship export
+    for one family each (BERT-like encoders; GPT-2 and Llama-like decoders; diffusion UNets), with its defaults
+    and help."""
     quiet_libraries()
 
 

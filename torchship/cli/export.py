@@ -10,29 +10,42 @@ import click
 from torchship import options as o
 from torchship.cli._app import (CONTEXT, PROGRESS, examples, friendly_errors, main, print_artifact,
                                 print_dispatch, quiet_libraries, split)
+from torchship.exporters.spec import DENOISING
 
 
 def _export_options(task, exporter, opset, attn_implementation, atol, allow_pickle, trust_remote_code, revision,
-                    shape_config, external_data, kind=None):
+                    shape_config, external_data, tokenizer=None, kind=None):
     from torchship.exporters.export import ExportOptions
     from torchship.shapes import load_shape_config
 
     return ExportOptions(task=task, exporter=exporter, opset=opset, attn_implementation=attn_implementation,
                          atol=atol, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                         revision=revision, kind=kind, external_data=external_data,
+                         revision=revision, kind=kind, external_data=external_data, tokenizer=tokenizer,
                          shapes=load_shape_config(shape_config) if shape_config else None)
 
 
 def _export_params(fn, group=None):
-    """The export flags; for a family command, its group's example model and its tasks."""
-    from torchship.exporters.spec import tasks_of
+    """The export flags; for a family command, its group's example model, tasks and export path, in its words."""
+    from torchship.exporters.spec import default_exporter_of, tasks_of
 
-    model = o.model_option(group.example) if group is not None else o.model
-    task = o.task_option(tasks_of(group.name)) if group is not None else o.task
-    for deco in reversed((model, o.output, task, o.exporter, o.opset, o.attn, o.atol, o.shape_config,
-                          o.external_data, o.allow_pickle, o.trust_remote_code, o.revision)):
+    model, task, exporter, tokenizer = o.model, o.task, o.exporter, (o.tokenizer,)
+    if group is not None:
+        tasks = tasks_of(group.name)
+        model = o.model_option(group.example)
+        task = o.task_option(tasks, o.ENCODER_TASK_DEFAULT if group.name == "encoder" and len(tasks) > 1 else None)
+        exporter = o.exporter_option(f"{default_exporter_of(group.name)}, measured best for {group.words}")
+        tokenizer = () if DENOISING in tasks else (o.tokenizer,)  # a UNet takes no text
+    for deco in reversed((model, o.output, task, exporter, o.opset, o.attn, o.atol, o.shape_config,
+                          o.external_data, *tokenizer, o.allow_pickle, o.trust_remote_code, o.revision, optimize)):
         fn = deco(fn)
     return fn
+
+
+# One default for torchship export and every export-* command: a folder ready to serve, as the family
+# commands always gave; --no-optimize stops after the validated export.
+optimize = click.option("--optimize/--no-optimize", "optimize_after", default=True, show_default=True,
+                        help="Also run torchship optimize on the folder: ORT graph levels, the transformer-fused "
+                             "model, and the measured choice of variant per shape.")
 
 
 def _do_export(model, output, optimize_after, **flags):
@@ -53,11 +66,10 @@ def _do_export(model, output, optimize_after, **flags):
     'torchship export --model ./my-finetuned-roberta -o onnx/roberta --task text-classification',
     'torchship export --model ./my-bert-squad -o onnx/bert-qa'))
 @_export_params
-@click.option("--optimize/--no-optimize", "optimize_after", default=False, show_default=True,
-              help="Also run torchship optimize on the folder.")
 @friendly_errors
 def export_cmd(model, output, optimize_after, **flags):
-    """Export a checkpoint to ONNX, validated against eager PyTorch."""
+    """Export a checkpoint to ONNX, validated against eager PyTorch, then optimize it (--no-optimize: export
+    only). export-bert, export-decoder (alias export-gpt2) and export-unet do the same for one family each."""
     _do_export(model, output, optimize_after, **flags)
 
 
@@ -68,8 +80,6 @@ def _family_export_command(name: str, group):
 
     @click.command(name, help=group.help, context_settings=CONTEXT, epilog=examples(example))
     @functools.partial(_export_params, group=group)
-    @click.option("--optimize/--no-optimize", "optimize_after", default=True, show_default=True,
-                  help="Also save ORT graph levels and the transformer-fused model.")
     @friendly_errors
     def command(model, output, optimize_after, **flags):
         quiet_libraries()

@@ -64,22 +64,23 @@ def generate_cmd(folder, prompts, max_new_tokens, backend, device, sample, tempe
         click.echo(json.dumps({"backend": backend, "results": [
             {"prompt": p, "tokens": t, "text": x} for p, t, x in zip(prompts, tokens, texts)]}))
         return
-    if not stream:
+    if not stream:  # the prompt as typed, then what the tokenizer's own decoding adds (streamed alike)
         for prompt, text in zip(prompts, texts):
-            click.echo(f"{prompt}{text if text.startswith(' ') else ' ' + text}")
+            click.echo(f"{prompt}{text}")
     click.echo(f"(backend {backend}; {note})", err=True)
 
 
 def _greedy(artifact, backend, options, prompts, max_new_tokens):
     from torchship.runtimes import create_predictor
-    from torchship.runtimes.generate import Generator, encode_prompts
+    from torchship.runtimes.generate import Generator, continuation, encode_prompts
     from torchship.runtimes.text import load_tokenizer
 
     tokenizer = load_tokenizer(artifact)
     ids, mask = encode_prompts(tokenizer, prompts)
     with create_predictor(artifact, backend, options) as predictor:
-        result = Generator.from_artifact(artifact, predictor).generate(ids, mask, max_new_tokens=max_new_tokens)
-    texts = tokenizer.batch_decode(result.tokens, skip_special_tokens=True)
+        result = Generator.from_artifact(artifact, predictor, tokenizer).generate(ids, mask,
+                                                                                   max_new_tokens=max_new_tokens)
+    texts = [continuation(tokenizer, row[m == 1], new) for row, m, new in zip(ids, mask, result.tokens)]
     per_token = (sum(result.step_s) / len(result.step_s) * 1000) if result.step_s else float("nan")
     return [t.tolist() for t in result.tokens], texts, \
         f"prompt {result.prefill_s * 1000:.1f} ms, {per_token:.2f} ms per new token"
@@ -87,9 +88,9 @@ def _greedy(artifact, backend, options, prompts, max_new_tokens):
 
 def _with_transformers(folder, backend, options, prompts, max_new_tokens, settings, stream):
     import torch
-    from transformers import TextStreamer
 
-    from torchship.runtimes.hf_generate import causal_lm
+    from torchship.runtimes.generate import continuation
+    from torchship.runtimes.hf_generate import ContinuationStreamer, causal_lm
 
     model, tokenizer = causal_lm(folder, backend, options)
     seed = settings.pop("seed")
@@ -99,14 +100,19 @@ def _with_transformers(folder, backend, options, prompts, max_new_tokens, settin
     if settings["stop"]:
         kwargs.update(stop_strings=settings["stop"], tokenizer=tokenizer)
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    if stream:
-        kwargs["streamer"] = TextStreamer(tokenizer, skip_special_tokens=True)  # the prompt, then each new word
+    if stream:  # the prompt as typed, then the new text as it comes, by the rule the finished text follows
+        click.echo(prompts[0], nl=False)
+        kwargs["streamer"] = ContinuationStreamer(tokenizer, enc["input_ids"][0][enc["attention_mask"][0] == 1],
+                                                  lambda text: click.echo(text, nl=False))
     try:
         with torch.inference_mode():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **kwargs)
     finally:
         model.predictor.deactivate()
     new = out[:, enc["input_ids"].shape[1]:]
+    if stream:
+        click.echo("")
     what = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k not in ("tokenizer", "streamer"))
-    return [t.tolist() for t in new], tokenizer.batch_decode(new, skip_special_tokens=True), \
+    texts = [continuation(tokenizer, row[m == 1], t) for row, m, t in zip(enc["input_ids"], enc["attention_mask"], new)]
+    return [t.tolist() for t in new], texts, \
         f"transformers generate: {what}"

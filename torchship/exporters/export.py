@@ -54,6 +54,7 @@ class ExportOptions:
     validation_cases: tuple | None = None  # None: the shape config's min/use/max, else the family's
     shapes: shapes.ShapeConfig | None = None  # the shapes the model must serve (validated, kept in the manifest)
     external_data: str = "auto"  # auto: above 1 GiB of weights; always; never
+    tokenizer: str | None = None  # a tokenizer folder to attach, in place of the checkpoint's own (or its lack)
 
     def resolved(self, spec: ModelSpec | None = None) -> "ExportOptions":
         """Check the options; with the family's ``spec``, fill in the defaults of its export path."""
@@ -238,16 +239,42 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
     opts = opts.resolved(spec)
     config = spec.load_config(ref, trust_remote_code=opts.trust_remote_code)
     task = _resolve_task(spec, opts.task, config, ref.path)
+    tokenizer = _tokenizer_for(spec, ref, config, opts)  # checked against the model before its weights load
     source = {"model": model, "name": loading.model_name(ref), "resolved": ref.describe(), "revision": ref.revision,
               "subfolder": ref.subfolder, "architectures": list(getattr(config, "architectures", None) or [])}
     loaded = _Loaded(spec.load_model(ref, config, task, allow_pickle=opts.allow_pickle,
                                      trust_remote_code=opts.trust_remote_code,
                                      attn_implementation=opts.attn_implementation),
-                     spec.load_tokenizer(ref, trust_remote_code=opts.trust_remote_code), source, ref.path)
+                     tokenizer, source, ref.path)
     if loaded.tokenizer is None and spec.text_api:
         progress.step(f"WARNING: {model} has no tokenizer; the folder will serve token ids only (torchship "
-                      f"{spec.text_api} needs one: save it into the folder with tokenizer.save_pretrained())")
+                      f"{spec.text_api} needs one: export again with --tokenizer FOLDER, or save one into "
+                      f"{output} with tokenizer.save_pretrained())")
     return _export_loaded(loaded, spec, task, Path(output), opts, progress)
+
+
+def _tokenizer_for(spec: ModelSpec, ref, config, opts: ExportOptions):
+    """--tokenizer's folder, else the checkpoint's tokenizer (or None); refused when its ids do not fit the
+    model's embedding table."""
+    if opts.tokenizer is None:
+        tokenizer = spec.load_tokenizer(ref, trust_remote_code=opts.trust_remote_code)
+        where = "the checkpoint's tokenizer"
+    elif not spec.text_api:
+        raise InputError(f"--tokenizer is for text models; {spec.group.one} takes no text: drop --tokenizer")
+    else:
+        tokenizer = loading.load_tokenizer_folder(opts.tokenizer, trust_remote_code=opts.trust_remote_code)
+        where = f"the tokenizer in {opts.tokenizer}"
+    if tokenizer is not None:
+        _check_fits(tokenizer, spec.normalized(config).vocab_size, where)
+    return tokenizer
+
+
+def _check_fits(tokenizer, model_rows: int, where: str) -> None:
+    from torchship.exporters.vocab import misfit
+
+    problem = misfit(tokenizer, model_rows)
+    if problem:
+        raise InputError(f"{where} {problem}; pass the tokenizer the model was trained with: --tokenizer FOLDER")
 
 
 def export_model(model, output: str | Path, *, tokenizer=None, task: str | None = None,
@@ -257,6 +284,8 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
     check_output_dir(Path(output))
     spec = spec_for(model_type_of(model), source=type(model).__name__, kind=options.kind)
     opts = options.resolved(spec)
+    if tokenizer is not None:
+        _check_fits(tokenizer, spec.normalized(model.config).vocab_size, "the tokenizer given")
     task = _resolve_task(spec, task, types.SimpleNamespace(architectures=[type(model).__name__]), None)
     source = {"model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
               "resolved": "python object", "revision": None, "architectures": [type(model).__name__]}

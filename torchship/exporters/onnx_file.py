@@ -75,7 +75,7 @@ class OnnxSpec(SpecDefaults):
     def backend_problem(self, backend) -> str | None:
         if backend.runtime == "pytorch":
             return "a model imported from an ONNX file has no PyTorch checkpoint to run"
-        return None
+        return super().backend_problem(backend)
 
     def text_settings(self, folder, config, tokenizer, task: str) -> dict:
         return {}

@@ -144,7 +144,7 @@ class SpecDefaults:
         return self.group.name
 
     def backend_problem(self, backend) -> str | None:
-        return None
+        return weight_only_problem(self, backend)
 
     def task_problem(self, task: str, config, folder) -> str | None:
         """Why this checkpoint cannot do ``task`` (beyond the family's task list); None when it can."""
@@ -152,6 +152,17 @@ class SpecDefaults:
 
     def save_extras(self, source, folder) -> None:
         """Copy what else of the checkpoint (``source``, a folder or None) belongs in the export folder."""
+
+
+def weight_only_problem(spec, backend) -> str | None:
+    """Weight-only variants are judged on a decode, so only a family with one has them; the refusal names the
+    int8 backend such a family may use instead."""
+    from torchship.variants import WEIGHT_ONLY
+
+    if backend.builder != WEIGHT_ONLY or DECODE in spec.phases:
+        return None
+    instead = "; use ort-int8 (torchship quantize on this folder makes it)" if "int8" in spec.precisions else ""
+    return f"{backend.name} is a weight-only variant, which torchship makes for decoders only{instead}"
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -186,6 +197,11 @@ def groups() -> dict[str, FamilyGroup]:
 def group_for_command(command: str) -> FamilyGroup:
     """The group a command (or one of its aliases) exports."""
     return next(g for g in groups().values() if command == g.command or command in g.aliases)
+
+
+def default_exporter_of(kind: str) -> str:
+    """The export path measured best for a group's families (the first family's, as the group shares one)."""
+    return next(spec.default_exporter for spec in _REGISTRY.values() if spec.kind == kind)
 
 
 def tasks_of(kind: str) -> tuple[str, ...]:

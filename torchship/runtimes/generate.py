@@ -31,8 +31,10 @@ class Generation:
 
 class Generator:
     def __init__(self, predictor: Predictor, *, num_layers: int, num_heads: int, head_dim: int,
-                 eos_token_id: int | None, pad_token_id: int, max_positions: int | None = None):
+                 eos_token_id: int | None, pad_token_id: int, max_positions: int | None = None,
+                 vocab_limit: int | None = None):
         self.predictor = predictor
+        self.vocab_limit = vocab_limit  # the tokenizer's table: ids past it have no text and are never chosen
         self.past = past_names(num_layers)
         self.present = present_names(num_layers)
         self.num_heads, self.head_dim = num_heads, head_dim  # of the cache: a grouped-query model's KV heads
@@ -40,14 +42,18 @@ class Generator:
         self.max_positions = max_positions
 
     @classmethod
-    def from_artifact(cls, artifact, predictor: Predictor) -> "Generator":
+    def from_artifact(cls, artifact, predictor: Predictor, tokenizer=None) -> "Generator":
+        """The folder's generator; with the folder's ``tokenizer``, one that never picks ids it cannot decode."""
+        from torchship.exporters.vocab import table_size
+
         m = artifact.manifest
         config = saved_config(artifact)
         gen = _generation_defaults(artifact.folder, config)
         heads, head_dim = cache_heads(m.io(), m.num_layers)
         return cls(predictor, num_layers=m.num_layers, num_heads=heads, head_dim=head_dim,
                    eos_token_id=gen["eos_token_id"], pad_token_id=gen["pad_token_id"],
-                   max_positions=family_of(m).normalized(config).max_positions or None)
+                   max_positions=family_of(m).normalized(config).max_positions or None,
+                   vocab_limit=table_size(tokenizer) if tokenizer is not None else None)
 
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, max_new_tokens: int) -> Generation:
         if max_new_tokens < 1:
@@ -68,7 +74,7 @@ class Generator:
         out = self.predictor.infer(feeds)
         prefill = time.perf_counter() - start
         while True:
-            nxt = out["logits"][:, -1, :].argmax(axis=-1).astype(np.int64)
+            nxt = self._choose(out["logits"][:, -1, :])
             nxt = np.where(finished, self.pad, nxt)
             tokens.append(nxt)
             if self.eos is not None:
@@ -81,6 +87,12 @@ class Generator:
             out = self.predictor.infer(feeds)
             steps.append(time.perf_counter() - start)
         return Generation(np.stack(tokens, axis=1), prefill, tuple(steps))
+
+    def _choose(self, logits: np.ndarray) -> np.ndarray:
+        """The likeliest id per row among those the tokenizer can decode (a padded table scores more)."""
+        if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
+            logits = logits[:, :self.vocab_limit]
+        return logits.argmax(axis=-1).astype(np.int64)
 
     def decode_logits(self, prompt: np.ndarray, *, steps: int,
                       forced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +163,20 @@ def _generation_defaults(folder, config) -> dict:
         eos = eos[0] if eos else None
     pad = data.get("pad_token_id", getattr(config, "pad_token_id", None))
     return {"eos_token_id": eos, "pad_token_id": pad if pad is not None else (eos if eos is not None else 0)}
+
+
+def continuation(tokenizer, prompt_ids, new_ids) -> str:
+    """The text the new ids add to the prompt, by the tokenizer's own rule: the whole sequence decoded, less the
+    prompt decoded (as transformers' TextStreamer does), so word pieces join the word before them."""
+    prompt = [int(i) for i in prompt_ids]
+    head = tokenizer.decode(prompt, skip_special_tokens=True)
+    whole = tokenizer.decode(prompt + [int(i) for i in new_ids], skip_special_tokens=True)
+    same = 0
+    for a, b in zip(head, whole):  # the decoded prompt is a prefix of the whole, unless decoding merged across it
+        if a != b:
+            break
+        same += 1
+    return whole[same:]
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:

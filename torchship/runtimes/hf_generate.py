@@ -19,12 +19,13 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.generation import GenerationMixin
+from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from torchship.errors import InputError
 from torchship.exporters.decoders import past_names, present_names
 from torchship.exporters.spec import family_of, require_family, saved_config
-from torchship.runtimes.generate import cache_heads
+from torchship.runtimes.generate import cache_heads, continuation
 
 # generate() options that need what an exported graph does not give: attentions and hidden states, a cache
 # torchship does not hold, a second model. Each is refused with one line instead of failing mid-generation.
@@ -44,8 +45,10 @@ class OnnxForCausalLM(PreTrainedModel, GenerationMixin):
     main_input_name = "input_ids"
     _supports_cache_class = True
 
-    def __init__(self, config, predictor, *, cache: dict, max_positions: int, generation_config=None):
+    def __init__(self, config, predictor, *, cache: dict, max_positions: int, generation_config=None,
+                 vocab_limit: int | None = None):
         super().__init__(config)
+        self.vocab_limit = vocab_limit  # the tokenizer's table: ids past it have no text and are never chosen
         self.predictor = predictor
         self.past, self.present = cache["past"], cache["present"]
         self.kv_heads, self.head_dim = cache["kv_heads"], cache["head_dim"]
@@ -98,8 +101,10 @@ class OnnxForCausalLM(PreTrainedModel, GenerationMixin):
         for i in range(len(self.present) // 2):
             cache.update(torch.from_numpy(np.ascontiguousarray(out[self.present[2 * i]])),
                          torch.from_numpy(np.ascontiguousarray(out[self.present[2 * i + 1]])), i)
-        return CausalLMOutputWithPast(logits=torch.from_numpy(np.ascontiguousarray(out["logits"])),
-                                      past_key_values=cache)
+        logits = torch.from_numpy(np.ascontiguousarray(out["logits"]))
+        if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
+            logits[..., self.vocab_limit:] = -torch.inf  # as transformers suppresses tokens: no sampler picks them
+        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
 
 
 def _host(tensor, dtype) -> np.ndarray:
@@ -118,6 +123,7 @@ def causal_lm(folder, backend: str = "auto", options=None):
     folder's, left-padding (a decoder's prompts end where generation starts)."""
     from torchship.artifact import Artifact
     from torchship.runtimes import RuntimeOptions, create_predictor
+    from torchship.exporters.vocab import table_size
     from torchship.runtimes.text import load_tokenizer
     from torchship.variants import backend_of_variant
 
@@ -132,11 +138,39 @@ def causal_lm(folder, backend: str = "auto", options=None):
         GenerationConfig.from_model_config(config)
     positions = int((artifact.manifest.model_config or {}).get("max_positions")
                     or family_of(artifact.manifest).max_positions(config))
+    tokenizer = load_tokenizer(artifact)  # before the model: a missing or misfit tokenizer is said first
     model = OnnxForCausalLM(config, predictor, cache=cache_layout(artifact), max_positions=positions,
-                            generation_config=generation)
-    tokenizer = load_tokenizer(artifact)
+                            generation_config=generation, vocab_limit=table_size(tokenizer))
     tokenizer.padding_side = "left"
     tokenizer.model_input_names = ["input_ids", "attention_mask"]  # what a decoder's graph takes
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
+
+
+class ContinuationStreamer(BaseStreamer):
+    """Writes the new text of one prompt as generate() makes it, by the same rule as the finished text
+    (:func:`torchship.runtimes.generate.continuation`): the whole sequence decoded, less what was written. Text
+    is held back to the last space (a word piece may still join the word) and past an incomplete character."""
+
+    def __init__(self, tokenizer, prompt_ids, write):
+        self.tokenizer, self.prompt, self.write = tokenizer, [int(i) for i in prompt_ids], write
+        self.new: list[int] = []
+        self.written = 0
+        self.started = False
+
+    def put(self, value) -> None:
+        if not self.started:  # generate() puts the prompt first
+            self.started = True
+            return
+        self.new.extend(int(i) for i in value.reshape(-1).tolist())
+        text = continuation(self.tokenizer, self.prompt, self.new)
+        if text.endswith("\ufffd"):
+            return
+        upto = text.rfind(" ")
+        if upto > self.written:
+            self.write(text[self.written:upto])
+            self.written = upto
+
+    def end(self) -> None:
+        self.write(continuation(self.tokenizer, self.prompt, self.new)[self.written:])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from torchship.artifact import Artifact
-from torchship.errors import ArtifactError, InputError
+from torchship.errors import ArtifactError, InputError, first_line
 from torchship.exporters.spec import FILL_MASK, QUESTION_ANSWERING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 
 from torchship.runtimes.base import Predictor
@@ -65,17 +65,42 @@ class Prediction:
         return rows
 
 
+def has_tokenizer(artifact: Artifact) -> bool:
+    """Whether the folder holds a tokenizer now: one export saved, or one saved into it since."""
+    from torchship.loading import has_tokenizer_files
+
+    return has_tokenizer_files(artifact.folder)
+
+
+def _reexport(artifact: Artifact) -> str:
+    """The command that exports the folder's source again with a tokenizer attached."""
+    resolved = artifact.manifest.source.get("resolved") or ""
+    model = resolved[4:] if resolved.startswith("hub:") else resolved
+    if model in ("", "python object"):
+        model = "MODEL"  # exported from a Python object: no folder to name
+    return f"torchship export --model {model} --tokenizer TOKENIZER_FOLDER --output {artifact.folder}"
+
+
 def load_tokenizer(artifact: Artifact):
-    """The tokenizer saved in an exported folder (never remote code)."""
+    """The tokenizer saved in an exported folder (never remote code), read from the folder itself and checked
+    against the model's embedding table."""
     from transformers import AutoTokenizer
 
-    if not artifact.manifest.export.get("tokenizer"):
-        raise ArtifactError(f"{artifact.folder} holds no tokenizer (the checkpoint had none); "
-                            "save one into the folder with tokenizer.save_pretrained()")
+    from torchship.exporters.vocab import misfit
+
+    if not has_tokenizer(artifact):
+        raise ArtifactError(f"{artifact.folder} holds no tokenizer; save the model's tokenizer into it "
+                            f"(tokenizer.save_pretrained('{artifact.folder}')), or export again with one: "
+                            f"{_reexport(artifact)}")
     try:
-        return AutoTokenizer.from_pretrained(str(artifact.folder))
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"the tokenizer in {artifact.folder} cannot be loaded: {exc}") from None
+        tokenizer = AutoTokenizer.from_pretrained(str(artifact.folder))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"the tokenizer in {artifact.folder} cannot be loaded: {first_line(exc)}") from None
+    problem = misfit(tokenizer, int((artifact.manifest.model_config or {}).get("vocab_size") or 0))
+    if problem:
+        raise ArtifactError(f"the tokenizer in {artifact.folder} {problem}; save the model's own tokenizer into "
+                            f"the folder, or export again with it: {_reexport(artifact)}")
+    return tokenizer
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
