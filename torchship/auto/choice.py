@@ -84,9 +84,16 @@ class AutoReport:
     chosen: str | None = None
     seconds: float = 0.0
     environment: dict = field(default_factory=dict)
+    name: str = ""  # what the reports call the model (its card's title, else its folder); ``model`` is as given
+
+    @property
+    def title(self) -> str:
+        from torchship.benchmarks.report import display_name
+
+        return self.name or display_name(self.model)
 
     def to_json(self) -> dict:
-        return {"model": self.model, "config": self.config, "shape": self.shape, "budget": self.budget,
+        return {"model": self.model, "name": self.title, "config": self.config, "shape": self.shape, "budget": self.budget,
                 "chosen": self.chosen, "torch_p50_ms": self.torch_p50_ms, "seconds": round(self.seconds, 1),
                 "environment": self.environment, "variants": [r.to_json() for r in self.rows]}
 

@@ -40,7 +40,8 @@ def _fmt(v, digits: int = 2) -> str:
 
 
 def markdown(report: AutoReport) -> str:
-    lines = [f"# torchship auto: {report.model}", "",
+    lines = [f"# torchship auto: {report.title}", "",
+             *([f"Model: `{report.model}`", ""] if report.model != report.title else []),
              f"Use shape: {report.shape or '-'}; device {report.config.get('device', '?')}; "
              f"{report.config.get('threads', '?')} threads; budget: {report.rows[0].metric or 'metric'} mean >= "
              f"{report.budget:g} against the fp32 original; {report.seconds:.0f} s in all.", ""]
@@ -105,7 +106,8 @@ def _write_xlsx(report: AutoReport, path: Path) -> None:
     for r in report.rows:
         ws.append([_cells(r)[k] for k in COLUMNS])
     info = wb.create_sheet("run")
-    for key, value in (("model", report.model), ("use shape", report.shape), ("budget", report.budget),
+    for key, value in (("model", report.title), ("source", report.model), ("use shape", report.shape),
+                       ("budget", report.budget),
                        ("chosen", report.chosen), ("eager PyTorch p50 ms", report.torch_p50_ms),
                        ("seconds", round(report.seconds, 1)), ("cpu", report.environment.get("cpu")),
                        ("threads", report.environment.get("threads"))):
@@ -121,23 +123,27 @@ def _write_chart(report: AutoReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from torchship._fs import staged_file
-    from torchship.benchmarks.report import display_name
 
-    rows = [r for r in report.rows if r.p50_ms is not None and r.cosine is not None]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    rows = sorted((r for r in report.rows if r.p50_ms is not None and r.cosine is not None), key=lambda r: r.p50_ms)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    markers = "osD^vP<>Xhp"
     try:
-        for r in rows:
+        # variants often share a point (every fp32 file: the same error, close latencies), so a legend names them
+        # instead of labels that would pile up; each has its own marker and colour, the chosen one a large star
+        for i, r in enumerate(rows):
             err = max(1.0 - r.cosine, 1e-12)
-            ax.scatter(err, r.p50_ms, s=60, marker="*" if r.chosen else "o",
-                       color="tab:red" if r.chosen else "tab:blue")
-            ax.annotate(r.backend, (err, r.p50_ms), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            label = f"{r.backend}{' (chosen)' if r.chosen else ''}: {r.p50_ms:.2f} ms, 1-cos {1.0 - r.cosine:.1e}"
+            ax.scatter(err, r.p50_ms, s=160 if r.chosen else 50, marker="*" if r.chosen else markers[i % len(markers)],
+                       color=f"C{i % 10}", alpha=0.8, zorder=3 if r.chosen else 2, label=label)
+        if rows:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
         if report.torch_p50_ms:
             ax.axhline(report.torch_p50_ms, color="gray", linestyle="--", linewidth=1)
             ax.text(1e-12, report.torch_p50_ms, " eager PyTorch", va="bottom", fontsize=8, color="gray")
         ax.set_xscale("log")
         ax.set_xlabel("1 - cosine against the fp32 original (full tensors, random inputs at the use shape)")
         ax.set_ylabel("p50 latency, ms")
-        ax.set_title(f"{display_name(report.model)}: latency against error at {report.shape}\n"
+        ax.set_title(f"{report.title}: latency against error at {report.shape}\n"
                      "(lower left is better; * = chosen)", fontsize=9)
         ax.grid(True, alpha=0.3)
         fig.tight_layout()

@@ -57,7 +57,7 @@ def run_auto(model: str, config: AutoConfig, output: str | Path, *,
         usable = _validate(artifact, config, rows, threads, progress)
         progress.step(f"[5/{stages}] benchmark ({len(usable)} variants{', eager PyTorch' if _has_torch(artifact) else ''})")
         report = _benchmark(artifact, config, rows, usable, threads, progress)
-        report.model = str(model)
+        report.model, report.name = str(model), artifact.manifest.source.get("name") or ""
         choose(report)
         progress.step(f"[6/{stages}] summary")
         report.seconds = time.perf_counter() - start

@@ -192,11 +192,16 @@ def plot(report: BenchReport, path: Path) -> None:
         ax.margins(y=0.2)
     axes[0][0].set_ylabel("median latency, ms (lower is better)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
+    unstable = any(m.unstable for m in report.measurements)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8,
+               bbox_to_anchor=(0.5, 0.04 if unstable else 0.0))
+    if unstable:  # the bars marked "!" say why under the chart, as the Markdown report does under its table
+        fig.text(0.5, 0.01, f"! = unstable timing: p90 over {UNSTABLE_SPREAD:g}x p10 (the machine was busy or "
+                 "drifting), so that bar's speedup is not reliable", ha="center", va="bottom", fontsize=7)
     fig.suptitle(f"{display_name(report.model)}: median latency per input shape\n"
                  f"Nx = speedup over {base} at that shape; {report.environment.threads} threads, "
                  f"{report.environment.cpu}"[:240], fontsize=9, wrap=True)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.12 if unstable else 0.08, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 

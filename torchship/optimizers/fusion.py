@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torchship.onnx_io import load_onnx
 from torchship.optimizers.decoder_fusion import decoder_fusions, graph_kv_heads
+from torchship.optimizers.tied_weights import retie_file
 from torchship.errors import ArtifactError
 
 # Operators the fusion report counts, grouped as the report shows them.
@@ -132,3 +133,14 @@ def fuse(src: Path, dst: Path, *, model_type: str, num_heads: int, hidden_size: 
     if not rewrites["attention_layers"] and not rewrites["skip_rms_norm"]:
         rewrites = {}
     return FusionReport(count_ops(dst), expected_attention=num_layers, hint=hint, rewrites=rewrites)
+
+
+def save_graph_level(src: Path, dst: Path, level: str) -> list[str]:
+    """ONNX Runtime's own graph optimizations at ``level`` on ``src``, saved to ``dst`` (with its weights in
+    ``dst.data`` when ``src`` has external data); a head tied to the token embedding then reads the table again
+    instead of the transposed copy constant folding made (:func:`tied_weights.retie_file`). Returns the tables
+    re-tied."""
+    from torchship._ort import make_session
+
+    make_session(src, level=level, optimized_model_path=dst)
+    return retie_file(dst)

@@ -16,7 +16,7 @@ from torchship.errors import ArtifactError, InputError, ValidationError
 from torchship.optimizers import rerun
 from torchship.optimizers.dispatch import CANDIDATE_CHOICES, DispatchPlan, candidate_variants, measure_dispatch
 from torchship.optimizers.attention_kernels import mha_fused
-from torchship.optimizers.fusion import NO_SKIP_LN, FusionReport, count_ops, fuse, reported
+from torchship.optimizers.fusion import NO_SKIP_LN, FusionReport, count_ops, fuse, reported, save_graph_level
 from torchship.variants import backend_of_variant
 from torchship.validation import check, run_reference_cases
 from torchship.exporters.spec import family_of
@@ -94,7 +94,7 @@ def _graph_level_variant(ctx: _Context, level: str) -> Variant:
     else:
         path = ctx.folder / f"ort_{level}.onnx"
         with staged_model(path) as tmp:
-            make_session(ctx.src, level=level, optimized_model_path=tmp)
+            save_graph_level(ctx.src, tmp, level)
             validation = ctx.validated(tmp, name)
         if level == "all":
             notes = ("optimized for this machine's CPU (layout transforms); re-run optimize on the target",)

@@ -5,7 +5,8 @@ ONNX Runtime's ``MatMulNBitsQuantizer`` stores each weight MatMul's matrix in bl
 values along K, each block with its own scale (and zero point unless symmetric), as one MatMulNBits node;
 activations stay fp32 (``accuracy_level`` 4 lets the kernel quantize them to int8 inside the MatMul, the
 fast path on CPUs). The embedding (a Gather, 4 bits only) and the head (the MatMul that makes the logits)
-are options.
+are options. Where the checkpoint ties the head to the embedding, the embedding reads the head's quantized table
+(``tied_weights.share_quantized_table``) and the file holds the table once.
 
 The variant is judged the way a decoder is used: a fixed prompt is decoded greedily by the fp32 export for
 ``steps`` tokens; the quantized model is run along the same tokens, and the next-token logits are compared
@@ -35,6 +36,7 @@ from torchship.external_data import normalize, staged_model, uses_external_data
 from torchship.optimizers.decoder_fusion import (ATTENTION_FORMS, decoder_fusions, graph_kv_heads,
                                                  merge_sibling_matmuls)
 from torchship.optimizers.fusion import op_histogram
+from torchship.optimizers.tied_weights import folded_copies, share_quantized_table
 from torchship.runtimes.generate import Generator, cache_heads
 
 BITS = (4, 8)
@@ -44,6 +46,9 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf1
 # default (random weights give meaningless 4-bit logits), the cosine reported beside it.
 DEFAULT_COSINE = {8: 0.99, 4: None}
 DEFAULT_WEIGHT_ERROR = {8: 0.01, 4: 0.15}
+# Below this top-1 agreement the variant picks another next token than fp32 more often than not along fp32's own
+# decode: it writes different text, whatever its weight error; it is kept (random weights do this) with a warning.
+FAR_TOP1 = 0.5
 
 
 def variant_name(bits: int) -> str:
@@ -66,6 +71,7 @@ class WeightOnlyOptions:
     symmetric: bool = True
     embedding: bool = False  # also the token embedding (GatherBlockQuantized; 4 bits only)
     head: bool = True  # also the MatMul that makes the logits
+    share_tied: bool = True  # a head tied to the embedding: the embedding reads the head's quantized table
     merge_siblings: bool = True  # q/k/v and gate/up MatMuls as one (same numbers, fewer and larger kernels)
     attention: str = "Attention"  # the op each layer's attention becomes (decoder_fusion.ATTENTION_FORMS)
     budget: float | None = None  # floor on the mean next-token logit cosine; None: DEFAULT_COSINE[bits]
@@ -126,7 +132,7 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
         exclude = () if options.head else head
         layout = _prepare(src, prepared, exclude=exclude, merge=options.merge_siblings, attention=options.attention,
                           heads=artifact.manifest.num_heads)
-        _build(prepared, built, options, exclude=exclude)
+        layout["shared"] = _build(prepared, built, options, exclude=exclude)
         seconds = time.perf_counter() - start
         progress.step("measuring each quantized MatMul's weight error")
         errors = matmul_errors(prepared, built)
@@ -139,6 +145,8 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
             progress.step(f"WARNING: {len(left)} weight op(s) stay fp32 ({', '.join(sorted(set(left.values())))}): "
                           "ONNX Runtime's quantizer makes MatMulNBits from MatMul only")
         progress.step(judged["summary"])
+        if judged["warning"]:
+            progress.step(f"WARNING: {judged['warning']}")
         if not judged["passed"]:
             why = f"{name} missed its budget: {judged['summary']}"
             artifact.save(artifact.manifest.with_skipped(name, why))
@@ -153,9 +161,10 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
                                "block_size": options.block_size, "accuracy_level": options.accuracy_level,
                                "symmetric": options.symmetric, "embedding": options.embedding, "head": options.head,
                                "merge_siblings": options.merge_siblings, "attention": options.attention,
+                               "shared_table": bool(layout["shared"]),
                                "quantizer": "onnxruntime MatMulNBitsQuantizer (round to nearest)"},
                       size_bytes=model_bytes(final), seconds=round(seconds, 3), validation=judged,
-                      fusion={"counts": op_histogram(final)})
+                      fusion={"counts": op_histogram(final)}, notes=(judged["warning"],) if judged["warning"] else ())
     artifact.save(artifact.manifest.with_variant(variant))
     return artifact
 
@@ -178,13 +187,20 @@ def _prepare(src: Path, dst: Path, *, exclude: tuple[str, ...], merge: bool, att
     return layout
 
 
-def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[str, ...]) -> None:
-    """Quantize ``src`` (a prepared fp32 graph) into ``dst``."""
+def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[str, ...]) -> list[dict]:
+    """Quantize ``src`` (a prepared fp32 graph) into ``dst``. With ``share_tied``, an embedding whose table a head
+    reads transposed (its own copy, :func:`_prepare`) reads the head's quantized table instead; returns what was
+    shared."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     ops = ("MatMul", "Gather") if options.embedding else ("MatMul",)
     model = onnx.load(str(src))
+    # {head weight: embedding table}; those Gathers wait for the head's table instead of a quantized copy of their own
+    ties = {n.input[1]: t for n, t in folded_copies(model.graph) if n.name not in exclude} if options.share_tied else {}
+    tables = set(ties.values())
+    exclude = (*exclude, *(n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables))
+    shared: list[dict] = []
     logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")  # one INFO line per node
     level = logger.level
     logger.setLevel(logging.WARNING)
@@ -194,6 +210,8 @@ def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[s
                                          nodes_to_exclude=list(exclude), op_types_to_quantize=ops)
         with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero block (the pad row) has scale 0,
             quantizer.process()  # which the quantizer then handles itself
+        if ties:
+            shared = share_quantized_table(quantizer.model.model, ties)
         quantizer.model.save_model_to_file(str(dst), use_external_data_format=uses_external_data(src))
     except OSError:
         raise
@@ -203,6 +221,7 @@ def _build(src: Path, dst: Path, options: WeightOnlyOptions, *, exclude: tuple[s
         logger.setLevel(level)
     if not any(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in onnx.load(str(dst)).graph.node):
         raise InputError(f"no MatMul of {src.name} has a constant 2-D weight, so nothing was quantized")
+    return shared
 
 
 def _untie_transposed_weights(model, exclude: tuple[str, ...]) -> dict[str, str]:
@@ -338,6 +357,10 @@ def _judgement(errors: list[dict], decode: dict, options: WeightOnlyOptions, hea
     floor, ceiling = options.cosine_floor, options.weight_error_ceiling
     weight_ok = worst is None or worst["relative_error"] <= ceiling
     cosine_ok = floor is None or decode["logit_cosine_mean"] >= floor
+    far = decode["top1_agreement"] < FAR_TOP1
+    warning = (f"far from fp32: its next token is fp32's at {decode['top1_agreement']:.1%} of {decode['steps']} "
+               f"steps (under {FAR_TOP1:.0%}), so it writes different text; compare its generations before using it"
+               + (", or try --bits 8" if options.bits == 4 else "")) if far else None
     summary = (f"next-token logit cosine mean {decode['logit_cosine_mean']:.6f} (min {decode['logit_cosine_min']:.6f}"
                f"{f', budget {floor}' if floor is not None else ', no budget'}) over {decode['steps']} steps, top-1 "
                f"agreement {decode['top1_agreement']:.2%}, same greedy tokens for {decode['greedy_same_prefix']}; "
@@ -347,4 +370,4 @@ def _judgement(errors: list[dict], decode: dict, options: WeightOnlyOptions, hea
             "max_weight_error": worst["relative_error"] if worst else None,
             "mean_weight_error": round(float(np.mean([e["relative_error"] for e in errors])), 6) if errors else None,
             "weight_error_ceiling": ceiling, "quantized_matmuls": len(errors), "head": list(head),
-            "matmuls": errors, "against": "fp32 export", "summary": summary}
+            "matmuls": errors, "against": "fp32 export", "summary": summary, "warning": warning}
