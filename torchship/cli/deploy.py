@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from torchship import options as o
-from torchship.cli._app import PROGRESS, examples, friendly_errors, main
+from torchship.cli._app import PROGRESS, examples, friendly_errors, main, no_file
 from torchship.serving.repository import LAYOUTS, RUNTIMES, SERVE_TASKS, TEXT_QUEUE_DELAY_US
 
 
@@ -39,7 +39,7 @@ def auto_cmd(model, config_path, output):
     'torchship triton onnx/bert --output model_repository --name bert-int8 --variant ort-int8 --instances 2',
     'torchship triton onnx/bert --output native_repository --name bert-native --runtime onnxruntime'))
 @click.argument("folder", type=click.Path())
-@click.option("--output", "-o", "repo", required=True, type=click.Path(file_okay=False),
+@click.option("--output", "-o", "repo", required=True, type=click.Path(),
               help="The model repository folder (created if missing); the model goes to REPO/NAME/.")
 @click.option("--task", default=None, type=click.Choice(SERVE_TASKS),
               help="What the served model returns for each text: embedding (pooled, normalised as the model "
@@ -82,6 +82,8 @@ def triton_cmd(folder, repo, task, runtime, layout, strict, aggregation, threads
     Triton's schema, and a README.md in the repository that says how to serve it (README.torchship.md when
     README.md is someone else's). Other model folders in the repository are left as they are."""
     from torchship.exporters.inputs import parse_shape_list
+
+    no_file(repo, "--output")
     from torchship.serving.inventory import README, readme_path
     from torchship.serving.repository import ServeOptions, write_text_repo
     from torchship.triton import MARKER, TritonOptions, config_summary
@@ -109,7 +111,7 @@ def triton_cmd(folder, repo, task, runtime, layout, strict, aggregation, threads
 
 @main.command("demo", epilog=examples(
     'torchship demo --min-seconds 1'))
-@click.option("--output", "-o", type=click.Path(file_okay=False), default="torchship-demo", show_default=True)
+@click.option("--output", "-o", type=click.Path(), default="torchship-demo", show_default=True)
 @o.threads
 @click.option("--min-seconds", type=click.FloatRange(min=0.0), default=3.0, show_default=True,
               help="Minimum measured time per backend and shape.")
@@ -117,6 +119,8 @@ def triton_cmd(folder, repo, task, runtime, layout, strict, aggregation, threads
 def demo_cmd(output, threads, min_seconds):
     """Export, validate, optimize and benchmark the packaged all-MiniLM-L6-v2, offline."""
     from torchship.demo import run_demo
+
+    no_file(output, "--output")
 
     summary = run_demo(Path(output), threads=threads, min_seconds=min_seconds, progress=PROGRESS)
     click.echo(summary)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from torchship.cli._app import PROGRESS, examples, friendly_errors, main
+from torchship.cli._app import PROGRESS, examples, friendly_errors, main, no_file
 
 
 @main.command("serve", epilog=examples(
@@ -93,11 +93,11 @@ def serve_cmd(repo, setup, if_missing, wheel, http_port, grpc_port, metrics_port
               help="Texts per request.")
 @click.option("--max-requests", type=click.IntRange(min=1), default=200_000, show_default=True,
               help="Per level: the level ends at this count even before its time.")
-@click.option("--reference", type=click.Path(file_okay=False), default=None,
+@click.option("--reference", type=click.Path(), default=None,
               help="The torchship folder to check answers against (default: the one the server's model names, "
                    "if it is on this machine).")
 @click.option("--no-check", is_flag=True, help="Do not compare answers with the local predictor.")
-@click.option("--output", "-o", type=click.Path(file_okay=False), default="loadtest", show_default=True)
+@click.option("--output", "-o", type=click.Path(), default="loadtest", show_default=True)
 @friendly_errors
 def loadtest_cmd(url, model, concurrency, duration, warmup, protocol, texts_file, batch, max_requests, reference,
                  no_check, output):
@@ -106,6 +106,9 @@ def loadtest_cmd(url, model, concurrency, duration, warmup, protocol, texts_file
     from torchship.exporters.inputs import parse_shape_list
     from torchship.serving.client import load_texts, local_reference, model_source, target_for
     from torchship.serving.loadtest import LoadOptions, markdown, run_loadtest, write_report
+
+    no_file(reference, "--reference")
+    no_file(output, "--output")
 
     options = LoadOptions(tuple(parse_shape_list(concurrency, what="--concurrency")), duration, warmup, batch,
                           max_requests).checked()

@@ -125,12 +125,12 @@ def causal_lm(folder, backend: str = "auto", options=None):
     from torchship.runtimes import RuntimeOptions, create_predictor
     from torchship.exporters.vocab import table_size
     from torchship.runtimes.text import load_tokenizer
-    from torchship.variants import backend_of_variant
+    from torchship.runtimes.auto_backend import choose
 
     artifact = Artifact.open(folder)
     require_family(artifact, "generate needs a decoder (export-gpt2)", text_api="generate")
-    if backend == "auto":
-        backend = "ort-measured" if artifact.manifest.dispatch else backend_of_variant(artifact.best_variant()).name
+    if backend == "auto":  # the same rule as predict and generate --backend auto
+        backend = choose(artifact).backend
     predictor = create_predictor(artifact, backend, options or RuntimeOptions())
     config = saved_config(artifact)
     path = artifact.folder / "generation_config.json"
