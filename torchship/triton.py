@@ -124,16 +124,6 @@ def default_variant(artifact) -> tuple[str, str]:
     return artifact.measured_variant(), "the fp32 variant torchship optimize measured fastest at the most shapes"
 
 
-def _resolve_source(folder: Path):
-    """(torchship folder, variant chosen by auto or None) for a model folder or an auto output folder."""
-    from torchship.auto import MODEL_DIR, SUMMARY, read_summary
-
-    folder = Path(folder)
-    if (folder / SUMMARY).is_file():
-        return folder / MODEL_DIR, read_summary(folder).get("chosen")
-    return folder, None
-
-
 def _pick(artifact, name: str):
     """(variant name or None, the table's backend) for a backend name or a variant name."""
     from torchship.variants import BY_NAME, backend_of_variant, backend_variants
@@ -167,8 +157,8 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
     from torchship.artifact import Artifact
 
     options = options.checked()
-    model_folder, chosen = _resolve_source(folder)
-    artifact = Artifact.open(model_folder)
+    artifact = Artifact.open(folder)  # an export folder, or an auto output (its model/ and auto's choice)
+    chosen = artifact.auto_choice
     m = artifact.manifest
     if options.variant:
         pick, why = options.variant, "named with --variant"

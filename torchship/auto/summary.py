@@ -11,11 +11,9 @@ import io
 import json
 from pathlib import Path
 
+from torchship.artifact import AUTO_MODEL_DIR as MODEL_DIR, AUTO_SUMMARY as SUMMARY  # one layout, one home
 from torchship.auto.choice import AutoReport, Row
 from torchship.errors import InputError
-
-SUMMARY = "summary.json"
-MODEL_DIR = "model"
 COLUMNS = ("backend", "precision", "device", "runtime", "status", "file", "size_mb", "build_s", "p50_ms", "p90_ms",
            "p99_ms", "throughput", "speedup_vs_torch", "max_abs", "mean_abs", "cosine", "metric", "metric_mean",
            "metric_min", "chosen")

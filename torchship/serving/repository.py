@@ -32,7 +32,7 @@ from torchship.errors import ArtifactError, InputError
 from torchship.serving.inventory import TENSORS, mark, readme_path, write_readme
 from torchship.exporters.spec import (FEATURE_EXTRACTION, FILL_MASK, QUESTION_ANSWERING, SENTENCE_EMBEDDING,
                                       TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION)
-from torchship.triton import MARKER, TritonOptions, _pick, _resolve_source, default_variant, model_name, parse_config
+from torchship.triton import MARKER, TritonOptions, _pick, default_variant, model_name, parse_config
 
 EMBEDDING, HIDDEN_STATES, CLASSIFICATION = "embedding", "hidden-states", "classification"
 ENTITIES, MASKS, ANSWERS = "entities", "fill-mask", "question-answering"
@@ -124,8 +124,8 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
     from torchship.artifact import Artifact
 
     topts, sopts = topts.checked(), sopts.checked()
-    model_folder, chosen = _resolve_source(folder)
-    artifact = Artifact.open(model_folder)
+    artifact = Artifact.open(folder)  # an export folder, or an auto output (its model/ and auto's choice)
+    chosen = artifact.auto_choice
     m = artifact.manifest
     task = _folder_task(m, sopts.task)
     if task in SINGLE_ONLY and sopts.resolved_layout != "single":
