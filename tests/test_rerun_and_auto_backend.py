@@ -36,7 +36,7 @@ def measured(exported, tmp_path):
 
 def test_a_narrower_rerun_keeps_the_variants_and_the_table_it_did_not_redo(measured):
     before = Artifact.open(measured).manifest
-    r = invoke("optimize", measured, "--exact", "--candidates", "preset", "--no-fusion")
+    r = invoke("optimize", measured, "--candidates", "preset", "--no-fusion")
     assert r.exit_code == 0, r.output
     after = Artifact.open(measured).manifest
     assert all(n in after.variants and n not in after.skipped for n in KERNELS_AND_APPROX)
@@ -44,6 +44,19 @@ def test_a_narrower_rerun_keeps_the_variants_and_the_table_it_did_not_redo(measu
     assert after.dispatch == before.dispatch and "kept the measured dispatch table" in r.output
     r = invoke("predict", measured, "--backend", "ort-optimized-flash", "a sentence")
     assert r.exit_code == 0, r.output
+
+
+def test_an_exact_rerun_keeps_the_approximate_file_but_measures_a_table_without_it(measured):
+    r = invoke("optimize", measured, "--exact", "--candidates", "preset", "--no-fusion")
+    assert r.exit_code == 0, r.output
+    after = Artifact.open(measured).manifest
+    assert "optimized-approx" in after.variants and (measured / after.variants["optimized-approx"].file).is_file()
+    table = after.dispatch
+    assert "measuring the dispatch table again" in r.output
+    assert "optimized-approx" not in table["candidates"]
+    assert table["excluded"]["optimized-approx"] == "left out: --exact"
+    assert all(s["winner"] != "optimized-approx" for s in table["shapes"])
+    assert all(rg["variant"] != "optimized-approx" for rg in table["ranges"])
 
 
 def test_a_rerun_that_changes_a_timed_file_measures_the_table_again(measured):
@@ -151,6 +164,40 @@ def test_backend_auto_runs_the_fastest_variant_judged_within_budget_and_says_why
     (measured / "torchship.json").write_text(json.dumps(manifest))
     other = choose(Artifact.open(measured), cpu=cpu_name())
     assert other.backend == "ort-measured" and "ort-int8 was timed on another CPU" in other.why
+    # fixed numbers on this CPU: int8 runs only where it was timed faster than the measured fp32 dispatch
+    manifest["variants"]["int8"]["options"]["machine"] = {"cpu": cpu_name()}
+    for speedup, want in ((50.0, "ort-int8"), (0.5, "ort-measured")):
+        manifest["variants"]["int8"]["options"]["speedup_vs_fp32"] = speedup
+        (measured / "torchship.json").write_text(json.dumps(manifest))
+        assert choose(Artifact.open(measured), cpu=cpu_name()).backend == want, speedup
+
+
+def test_backend_auto_runs_a_weight_only_decoder_variant_timed_faster_on_this_machine(decoder_export, tmp_path):
+    from torchship.optimizers.weight_only import WeightOnlyOptions, weight_only
+
+    folder = tmp_path / "gpt2"
+    shutil.copytree(decoder_export, folder)
+    art = weight_only(folder, WeightOnlyOptions(bits=8, block_size=16))
+    timing = art.manifest.variants["wo-int8"].options["timing"]
+    assert timing["machine"]["cpu"] == cpu_name() and timing["speedup_vs_fp32"] > 0
+    assert timing["fp32"] in ("model", "optimized") and set(timing["median_ms"]) >= {"model", "quantized"}
+    manifest = json.loads((folder / "torchship.json").read_text())
+    wo = manifest["variants"]["wo-int8"]
+    wo["validation"]["warning"] = None
+    for speedup, want in ((3.0, "ort-wo-int8"), (0.8, "ort-optimized")):
+        wo["options"]["timing"]["speedup_vs_fp32"] = speedup
+        (folder / "torchship.json").write_text(json.dumps(manifest))
+        assert choose(Artifact.open(folder), cpu=cpu_name()).backend == want, speedup
+    wo["options"]["timing"]["speedup_vs_fp32"] = 3.0
+    wo["validation"]["warning"] = "far from fp32: ..."
+    (folder / "torchship.json").write_text(json.dumps(manifest))
+    far = choose(Artifact.open(folder), cpu=cpu_name())
+    assert far.backend == "ort-optimized" and "ort-wo-int8 is far from fp32" in far.why
+    wo["validation"]["warning"] = None
+    (folder / "torchship.json").write_text(json.dumps(manifest))
+    r = invoke("generate", folder, "hello world", "--max-new-tokens", "2")
+    assert r.exit_code == 0, r.output
+    assert "backend auto: ort-wo-int8 (quantize timed it 3.00x" in r.output
 
 
 def test_bench_times_every_variant_in_the_folder_by_default(measured, tmp_path):

@@ -146,6 +146,16 @@ def staged_file(final: Path, companions: tuple[str, ...] = ()) -> Iterator[Path]
         os.replace(tmp, final)
 
 
+def remove_file(path: Path) -> None:
+    """Remove a file torchship wrote; inside a transaction it is moved aside and put back if the command stops."""
+    path = Path(path)
+    if not path.exists():
+        return
+    _before_change(path)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     with staged_file(Path(path)) as tmp:
         tmp.write_bytes(data)

@@ -63,8 +63,8 @@ no_fusion = click.option("--no-fusion", is_flag=True, help="Skip the transformer
 threads = click.option("--threads", type=click.IntRange(min=1), default=None,
                        help="Threads for every backend (torch and ORT alike); default: all CPUs.")
 backends = click.option("--backends", default=None,
-                        help=f"Comma-separated: {choices_help()}. Default: eager PyTorch, every variant in the folder, "
-                             "and ort-measured where optimize measured a dispatch table.")
+                        help=f"Comma-separated: {choices_help()}. Default: eager PyTorch, every variant in the folder "
+                             "(decoders too), and ort-measured where optimize measured a dispatch table.")
 batch_sizes = click.option("--batch-sizes", default=None,
                            help="Comma-separated batch sizes; default: the shape config's use shape, else 1,8 "
                                 "for encoders and 1 for UNets and decoders.")

@@ -203,9 +203,10 @@ def model_name(folder: str | Path, options: TritonOptions) -> str:
 
 def refuse_export_folder(repo: Path, flag: str) -> None:
     """A torchship export or auto output folder is not a model repository: say so, and how to write one."""
+    from torchship.artifact import AUTO_MODEL_DIR
+
     repo = Path(repo)
-    auto = (repo / "model" / MANIFEST_NAME).is_file() and (repo / "summary.json").is_file()
-    if (repo / MANIFEST_NAME).is_file() or auto:
+    if (repo / MANIFEST_NAME).is_file() or (repo / AUTO_MODEL_DIR / MANIFEST_NAME).is_file():  # as resolve_folder
         raise InputError(f"{flag}{repo} is a torchship export folder, not a Triton model repository; write a "
                          f"repository from it with: torchship triton {repo} --output REPO, then torchship serve REPO")
 

@@ -13,7 +13,6 @@ from torchship.artifact import Artifact, model_bytes
 from torchship.benchmarks.genai import PREFIX, GenaiGraph
 from torchship.runtimes import RuntimeOptions, check_backend, create_predictor, source_model_loader
 from torchship.runtimes.torch_runtime import TorchCachedDecoder
-from torchship.variants import WEIGHT_ONLY, TABLE
 
 # The judged numbers of a weight-only variant (its manifest validation) that the report shows.
 JUDGED_KEYS = ("logit_cosine_mean", "logit_cosine_min", "top1_agreement", "greedy_same_prefix", "steps",
@@ -22,13 +21,10 @@ JUDGED_KEYS = ("logit_cosine_mean", "logit_cosine_min", "top1_agreement", "greed
 
 
 def default_backends(artifact: Artifact) -> tuple[str, ...]:
-    """Eager PyTorch with its cache, the fp32 export, its transformer-fused variant when made, and every
-    weight-only variant the folder holds."""
-    names = ["torch", "ort"]
-    if "optimized" in artifact.manifest.variants:
-        names.append("ort-optimized")
-    names += [b.name for b in TABLE if b.builder == WEIGHT_ONLY and artifact.variant_for(b.name) is not None]
-    return tuple(names)
+    """Eager PyTorch with its cache and every variant the folder holds, as bench times an encoder's folder."""
+    from torchship.benchmarks.run import folder_backends
+
+    return folder_backends(artifact)
 
 
 def make_runner(artifact: Artifact, name: str, *, threads: int, spin: str = "run",

@@ -21,7 +21,8 @@ from torchship.errors import InputError
 @click.argument("prompts", nargs=-1, required=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--backend", default="auto", show_default=True,
-              help="auto (the most optimized validated ONNX variant), torch, or any ort backend name.")
+              help="auto: the fastest variant judged within its budget, as optimize and quantize timed them on "
+                   "this machine (a line says which and why), torch, or any ort backend name.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--sample", is_flag=True, help="Sample the next token (with --temperature, --top-k, --top-p) "
                                              "instead of taking the likeliest.")

@@ -31,6 +31,7 @@ import numpy as np
 
 from torchship.errors import ArtifactError
 from torchship.external_data import save_model
+from torchship.onnx_io import drop_unused_initializers
 from torchship.variants import backend
 
 SDPA = backend("ort-optimized-sdpa").variants[0]
@@ -274,26 +275,6 @@ def to_flash_when_unpadded(model, mask_input: str) -> int:
         drop.add(node.name)
     g.replace_nodes(before, drop)  # the padding test goes ahead of the first attention node
     return len(nodes)
-
-
-def drop_unused_initializers(model) -> list[str]:
-    """Remove the initializers no node reads (in any subgraph) and no graph output names: a folded bias left
-    behind, which ONNX Runtime warns about once per initializer every time the model loads. Returns their names."""
-    used = {o.name for o in model.graph.output}
-
-    def walk(graph) -> None:
-        for node in graph.node:
-            used.update(node.input)
-            for attr in node.attribute:
-                for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
-                    walk(sub)
-    walk(model.graph)
-    unused = [i.name for i in model.graph.initializer if i.name not in used]
-    if unused:
-        kept = [i for i in model.graph.initializer if i.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
-    return unused
 
 
 def write(model, dst: Path, *, external: bool) -> None:

@@ -211,7 +211,8 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
             excluded[name] = "did not pass validation"
             continue
         candidates[name] = variant
-    for name, same in _same_files(artifact, candidates).items():  # timed once, under the preferred name
+    same_as = _same_files(artifact, candidates)
+    for name, same in same_as.items():  # timed once, under the preferred name
         del candidates[name]
         excluded[name] = f"byte for byte the same file as {same}: timed as {same}"
     if len(candidates) < 2:
@@ -305,6 +306,7 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
         "grid": "shape config" if m.resolved_shapes() is not None else "default",
         "candidates": {name: _candidate_record(v) for name, v in candidates.items()},
         "excluded": excluded,
+        "same_as": same_as,  # {variant: the name its identical file was timed under}: what readers use
         "shapes": shapes,
         "ranges": ranges,
     }

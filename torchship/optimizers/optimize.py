@@ -271,7 +271,7 @@ def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Pro
                 fp16_error = exc
         artifact.save(artifact.manifest)
     rerun.link_identical(artifact, progress)
-    if made_fp32:
+    if made_fp32 or _names_left_out(artifact.manifest.dispatch, _left_out(opts)):
         _dispatch_table(artifact, opts, before, progress)
     if fp16_error is not None:
         raise fp16_error  # asked for and not made: the command fails, the reason is in the manifest too
@@ -282,13 +282,17 @@ def _dispatch_table(artifact: Artifact, opts: OptimizeOptions, before: dict, pro
     """After fp32 variants were made: measure the table (--candidates measured), or keep the earlier one while
     every file it timed is byte for byte unchanged, else measure it again and say why; never drop it silently."""
     old = artifact.manifest.dispatch
-    leave_out = {} if opts.approximate else {"optimized-approx": "left out: --exact"}
-    if opts.candidates == "measured" and opts.dispatch is not None:
+    leave_out = _left_out(opts)
+    if opts.dispatch is None:  # auto: it times the candidates itself; an earlier table is left as it is
+        return
+    if opts.candidates == "measured":
         table = measure_dispatch(artifact, opts.dispatch, progress=progress, leave_out=leave_out)
     elif not old:
         return
     else:
         changed = rerun.changed_since(artifact, old, before)
+        if _names_left_out(old, leave_out):  # --exact: a table that can run the approximate variant is not kept
+            changed = [*changed, *(n for n in leave_out if n not in changed)]
         if not changed:
             progress.step(f"kept the measured dispatch table: the {len(rerun.timed_variants(old))} files it timed "
                           "are byte for byte unchanged")
@@ -304,3 +308,17 @@ def _dispatch_table(artifact: Artifact, opts: OptimizeOptions, before: dict, pro
         table, rounds = rerun.split_rounds(table)
     artifact.save(replace(artifact.manifest, dispatch=table))
     rerun.save_rounds(artifact, rounds)
+
+
+def _left_out(opts: OptimizeOptions) -> dict[str, str]:
+    """Variants this run keeps out of any table it measures, with the reason the table records."""
+    return {} if opts.approximate else {"optimized-approx": "left out: --exact"}
+
+
+def _names_left_out(table: dict | None, leave_out: dict[str, str]) -> bool:
+    """Whether ``table`` could run a variant this run leaves out (a candidate, a winner, a range's variant)."""
+    if not table or not leave_out:
+        return False
+    named = {*table.get("candidates", {}), *(r.get("variant") for r in table.get("ranges", [])),
+             *(s.get("winner") for s in table.get("shapes", []))}
+    return any(n in named for n in leave_out)

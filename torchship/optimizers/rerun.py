@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from torchship import _progress
-from torchship._fs import hash_file, staged_file, write_json_atomic
+from torchship._fs import hash_file, remove_file, staged_file, write_json_atomic
 from torchship.artifact import Artifact
 from torchship.external_data import data_file_name
 
@@ -42,8 +42,7 @@ def timed_variants(table: dict | None) -> tuple[str, ...]:
     """Every variant a table's numbers stand for: its candidates and those timed under an identical file's name."""
     if not table:
         return ()
-    same = [n for n, why in table.get("excluded", {}).items() if why.startswith("byte for byte")]
-    return (*table.get("candidates", {}), *same)
+    return (*table.get("candidates", {}), *table.get("same_as", {}))
 
 
 def snapshot(artifact: Artifact) -> dict[str, str | None]:
@@ -54,8 +53,12 @@ def snapshot(artifact: Artifact) -> dict[str, str | None]:
 
 def changed_since(artifact: Artifact, table: dict | None, before: dict[str, str | None]) -> list[str]:
     """The variants ``table`` timed whose files are gone or no longer byte for byte what was timed."""
-    return [n for n in timed_variants(table)
-            if n not in artifact.manifest.variants or n not in before or _digest(artifact, n) != before[n]]
+    changed = []
+    for n in timed_variants(table):
+        now = _digest(artifact, n) if n in artifact.manifest.variants else None
+        if now is None or before.get(n) is None or now != before[n]:  # a file gone before or now is no match
+            changed.append(n)
+    return changed
 
 
 def split_rounds(table: dict) -> tuple[dict, dict]:
@@ -75,8 +78,8 @@ def save_rounds(artifact: Artifact, rounds: dict | None) -> None:
     path = artifact.folder / ROUNDS_FILE
     if rounds is not None:
         write_json_atomic(path, rounds)
-    elif path.is_file():
-        path.unlink()
+    else:
+        remove_file(path)
 
 
 def link_identical(artifact: Artifact, progress: _progress.Progress = _progress.SILENT) -> int:
@@ -91,6 +94,8 @@ def link_identical(artifact: Artifact, progress: _progress.Progress = _progress.
                 group.append(path)
     saved = 0
     for size, paths in by_size.items():
+        if len(paths) < 2:  # a file alone in its size cannot be another's copy: not read at all
+            continue
         first: dict[str, Path] = {}
         for path in paths:
             digest = hash_file(path).hexdigest()

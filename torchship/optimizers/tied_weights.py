@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from torchship.onnx_io import drop_unused_initializers
+
 MS = "com.microsoft"
 
 
@@ -90,7 +92,7 @@ def retie_heads(model) -> list[str]:
                                        transB=1, alpha=1.0))
         done.append(table)
     if done:
-        _drop_unused(graph)
+        drop_unused_initializers(model)
         _ensure_domain(model)
     return sorted(set(done))
 
@@ -154,7 +156,7 @@ def share_quantized_table(model, ties: dict[str, str]) -> list[dict]:
         shared.append({"embedding": table, "table": node.input[1], "bits": bits, "block_size": block,
                        "fp32_bytes_dropped": vocab * hidden * 4})
     if shared:
-        _drop_unused(graph)
+        drop_unused_initializers(model)
         _ensure_domain(model)
     return shared
 
@@ -169,12 +171,6 @@ def _replace(graph, old: list, new: list) -> None:
         order.extend(new if n in old else [n])
     graph.ClearField("node")
     graph.node.extend(order)
-
-
-def _drop_unused(graph) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    for tensor in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(tensor)
 
 
 def _ensure_domain(model) -> None:

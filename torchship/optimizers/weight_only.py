@@ -4,9 +4,9 @@ Decoding is memory-bound: every new token reads every weight, so fewer bytes per
 ONNX Runtime's ``MatMulNBitsQuantizer`` stores each weight MatMul's matrix in blocks of ``block_size``
 values along K, each block with its own scale (and zero point unless symmetric), as one MatMulNBits node;
 activations stay fp32 (``accuracy_level`` 4 lets the kernel quantize them to int8 inside the MatMul, the
-fast path on CPUs). The embedding (a Gather, 4 bits only) and the head (the MatMul that makes the logits)
-are options. Where the checkpoint ties the head to the embedding, the embedding reads the head's quantized table
-(``tied_weights.share_quantized_table``) and the file holds the table once.
+fast path on CPUs). The embedding (a Gather; quantized alone at 4 bits only) and the head (the MatMul that makes
+the logits) are options. Where the checkpoint ties the head to the embedding, the embedding reads the head's
+quantized table at the head's bits (``tied_weights.share_quantized_table``) and the file holds the table once.
 
 The variant is judged the way a decoder is used: a fixed prompt is decoded greedily by the fp32 export for
 ``steps`` tokens; the quantized model is run along the same tokens, and the next-token logits are compared
@@ -29,6 +29,7 @@ import numpy as np
 from torchship import _progress
 from torchship._fs import scratch_dir, transaction
 from torchship._ort import ort_runner
+from torchship.optimizers.decode_timing import time_decode_step
 from torchship.artifact import Artifact, Variant, model_bytes
 from torchship.errors import BudgetError, InputError, first_line
 from torchship.exporters.spec import DECODE, family_of, require_family, saved_config
@@ -154,14 +155,18 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
             raise BudgetError(f"{why}. The numbers are in {artifact.folder}/torchship.json; try a smaller "
                               f"--block-size{more_bits}, keep the head in fp32 (--no-head), or loosen --budget / "
                               "--max-weight-error")
+        progress.step("timing one decode step against the fp32 decoder files (what --backend auto reads)")
+        timing = time_decode_step(artifact, built, past=options.prompt_length + options.steps - 1,
+                                  threads=options.threads)  # as long as the judged decode ran
+        progress.step(f"{name}: {timing['speedup_vs_fp32']:.2f}x {timing['fp32']} at the {timing['shape']}")
         with staged_model(final) as tmp:
             normalize(built, tmp, "auto")
     variant = Variant(name=name, file=final.name, stage="weight-only",
                       options={"precision": f"int{options.bits}", "bits": options.bits,
                                "block_size": options.block_size, "accuracy_level": options.accuracy_level,
-                               "symmetric": options.symmetric, "embedding": options.embedding, "head": options.head,
+                               "symmetric": options.symmetric, "embedding": options.embedding or bool(layout["shared"]), "head": options.head,
                                "merge_siblings": options.merge_siblings, "attention": options.attention,
-                               "shared_table": bool(layout["shared"]),
+                               "shared_table": bool(layout["shared"]), "timing": timing,
                                "quantizer": "onnxruntime MatMulNBitsQuantizer (round to nearest)"},
                       size_bytes=model_bytes(final), seconds=round(seconds, 3), validation=judged,
                       fusion={"counts": op_histogram(final)}, notes=(judged["warning"],) if judged["warning"] else ())

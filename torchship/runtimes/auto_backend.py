@@ -5,14 +5,15 @@ The rule, deterministic and in this order:
 
 1. A folder opened through a torchship auto output: the backend auto chose (it timed every variant itself).
 2. Among the runs with a timing recorded on this machine's CPU: the measured fp32 dispatch (``ort-measured``,
-   when optimize's table was timed on this CPU) and the int8 variant (judged within its budget by quantize, and
-   timed by it against the fp32 export, on this CPU or on one it did not record), the one with the larger
-   speed-up over the fp32 export at the shape quantize timed (the table's range that holds it; without a table,
-   int8 must beat the export); a tie keeps fp32.
+   when optimize's table was timed on this CPU), the int8 variant (judged within its budget by quantize, and
+   timed by it against the fp32 export) and each weight-only variant (judged within its budget with no
+   far-from-fp32 warning, its decode step timed against the fastest fp32 decoder file): the one with the
+   largest speed-up over fp32 at the shape it was timed (for int8, against the table's range that holds that
+   shape; without a table, a variant must beat fp32); a tie keeps fp32.
 3. Else the most optimized validated variant in the backend table's preference order.
 
-A variant without such a timing (weight-only, fp16, OpenVINO; an int8 or a table timed on another CPU) is never
-picked by auto: it runs when named with --backend, and ``bench`` times it.
+A variant without such a timing (fp16, OpenVINO; anything timed on another CPU) is never picked by auto: it runs
+when named with --backend, and ``bench`` times it.
 """
 
 from __future__ import annotations
@@ -47,8 +48,7 @@ def _fp32_speedup(table: dict, batch: int, sequence: int) -> float | None:
         return None
     at = tuple(held[0]["measured_at"])
     times = next(s["times"] for s in table["shapes"] if (s["batch"], s["sequence"]) == at)
-    same = {n: why.split("timed as ")[-1] for n, why in table.get("excluded", {}).items() if "timed as " in why}
-    export, variant = same.get("model", "model"), held[0]["variant"]
+    export, variant = table.get("same_as", {}).get("model", "model"), held[0]["variant"]
     if export not in times or variant not in times:
         return None
     return times[export]["median_ms"] / times[variant]["median_ms"]
@@ -77,7 +77,11 @@ def choose(artifact: Artifact, cpu: str | None = None) -> AutoBackend:
             passed_over.append(f"{INT8.name} was timed on {timed_on}")
         else:
             judged = (float(opts["speedup_vs_fp32"]), int(shape[1]), int(shape[2]), val)
+    quick = _weight_only(artifact, cpu, passed_over)
     note = f"; not considered: {', '.join(passed_over)}" if passed_over else ""
+    if quick is not None and (judged is None or quick[1] > judged[0]):
+        name, speedup, why = quick
+        return AutoBackend(name, f"{why}{note}")
     if judged is not None:
         speedup, batch, sequence, val = judged
         fp32 = _fp32_speedup(table, batch, sequence) if table else None
@@ -98,3 +102,25 @@ def choose(artifact: Artifact, cpu: str | None = None) -> AutoBackend:
     best = artifact.best_variant()
     return AutoBackend(backend_of_variant(best).name, "the most optimized validated variant in the preference "
                                                       f"order: no faster run timed on this machine{note}")
+
+
+def _weight_only(artifact: Artifact, cpu: str, passed_over: list[str]) -> tuple[str, float, str] | None:
+    """(backend, speed-up, why) of the fastest weight-only variant judged within its budget, without a far-from-fp32
+    warning, whose decode step was timed faster than fp32 on this CPU; what was passed over goes to
+    ``passed_over``."""
+    best = None
+    for name, v in artifact.manifest.variants.items():
+        if v.stage != "weight-only":
+            continue
+        label, val, timing = backend_of_variant(name).name, v.validation or {}, v.options.get("timing") or {}
+        if not val.get("passed") or val.get("warning"):
+            passed_over.append(f"{label} is far from fp32" if val.get("warning") else f"{label} missed its budget")
+        elif not timing.get("speedup_vs_fp32"):
+            passed_over.append(f"{label} has no decode timing (made by an earlier torchship: quantize it again)")
+        elif (timing.get("machine") or {}).get("cpu") != cpu:
+            passed_over.append(f"{label} was timed on {(timing.get('machine') or {}).get('cpu')}")
+        elif timing["speedup_vs_fp32"] > 1.0 and (best is None or timing["speedup_vs_fp32"] > best[1]):
+            best = (label, float(timing["speedup_vs_fp32"]),
+                    f"quantize timed it {timing['speedup_vs_fp32']:.2f}x the fastest fp32 file ({timing['fp32']}) at "
+                    f"the {timing['shape']}, {val.get('metric', 'accuracy')} {val.get('mean', 0):.4f} within budget")
+    return best

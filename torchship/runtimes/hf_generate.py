@@ -103,6 +103,7 @@ class OnnxForCausalLM(PreTrainedModel, GenerationMixin):
                          torch.from_numpy(np.ascontiguousarray(out[self.present[2 * i + 1]])), i)
         logits = torch.from_numpy(np.ascontiguousarray(out["logits"]))
         if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
+            logits = logits.clone()  # the array may be the predictor's own buffer: never written in place
             logits[..., self.vocab_limit:] = -torch.inf  # as transformers suppresses tokens: no sampler picks them
         return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
 

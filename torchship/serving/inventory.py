@@ -130,9 +130,14 @@ def _unservable(models: dict[str, Entry], backends: tuple[str, ...]) -> dict[str
 def _line(repo: Path, e: Entry, fault: tuple[str, str]) -> str:
     leaf, reason = fault
     if e.ours:
-        source = (e.marker or {}).get("source", "FOLDER")
+        marker = e.marker or {}
+        if marker.get("task", "tensors") == "tensors":  # token ids in: written for a native backend only
+            return (f"{e.group} (written by torchship): model {leaf} {reason}; serve it in NVIDIA's container "
+                    f"({CONTAINER})")
+        source = shlex.quote(str(marker.get("source", "FOLDER")))
         return (f"{e.group} (written by torchship): model {leaf} {reason}; rewrite it with `torchship triton "
-                f"{source} --output {repo} --runtime python`, or serve it in NVIDIA's container ({CONTAINER})")
+                f"{source} --output {shlex.quote(str(repo))} --name {shlex.quote(e.group)} --task {marker['task']} "
+                f"--runtime python`, or serve it in NVIDIA's container ({CONTAINER})")
     fix = f"; serve it in NVIDIA's container ({CONTAINER})" if "backend, which" in reason else ""
     if e.needs is None and e.steps:
         return f"ensemble {e.name} (not written by torchship): its step {leaf} {reason}{fix}"

@@ -254,17 +254,17 @@ class Server:
         self.install = self.install or find_install()
         self.ports.checked(self.host)
         self._view = Path(tempfile.mkdtemp(prefix="torchship-repository-"))
-        for name in self.models:
-            (self._view / name).symlink_to(self.repo / name, target_is_directory=True)
-        if progress:
-            progress(f"starting tritonserver on {self.host} (log: {self.log_path or 'a temporary file'})")
-        if self.log_path is None:
-            self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
-        self._log_file = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=self.install.environment(),
-                                        start_new_session=True)
-        try:
+        try:  # from here on a failure removes the links, the log and the process with them
+            for name in self.models:
+                (self._view / name).symlink_to(self.repo / name, target_is_directory=True)
+            if progress:
+                progress(f"starting tritonserver on {self.host} (log: {self.log_path or 'a temporary file'})")
+            if self.log_path is None:
+                self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+            self._log_file = open(self.log_path, "wb")
+            self.process = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=self.install.environment(),
+                                            start_new_session=True)
             self._wait_ready(self.models, timeout_s)
         except BaseException:
             self.stop()
