@@ -14,6 +14,12 @@ classifier's answer is an argmax. So the metric follows the task:
   inputs stored with the export.
 
 The budget is a floor on the mean; the worst sample is reported beside it.
+
+Text models also get a batch check: each of the first ``BATCH_TEXTS`` texts is run alone and again inside one
+padded batch beside a ~200-word text, and the main output of its real tokens compared (cosine). A variant whose
+answer for a text depends on what else is in its batch (per-tensor dynamic int8 does: one activation scale spans
+the batch, so under Triton's dynamic batching a user's answer depends on other users' texts) is dropped when the
+worst cosine is below ``BATCH_FLOOR`` (or below the fp32 model's own, where that is lower).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from torchship.loading import has_tokenizer_files
 from torchship.artifact import Artifact, load_reference
 from torchship.compare import rowwise_cosine
 from torchship.errors import InputError
@@ -32,6 +39,9 @@ from torchship.exporters.spec import (FILL_MASK, QUESTION_ANSWERING, TEXT_CLASSI
 
 DEFAULT_TEXTS = Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
 MIN_TEXTS = 8
+BATCH_TEXTS = 16  # texts run alone and inside the padded batch
+BATCH_FLOOR = 0.99999  # the worst cosine between a text alone and the same text in the batch
+LONG_WORDS = 200  # the length of the text the batch check pads the others to
 
 Runner = Callable[[dict], dict]  # feeds -> outputs by name
 
@@ -44,17 +54,33 @@ class AccuracyResult:
     samples: int
     budget: float
     extra: dict = field(default_factory=dict)
+    batch_cosine: float | None = None  # worst text alone vs in the padded batch; None: not checked
+    batch_floor: float = BATCH_FLOOR
+
+    @property
+    def within_budget(self) -> bool:
+        return bool(np.isfinite(self.mean)) and self.mean >= self.budget
+
+    @property
+    def batch_independent(self) -> bool:
+        return self.batch_cosine is None or self.batch_cosine >= self.batch_floor
 
     @property
     def passed(self) -> bool:
-        return bool(np.isfinite(self.mean)) and self.mean >= self.budget
+        return self.within_budget and self.batch_independent
 
     def describe(self) -> str:
-        return f"{self.metric} mean {self.mean:.4f} (min {self.min:.4f}, budget {self.budget:g}, {self.samples} samples)"
+        text = f"{self.metric} mean {self.mean:.4f} (min {self.min:.4f}, budget {self.budget:g}, {self.samples} samples)"
+        if self.batch_cosine is not None:
+            text += f"; alone vs in a batch: min cosine {self.batch_cosine:.6f}"
+        return text
 
     def to_json(self) -> dict:
+        batch = {} if self.batch_cosine is None else {
+            "batch_cosine_min": self.batch_cosine, "batch_floor": self.batch_floor,
+            "batch_independent": self.batch_independent}
         return {"metric": self.metric, "mean": self.mean, "min": self.min, "samples": self.samples,
-                "budget": self.budget, "passed": self.passed, **self.extra}
+                "budget": self.budget, "passed": self.passed, **batch, **self.extra}
 
 
 def read_texts(path: str | Path, *, what: str) -> list[str]:
@@ -84,13 +110,15 @@ class AccuracyProbe:
         self.source = source
         self._reference: list[np.ndarray] | None = None
         self._reference_end: list[np.ndarray] | None = None  # question answering: the end logits too
+        self.batch_check: tuple[list[dict], dict] | None = None  # (each text alone, all in one padded batch)
+        self._batch_floor = BATCH_FLOOR
 
     @classmethod
     def for_artifact(cls, artifact: Artifact, texts_file: str | Path | None = None) -> "AccuracyProbe":
         m = artifact.manifest
         spec = family_of(m)
         main = m.output_names[0]
-        if spec.text_api == "predict" and m.export.get("tokenizer"):
+        if spec.text_api == "predict" and has_tokenizer_files(artifact.folder):  # one saved since export counts
             from torchship.runtimes.text import encode_texts, load_tokenizer
 
             path = Path(texts_file) if texts_file else DEFAULT_TEXTS
@@ -101,8 +129,10 @@ class AccuracyProbe:
             metric = {TEXT_CLASSIFICATION: "label_agreement", FILL_MASK: "token_agreement",
                       TOKEN_CLASSIFICATION: "token_agreement",
                       QUESTION_ANSWERING: "answer_agreement"}.get(m.task, "sentence_cosine")
-            return cls(metric, [feeds], main_output=main, pooling=m.text.get("pooling", "mean"),
-                       source=str(path) if texts_file else "torchship/data/sentences.txt")
+            probe = cls(metric, [feeds], main_output=main, pooling=m.text.get("pooling", "mean"),
+                        source=str(path) if texts_file else "torchship/data/sentences.txt")
+            probe.batch_check = batch_feeds(load_tokenizer(artifact), texts, m.input_names, m.text["max_length"])
+            return probe
         if texts_file:
             raise InputError(f"{artifact.folder} holds a model without a text encoder's tokenizer; it is "
                              "compared on its stored validation inputs, so leave out the text file")
@@ -113,6 +143,25 @@ class AccuracyProbe:
         self._reference = [np.asarray(run(f)[self.main_output]) for f in self.batches]
         if self.metric == "answer_agreement":
             self._reference_end = [np.asarray(run(f)["end_logits"]) for f in self.batches]
+        if self.batch_check is not None:  # a model whose fp32 answers already move a little sets the floor
+            self._batch_floor = min(BATCH_FLOOR, self.batch_cosine(run))
+
+    def batch_cosine(self, run: Runner) -> float:
+        """The worst cosine between a text's main output alone and inside the padded batch (real tokens only)."""
+        alone, batch = self.batch_check
+        together = np.asarray(run(batch)[self.main_output])
+        worst = 1.0
+        for i, feeds in enumerate(alone):
+            one = np.asarray(run(feeds)[self.main_output])[0]
+            row = together[i]
+            if one.ndim and row.ndim and one.shape[0] == feeds["attention_mask"].shape[1] \
+                    and row.shape[0] == batch["attention_mask"].shape[1]:  # a sequence axis: its real tokens
+                one, row = one[feeds["attention_mask"][0] == 1], row[batch["attention_mask"][i] == 1]
+            if one.shape != row.shape:
+                return float("nan")
+            a, b = one.ravel().astype(np.float64), row.ravel().astype(np.float64)
+            worst = min(worst, float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30)))
+        return worst
 
     def measure(self, run: Runner, budget: float) -> AccuracyResult:
         if self._reference is None:
@@ -157,5 +206,19 @@ class AccuracyProbe:
         if not finite:
             extra["problem"] = "output has NaN or inf"
             return AccuracyResult(self.metric, float("nan"), float("nan"), int(per.size), budget, extra)
-        return AccuracyResult(self.metric, float(per.mean()), float(per.min()), int(per.size), budget, extra)
+        batch = self.batch_cosine(run) if self.batch_check is not None else None
+        return AccuracyResult(self.metric, float(per.mean()), float(per.min()), int(per.size), budget, extra,
+                              batch_cosine=batch, batch_floor=self._batch_floor)
+
+
+def batch_feeds(tokenizer, texts: list[str], input_names, max_length: int) -> tuple[list[dict], dict]:
+    """(each of the first BATCH_TEXTS texts encoded alone, those texts and a ~LONG_WORDS-word text made of the
+    texts' own words in one padded batch)."""
+    from torchship.runtimes.text import encode_texts
+
+    words = " ".join(texts).split()
+    long = " ".join((words * (LONG_WORDS // max(len(words), 1) + 1))[:LONG_WORDS])
+    picked = texts[:BATCH_TEXTS]
+    alone = [encode_texts(tokenizer, [t], input_names, max_length) for t in picked]
+    return alone, encode_texts(tokenizer, [*picked, long], input_names, max_length)
 

@@ -1,7 +1,7 @@
 """The int8 candidates ``quantize`` chooses from: what each one is, and how it is built.
 
-A candidate is one setting of ONNX Runtime's quantizer: the method (dynamic, or static with calibrated
-activations), the graph it starts from (the export, the transformer-fused model, or the fused model with
+A candidate is one setting of ONNX Runtime's quantizer: the method (dynamic, its activations scaled per row by
+``int8_rows``, or static with calibrated activations), the graph it starts from (the export, the transformer-fused model, or the fused model with
 residual Add + LayerNorm left unfused), the op types quantized, per-channel or per-tensor weights, 7-bit
 (reduced) weight range, and the nodes left in fp32; static ones also choose signed or unsigned activations
 and the format (QuantizeLinear/DequantizeLinear pairs that ORT fuses at load, or QLinear* operators written
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from torchship.loading import has_tokenizer_files
 from torchship.artifact import Artifact
 from torchship.errors import InputError
 from torchship.onnx_io import load_onnx
-from torchship.external_data import uses_external_data
+from torchship.external_data import data_file_name, uses_external_data
 from torchship.optimizers.accuracy import read_texts
 from torchship.optimizers import approximate
 from torchship.optimizers.fusion import NO_SKIP_LN
@@ -39,6 +40,8 @@ STATIC_OPS = ("MatMul", "Gemm")  # what static int8 quantizes unless --op-types 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")  # static: QUInt8 or QInt8 activations (weights are always QInt8)
 QUANT_FORMATS = ("qdq", "qoperator")  # static: QDQ pairs, or QLinearMatMul & co.
+# How each method scales activations: both give a row the same answer whatever else is in its batch.
+ACTIVATIONS = {"dynamic": "per-row (per token), at run time", "static": "calibrated ranges"}
 # fp32 fallback of the most sensitive MatMuls: "auto" when no candidate meets the budget; "always" also for
 # candidates below budget that timed faster than the fastest within it; "off" never.
 FALLBACKS = ("auto", "always", "off")
@@ -127,7 +130,7 @@ class Candidate:
                 "reduce_range": self.reduce_range, "op_types": list(self.op_types) if self.op_types else "default",
                 "exclude": list(self.exclude), "disabled_optimizers": list(self.disabled_optimizers),
                 "activation_type": self.activation_type, "quant_format": self.quant_format,
-                "fp32_fallback": list(self.fp32_nodes),
+                "fp32_fallback": list(self.fp32_nodes), "activations": ACTIVATIONS[self.method],
                 **({"approximate": approximate.WHAT} if self.source.endswith("-approx") else {})}
 
 
@@ -197,7 +200,7 @@ def calibration_feeds(options: QuantizeOptions, artifact: Artifact) -> list[dict
             raise InputError(f"calibration arrays in {path} differ in their first (sample) axis: {sorted(rows)}")
         dtypes = {i["name"]: i["dtype"] for i in m.inputs}
         return [{n: arrays[n][i:i + 1].astype(dtypes[n]) for n in m.input_names} for i in range(rows.pop())]
-    if not m.export.get("tokenizer"):
+    if not has_tokenizer_files(artifact.folder):
         raise InputError(f"{artifact.folder} has no tokenizer, so calibration text cannot be used; "
                          "give an .npz with one array per model input")
     from torchship.runtimes.text import encode_texts, load_tokenizer
@@ -219,10 +222,17 @@ def build(c: Candidate, src: Path, dst: Path, *, calibration: list[dict] | None,
     if c.method == "dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=c.per_channel,
+        from torchship.optimizers.int8_rows import per_row
+
+        # ORT's per-tensor activation scale spans the whole batch; per_row makes each row's answer its own.
+        per_tensor = scratch / f"per_tensor_{dst.name}"
+        quantize_dynamic(src, per_tensor, weight_type=QuantType.QInt8, per_channel=c.per_channel,
                          reduce_range=c.reduce_range, op_types_to_quantize=list(c.op_types) if c.op_types else None,
                          nodes_to_exclude=list(dict.fromkeys([*c.exclude, *c.fp32_nodes])),
                          use_external_data_format=external, extra_options=extra)
+        per_row(per_tensor, dst)
+        for f in (per_tensor, per_tensor.with_name(data_file_name(per_tensor))):
+            f.unlink(missing_ok=True)
         return
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           quantize_static)

@@ -8,9 +8,9 @@ averaged over the tokens:
 
     mean over rows r of ||Q(x_r) Q(W) - x_r W|| / ||x_r W||
 
-with activations 8-bit per tensor over their range (dynamic int8: the range seen on the probe texts; static:
-the calibrated range, so values outside it clip as they will at run time) and weights int8 symmetric, per
-channel or per tensor, 7-bit with reduce-range. Per token, not over the whole tensor: one scale per tensor is
+with activations 8-bit (dynamic int8: per row, symmetric over the row's own peak, as ``int8_rows`` writes it;
+static: per tensor over the calibrated range, so values outside it clip as they will at run time) and weights
+int8 symmetric, per channel or per tensor, 7-bit with reduce-range. Per token, not over the whole tensor: one scale per tensor is
 set by a few outlier tokens, which then quantize well while every other token loses its resolution; a
 tensor-wide norm is dominated by the outliers and hides that (on MiniLM it ranked the FFN output MatMuls, whose
 fp32 fallback moves static int8 from 0.943 to 0.991 sentence cosine, below the FFN inputs; the per-token mean
@@ -101,8 +101,11 @@ class Sensitivity:
                 continue
             x, w = self.activations[node.activation], self.weights[node.name]
             exact = x @ w
-            span = (calibrated or {}).get(node.activation, self.ranges[node.activation])
-            got = _fake_quant_activation(x, span) @ _fake_quant_weight(
+            if c.method == "dynamic":  # int8_rows: one symmetric scale per row
+                xq = _fake_quant_rows(x)
+            else:
+                xq = _fake_quant_activation(x, (calibrated or {}).get(node.activation, self.ranges[node.activation]))
+            got = xq @ _fake_quant_weight(
                 w, per_channel=c.per_channel, reduce_range=c.reduce_range)
             norms = np.linalg.norm(exact, axis=1)
             rows = norms > 0
@@ -172,6 +175,13 @@ def _fake_quant_activation(x: np.ndarray, span: tuple[float, float]) -> np.ndarr
     scale = (hi - lo) / 255.0 or 1.0
     zero = np.round(-lo / scale)
     return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def _fake_quant_rows(x: np.ndarray) -> np.ndarray:
+    """8-bit, symmetric, one scale per row (dynamic int8 as int8_rows writes it)."""
+    peak = np.abs(x).max(axis=1, keepdims=True)
+    scale = np.where(peak > 0, peak / 127.0, 1.0)
+    return np.round(x / scale) * scale
 
 
 def _fake_quant_weight(w: np.ndarray, *, per_channel: bool, reduce_range: bool) -> np.ndarray:

@@ -3,7 +3,7 @@
 ONNX Runtime's quantizer has knobs that decide both speed and accuracy, and which setting wins
 depends on the model and the CPU. So ``quantize`` builds a small set of candidates:
 
-- dynamic int8 (weights int8 ahead of time, activations quantized per run) from the export and from
+- dynamic int8 (weights int8 ahead of time, activations quantized per row at run time) from the export and from
   the transformer-fused model (where QAttention replaces Attention), per-channel and per-tensor
   weights, optionally with reduced (7-bit) range;
 - static int8 (activations calibrated on the user's texts or arrays) when calibration data is given,
@@ -11,7 +11,10 @@ depends on the model and the CPU. So ``quantize`` builds a small set of candidat
   activations (attention scores) stay in fp32.
 
 Each candidate is compared with the fp32 export on the accuracy probe (sentence cosine for
-embedding models, label agreement for classifiers), all are timed together at the use shape, and
+embedding models, label agreement for classifiers); one whose answer for a text changes with the rest of its
+batch is dropped (the probe's batch check; dynamic candidates scale activations per row, ``int8_rows.py``, so
+that only a fused op that needs one scale per tensor, QAttention, leaves one batch-dependent). All are timed
+together at the use shape, and
 the fastest one within the budget is saved as ``model_int8.onnx``. When none meets the budget (or, with
 ``fallback="always"``, when one below it timed faster than the fastest within it), the fp32 fallback
 (``int8_fallback.py``) rebuilds the closest ones with their most sensitive MatMuls left in fp32. Every
@@ -30,7 +33,7 @@ import numpy as np
 
 from torchship import _progress
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
-from torchship.benchmarks.timing import measure_interleaved
+from torchship.benchmarks.timing import cpu_name, measure_interleaved
 from torchship._fs import scratch_dir, transaction
 from torchship.errors import ArtifactError, BudgetError, InputError, first_line
 from torchship.external_data import normalize, staged_model
@@ -126,7 +129,9 @@ def _quantize(artifact: Artifact, options: QuantizeOptions, progress: _progress.
                 # candidate it cannot load or run: record, go on.
                 o.error = f"{type(exc).__name__}: {first_line(exc, 200)}"
                 return o
-            progress.step(f"    {o.accuracy.describe()} {'ok' if o.accuracy.passed else 'BELOW BUDGET'}")
+            verdict = "ok" if o.accuracy.passed else "BELOW BUDGET" if o.accuracy.batch_independent \
+                else "DEPENDS ON ITS BATCH"
+            progress.step(f"    {o.accuracy.describe()} {verdict}")
             return o
 
         base = candidates(options, available, exclude)
@@ -178,7 +183,7 @@ def _fall_back(outcomes: list[Outcome], options: QuantizeOptions, available: dic
     if options.fallback == "off" or not options.max_fp32 or not options.fallback_candidates:
         return None
     below = [o for o in outcomes if o.error is None and o.accuracy is not None and not o.passed
-             and np.isfinite(o.accuracy.mean)]
+             and np.isfinite(o.accuracy.mean) and o.accuracy.batch_independent]  # fp32 MatMuls cannot mend that
     passing = [o for o in outcomes if o.passed]
     if not below:
         return None
@@ -227,6 +232,10 @@ def _verdicts(outcomes: list[Outcome], chosen: str | None) -> dict[str, str]:
             out[name] = "kept: the fastest within budget"
         elif o.passed:
             out[name] = "slower than the kept one" if chosen else "within budget"
+        elif not o.accuracy.batch_independent:
+            out[name] = (f"dropped: its answer for a text depends on the rest of the batch (min cosine "
+                         f"{o.accuracy.batch_cosine:.6f} between a text alone and beside a 200-word text, "
+                         f"floor {o.accuracy.batch_floor:g})")
         else:
             out[name] = "below budget" + (f"; rescued by {rescued[name]}" if name in rescued else "")
     return out
@@ -238,17 +247,21 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
     verdicts = _verdicts(outcomes, passing[0].candidate.name if passing else None)
     report = [{**o.to_json(), "verdict": verdicts[o.candidate.name]} for o in outcomes]
     if not passing:
-        tried = [o for o in outcomes if o.accuracy is not None]
+        tried = [o for o in outcomes if o.accuracy is not None and o.accuracy.batch_independent]
+        batchy = sum(o.accuracy is not None and not o.accuracy.batch_independent for o in outcomes)
         best = max(tried, key=lambda o: o.accuracy.mean, default=None)
-        why = (f"no int8 candidate met the budget ({probe.metric} mean >= {options.budget:g})"
+        why = (f"no int8 candidate met the budget ({probe.metric} mean >= {options.budget:g}"
+               + (f"; {batchy} dropped as their answers depend on the batch" if batchy else "") + ")"
                + (f"; the closest, {best.candidate.name}, reached {best.accuracy.mean:.4f}" if best else
+                  "" if batchy else
                   "; none could be built: " + "; ".join(f"{o.candidate.name}: {o.error}" for o in outcomes)))
         manifest = artifact.manifest.with_skipped(VARIANT, why)
         artifact.save(replace(manifest, quantization={"chosen": None, "candidates": report, "fallback": fallback}))
         tried = (f"the fp32 fallback tried up to {options.max_fp32} MatMuls in fp32; " if fallback else "")
-        raise BudgetError(f"{why}. Every candidate's numbers are in {artifact.folder}/torchship.json; {tried}"
-                          "allow more fp32 MatMuls with --max-fp32, leave nodes in fp32 with --exclude, try static "
-                          "int8 with --calibration, or lower --budget")
+        fix = ("try --op-types MatMul (per-row int8), or static int8 with --calibration (calibrated ranges)"
+               if batchy and best is None else "allow more fp32 MatMuls with --max-fp32, leave nodes in fp32 with "
+               "--exclude, try static int8 with --calibration, or lower --budget")
+        raise BudgetError(f"{why}. Every candidate's numbers are in {artifact.folder}/torchship.json; {tried}{fix}")
     best = passing[0]
     final = artifact.folder / FILE
     with staged_model(final) as tmp:
@@ -261,7 +274,8 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                       options={**best.candidate.to_json(), "precision": "int8", "p50_ms": best.p50_ms, **best.extra,
                                "calibration": Path(options.calibration).name if options.calibration else None,
                                "calibration_method": options.calibration_method if options.calibration else None,
-                               "search_s": round(time.perf_counter() - started, 1)},  # the whole measured search
+                               "search_s": round(time.perf_counter() - started, 1),  # the whole measured search
+                               "machine": {"cpu": cpu_name()}},  # where p50_ms and speedup_vs_fp32 were timed
                       size_bytes=model_bytes(final), seconds=round(best.build_s, 3), validation=validation,
                       fusion={"counts": op_histogram(final)})
     manifest = artifact.manifest.with_variant(variant)

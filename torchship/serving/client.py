@@ -73,8 +73,11 @@ def local_reference(folder: str | Path, backend: str | None = None):
     from torchship.runtimes import create_predictor
     from torchship.runtimes.text import TextModel
 
+    from torchship.variants import backend_variants
+
     artifact = Artifact.open(folder)
-    model = TextModel.from_artifact(artifact, create_predictor(artifact, backend or "ort"))
+    name = backend or "ort"
+    model = TextModel.from_artifact(artifact, create_predictor(artifact, name))
 
     def answers(texts):
         p = model.predict(list(texts))
@@ -82,6 +85,9 @@ def local_reference(folder: str | Path, backend: str | None = None):
             if found is not None:
                 return list(found)
         return list(p.labels)
+    variant = next((v for v in backend_variants(name) if v in artifact.manifest.variants), None)
+    file = artifact.manifest.variants[variant].file if variant else None
+    answers.describe = f"the {name} variant{f' ({file})' if file else ''} of {artifact.folder}, run here"
     return answers
 
 

@@ -21,17 +21,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from torchship.errors import BackendUnavailable, InputError, TorchshipError
+from torchship.errors import BackendUnavailable, InputError
+from torchship.serving.answer_checks import (MAX_ERROR_SHARE, SAMPLE, SERVED_FLOOR, LoadTestFailed,  # noqa: F401
+                                             ServerError, check_answers, check_answers_of, failure, first_answer,
+                                             same_results)
 
 PROTOCOLS = ("http", "grpc")
 MAX_CONCURRENCY = 256
 MAX_DURATION_S = 600.0
-SAMPLE = 16  # texts whose answers are checked against the local predictor
-
-
-class ServerError(TorchshipError):
-    exit_code = 1
-
 
 @dataclass(frozen=True)
 class LoadOptions:
@@ -278,53 +275,32 @@ def run_level(target: Target, texts: list[str], concurrency: int, options: LoadO
                  float(np.percentile(ms, 99)), errors[0] if errors else "")
 
 
-def same_results(got, want, atol: float = 1e-4) -> bool:
-    """Two JSON-like results equal, numbers within ``atol``."""
-    if isinstance(want, dict):
-        return isinstance(got, dict) and got.keys() == want.keys() and all(same_results(got[k], want[k], atol)
-                                                                          for k in want)
-    if isinstance(want, (list, tuple)):
-        return isinstance(got, (list, tuple)) and len(got) == len(want) and all(
-            same_results(g, w, atol) for g, w in zip(got, want))
-    if isinstance(want, float):
-        return isinstance(got, (int, float)) and abs(got - want) <= atol
-    return got == want
-
-
-def check_answers(target: Target, texts: list[str], reference: Callable[[list[str]], list]) -> dict:
-    """Send the first SAMPLE distinct texts one by one and compare with ``reference`` (the local predictor):
-    cosine for vectors, agreement for labels."""
-    sample = list(dict.fromkeys(texts))[:SAMPLE]
-    send = target.connect()
-    got = [send([t])[0] for t in sample]
-    want = reference(sample)
-    if isinstance(got[0], str):
-        agree = sum(g == w for g, w in zip(got, want)) / len(sample)
-        return {"measure": "label agreement", "value": agree, "texts": len(sample), "passed": agree == 1.0}
-    if isinstance(got[0], list):  # entities or filled masks: the same words, spans and labels, scores to 1e-4
-        agree = sum(same_results(g, w) for g, w in zip(got, want)) / len(sample)
-        return {"measure": "result agreement", "value": agree, "texts": len(sample), "passed": agree == 1.0}
-    cos = [float(np.dot(g.ravel(), np.asarray(w).ravel()) /
-                 max(np.linalg.norm(g) * np.linalg.norm(w), 1e-12)) for g, w in zip(got, want)]
-    return {"measure": "min cosine", "value": min(cos), "texts": len(sample), "passed": min(cos) >= 0.9999}
-
-
 def run_loadtest(target: Target, texts: list[str], options: LoadOptions, *, name: str, model: str, protocol: str,
-                 reference: Callable[[list[str]], list] | None = None, progress=None) -> LoadReport:
+                 reference: Callable[[list[str]], list] | None = None, progress=None,
+                 fail_on_errors: bool = True) -> LoadReport:
+    """Check one request, then the answers (against ``reference``), then each concurrency level. With
+    ``fail_on_errors`` a level that lost more than MAX_ERROR_SHARE of its requests raises LoadTestFailed (the
+    report rides on it); without, the caller asks ``failure(report)`` once it has written the report."""
     options = options.checked()
     if not texts:
         raise InputError("no texts to send; give --texts a file with one text per line")
-    check = check_answers(target, texts, reference) if reference is not None else {}
+    first_answer(target, texts, name=name, protocol=protocol)
+    check = check_answers_of(target, texts, reference) if reference is not None else {}
     levels = []
     for c in options.concurrency:
         if progress:
             progress(f"concurrency {c}: {options.warmup_s:g} s warm-up, {options.duration_s:g} s counted")
         levels.append(run_level(target, texts, c, options))
-    return LoadReport(name, model, protocol, asdict(options), tuple(levels), check)
+    report = LoadReport(name, model, protocol, asdict(options), tuple(levels), check)
+    problem = failure(report) if fail_on_errors else None
+    if problem:
+        raise LoadTestFailed(problem, report)
+    return report
 
 
 def markdown(report: LoadReport) -> str:
-    lines = [f"# Load test: {report.model} on {report.target} ({report.protocol})", "",
+    on = report.target if report.target.endswith(f"({report.protocol})") else f"{report.target} ({report.protocol})"
+    lines = [f"# Load test: {report.model} on {on}", "",
              f"Closed loop, {report.options['texts_per_request']} text(s) per request, "
              f"{report.options['warmup_s']:g} s warm-up and {report.options['duration_s']:g} s counted per level.",
              "", "| concurrency | requests/s | texts/s | p50 ms | p90 ms | p99 ms | requests | errors |",
@@ -337,8 +313,8 @@ def markdown(report: LoadReport) -> str:
         lines.append(f"\nFirst error at concurrency {v.concurrency}: {v.first_error}")
     if report.check:
         c = report.check
-        lines.append(f"\nAnswers checked against the local predictor on {c['texts']} texts: {c['measure']} "
-                     f"{c['value']:.6f} ({'as expected' if c['passed'] else 'MISMATCH'}).")
+        lines.append(f"\nAnswers checked against {c.get('against', 'the local predictor')} on {c['texts']} texts: "
+                     f"{c['measure']} {c['value']:.6f} ({'as expected' if c['passed'] else 'MISMATCH'}).")
     return "\n".join(lines) + "\n"
 
 
@@ -347,8 +323,10 @@ def plot(reports: list[LoadReport], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig.suptitle(", ".join(dict.fromkeys(r.model for r in reports)))
     for r in reports:
         xs = [v.concurrency for v in r.levels]
         left.plot(xs, [v.texts_per_s for v in r.levels], marker="o", label=r.target)
@@ -356,6 +334,7 @@ def plot(reports: list[LoadReport], path: Path) -> None:
     left.set(xlabel="concurrency", ylabel="texts/s", title="throughput")
     right.set(xlabel="concurrency", ylabel="ms", title="p99 latency")
     for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # concurrency is a count of clients
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
