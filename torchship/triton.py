@@ -130,6 +130,7 @@ def _pick(artifact, name: str):
 
     variants = artifact.manifest.variants
     if name in variants:
+        _refuse_batch_dependent(artifact, name)
         return name, backend_of_variant(name)
     if name not in BY_NAME:
         raise InputError(f"{artifact.folder} has no variant or backend {name!r}; it has "
@@ -139,7 +140,21 @@ def _pick(artifact, name: str):
         raise InputError(f"backend {name!r} cannot be served by Triton; choose one of the folder's variants: "
                          f"{', '.join(variants)}")
     names = backend_variants(name)
-    return (next((n for n in names if n in variants), names[0]) if names else None), record
+    chosen = next((n for n in names if n in variants), names[0]) if names else None
+    if chosen in variants:
+        _refuse_batch_dependent(artifact, chosen)
+    return chosen, record
+
+
+def _refuse_batch_dependent(artifact, variant: str) -> None:
+    """An int8 file from before per-row activations answers a text according to what Triton batches with it."""
+    from torchship.optimizers.int8_rows import is_per_row
+
+    v = artifact.manifest.variants[variant]
+    if v.stage == "quantization" and not is_per_row(artifact.folder / v.file):
+        raise InputError(f"{v.file} scales its activations per tensor, so a served text's answer would depend on "
+                         f"what Triton batches with it; make it again with: torchship quantize {artifact.folder} "
+                         f"--int8")
 
 
 def _tensors(specs, batched: bool) -> list[tuple[str, str, list[int]]]:

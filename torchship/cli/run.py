@@ -147,6 +147,7 @@ def predict_cmd(folder, texts, backend, device, as_json, aggregation, question):
                              "torchship bench", text_api="predict")
     _refuse_unused_flags(artifact, question=question)
     backend = _resolve_backend(artifact, backend)
+    _warn_batch_dependent(artifact, backend)
     predictor = create_predictor(artifact, backend, RuntimeOptions(device=device))
     with predictor:
         result = TextModel.from_artifact(artifact, predictor).predict(list(texts), aggregation=aggregation,
@@ -190,6 +191,16 @@ def _refuse_unused_flags(artifact, *, question) -> None:
                                ("--question", question is not None, "question-answering")):
         if used and task != wanted:
             raise InputError(f"{flag} is for {wanted} models; {artifact.folder} does {task}: drop {flag}")
+
+
+def _warn_batch_dependent(artifact, backend: str) -> None:
+    """An int8 file made before per-row activations still runs when named, with a line that says what it does."""
+    from torchship.optimizers.int8_rows import is_per_row
+
+    variant = artifact.variant_for(backend) if backend == "ort-int8" else None
+    if variant is not None and not is_per_row(artifact.folder / variant.file):
+        PROGRESS.step(f"WARNING: {variant.file} scales activations per tensor, so a text's answer depends on the "
+                      f"rest of its batch; make it again with: torchship quantize {artifact.folder} --int8")
 
 
 def _resolve_backend(artifact, backend: str) -> str:

@@ -105,7 +105,7 @@ def loadtest_cmd(url, model, concurrency, duration, warmup, protocol, texts_file
     concurrency level, and a check that the answers match the local predictor. Writes loadtest.{json,md,png}."""
     from torchship.exporters.inputs import parse_shape_list
     from torchship.serving.client import load_texts, local_reference, model_source, target_for
-    from torchship.serving.loadtest import LoadOptions, markdown, run_loadtest, write_report
+    from torchship.serving.loadtest import LoadOptions, ServerError, failure, markdown, run_loadtest, write_report
 
     no_file(reference, "--reference")
     no_file(output, "--output")
@@ -122,15 +122,18 @@ def loadtest_cmd(url, model, concurrency, duration, warmup, protocol, texts_file
                           "(pass --reference FOLDER)")
         else:
             ref = local_reference(*source)
-    report = run_loadtest(target, texts, options, name=f"{url} ({protocol})", model=model, protocol=protocol,
-                          reference=ref, progress=PROGRESS.step)
-    paths = write_report(report, output)
+    report = run_loadtest(target, texts, options, name=url, model=model, protocol=protocol,
+                          reference=ref, progress=PROGRESS.step, fail_on_errors=False)
+    paths = write_report(report, output)  # written first: a failed run's numbers are what the user needs
     click.echo(markdown(report))
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if any(v.errors for v in report.levels):
+        click.echo(json.dumps({v.concurrency: v.first_error for v in report.levels if v.errors}), err=True)
     if report.check and not report.check["passed"]:
         from torchship.errors import ValidationError
 
-        raise ValidationError(f"the server's answers differ from the local predictor: {report.check['measure']} "
-                              f"{report.check['value']:.6f}")
-    if any(v.errors for v in report.levels):
-        click.echo(json.dumps({v.concurrency: v.first_error for v in report.levels if v.errors}), err=True)
+        raise ValidationError(f"the server's answers differ from {report.check.get('against', 'the local predictor')}"
+                              f": {report.check['measure']} {report.check['value']:.6f}")
+    problem = failure(report)
+    if problem:
+        raise ServerError(f"{problem}; the numbers are in {paths['md']}")

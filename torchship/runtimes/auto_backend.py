@@ -6,7 +6,8 @@ The rule, deterministic and in this order:
 1. A folder opened through a torchship auto output: the backend auto chose (it timed every variant itself).
 2. Among the runs with a timing recorded on this machine's CPU: the measured fp32 dispatch (``ort-measured``,
    when optimize's table was timed on this CPU), the int8 variant (judged within its budget by quantize, and
-   timed by it against the fp32 export) and each weight-only variant (judged within its budget with no
+   timed by it against the fp32 export; one made before int8 scaled activations per row is passed over) and each
+   weight-only variant (judged within its budget with no
    far-from-fp32 warning, its decode step timed against the fastest fp32 decoder file): the one with the
    largest speed-up over fp32 at the shape it was timed (for int8, against the table's range that holds that
    shape; without a table, a variant must beat fp32); a tie keeps fp32.
@@ -71,7 +72,10 @@ def choose(artifact: Artifact, cpu: str | None = None) -> AutoBackend:
         opts, val = int8.options, int8.validation or {}
         timed_on = (opts.get("machine") or {}).get("cpu")
         shape = _SHAPE.search(str(opts.get("shape", "")))
-        if not val.get("passed") or not opts.get("speedup_vs_fp32") or shape is None:
+        if "activations" not in opts or val.get("batch_independent") is False:
+            passed_over.append(f"{INT8.name} scales activations per tensor, so its answers depend on the batch "
+                               f"(quantize again)")
+        elif not val.get("passed") or not opts.get("speedup_vs_fp32") or shape is None:
             passed_over.append(f"{INT8.name} has no passing accuracy and timing from quantize")
         elif timed_on and timed_on != cpu:
             passed_over.append(f"{INT8.name} was timed on {timed_on}")
