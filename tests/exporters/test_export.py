@@ -176,3 +176,18 @@ def test_gpt2_is_not_a_bert(tmp_path):
     GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(UnsupportedModelError, match="'gpt2' model .*use export-gpt2.*exports BERT-like encoders"):
         export(str(tmp_path / "gpt2"), tmp_path / "out", ExportOptions(kind="encoder"))
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "mpnet"])
+def test_a_text_longer_than_the_model_reads_is_cut_to_its_position_table(exported, model_type):
+    """Position ids of RoBERTa and MPNet start past the padding index: the text limit leaves room for it."""
+    from torchship.artifact import Artifact
+    from torchship.runtimes import create_predictor
+    from torchship.runtimes.text import TextModel
+
+    art = Artifact.open(exported(model_type))
+    table = art.manifest.text["max_length"]
+    with create_predictor(art, "ort") as predictor:
+        result = TextModel.from_artifact(art, predictor).predict(["a good movie " * 200, "hello world"])
+    assert result.embeddings.shape[0] == 2 and np.isfinite(result.embeddings).all()
+    assert table == {"roberta": 128 - (0 + 1), "mpnet": 128 - 2}[model_type]  # tiny configs: 128 positions, pad 0

@@ -29,6 +29,7 @@ class EncoderSpec(TransformersSource, SpecDefaults):
     phases: tuple[str, ...] = (ENCODE,)
     text_api: str | None = "predict"
     positions_after_padding: bool = False  # RoBERTa-style: position ids start at pad_token_id + 1
+    position_offset: int = 0  # position ids start here whatever the config says (MPNet: its padding index 1, + 1)
     # Local (sliding-window) attention: a pad position whose window holds only padding sees no real token,
     # so its output is undefined (attention implementations fill it differently) and only real tokens count.
     local_attention: bool = False
@@ -88,7 +89,7 @@ class EncoderSpec(TransformersSource, SpecDefaults):
         limit = int(config.max_position_embeddings)
         if self.positions_after_padding:
             limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1
-        return limit
+        return limit - self.position_offset
 
     def case_shape(self, case: TextShape) -> tuple[int, ...]:
         return (case.batch, case.sequence)
@@ -154,7 +155,7 @@ ENCODER_SPECS = tuple(register(s) for s in (
     EncoderSpec("roberta", ("roberta", "xlm-roberta", "camembert"), _NO_SEGMENTS, positions_after_padding=True),
     EncoderSpec("distilbert", ("distilbert",), _NO_SEGMENTS),
     EncoderSpec("electra", ("electra",), _WITH_SEGMENTS),
-    EncoderSpec("mpnet", ("mpnet",), _NO_SEGMENTS, fusion_hint=_no_pattern("MPNet", "relative position bias")),
+    EncoderSpec("mpnet", ("mpnet",), _NO_SEGMENTS, position_offset=2, fusion_hint=_no_pattern("MPNet", "relative position bias")),
     EncoderSpec("albert", ("albert",), _WITH_SEGMENTS,
                 fusion_hint="ALBERT shares one layer's weights across layers, and ONNX Runtime's optimizer does "
                             "not fuse every repeat of the shared attention"),

@@ -114,6 +114,10 @@ class TransformersSource:
         if settings["max_length"] is None:
             settings["max_length"] = int(getattr(config, "max_position_embeddings", None)
                                          or getattr(config, "n_positions", 512))
+        try:  # a tokenizer's limit past the model's positions would index past its position table
+            settings["max_length"] = min(int(settings["max_length"]), int(self.max_positions(config)))
+        except (AttributeError, TypeError, ValueError):  # a family without a position table
+            pass
         return {"pooling": settings["pooling"], "normalize": settings["normalize"],
                 "max_length": int(settings["max_length"]), "labels": labels,
                 "settings_from": settings["settings_from"]}
