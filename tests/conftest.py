@@ -23,6 +23,17 @@ def pytest_configure(config):
         config._torchship_basetemp = config.option.basetemp
 
 
+# The files that take longest start first, so that two workers (`make test`: pytest -n 2 --dist loadfile) finish
+# together instead of one running a long file alone at the end.
+LONG_FILES = ("test_help_examples.py", "test_auto.py", "test_tasks.py", "test_serving.py", "test_decoder_bench.py",
+              "test_unet.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: the rest keep their order
+
+
 def pytest_unconfigure(config):
     import shutil
 

@@ -1,4 +1,5 @@
-"""The commands as users run them: console scripts in a subprocess, exit codes, one-line errors."""
+"""The commands as users run them: exit codes, one-line errors; in this process (tests/cli_runner.py), and in a
+subprocess where only a process shows it (the console scripts, a hub setting read when huggingface_hub loads)."""
 
 import json
 import os
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import run
+
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
-def run(*args, env=ENV):
+def run_process(*args, env=ENV):
     exe = str(BIN / args[0])
     return subprocess.run([exe, *args[1:]], capture_output=True, text=True, env=env, timeout=600)
 
@@ -30,7 +33,7 @@ def assert_one_line_error(proc, pattern):
                                  ("torchship", "optimize"), ("torchship", "bench"), ("torchship", "predict"),
                                  ("torchship", "generate"), ("torchship", "demo")])
 def test_help(cmd):
-    proc = run(*cmd, "--help")
+    proc = run_process(*cmd, "--help")
     assert proc.returncode == 0 and "Usage:" in proc.stdout
 
 
@@ -91,7 +94,7 @@ def test_bad_inputs_give_one_line_and_write_nothing(model_dirs, tmp_path):
 def test_unreachable_hub_without_offline_flag(tmp_path):
     env = {k: v for k, v in ENV.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_ENDPOINT="https://hub.invalid", HF_HOME=str(tmp_path / "hf"))
-    proc = run("export-bert", "--model", "bert-base-cased", "--output", str(tmp_path / "o"), env=env)
+    proc = run_process("export-bert", "--model", "bert-base-cased", "--output", str(tmp_path / "o"), env=env)
     assert_one_line_error(proc, "cannot load 'bert-base-cased'")
     assert "--model DIR" in proc.stderr and not (tmp_path / "o").exists()
 
@@ -124,7 +127,7 @@ def test_export_gpt2_bench_generate(decoder_dir, model_dirs, exported, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "exporter dynamo opset 23" in proc.stdout and "fused: Attention 2/2" in proc.stdout
     proc = run("torchship", "bench", str(out), "--batch-sizes", "1", "--prompt-length", "12", "--min-seconds", "0",
-               "--threads", "1")
+               "--threads", "1", "--no-peak-memory")
     assert proc.returncode == 0, proc.stderr
     assert "| ort-optimized | decode | 1 | 1 | 12 |" in proc.stdout and "| torch | prefill | 1 | 12 | 0 |" in proc.stdout
     proc = run("torchship", "generate", str(out), "hello world", "--max-new-tokens", "4", "--backend", "torch")

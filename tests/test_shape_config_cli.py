@@ -2,17 +2,8 @@
 it; bench runs at its use shape; a GPU device on a machine without one is one clear line."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-
-def run(*args):
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=ENV, timeout=600)
+from cli_runner import run
 
 
 def test_encoder_config_export_then_bench_at_use(model_dirs, tmp_path):

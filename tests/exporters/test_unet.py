@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from cli_runner import run
 from tiny import TINY_UNET_CONFIGS, make_unet
 
 from torchship.artifact import Artifact
@@ -115,16 +116,6 @@ def test_validation_shapes_must_not_all_be_the_trace_shape(unet_dirs, tmp_path):
     with pytest.raises(InputError, match="must differ from the export's dummy shape"):
         export(str(unet_dirs(4)), tmp_path / "o", ExportOptions(exporter="torchscript", shapes=parse_shape_config(dummy)))
     assert not (tmp_path / "o").exists()
-
-
-BIN = sys.executable.rsplit("/", 1)[0]
-
-
-def run(*args, env=None):
-    import os
-
-    return subprocess.run([f"{BIN}/{args[0]}", *args[1:]], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
 def one_line_error(proc, pattern):

@@ -39,6 +39,7 @@ def test_each_mode_sets_orts_entries_and_a_wrong_one_is_refused():
         spin_entries("yes")
 
 
+@pytest.mark.alone  # measures the CPU a process burns while idle: another test beside it skews that
 def test_the_default_mode_leaves_no_thread_spinning_after_a_run(tmp_path):
     feeds = _matmuls(tmp_path / "m.onnx")
     outputs, idle = {}, {}

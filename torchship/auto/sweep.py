@@ -159,9 +159,12 @@ def _build_int8(artifact, config: AutoConfig, rows: dict[str, Row], threads: int
     from torchship.artifact import Artifact
     from torchship.optimizers.quantize import QuantizeOptions, quantize
 
-    # int8 in the precisions, and a CPU config
-    _attempt(_wanted(rows, INT8), lambda: quantize(
-        artifact.folder, QuantizeOptions(budget=config.budget, threads=threads), progress=progress))
+    # int8 in the precisions, and a CPU config; the search times its candidates no longer than the config's
+    # min_seconds when that is shorter than quantize's own default (a quick auto run is quick throughout)
+    search = QuantizeOptions(budget=config.budget, threads=threads)
+    search = replace(search, timing=replace(search.timing, min_seconds=min(search.timing.min_seconds,
+                                                                           config.min_seconds)))
+    _attempt(_wanted(rows, INT8), lambda: quantize(artifact.folder, search, progress=progress))
     engines = [r for r in _wanted(rows, ENGINE) if r.precision == "int8"]
     if engines:
         int8 = Artifact.open(artifact.folder).manifest.variants.get("int8")
