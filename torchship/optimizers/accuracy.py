@@ -56,6 +56,7 @@ class AccuracyResult:
     extra: dict = field(default_factory=dict)
     batch_cosine: float | None = None  # worst text alone vs in the padded batch; None: not checked
     batch_floor: float = BATCH_FLOOR
+    per_tensor: bool = False  # the file scales activations per tensor: batch-dependent by construction
 
     @property
     def within_budget(self) -> bool:
@@ -63,7 +64,7 @@ class AccuracyResult:
 
     @property
     def batch_independent(self) -> bool:
-        return self.batch_cosine is None or self.batch_cosine >= self.batch_floor
+        return not self.per_tensor and (self.batch_cosine is None or self.batch_cosine >= self.batch_floor)
 
     @property
     def passed(self) -> bool:
@@ -73,12 +74,14 @@ class AccuracyResult:
         text = f"{self.metric} mean {self.mean:.4f} (min {self.min:.4f}, budget {self.budget:g}, {self.samples} samples)"
         if self.batch_cosine is not None:
             text += f"; alone vs in a batch: min cosine {self.batch_cosine:.6f}"
+        if self.per_tensor:
+            text += "; scales activations per tensor"
         return text
 
     def to_json(self) -> dict:
         batch = {} if self.batch_cosine is None else {
             "batch_cosine_min": self.batch_cosine, "batch_floor": self.batch_floor,
-            "batch_independent": self.batch_independent}
+            "batch_independent": self.batch_independent, **({"per_tensor": True} if self.per_tensor else {})}
         return {"metric": self.metric, "mean": self.mean, "min": self.min, "samples": self.samples,
                 "budget": self.budget, "passed": self.passed, **batch, **self.extra}
 

@@ -43,6 +43,7 @@ from torchship.optimizers.fusion import op_histogram
 from torchship.optimizers.int8_candidates import (DEFAULT_SOURCES, SOURCES, UNFUSED_LN, Candidate, QuantizeOptions,
                                                   build, calibration_cache, calibration_feeds, candidates, ln_sources,
                                                   matching_nodes)
+from torchship.optimizers.int8_rows import is_per_row
 from torchship.validation import run_reference_cases
 from torchship.exporters.spec import family_of, saved_config
 
@@ -123,6 +124,8 @@ def _quantize(artifact: Artifact, options: QuantizeOptions, progress: _progress.
                 o.build_s = time.perf_counter() - start
                 o.accuracy = probe.measure(ort_runner(dst, threads=options.threads,
                                                       disabled_optimizers=c.disabled_optimizers), options.budget)
+                if not is_per_row(dst):  # a model whose own answers move with the batch may pass the probe
+                    o.accuracy = replace(o.accuracy, per_tensor=True)
                 o.path = dst
             except (ArtifactError, ValueError, KeyError, IndexError, TypeError, *run_errors()) as exc:
                 # The quantizer raises plain Python errors on graphs it cannot handle, ONNX Runtime its own on a
@@ -232,6 +235,9 @@ def _verdicts(outcomes: list[Outcome], chosen: str | None) -> dict[str, str]:
             out[name] = "kept: the fastest within budget"
         elif o.passed:
             out[name] = "slower than the kept one" if chosen else "within budget"
+        elif o.accuracy.per_tensor:
+            out[name] = ("dropped: it scales activations per tensor (QAttention or DynamicQuantizeLinear), so its "
+                         "answer for a text depends on the rest of the batch")
         elif not o.accuracy.batch_independent:
             out[name] = (f"dropped: its answer for a text depends on the rest of the batch (min cosine "
                          f"{o.accuracy.batch_cosine:.6f} between a text alone and beside a 200-word text, "
