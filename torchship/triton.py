@@ -148,11 +148,11 @@ def _pick(artifact, name: str):
 
 def _refuse_batch_dependent(artifact, variant: str) -> None:
     """An int8 file from before per-row activations answers a text according to what Triton batches with it."""
-    from torchship.optimizers.int8_rows import is_per_row
+    from torchship.optimizers.int8_rows import per_tensor_file
 
-    v = artifact.manifest.variants[variant]
-    if v.stage == "quantization" and not is_per_row(artifact.folder / v.file):
-        raise InputError(f"{v.file} scales its activations per tensor, so a served text's answer would depend on "
+    file = per_tensor_file(artifact, variant)
+    if file:
+        raise InputError(f"{file} scales its activations per tensor, so a served text's answer would depend on "
                          f"what Triton batches with it; make it again with: torchship quantize {artifact.folder} "
                          f"--int8")
 

@@ -195,11 +195,12 @@ def _refuse_unused_flags(artifact, *, question) -> None:
 
 def _warn_batch_dependent(artifact, backend: str) -> None:
     """An int8 file made before per-row activations still runs when named, with a line that says what it does."""
-    from torchship.optimizers.int8_rows import is_per_row
+    from torchship.optimizers.int8_rows import per_tensor_file
 
     variant = artifact.variant_for(backend) if backend == "ort-int8" else None
-    if variant is not None and not is_per_row(artifact.folder / variant.file):
-        PROGRESS.step(f"WARNING: {variant.file} scales activations per tensor, so a text's answer depends on the "
+    file = per_tensor_file(artifact, variant.name) if variant is not None else None
+    if file:
+        PROGRESS.step(f"WARNING: {file} scales activations per tensor, so a text's answer depends on the "
                       f"rest of its batch; make it again with: torchship quantize {artifact.folder} --int8")
 
 

@@ -144,3 +144,12 @@ def is_per_row(path: Path) -> bool:
     return not any(n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QAttention",
                                  "DynamicQuantizeLSTM")
                    for n in load_onnx(path).graph.node)
+
+
+def per_tensor_file(artifact, variant: str) -> str | None:
+    """The file of ``variant`` when it is an int8 file that scales activations per tensor (made before per-row
+    activations): its answers depend on the batch. None for any other variant."""
+    v = artifact.manifest.variants[variant]
+    if v.stage == "quantization" and not is_per_row(artifact.folder / v.file):
+        return v.file
+    return None

@@ -65,13 +65,6 @@ class Prediction:
         return rows
 
 
-def has_tokenizer(artifact: Artifact) -> bool:
-    """Whether the folder holds a tokenizer now: one export saved, or one saved into it since."""
-    from torchship.loading import has_tokenizer_files
-
-    return has_tokenizer_files(artifact.folder)
-
-
 def _reexport(artifact: Artifact) -> str:
     """The command that exports the folder's source again with a tokenizer attached."""
     resolved = artifact.manifest.source.get("resolved") or ""
@@ -87,8 +80,9 @@ def load_tokenizer(artifact: Artifact):
     from transformers import AutoTokenizer
 
     from torchship.exporters.vocab import misfit
+    from torchship.loading import has_tokenizer_files
 
-    if not has_tokenizer(artifact):
+    if not has_tokenizer_files(artifact.folder):  # one export saved, or one saved into it since
         raise ArtifactError(f"{artifact.folder} holds no tokenizer; save the model's tokenizer into it "
                             f"(tokenizer.save_pretrained('{artifact.folder}')), or export again with one: "
                             f"{_reexport(artifact)}")
