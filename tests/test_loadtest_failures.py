@@ -18,7 +18,7 @@ from torchship.optimizers.quantize import QuantizeOptions, quantize
 from torchship.serving.loadtest import SERVED_FLOOR, TritonHTTP
 from torchship.serving.repository import ServeOptions, write_text_repo
 from torchship.serving.server import Install, Ports, Server, free_port, home
-from torchship.triton import TritonOptions
+from torchship.serving.triton_repo import TritonOptions
 
 pytestmark = pytest.mark.skipif(not Install(home()).complete(),
                                 reason="the Triton server is not set up: run `torchship serve --setup` "

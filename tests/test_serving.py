@@ -26,7 +26,7 @@ from torchship.serving.client import local_reference
 from torchship.serving.loadtest import LoadOptions, TritonGRPC, TritonHTTP, check_answers, run_level, same_results
 from torchship.serving.repository import ServeOptions, write_text_repo
 from torchship.serving.server import Install, Ports, Server, free_port, home
-from torchship.triton import TritonOptions
+from torchship.serving.triton_repo import TritonOptions
 
 pytestmark = pytest.mark.skipif(not Install(home()).complete(),
                                 reason="the Triton server is not set up: run `torchship serve --setup` "

@@ -14,7 +14,7 @@ from torchship.cli import main
 from torchship.errors import EXIT_BAD_INPUT, EXIT_MISSING, InputError
 from torchship.exporters.export import ExportOptions, export
 from torchship.optimizers import OptimizeOptions, optimize
-from torchship.triton import TritonOptions, parse_config, write_triton_repo
+from torchship.serving.triton_repo import TritonOptions, parse_config, write_triton_repo
 
 NP = {"TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_INT32": np.int32}
 _DTYPE_NAMES = {9: "TYPE_INT64", 11: "TYPE_FP32", 8: "TYPE_INT32"}

@@ -167,7 +167,7 @@ def test_every_task_goes_through_the_chain(tmp_path, task):
     from torchship.benchmarks.run import BenchOptions, run_benchmark
     from torchship.benchmarks.timing import TimingPlan
     from torchship.optimizers.quantize import QuantizeOptions, quantize
-    from torchship.triton import write_triton_repo
+    from torchship.serving.triton_repo import write_triton_repo
 
     src = save_sentence_transformers_dir(tmp_path / "src") if task == "sentence-embedding" else \
         save_model_dir(tmp_path / "src", "bert", task)

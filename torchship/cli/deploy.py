@@ -86,7 +86,7 @@ def triton_cmd(folder, repo, task, runtime, layout, strict, aggregation, threads
     no_file(repo, "--output")
     from torchship.serving.inventory import README, readme_path
     from torchship.serving.repository import ServeOptions, write_text_repo
-    from torchship.triton import MARKER, TritonOptions, config_summary
+    from torchship.serving.triton_repo import MARKER, TritonOptions, config_summary
 
     preferred = tuple(parse_shape_list(preferred_batch_sizes, what="--preferred-batch-sizes")) \
         if preferred_batch_sizes else ()

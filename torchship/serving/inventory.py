@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchship.errors import InputError, first_line
-from torchship.triton import MARKER, parse_config, refuse_export_folder
+from torchship.serving.triton_repo import MARKER, parse_config, refuse_export_folder
 
 BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "pytorch_libtorch": "pytorch",
                        "tensorflow_savedmodel": "tensorflow", "tensorflow_graphdef": "tensorflow", "ensemble": None}

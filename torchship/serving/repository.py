@@ -32,7 +32,8 @@ from torchship.errors import ArtifactError, InputError
 from torchship.serving.inventory import TENSORS, mark, readme_path, write_readme
 from torchship.exporters.spec import (FEATURE_EXTRACTION, FILL_MASK, QUESTION_ANSWERING, SENTENCE_EMBEDDING,
                                       TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION)
-from torchship.triton import MARKER, TritonOptions, _pick, default_variant, model_name, parse_config
+from torchship.serving.triton_repo import (MARKER, TritonOptions, default_variant, model_name, parse_config,
+                                          pick_variant)
 
 EMBEDDING, HIDDEN_STATES, CLASSIFICATION = "embedding", "hidden-states", "classification"
 ENTITIES, MASKS, ANSWERS = "entities", "fill-mask", "question-answering"
@@ -143,7 +144,7 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
         pick, why = chosen, "chosen by torchship auto: the fastest within its accuracy budget"
     else:
         pick, why = default_variant(artifact)
-    variant, record = _pick(artifact, pick)
+    variant, record = pick_variant(artifact, pick)
     wanted = ("onnxruntime",) if sopts.runtime == "python" else NATIVE[sopts.runtime]
     if record.runtime not in wanted or (sopts.runtime == "python" and record.device != "cpu"):
         raise InputError(f"--runtime {sopts.runtime} cannot run {pick!r} (a {record.runtime} {record.device} "
@@ -310,7 +311,7 @@ def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions =
     the one clients call first. ``default_delay``: the queue delay was not given, use the measured one."""
     from torchship._fs import check_writable
     from torchship.external_data import copy_model
-    from torchship.triton import check_repository, plan_model, write_triton_repo
+    from torchship.serving.triton_repo import check_repository, plan_model, write_triton_repo
 
     sopts = sopts.checked()
     repo = Path(repo)

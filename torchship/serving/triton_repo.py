@@ -1,4 +1,5 @@
-"""A Triton Inference Server model repository for one variant of a torchship folder.
+"""A Triton Inference Server model folder for one variant of a torchship folder, and what every repository
+torchship writes shares: the options, Triton's config schema, the variant served, the checks before writing.
 
 ``write_triton_repo`` writes ``REPO/<name>/config.pbtxt`` and ``REPO/<name>/1/<model file>``:
 
@@ -124,7 +125,7 @@ def default_variant(artifact) -> tuple[str, str]:
     return artifact.measured_variant(), "the fp32 variant torchship optimize measured fastest at the most shapes"
 
 
-def _pick(artifact, name: str):
+def pick_variant(artifact, name: str):
     """(variant name or None, the table's backend) for a backend name or a variant name."""
     from torchship.variants import BY_NAME, backend_of_variant, backend_variants
 
@@ -181,7 +182,7 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
         pick, why = chosen, "chosen by torchship auto: the fastest within its accuracy budget"
     else:
         pick, why = default_variant(artifact)
-    variant, record = _pick(artifact, pick)
+    variant, record = pick_variant(artifact, pick)
     io = m.io()
     batched = all(t.axes and t.axes[0] == "batch" for t in (*io.inputs, *io.outputs))
     resolved = m.resolved_shapes()
