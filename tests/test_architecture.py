@@ -95,22 +95,24 @@ def test_the_artifact_layer_imports_nothing_above_it():
 
 
 def test_the_files_a_served_repository_carries_import_nothing_of_torchship():
-    """serving/backend.py, serving/steps.py and the post-processing copied beside them run in the server's own
-    environment (numpy, tokenizers, onnxruntime), where torchship is not installed."""
-    from torchship.serving.repository import HELPERS, RUNTIMES_DIR, STEPS_FILE
+    """serving/backend.py, serving/steps.py and the processing package copied beside them run in the server's own
+    environment (the packages serving/environment.py lists), where torchship is not installed; the package imports
+    only itself."""
+    from torchship.serving.environment import modules as served_modules
+    from torchship.serving.repository import carried_files
 
     modules = _modules()
-    carried = [PACKAGE / "serving" / "backend.py", STEPS_FILE] + [RUNTIMES_DIR / f for f in HELPERS.values()]
+    carried = list(carried_files().values())
+    assert PACKAGE / "serving" / "backend.py" in carried and PACKAGE / "processing" / "entities.py" in carried
     for path in carried:
         name = next(n for n, p in modules.items() if p == path)
-        assert not _imports(name, path, modules), path
+        assert not {m for m in _imports(name, path, modules) if not m.startswith("torchship.processing")}, path
         tops = {a.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
                 if isinstance(node, ast.Import) for a in node.names}
         tops |= {node.module.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
                  if isinstance(node, ast.ImportFrom) and node.module and not node.level}
-        assert tops <= {"json", "os", "sys", "numpy", "dataclasses", "typing", "__future__", "tokenizers",
-                        "onnxruntime", "triton_python_backend_utils", "torchship_steps", "torchship_entities",
-                        "torchship_masks", "torchship_answers"}, (path, tops)
+        assert tops <= {"json", "os", "sys", "dataclasses", "typing", "__future__", "torchship_steps",
+                        "torchship_processing"} | served_modules(), (path, tops)
 
 
 @pytest.mark.parametrize("record", variants.TABLE, ids=lambda b: b.name)

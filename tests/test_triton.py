@@ -149,7 +149,7 @@ def test_task_models_are_written_as_one_python_model(tmp_path, exported):
                                   "--aggregation", "max"])
     assert r.exit_code == 0, r.output
     files = sorted(p.name for p in (tmp_path / "repo" / "ner" / "1").iterdir())
-    assert files == ["model.onnx", "model.py", "serving.json", "tokenizer.json", "torchship_entities.py",
+    assert files == ["model.onnx", "model.py", "serving.json", "tokenizer.json", "torchship_processing",
                      "torchship_steps.py"]
     settings = json.loads((tmp_path / "repo" / "ner" / "1" / "serving.json").read_text())
     assert settings["task"] == "entities" and settings["aggregation"] == "max" and settings["output"] == "logits"

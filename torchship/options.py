@@ -8,7 +8,7 @@ from torchship._ort import GRAPH_LEVELS, SPIN_MODES
 from torchship.exporters.export import ATTN_IMPLEMENTATIONS, EXPORTERS, MAX_OPSET, MIN_OPSET
 from torchship.exporters.spec import TASKS
 from torchship.external_data import MODES as EXTERNAL_DATA_MODES
-from torchship.runtimes.entities import STRATEGIES
+from torchship.processing.entities import STRATEGIES
 from torchship.variants import choices_help
 
 def model_option(example: str = "bert-base-cased"):

@@ -17,7 +17,8 @@ from torchship.cli._app import PROGRESS, examples, friendly_errors, main, no_fil
 @click.argument("repo", type=click.Path(), required=False)
 @click.option("--setup", is_flag=True, help="Set up the server once: unpack nvidia-pytriton's tritonserver and "
                                             "build its Python-backend environment (needs PyPI).")
-@click.option("--if-missing", is_flag=True, help="With --setup: do nothing when the server is already set up.")
+@click.option("--if-missing", is_flag=True, help="With --setup: do nothing when the server is already set up "
+                                                 "with the packages this torchship serves with.")
 @click.option("--wheel", type=click.Path(dir_okay=False), default=None,
               help="With --setup: an nvidia-pytriton wheel already downloaded (default: pip downloads it).")
 @click.option("--http-port", type=int, default=8000, show_default=True)
@@ -38,9 +39,13 @@ def serve_cmd(repo, setup, if_missing, wheel, http_port, grpc_port, metrics_port
     from torchship.serving.server import Install, Ports, Server, home, setup as setup_server
 
     if setup:
-        if if_missing and Install(home()).complete():
+        install = Install(home())
+        outdated = install.outdated() if if_missing and install.complete() else None
+        if if_missing and install.complete() and not outdated:
             click.echo(f"the server is set up in {home()}")
         else:
+            if outdated:
+                PROGRESS.step(f"{outdated}: building it again")
             install = setup_server(wheel, progress=PROGRESS.step)
             click.echo(f"the server is set up in {install.root}")
         if repo is None:

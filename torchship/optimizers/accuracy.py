@@ -177,7 +177,7 @@ class AccuracyProbe:
                                   for r, g in zip(self._reference, got)])
             extra = {}
         elif self.metric == "answer_agreement":  # question answering: the same best span (start and end)
-            from torchship.runtimes.answers import best_span
+            from torchship.processing.answers import best_span
 
             mask = self.batches[0]["attention_mask"].astype(bool)
             ends = np.asarray(outputs[0]["end_logits"])

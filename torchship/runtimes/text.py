@@ -1,4 +1,5 @@
-"""Text in, results out: tokenization and pooling on top of any predictor.
+"""Text in, results out: tokenization on top of any predictor, then the steps of ``torchship.processing``
+(the ones a served model runs).
 
 Feature-extraction models give sentence embeddings (pooling as the checkpoint's
 sentence-transformers config says, mean pooling by default); classifiers give logits, softmax
@@ -14,7 +15,11 @@ import numpy as np
 from torchship.artifact import Artifact
 from torchship.errors import ArtifactError, InputError, first_line
 from torchship.exporters.spec import FILL_MASK, QUESTION_ANSWERING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
-
+from torchship.processing import answers as qa
+from torchship.processing.entities import STRATEGIES, Pieces, entities, tokens_of
+from torchship.processing.fill_mask import fill
+from torchship.processing.heads import classify, label_names
+from torchship.processing.text import embeddings, pool  # noqa: F401 - pool: the step predict's tests call
 from torchship.runtimes.base import Predictor
 
 
@@ -97,15 +102,6 @@ def load_tokenizer(artifact: Artifact):
     return tokenizer
 
 
-def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
-    if mode == "cls":
-        return hidden[:, 0]
-    m = mask[..., None].astype(hidden.dtype)
-    if mode == "max":
-        return np.where(m > 0, hidden, -np.inf).max(axis=1)
-    return (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-
-
 def encode_texts(tokenizer, texts: list[str], input_names, max_length: int) -> dict[str, np.ndarray]:
     """Tokenize ``texts`` into one padded batch holding exactly the model's inputs."""
     return tokenize(tokenizer, texts, input_names, max_length)[0]
@@ -180,35 +176,25 @@ class TextModel:
         out = self.predictor.infer(feeds)
         if self.task == TEXT_CLASSIFICATION:
             logits = out["logits"]
-            exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-            scores = exp / exp.sum(axis=1, keepdims=True)
-            names = self.settings.get("labels") or [f"LABEL_{i}" for i in range(logits.shape[1])]
-            return Prediction(tuple(items), logits=logits, scores=scores,
-                              labels=tuple(names[i] for i in scores.argmax(axis=1)), **counts)
+            scores, names = classify(logits, self.settings.get("labels"))
+            return Prediction(tuple(items), logits=logits, scores=scores, labels=tuple(names), **counts)
         if self.task == FILL_MASK:
-            from torchship.runtimes.masks import fill
-
             tok = self.tokenizer
             masks = fill(feeds["input_ids"], out["logits"], tok.mask_token_id, tok.pad_token_id,
                          lambda ids, skip: tok.decode(ids, skip_special_tokens=skip))
             return Prediction(tuple(items), masks=tuple(masks), **counts)
-        if "sentence_embedding" in out:  # pooled (and normalised) in the graph
-            emb = out["sentence_embedding"]
-        else:
-            emb = pool(out["last_hidden_state"], feeds["attention_mask"], self.settings.get("pooling", "mean"))
-        if self.settings.get("normalize"):
-            emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+        pooled = "sentence_embedding" in out  # pooled (and normalised) in the graph
+        emb = embeddings(out["sentence_embedding"] if pooled else out["last_hidden_state"], feeds["attention_mask"],
+                         None if pooled else self.settings.get("pooling", "mean"), bool(self.settings.get("normalize")))
         return Prediction(tuple(items), embeddings=emb, **counts)
 
     def _entities(self, items: list[str], aggregation: str) -> Prediction:
-        from torchship.runtimes.entities import STRATEGIES, Pieces, entities, tokens_of
-
         if aggregation not in STRATEGIES:
             raise InputError(f"unknown aggregation {aggregation!r}; use one of {', '.join(STRATEGIES)}")
         feeds, enc = tokenize(self.tokenizer, items, self.predictor.input_names, self.settings["max_length"],
                               return_offsets_mapping=True, return_special_tokens_mask=True)
         logits = self.predictor.infer(feeds)["logits"]
-        labels = self.settings.get("labels") or [f"LABEL_{i}" for i in range(logits.shape[-1])]
+        labels = label_names(self.settings.get("labels"), logits.shape[-1])
         pieces = Pieces(self.tokenizer.backend_tokenizer, unk_id=self.tokenizer.unk_token_id)
         found = []
         for i, text in enumerate(items):
@@ -220,8 +206,6 @@ class TextModel:
 
     def _answers(self, contexts: list[str], question: str | None) -> Prediction:
         """The answer to ``question`` in each context, over as many windows as a long context needs."""
-        from torchship.runtimes.answers import answer
-
         if question is None:
             raise InputError("a question-answering model needs a question: pass --question \"...\" (the texts "
                              "are the contexts to find the answer in)")
@@ -232,24 +216,22 @@ class TextModel:
                      for n in self.predictor.input_names}
             out = self.predictor.infer(feeds)
             sequence_ids = [enc.sequence_ids(w) for w in range(len(enc["input_ids"]))]
-            found.append(answer(sequence_ids, enc["offset_mapping"], out["start_logits"], out["end_logits"],
+            found.append(qa.answer(sequence_ids, enc["offset_mapping"], out["start_logits"], out["end_logits"],
                                 context).to_json())
         return Prediction(tuple(contexts), answers=tuple(found), question=question)
 
 
 def windows(tokenizer, question: str, context: str, max_length: int, stride: int | None = None) -> dict:
     """The tokenizer's encoding of (question, context) as overlapping windows of at most ``max_length``."""
-    from torchship.runtimes.answers import STRIDE, context_room, pair_problem, window_stride
-
-    problem = pair_problem(question, context)
+    problem = qa.pair_problem(question, context)
     if problem:
         raise InputError(problem)
     question_tokens = len(tokenizer(question, add_special_tokens=False)["input_ids"])
     try:
-        room = context_room(question_tokens, tokenizer.num_special_tokens_to_add(pair=True), max_length)
+        room = qa.context_room(question_tokens, tokenizer.num_special_tokens_to_add(pair=True), max_length)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return tokenizer(question, context, truncation="only_second", max_length=max_length,
-                     stride=window_stride(room, STRIDE if stride is None else stride),
+                     stride=qa.window_stride(room, qa.STRIDE if stride is None else stride),
                      return_overflowing_tokens=True, return_offsets_mapping=True, padding="longest",
                      return_tensors="np")

@@ -11,9 +11,8 @@ This file is copied, as it is, into every Python model that ``torchship triton``
 It needs numpy, Hugging Face ``tokenizers`` and ``onnxruntime`` in the server's Python
 environment, and nothing of torchship, so the repository serves on any tritonserver with the
 Python backend. Beside it lie the steps it is built from (``torchship_steps.py``, from
-``serving/steps.py``) and, for entities, filled masks and answers, copies of torchship's own
-post-processing (``torchship_entities.py``, ``torchship_masks.py``, ``torchship_answers.py``), so the
-server's results are ``torchship predict``'s. Every request gets its own answer or its own error; one
+``serving/steps.py``) and a copy of torchship's own pre- and post-processing (``torchship_processing/``, from
+``torchship/processing/``), so the server's results are ``torchship predict``'s. Every request gets its own answer or its own error; one
 bad request in a batch does not fail the others.
 """
 
@@ -26,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the files torchship wrote beside this one
 from torchship_steps import (Model, Post, RequestError, TextChain, Tokenize, counts, decode_texts,  # noqa: E402
                              length_groups, read_settings, strings)
+from torchship_processing.heads import label_names  # noqa: E402
 
 TOKEN_TASKS = {"entities": "ENTITIES", "fill-mask": "MASKS"}  # per-text JSON read off the tokens
 
@@ -42,13 +42,13 @@ class TokenChain:
         self.task = settings["task"]
         self.labels = settings.get("labels") or []
         if self.task == "entities":
-            import torchship_entities as entities
+            from torchship_processing import entities
 
             self.lib = entities
             self.pieces = entities.Pieces(self.tokenize.tokenizer, unk_id=settings.get("unk_id"))
             self.aggregation = settings.get("aggregation", "simple")
         else:
-            import torchship_masks as masks
+            from torchship_processing import fill_mask as masks
 
             self.lib = masks
             self.mask_token, self.mask_id = settings["mask_token"], int(settings["mask_id"])
@@ -59,7 +59,7 @@ class TokenChain:
 
     def _one(self, text, encoding, logits):
         if self.task == "entities":
-            labels = self.labels or [f"LABEL_{i}" for i in range(logits.shape[-1])]
+            labels = label_names(self.labels, logits.shape[-1])
             special = np.asarray(encoding.special_tokens_mask, dtype=bool)
             tokens = self.lib.tokens_of(text, self.pieces, encoding.ids, logits, encoding.offsets, special)
             return self.lib.entities(tokens, labels, self.aggregation, self.pieces)
@@ -89,7 +89,7 @@ class AnswerChain:
     def __init__(self, folder, settings):
         from tokenizers import Tokenizer
 
-        import torchship_answers as answers
+        from torchship_processing import answers
 
         self.lib = answers
         self.tokenize = Tokenize(folder, settings)

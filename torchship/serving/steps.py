@@ -1,15 +1,23 @@
 """The steps of a served torchship text model: decoding the TEXT rows, Hugging Face ``tokenizers``, ONNX
-Runtime, and the post-processing of embeddings, labels and hidden states.
+Runtime, and the post-processing of embeddings, labels and hidden states, in groups of texts of similar length.
 
 ``torchship triton`` copies this file, as it is, beside every Python model it writes
-(``REPO/<model>/1/torchship_steps.py``); the model (``serving/backend.py``) imports it from there. It needs
-numpy, ``tokenizers`` and ``onnxruntime``, and nothing of torchship.
+(``REPO/<model>/1/torchship_steps.py``); the model (``serving/backend.py``) imports it from there. The
+pre- and post-processing itself is ``torchship.processing``, which ``predict`` runs, copied beside it as
+``torchship_processing``. It needs the served environment's packages (``serving/environment.py``) and
+nothing of torchship.
 """
 
 import json
 import os
+import sys
 
 import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # the package torchship copied beside this file
+    sys.path.insert(0, HERE)
+from torchship_processing import heads, text  # noqa: E402
 
 TASKS = ("embedding", "hidden-states", "classification")
 # a group of texts run together pads each to the longest; a text joins the group while the padding
@@ -87,16 +95,7 @@ class Tokenize:
 
     def feeds(self, ids, types):
         """One padded batch holding exactly the model's inputs."""
-        width = max(len(i) for i in ids)
-        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.int64)
-        type_ids = np.zeros((len(ids), width), dtype=np.int64)
-        for row, (i, t) in enumerate(zip(ids, types)):
-            input_ids[row, :len(i)] = i
-            mask[row, :len(i)] = 1
-            type_ids[row, :len(t)] = t
-        every = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
-        return {name: every[name] for name in self.inputs}
+        return text.feeds(ids, types, self.inputs, self.pad_id)
 
 
 def default_threads(settings):
@@ -152,23 +151,10 @@ class Post:
         if self.task == "hidden-states":
             return {"HIDDEN_STATES": value.astype(np.float32)}
         if self.task == "classification":
-            z = np.exp(value - value.max(axis=1, keepdims=True))
-            scores = (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
-            best = scores.argmax(axis=1)
-            names = [self.labels[i] if i < len(self.labels) else f"LABEL_{i}" for i in best]
-            return {"LABEL": np.array([[n.encode("utf-8")] for n in names], dtype=object),
-                    "SCORE": scores.max(axis=1, keepdims=True), "SCORES": scores}
-        emb = value
-        if self.pooling == "cls":
-            emb = value[:, 0]
-        elif self.pooling == "max":
-            emb = np.where(mask[..., None] > 0, value, -np.inf).max(axis=1)
-        elif self.pooling == "mean":
-            m = mask[..., None].astype(value.dtype)
-            emb = (value * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-        if self.normalize:
-            emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
-        return {"EMBEDDING": emb.astype(np.float32)}
+            scores, names = heads.classify(value, self.labels)
+            scores = scores.astype(np.float32)
+            return {"LABEL": strings(names), "SCORE": scores.max(axis=1, keepdims=True), "SCORES": scores}
+        return {"EMBEDDING": text.embeddings(value, mask, self.pooling, self.normalize).astype(np.float32)}
 
 
 def length_groups(lengths):

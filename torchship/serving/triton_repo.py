@@ -233,7 +233,8 @@ def _not_written_by_us(final: Path) -> list[str]:
         files = json.loads((final / MARKER).read_text()).get("files", [])
     except (OSError, ValueError):
         return [MARKER]
-    known = {"config.pbtxt", MARKER, "1", *(f"1/{f}" for f in files), *(f"1/{f}.data" for f in files)}
+    known = {"config.pbtxt", MARKER, "1", *(f"1/{f}" for f in files), *(f"1/{f}.data" for f in files),
+             *(p.as_posix() for f in files for p in Path("1", f).parents[:-2])}  # sub-folders of the version
     return sorted(p.relative_to(final).as_posix() for p in final.rglob("*")
                   if "__pycache__" not in p.parts and p.relative_to(final).as_posix() not in known)
 

@@ -4,8 +4,8 @@ of one entity type merged), and ``first`` / ``average`` / ``max`` (sub-word toke
 forced to one label, taken from the word's first token, the mean of its tokens' scores, or its most
 confident token; then merged as ``simple`` does). Labels ``O`` are left out.
 
-This module needs numpy and a Hugging Face ``tokenizers.Tokenizer`` and nothing of torchship: a served
-repository carries a copy of it, so the server groups entities exactly as ``torchship predict`` does.
+A step of text's token classification (see this package's docstring): numpy and a Hugging Face
+``tokenizers.Tokenizer``, so a served model groups entities exactly as ``torchship predict`` does.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .heads import softmax
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 IGNORED = ("O",)
@@ -48,11 +50,6 @@ class Token:
     start: int
     end: int
     continues_word: bool  # a sub-word piece that belongs to the token before it
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def tokens_of(text: str, pieces: Pieces, ids, logits, offsets, special) -> list[Token]:

@@ -8,8 +8,8 @@ probability of its start times that of its end, its end at or after its start an
 ``max_answer_len`` tokens on. The best span of all windows wins; its text is cut from the context by
 the tokenizer's character offsets, so it is the context's own text.
 
-This module needs numpy only: a served repository carries a copy of it, so the server answers exactly
-as ``torchship predict`` does.
+A step of text's question answering (see this package's docstring), numpy only, so a served model answers
+exactly as ``torchship predict`` does.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .heads import softmax
 
 MAX_ANSWER_TOKENS = 15
 STRIDE = 128
@@ -58,9 +60,7 @@ def window_stride(room: int, stride: int = STRIDE) -> int:
 
 
 def _probabilities(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    z = np.where(allowed, logits, -np.inf)
-    z = np.exp(z - z[allowed].max())
-    return z / z.sum()
+    return softmax(np.where(allowed, logits, -np.inf))
 
 
 def best_span(start_logits, end_logits, context_mask, max_answer_len: int = MAX_ANSWER_TOKENS):

@@ -1,8 +1,8 @@
 """Fill-mask logits to the likeliest tokens for each mask, with their probabilities and the text each makes,
 as transformers' fill-mask pipeline returns them.
 
-This module needs numpy only: a served repository carries a copy of it, so the server fills masks exactly
-as ``torchship predict`` does.
+A step of text's fill-mask task (see this package's docstring), numpy only, so a served model fills masks
+exactly as ``torchship predict`` does.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+
+from .heads import softmax
 
 TOP_K = 5  # candidates per mask, as transformers' pipeline gives
 
@@ -24,8 +26,7 @@ def fill(ids: np.ndarray, logits: np.ndarray, mask_id: int, pad_id: int | None,
         single = len(where) == 1
         found = []
         for index in where:
-            z = row_logits[index] - row_logits[index].max()
-            probs = np.exp(z) / np.exp(z).sum()
+            probs = softmax(row_logits[index])
             best = np.argsort(-probs, kind="stable")[:top_k]
             candidates = []
             for token in best:
