@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torchship import _progress
@@ -36,7 +36,7 @@ class OptimizeOptions:
     # preset: no timing, no table (the backend table's preference order decides, as before)
     candidates: str = "measured"
     # None: make the measured candidates but time nothing and write no table (auto, which times them itself)
-    dispatch: DispatchPlan | None = DispatchPlan()
+    dispatch: DispatchPlan | None = field(default_factory=DispatchPlan)  # made per options: the env var read then
     # measured only: also the fused model with tanh-approximate GELU (optimizers/approximate.py), judged by output
     # cosine >= 0.9999 against the export instead of eager's tolerance; False (--exact): exact variants only
     approximate: bool = True
