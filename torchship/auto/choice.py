@@ -1,5 +1,6 @@
 """One row per swept variant, its status, the whole run's report, and the choice of the fastest variant
-within the budget (by the winner rule of ``benchmarks/timing.py``). Numbers stay numbers here; the reporters in :mod:`torchship.auto.summary` format them."""
+within the budget (by the winner rule of ``benchmarks/timing.py``). Numbers stay numbers here; the reporters in
+:mod:`torchship.auto.summary` format them."""
 
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ def choose(report: AutoReport) -> None:
     preference order, then the table's order, that the fastest does not clearly beat."""
     timed = {r.backend: r for r in report.rows if r.usable and r.p50_ms is not None}
     if timed:
-        times = {name: report.timings.get(name) or {"median_ms": r.p50_ms, "rounds_ms": []} for name, r in timed.items()}
+        times = {name: report.timings.get(name) or {"median_ms": r.p50_ms, "rounds_ms": []}
+                 for name, r in timed.items()}
         ranked = sorted((b for b in TABLE if b.preference is not None), key=lambda b: b.preference)
         name = winner(times, tuple(b.name for b in ranked))[0]
         timed[name].chosen = True

@@ -84,8 +84,9 @@ def measure_rounds(fns: Mapping[str, Callable[[], object]], plan: TimingPlan,
     def report(rounds: Rounds) -> None:
         on_block(sum(done(r) for r in rounds.values()), len(fns))
 
-    return run_rounds(fns, {name: plan.block for name in fns}, lambda rounds, _, __: [n for n in fns if not done(rounds[n])],
-                      pause_s=plan.pause_s, on_round=report if on_block else None)
+    return run_rounds(fns, {name: plan.block for name in fns},
+                      lambda rounds, _, __: [n for n in fns if not done(rounds[n])], pause_s=plan.pause_s,
+                      on_round=report if on_block else None)
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], plan: TimingPlan,
@@ -188,7 +189,8 @@ def runner_up(times: dict[str, dict], best: str) -> tuple[str | None, float | No
     return second, round(times[second]["median_ms"] / times[best]["median_ms"], 4)
 
 
-def winner(times: dict[str, dict], order: tuple[str, ...], margin: float = MARGIN) -> tuple[str, str | None, float | None]:
+def winner(times: dict[str, dict], order: tuple[str, ...],
+           margin: float = MARGIN) -> tuple[str, str | None, float | None]:
     """The rule every measured choice goes through: (winner, runner-up, runner-up median / winner median).
     ``times``: per candidate its ``median_ms`` and ``rounds_ms`` (one value per round, rounds paired by index).
     The winner is the earliest candidate in ``order`` (candidates it does not name come after, in ``times``'

@@ -134,9 +134,9 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def _preferred_tunings(plan: DispatchPlan) -> tuple[str, ...]:
-    """The plan's session tunings in the order a tie goes: batch shards first where they apply (they measured
-    faster than the same variant on 2 intra-op threads for every variant at batch 8 on MiniLM, so an unsharded run
-    must clearly beat them), then ORT's defaults, then the rest."""
+    """The plan's session tunings in the order a tie goes: batch shards first where they apply (faster than
+    intra-op threads for every variant measured: docs/measurements.md#batch-shards; an unsharded run must clearly
+    beat them), then ORT's defaults, then the rest."""
     return tuple(sorted(plan.tunings, key=lambda t: (t != BATCH_SHARDS, t != "default")))
 
 

@@ -14,13 +14,12 @@ Each candidate is compared with the fp32 export on the accuracy probe (sentence 
 embedding models, label agreement for classifiers); one whose answer for a text changes with the rest of its
 batch is dropped (the probe's batch check; dynamic candidates scale activations per row, ``int8_rows.py``, so
 that only a fused op that needs one scale per tensor, QAttention, leaves one batch-dependent). All are timed
-together at the use shape, and
-the fastest one within the budget, by the winner rule of ``benchmarks/timing.py`` (docs/reference.md, "How optimize
-chooses"; ties and unclear leads go to the candidate listed first), is saved as ``model_int8.onnx``. When none meets the budget (or, with
-``fallback="always"``, when one below it timed faster than the fastest within it), the fp32 fallback
-(``int8_fallback.py``) rebuilds the closest ones with their most sensitive MatMuls left in fp32. Every
-candidate, kept or not, is recorded in the manifest with its numbers and the reason (``verdict``); if none
-meets the budget nothing is saved and the command fails, naming the best one.
+together at the use shape, and the fastest one within the budget, by the winner rule of ``benchmarks/timing.py``
+(docs/reference.md, "How optimize chooses"; ties and unclear leads go to the candidate listed first), is saved as
+``model_int8.onnx``. When none meets the budget (or, with ``fallback="always"``, when one below it timed faster
+than the fastest within it), the fp32 fallback (``int8_fallback.py``) rebuilds the closest ones with their most
+sensitive MatMuls left in fp32. Every candidate, kept or not, is recorded in the manifest with its numbers and the
+reason (``verdict``); if none meets the budget nothing is saved and the command fails, naming the best one.
 """
 
 from __future__ import annotations
