@@ -404,9 +404,14 @@ def test_the_default_plan_reads_the_timing_bound_when_it_is_made_not_at_import(m
     from torchship.optimizers import dispatch
     from torchship.optimizers.dispatch import measure_dispatch
 
+    import inspect
+
     for seconds in ("0.3", "7"):
         monkeypatch.setenv("TORCHSHIP_DISPATCH_SECONDS", seconds)
         assert DispatchPlan().seconds == OptimizeOptions().dispatch.seconds == float(seconds)
+    # no default argument holds a plan made at import
+    assert inspect.signature(optimize).parameters["options"].default is None
+    assert inspect.signature(measure_dispatch).parameters["plan"].default is None
 
     class Seen(Exception):
         pass

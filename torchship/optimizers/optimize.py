@@ -207,14 +207,15 @@ def _once(make):
     return get
 
 
-def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *,
+def optimize(folder: str | Path, options: OptimizeOptions | None = None, *,
              progress: _progress.Progress = _progress.SILENT) -> Artifact:
-    """Add graph-level and transformer-fusion variants to the folder; returns the updated artifact.
+    """Add graph-level and transformer-fusion variants to the folder; returns the updated artifact. ``options``:
+    None for ``OptimizeOptions()`` made at the call (its dispatch plan reads TORCHSHIP_DISPATCH_SECONDS then).
 
     Each variant is written under a temporary name, validated, then renamed into place, so a
     failure leaves the folder as it was. A fusion the optimizer cannot do is recorded as skipped.
     """
-    opts = options.resolved()
+    opts = (options if options is not None else OptimizeOptions()).resolved()
     artifact = Artifact.open(folder)
     with transaction(artifact.folder):
         return _optimize(artifact, opts, progress)
