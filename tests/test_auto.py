@@ -10,8 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from torchship.auto import SUMMARY, VARIANTS, load_auto_config, parse_auto_config, run_auto
+from torchship.benchmarks.timing import winner
 from torchship.cli import main
 from torchship.errors import InputError
+from torchship.variants import TABLE
 
 CONFIG = """device: cpu
 inputs:
@@ -47,8 +49,13 @@ def test_auto_builds_validates_and_benchmarks_every_cpu_variant(auto_out):
         assert r["throughput"] > 0 and r["speedup_vs_torch"] > 0
         assert r["throughput"] == pytest.approx(2 * 1000.0 / r["p50_ms"], rel=0.8)  # counts the batch of 2
     assert summary["torch_p50_ms"] > 0 and summary["shape"] == "batch 2 x seq 16"
-    chosen = min((r for r in rows.values() if r["status"] == "ok"), key=lambda r: r["p50_ms"])
+    # the chosen row is the one the winner rule names from the rows' interleaved rounds (medians as in the summary)
+    ok = {name: report.timings[name] for name, r in rows.items() if r["status"] == "ok"}
+    assert all(ok[name]["median_ms"] == rows[name]["p50_ms"] and ok[name]["rounds_ms"] for name in ok)
+    preference = [b.name for b in sorted((b for b in TABLE if b.preference is not None), key=lambda b: b.preference)]
+    chosen = rows[winner(ok, tuple(preference))[0]]
     assert summary["chosen"] == chosen["backend"] == report.chosen and chosen["chosen"]
+    assert [r["backend"] for r in rows.values() if r["chosen"]] == [report.chosen]
     # the folder inside is a complete torchship folder, exported at the config's shapes
     m = json.loads((out / "model" / "torchship.json").read_text())
     assert m["shapes"]["axes"]["batch"] == [1, 2, 4] and {"int8", "openvino", "openvino-fp16"} <= set(m["variants"])
@@ -184,3 +191,25 @@ def test_a_kernel_the_graph_cannot_take_is_a_skipped_row(model_dirs, tmp_path):
                                           "to rewrite")
     assert rows["ort-optimized"].status_text == "ok" and rows["ort-optimized"].p50_ms > 0
     assert report.chosen in rows and rows[report.chosen].status_text == "ok"
+
+
+def test_auto_chooses_by_the_winner_rule_not_the_plain_minimum():
+    from torchship.auto.choice import AutoReport, Row, choose
+    from torchship.variants import backend
+
+    def chosen(timings: dict) -> str:
+        rows = [Row.of(backend(name)) for name in timings]
+        for r in rows:
+            r.p50_ms = timings[r.backend]["median_ms"]
+        report = AutoReport("m", {}, "", 0.9, rows=rows, timings=timings)
+        choose(report)
+        assert [r.backend for r in rows if r.chosen] == [report.chosen]
+        return report.chosen
+
+    steady = {"median_ms": 10.0, "rounds_ms": [10.0, 10.1, 9.9, 10.0, 10.0, 10.1]}
+    noisy = {"median_ms": 9.75, "rounds_ms": [9.0, 10.5, 9.0, 10.5, 9.0, 10.5]}  # 3 of 6 rounds: noise
+    clear = {"median_ms": 9.5, "rounds_ms": [9.5, 9.4, 9.6, 9.5, 9.5, 9.5]}
+    assert chosen({"ort-int8": noisy, "ort-optimized": steady}) == "ort-optimized"
+    assert chosen({"ort-int8": clear, "ort-optimized": steady}) == "ort-int8"
+    # equal timings: the backend table's preference order (ort-optimized before ort), whatever the rows' order
+    assert chosen({"ort": steady, "ort-optimized": dict(steady)}) == "ort-optimized"

@@ -33,8 +33,7 @@ def spin_entries(spin: str) -> dict[str, str]:
     costs nothing, and stop as soon as the run returns (ORT's ``session.force_spinning_stop``). ``always``:
     ORT's own default, threads keep spinning for a while after each run and hold a core; in a benchmark
     that alternates backends they slow the next backend down. ``off``: threads sleep between operators,
-    which costs a wake-up per parallel operator (a SmolLM2-135M int4 decode step: 10.9 ms against 7.9,
-    docs/measurements.md, "Spinning").
+    which costs a wake-up per parallel operator (docs/measurements.md#spinning).
     """
     if spin not in SPIN_MODES:
         raise ValueError(f"spin must be one of {SPIN_MODES}, got {spin!r}")
@@ -51,7 +50,7 @@ def spin_label(spin) -> str:
 # Session settings the measured dispatch may choose per shape (optimizers/dispatch.py), each timed against
 # ORT's defaults before it is used. dynamic-blocks: parallel loops hand out shrinking blocks of work instead of
 # one fixed block per thread, so a thread that starts late does not leave the others waiting at the end of each
-# operator; measured 2-4% faster on MiniLM's fused graph at batch 1 x 16-128 tokens, level at larger shapes.
+# operator; faster at small shapes, level at larger ones (docs/measurements.md#dynamic-blocks).
 # batch-shards: the session gets one intra-op thread and the caller cuts a batch into as many equal parts as it has
 # threads, run side by side (torchship/_shards.py); no config entry of its own.
 BATCH_SHARDS = "batch-shards"

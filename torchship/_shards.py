@@ -4,8 +4,8 @@ ORT's intra-op parallelism splits each operator of a run across its threads and 
 operator; the small operators between the GEMMs (layer norms, softmax, reshapes) gain little from the split
 and still pay for the join. A batch of independent rows can instead be cut into as many equal parts as there
 are threads, each part run by a single-threaded session call on its own thread, side by side: no joins at
-all. On MiniLM with 2 threads this measured 1.01-1.13x the speed of the same graph run with 2 intra-op threads
-at batch 8 (docs/measurements.md, "Batch shards"); at batch 1 there is nothing to cut. The measured dispatch
+all; it measured faster than intra-op threads at batch 8 (docs/measurements.md#batch-shards); at batch 1
+there is nothing to cut. The measured dispatch
 (optimizers/dispatch.py) times it as the session tuning ``batch-shards`` and keeps it only where it wins.
 
 ORT releases the GIL while a session runs, and one session may run from several threads at once, so the parts

@@ -76,8 +76,8 @@ def cache_from_past(past, num_layers: int):
 
 # transformers' SDPA attention repeats a grouped-query model's K/V to the query heads whenever a mask is given,
 # unless this is set; with it, SDPA gets enable_gqa=True, which the dynamo exporter writes as one ONNX Attention
-# whose K/V keep their kv_heads: same outputs, 2 Expand and 3 Reshape fewer per layer, and on SmolLM2-135M
-# (9 query heads over 3 KV heads, 2 threads) a decode step of 77 ms instead of 123 at past 1024, 57 vs 60 at 128.
+# whose K/V keep their kv_heads: same outputs, 2 Expand and 3 Reshape fewer per layer, and a faster decode step
+# (docs/measurements.md#sdpa-gqa).
 _SDPA_GQA_FLAG = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 

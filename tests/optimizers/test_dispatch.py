@@ -269,7 +269,7 @@ def _rounds(*ms):
 
 
 def test_the_winner_rule_keeps_the_preferred_variant_unless_the_fastest_clearly_beats_it():
-    from torchship.optimizers.rounds import winner as _winner
+    from torchship.benchmarks.timing import winner as _winner
 
     order = ("optimized", "ort-all", "model")
     # A clear win (5% faster, in every round) displaces the preferred variant.
@@ -288,7 +288,7 @@ def test_the_winner_rule_keeps_the_preferred_variant_unless_the_fastest_clearly_
 
 
 def test_with_per_round_times_a_win_must_show_in_clearly_more_than_half_the_rounds():
-    from torchship.optimizers.rounds import winner as _winner
+    from torchship.benchmarks.timing import winner as _winner
 
     order = ("optimized", "optimized-approx")
     # 5% faster in the median and in 5 of 6 rounds: it wins although its p90 (one slow round) is above the
@@ -311,7 +311,7 @@ def test_a_lead_the_rounds_do_not_yet_show_is_settled_head_to_head():
     turn, until the sign test says it (a real 20% lead) or the bound is reached (no real lead)."""
     import time
 
-    from torchship.optimizers.rounds import clear_wins, settle
+    from torchship.benchmarks.timing import clear_wins, settle
 
     runners = {"kept": lambda: time.sleep(0.0024), "fast": lambda: time.sleep(0.002),
                "slower": lambda: time.sleep(0.0028)}
@@ -398,3 +398,29 @@ def test_nothing_to_approximate_without_a_fused_gelu(measured, tmp_path):
     with pytest.raises(ArtifactError, match="no fused GELU"):
         approximate_gelu(measured.folder / "model.onnx", tmp_path / "x.onnx", external=False)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_default_plan_reads_the_timing_bound_when_it_is_made_not_at_import(measured, monkeypatch):
+    from torchship.optimizers import dispatch
+    from torchship.optimizers.dispatch import measure_dispatch
+
+    import inspect
+
+    for seconds in ("0.3", "7"):
+        monkeypatch.setenv("TORCHSHIP_DISPATCH_SECONDS", seconds)
+        assert DispatchPlan().seconds == OptimizeOptions().dispatch.seconds == float(seconds)
+    # no default argument holds a plan made at import
+    assert inspect.signature(optimize).parameters["options"].default is None
+    assert inspect.signature(measure_dispatch).parameters["plan"].default is None
+
+    class Seen(Exception):
+        pass
+
+    def first_rounds(runners, plan, final=False):  # measure_dispatch's default plan, as the engine gets it
+        raise Seen(plan.seconds)
+
+    monkeypatch.setattr(dispatch, "time_rounds", first_rounds)
+    monkeypatch.setenv("TORCHSHIP_DISPATCH_SECONDS", "0.25")
+    with pytest.raises(Seen) as seen:
+        measure_dispatch(measured)
+    assert seen.value.args == (0.25,)

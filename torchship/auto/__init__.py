@@ -17,8 +17,8 @@ their logic:
    models, label agreement for classifiers, output cosine otherwise; see optimizers/accuracy.py);
 4. one interleaved benchmark of all of them (eager PyTorch too, when there is a checkpoint) at
    the use shape: latency percentiles, throughput counting the batch, file size, build time;
-5. the fastest variant within the budget is chosen. The summary is written as Markdown, CSV, JSON,
-   an Excel sheet and a chart of latency against error.
+5. the fastest variant within the budget is chosen (docs/reference.md#the-winner-rule). The summary is
+   written as Markdown, CSV, JSON, an Excel sheet and a chart of latency against error.
 
 The modules: :mod:`~torchship.auto.config` (the config), :mod:`~torchship.auto.sweep` (steps 1-4),
 :mod:`~torchship.auto.choice` (rows, statuses, step 5) and :mod:`~torchship.auto.summary` (the files).

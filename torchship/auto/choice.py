@@ -1,13 +1,15 @@
 """One row per swept variant, its status, the whole run's report, and the choice of the fastest variant
-within the budget. Numbers stay numbers here; the reporters in :mod:`torchship.auto.summary` format them."""
+within the budget (by the winner rule of ``benchmarks/timing.py``). Numbers stay numbers here; the reporters in
+:mod:`torchship.auto.summary` format them."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
+from torchship.benchmarks.timing import winner
 from torchship.errors import BudgetError, first_line
-from torchship.variants import Backend
+from torchship.variants import TABLE, Backend
 
 __all__ = ["AutoReport", "Row", "Status", "choose"]
 
@@ -85,6 +87,8 @@ class AutoReport:
     seconds: float = 0.0
     environment: dict = field(default_factory=dict)
     name: str = ""  # what the reports call the model (its card's title, else its folder); ``model`` is as given
+    # backend -> what the winner rule reads of its benchmark (Measurement.timing: median and rounds); not written
+    timings: dict = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -99,9 +103,14 @@ class AutoReport:
 
 
 def choose(report: AutoReport) -> None:
-    """Mark the fastest timed variant still in the running (so within the budget) as the chosen one."""
-    timed = [r for r in report.rows if r.usable and r.p50_ms is not None]
+    """Mark the fastest timed variant still in the running (so within the budget) as the chosen one, by the winner
+    rule (``timing.winner``, docs/reference.md "How optimize chooses"): the earliest in the backend table's
+    preference order, then the table's order, that the fastest does not clearly beat."""
+    timed = {r.backend: r for r in report.rows if r.usable and r.p50_ms is not None}
     if timed:
-        best = min(timed, key=lambda r: r.p50_ms)
-        best.chosen = True
-        report.chosen = best.backend
+        times = {name: report.timings.get(name) or {"median_ms": r.p50_ms, "rounds_ms": []}
+                 for name, r in timed.items()}
+        ranked = sorted((b for b in TABLE if b.preference is not None), key=lambda b: b.preference)
+        name = winner(times, tuple(b.name for b in ranked))[0]
+        timed[name].chosen = True
+        report.chosen = name

@@ -254,6 +254,7 @@ def _benchmark(artifact, config: AutoConfig, rows: dict[str, Row], usable: list[
     for backend in usable:
         x, row = by[backend], rows[backend]
         row.p50_ms, row.p90_ms, row.p99_ms = x.p50_ms, x.p90_ms, x.p99_ms
+        report.timings[backend] = x.timing
         row.throughput = x.throughput
         if report.torch_p50_ms:
             row.speedup_vs_torch = report.torch_p50_ms / x.p50_ms

@@ -22,7 +22,7 @@ from torchship.benchmarks.decoder_runners import default_backends, file_bytes, j
 from torchship.benchmarks.results import BenchReport, Environment, Measurement
 from torchship._ort import usable_cpus
 from torchship.benchmarks.run import accuracy_of, variant_budgets, variant_files
-from torchship.benchmarks.timing import TimingPlan, measure_interleaved
+from torchship.benchmarks.timing import TimingPlan, measure_rounds
 from torchship.errors import InputError, TorchshipError, first_line
 from torchship.exporters.spec import BATCH, DECODE, PAST_SEQUENCE, PREFILL, SEQUENCE, require_family, saved_config
 from torchship.variants import WEIGHT_ONLY, backend
@@ -132,13 +132,13 @@ def run_decoder_benchmark(folder, options: DecoderBenchOptions = DecoderBenchOpt
                     failed.setdefault(name, (first_line(exc), []))[1].append(f"{phase} batch {batch} past {past}")
             label = f"[{n}/{len(cases)}] {phase}: batch {batch}, {seq} new tokens, past {past}"
             progress.step(label)
-            times = measure_interleaved(fns, options.plan,
-                                        on_block=lambda done, total: progress.advance(label, done, total))
+            times = measure_rounds(fns, options.plan,
+                                   on_block=lambda done, total: progress.advance(label, done, total))
             for name in fns:
                 acc = None if name == baseline or baseline not in logits else accuracy_of(
                     logits[baseline][:, -1], logits[name][:, -1], reference=baseline, output="logits (last token)")
-                measurements.append(Measurement.from_latencies(name, batch, seq, times[name], acc,
-                                                               phase=phase, past=past))
+                measurements.append(Measurement.from_rounds(name, batch, seq, times[name], acc,
+                                                            phase=phase, past=past))
     finally:
         for runner in runners.values():
             runner.deactivate()

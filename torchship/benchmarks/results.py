@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from torchship.benchmarks.timing import cpu_name
+from torchship.benchmarks.timing import call_stats, cpu_name
 
 # A row whose p90 is this many times its p10 was measured on a busy or drifting machine: say so.
 UNSTABLE_SPREAD = 1.5
@@ -41,6 +41,9 @@ class Measurement:
     past: int = 0
     shape: str = ""  # the case's label, e.g. "batch 1 x 64x64 latents x 77 tokens"
     p10_ms: float | None = None  # None in reports written before torchship measured it
+    # each interleaved round's mean (ms), paired by index with the other rows of its case: what the winner rule
+    # reads (benchmarks/timing.py); not written to results.json
+    rounds_ms: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def key(self) -> tuple:
@@ -76,6 +79,20 @@ class Measurement:
         p10, p50, p90, p99 = np.percentile(ms, [10, 50, 90, 99])
         return cls(backend, batch, sequence, len(ms), float(p50), float(p90), float(p99),
                    float(ms.mean()), float(ms.min()), accuracy, phase, past, shape, float(p10))
+
+    @classmethod
+    def from_rounds(cls, backend: str, batch: int, sequence: int, rounds: list[list[float]],
+                    accuracy: Accuracy | None = None, *, phase: str = "forward", past: int = 0,
+                    shape: str = "") -> "Measurement":
+        """From ``timing.measure_rounds``' rounds of one backend: every call's latency, and each round's mean."""
+        m = cls.from_latencies(backend, batch, sequence, [s for r in rounds for s in r], accuracy, phase=phase,
+                               past=past, shape=shape)
+        return replace(m, rounds_ms=tuple(call_stats(rounds)["rounds_ms"]))
+
+    @property
+    def timing(self) -> dict:
+        """What the winner rule reads of this row (``timing.winner``): its median and its rounds."""
+        return {"median_ms": self.p50_ms, "rounds_ms": list(self.rounds_ms)}
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,7 @@ class BenchReport:
         rows = []
         for m in self.measurements:
             row = asdict(m)
+            del row["rounds_ms"]
             row["throughput_samples_per_s"] = m.throughput
             if m.phase in ("prefill", "decode"):
                 row["tokens_per_s"] = m.tokens_per_s

@@ -15,7 +15,7 @@ from torchship import _progress
 from torchship._ort import usable_cpus
 from torchship.artifact import Artifact, library_versions
 from torchship.benchmarks.results import Accuracy, BenchReport, Environment, Measurement
-from torchship.benchmarks.timing import TimingPlan, measure_interleaved
+from torchship.benchmarks.timing import TimingPlan, measure_rounds
 from torchship.compare import rowwise_cosine
 from torchship.errors import InputError
 from torchship.exporters.spec import BATCH, DECODE, SEQUENCE, family_of, saved_config
@@ -107,14 +107,14 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
                         + (f" ({tuning})" if tuning and tuning != "default" else ""))
             label = f"[{i}/{len(cases)}] {case.label()}"
             progress.step(label)
-            times = measure_interleaved(
+            times = measure_rounds(
                 {name: (lambda p=p: p.infer(feeds)) for name, p in predictors.items()}, options.plan,
                 on_block=lambda done, total: progress.advance(label, done, total))
             for name in predictors:
                 acc = None if name == reference else accuracy_of(
                     outputs[reference], outputs[name], reference=reference, output=main_output)
-                measurements.append(Measurement.from_latencies(name, case.batch, case.sequence, times[name], acc,
-                                                               phase=phase, shape=case.label()))
+                measurements.append(Measurement.from_rounds(name, case.batch, case.sequence, times[name], acc,
+                                                            phase=phase, shape=case.label()))
     finally:
         for p in predictors.values():
             p.deactivate()

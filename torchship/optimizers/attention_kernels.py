@@ -8,19 +8,19 @@ rewritten to use them without changing what it computes:
   with each row's real length as ``nonpad_kv_seqlen`` (right padding, as the tokenizer pads). Two of the
   three projection biases go: the key bias adds ``q . b_k`` to every score of a query row, which softmax
   cancels, and the value bias comes out of the attention unchanged (the weights of a row sum to one), so it
-  is folded into the output projection's bias (``b_o + b_v W_o``). MiniLM, 2 threads: 3-5% faster than the
-  packed kernel at batch 1 x 16-128 tokens.
+  is folded into the output projection's bias (``b_o + b_v W_o``). Faster than the packed kernel at small
+  shapes (docs/measurements.md#attention-kernels).
 - ``optimized-flash``: ONNX Runtime's ``MultiHeadAttention``, which runs a flash-attention kernel (tiles of Q,
   K and V kept in L2, no full score matrix) when it is given no padding mask. Each layer's attention is an
   ``If`` on whether the batch has any padding: none, the flash kernel without a mask; some, the same operator
-  with the mask. Correct for every input; MiniLM, 2 threads: 4-6% faster than the packed kernel at 8 x 384
-  tokens without padding.
+  with the mask. Correct for every input; faster than the packed kernel on long unpadded batches
+  (docs/measurements.md#attention-kernels).
 
 Both keep each residual Add and LayerNormalization apart, as the export has them, instead of ONNX Runtime's
-SkipLayerNormalization, and their sessions turn ORT's SkipLayerNormFusion off: ORT 1.32's CPU
-SkipLayerNormalization is slower than the pair (MiniLM on a 2-core AVX2 EPYC, 2 threads: both kernels 5-7%
-faster at 1 x 384 and 8 x 384 with the pair; docs/measurements.md). Both are validated like every exact variant
-(eager PyTorch's tolerance); optimize makes them only for the measured dispatch, which alone may choose them.
+SkipLayerNormalization, and their sessions turn ORT's SkipLayerNormFusion off: ORT's CPU
+SkipLayerNormalization is slower than the pair (docs/measurements.md#skip-layer-norm). Both are validated like
+every exact variant (eager PyTorch's tolerance); optimize makes them only for the measured dispatch, which alone
+may choose them.
 """
 
 from __future__ import annotations

@@ -255,7 +255,7 @@ def fuse_skip_rms_norm(model) -> int:
 def merge_sibling_matmuls(model, exclude: tuple[str, ...]) -> list[list[str]]:
     """MatMuls that read the same activation with constant 2-D weights (q, k, v; gate, up) become one MatMul
     over the weights side by side, then a Split: one larger MatMulNBits reads the activation once and keeps
-    the threads busy (measured on SmolLM2-135M int4, as onnxruntime-genai's builder does). Blocks run along
+    the threads busy (as onnxruntime-genai's builder does; docs/measurements.md#decoder-fusion). Blocks run along
     K, so each column is quantized exactly as before. Returns the merged groups' node names."""
     from onnx import helper, numpy_helper
 
@@ -308,11 +308,11 @@ def graph_kv_heads(model) -> int | None:
 def decoder_fusions(model, *, attention: str = "Attention", heads: tuple[int, int] | None = None,
                     merge: bool = True) -> dict[str, object]:
     """The fusions, attention first (``attention`` names the op the layers become); what each did. Where layers
-    were rewritten and ``merge`` holds, sibling MatMuls (q/k/v, gate/up) are merged too: measured on
-    SmolLM2-135M's architecture (fp32 decode step, past 128, 2 threads) 25.2 ms against 26.5.
+    were rewritten and ``merge`` holds, sibling MatMuls (q/k/v, gate/up) are merged too, for a faster decode
+    step (docs/measurements.md#decoder-fusion).
 
     ``Attention`` (ONNX's own, with the cache inside) is the form torchship writes. ``GroupQueryAttention``
-    measured a little slower on the CPU (84 against 78 us a layer, SmolLM2-135M int4), ONNX Runtime refuses it
+    is a little slower on the CPU (docs/measurements.md#decoder-fusion), ONNX Runtime refuses it
     for a batch above 1 with several new tokens after a past (a chunked prompt), and its CUDA kernel takes
     fp16 / bf16 only; it stays here for graphs that want it."""
     layers = fuse_attention(model, op=attention, heads=heads)

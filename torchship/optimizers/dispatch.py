@@ -1,22 +1,10 @@
-"""Measured dispatch: which fp32 variant runs which shape, chosen by timing on this machine.
+"""Measured dispatch: which fp32 variant (and ORT session tuning) runs which shape, chosen by timing on this machine.
 
-No one fusion set wins everywhere: ONNX Runtime's fused Attention kernel wins on short sequences and loses
-on long ones and larger batches, where the unfused graph of level ``all`` or ``extended`` is faster. So
-after ``optimize`` has built and validated its variants, every validated fp32 ONNX Runtime CPU variant is
-timed at a grid of (batch, sequence) shapes: the shape config's min/use/max values of each axis, else
-batch {1, 8} x sequence {16, 128, 384} clipped to the model's positions. Candidates run interleaved in
-rounds (the order turns each round), ORT threads spinning during each run as the predictor's do, every
-candidate on the same inputs, with a bounded number of rounds per shape (a candidate whose file is byte for
-byte an earlier one's is timed once, under the earlier name). Then a final at each shape: the two
-best variants, each with ORT's default session settings and with every tuning of ``_ort.SESSION_TUNINGS``
-that applies at the shape (``batch-shards``, the batch cut into one part per thread, only where it divides
-evenly: _shards.py), run again for more rounds, so that the choice between close finalists rests on more than
-a few samples; where the fastest of the final leads the kept one by more than the margin but not yet in clearly
-more than half of the rounds, the two run head to head for more rounds until it does or the bound is reached
-(``rounds.settle``). The
-result is data in the manifest (``Manifest.dispatch``): every candidate's median and spread per shape, the
-final's, the winner (variant and session tuning) per shape, and the ranges of shapes each winner serves,
-which the ``ort-measured`` predictor reads per call (``artifact.dispatch_choice``).
+After ``optimize`` has built and validated its variants, every validated fp32 ONNX Runtime CPU variant is timed
+at a grid of (batch, sequence) shapes (``shape_grid``): a screen of every candidate, then a final of the best
+with each session tuning, through the one timing engine and winner rule of ``benchmarks/timing.py``. The result
+is data in the manifest (``Manifest.dispatch``), which the ``ort-measured`` predictor reads per call
+(``artifact.dispatch_choice``). The algorithm is explained once, in docs/reference.md, "How optimize chooses".
 """
 
 from __future__ import annotations
@@ -29,10 +17,10 @@ from torchship import _progress
 from torchship._fs import hash_file
 from torchship._ort import BATCH_SHARDS, SESSION_TUNINGS, make_session, usable_cpus
 from torchship._shards import BatchShards, batch_axes, splits
-from torchship.benchmarks.timing import cpu_name
+from torchship.benchmarks.timing import (MARGIN, clearly_beats, cpu_name, leads, round_stats, runner_up, settle,
+                                         time_rounds, winner)
 from torchship.artifact import Artifact
 from torchship.errors import InputError
-from torchship.optimizers.rounds import clearly_beats, leads, round_stats, runner_up, settle, time_rounds, winner
 from torchship.variants import TABLE
 
 CANDIDATE_CHOICES = ("measured", "preset")
@@ -67,7 +55,7 @@ class DispatchPlan:
     seconds: float = field(default_factory=lambda: _default_seconds())
     sample_s: float = 0.001
     warmup: int = 1
-    margin: float = 0.01  # a candidate displaces a preferred one only when faster by more than this (see rounds.winner)
+    margin: float = MARGIN  # a candidate displaces a preferred one only when faster by more than this (timing.winner)
     threads: int | None = None  # None: every CPU this process may use (as bench)
     finalists: int = 2  # variants that go on to the final, each with every session tuning
     final_rounds: int = 7  # rounds of the final, at least (it may take ``seconds`` more per shape) ...
@@ -146,9 +134,9 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 def _preferred_tunings(plan: DispatchPlan) -> tuple[str, ...]:
-    """The plan's session tunings in the order a tie goes: batch shards first where they apply (they measured
-    faster than the same variant on 2 intra-op threads for every variant at batch 8 on MiniLM, so an unsharded run
-    must clearly beat them), then ORT's defaults, then the rest."""
+    """The plan's session tunings in the order a tie goes: batch shards first where they apply (faster than
+    intra-op threads for every variant measured: docs/measurements.md#batch-shards; an unsharded run must clearly
+    beat them), then ORT's defaults, then the rest."""
     return tuple(sorted(plan.tunings, key=lambda t: (t != BATCH_SHARDS, t != "default")))
 
 
@@ -186,12 +174,13 @@ def _final(runner_of, screen: dict, order: tuple[str, ...], plan: DispatchPlan) 
             "settled": settled}
 
 
-def measure_dispatch(artifact: Artifact, plan: DispatchPlan = DispatchPlan(), *,
+def measure_dispatch(artifact: Artifact, plan: DispatchPlan | None = None, *,
                      progress: _progress.Progress = _progress.SILENT, leave_out: dict[str, str] | None = None) -> dict | None:
     """Time the folder's validated fp32 candidates at the shape grid; the dispatch table, or None when there
-    is nothing to choose (fewer than two candidates, or a family without batch x sequence inputs). ``leave_out``:
-    {variant: why} of variants the folder holds that this table must not choose (an approximate one under
-    --exact)."""
+    is nothing to choose (fewer than two candidates, or a family without batch x sequence inputs). ``plan``: None
+    for a ``DispatchPlan()`` made now (TORCHSHIP_DISPATCH_SECONDS read at the call). ``leave_out``: {variant: why}
+    of variants the folder holds that this table must not choose (an approximate one under --exact)."""
+    plan = plan if plan is not None else DispatchPlan()
     from torchship.exporters.spec import ENCODE, family_of, saved_config
 
     m = artifact.manifest

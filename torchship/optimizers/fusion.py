@@ -85,9 +85,10 @@ NO_SKIP_LN = ("SkipLayerNormFusion",)
 def transformer_optimizer(src: Path, *, model_type: str, num_heads: int, hidden_size: int, use_gpu: bool = False,
                           skip_layer_norm: bool = True, multi_head_attention: bool = False):
     """``onnxruntime.transformers.optimizer`` on ``src``, quietly: its OnnxModel, or ArtifactError naming the
-    failure. ``skip_layer_norm=False`` leaves residual Add + LayerNormalization unfused (ORT 1.32's CPU
-    SkipLayerNormalization measured slower than the pair); ``multi_head_attention`` fuses attention into
-    MultiHeadAttention on separate Q, K and V projections instead of the packed Attention."""
+    failure. ``skip_layer_norm=False`` leaves residual Add + LayerNormalization unfused (ORT's CPU
+    SkipLayerNormalization is slower than the pair: docs/measurements.md#skip-layer-norm);
+    ``multi_head_attention`` fuses attention into MultiHeadAttention on separate Q, K and V projections instead
+    of the packed Attention."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 

@@ -29,10 +29,11 @@ from torchship.benchmarks.timing import TimingPlan
 
 METHODS = ("dynamic", "static")
 # "optimized-ln": the transformer-fused graph with residual Add + LayerNormalization left unfused and ORT's
-# SkipLayerNormFusion off in the session (ORT 1.32's CPU SkipLayerNormalization measured ~2x slower than
-# the pair on MiniLM); built by quantize itself from the export.
+# SkipLayerNormFusion off in the session (ORT's CPU SkipLayerNormalization is slower than the pair:
+# docs/measurements.md#skip-layer-norm); built by quantize itself from the export.
 # "optimized-ln-approx": that graph with GELU as its tanh approximation (FastGelu; optimizers/approximate.py),
-# ~3% faster int8 on MiniLM; asked for (--approximate-gelu), its accuracy judged by the probe like any other.
+# a little faster (docs/measurements.md#int8-approx); asked for (--approximate-gelu), its accuracy judged by the
+# probe like any other.
 SOURCES = ("model", "optimized", "optimized-ln", "optimized-ln-approx")
 DEFAULT_SOURCES = ("model", "optimized", "optimized-ln")
 UNFUSED_LN = ("optimized-ln", "optimized-ln-approx")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torchship import _progress
@@ -36,7 +36,7 @@ class OptimizeOptions:
     # preset: no timing, no table (the backend table's preference order decides, as before)
     candidates: str = "measured"
     # None: make the measured candidates but time nothing and write no table (auto, which times them itself)
-    dispatch: DispatchPlan | None = DispatchPlan()
+    dispatch: DispatchPlan | None = field(default_factory=DispatchPlan)  # made per options: the env var read then
     # measured only: also the fused model with tanh-approximate GELU (optimizers/approximate.py), judged by output
     # cosine >= 0.9999 against the export instead of eager's tolerance; False (--exact): exact variants only
     approximate: bool = True
@@ -207,14 +207,15 @@ def _once(make):
     return get
 
 
-def optimize(folder: str | Path, options: OptimizeOptions = OptimizeOptions(), *,
+def optimize(folder: str | Path, options: OptimizeOptions | None = None, *,
              progress: _progress.Progress = _progress.SILENT) -> Artifact:
-    """Add graph-level and transformer-fusion variants to the folder; returns the updated artifact.
+    """Add graph-level and transformer-fusion variants to the folder; returns the updated artifact. ``options``:
+    None for ``OptimizeOptions()`` made at the call (its dispatch plan reads TORCHSHIP_DISPATCH_SECONDS then).
 
     Each variant is written under a temporary name, validated, then renamed into place, so a
     failure leaves the folder as it was. A fusion the optimizer cannot do is recorded as skipped.
     """
-    opts = options.resolved()
+    opts = (options if options is not None else OptimizeOptions()).resolved()
     artifact = Artifact.open(folder)
     with transaction(artifact.folder):
         return _optimize(artifact, opts, progress)

@@ -14,12 +14,12 @@ Each candidate is compared with the fp32 export on the accuracy probe (sentence 
 embedding models, label agreement for classifiers); one whose answer for a text changes with the rest of its
 batch is dropped (the probe's batch check; dynamic candidates scale activations per row, ``int8_rows.py``, so
 that only a fused op that needs one scale per tensor, QAttention, leaves one batch-dependent). All are timed
-together at the use shape, and
-the fastest one within the budget is saved as ``model_int8.onnx``. When none meets the budget (or, with
-``fallback="always"``, when one below it timed faster than the fastest within it), the fp32 fallback
-(``int8_fallback.py``) rebuilds the closest ones with their most sensitive MatMuls left in fp32. Every
-candidate, kept or not, is recorded in the manifest with its numbers and the reason (``verdict``); if none
-meets the budget nothing is saved and the command fails, naming the best one.
+together at the use shape, and the fastest one within the budget, by the winner rule of ``benchmarks/timing.py``
+(docs/reference.md, "How optimize chooses"; ties and unclear leads go to the candidate listed first), is saved as
+``model_int8.onnx``. When none meets the budget (or, with ``fallback="always"``, when one below it timed faster
+than the fastest within it), the fp32 fallback (``int8_fallback.py``) rebuilds the closest ones with their most
+sensitive MatMuls left in fp32. Every candidate, kept or not, is recorded in the manifest with its numbers and the
+reason (``verdict``); if none meets the budget nothing is saved and the command fails, naming the best one.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 
 from torchship import _progress
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
-from torchship.benchmarks.timing import cpu_name, measure_interleaved
+from torchship.benchmarks.timing import call_stats, cpu_name, measure_rounds, winner
 from torchship._fs import scratch_dir, transaction
 from torchship.errors import ArtifactError, BudgetError, InputError, first_line
 from torchship.external_data import normalize, staged_model
@@ -62,6 +62,7 @@ class Outcome:
     p50_ms: float | None = None
     error: str | None = None
     extra: dict = field(default_factory=dict)
+    timing: dict | None = None  # the winner rule's view of its p50_ms timing (timing.call_stats); not recorded
 
     @property
     def passed(self) -> bool:
@@ -167,14 +168,15 @@ class _Timer:
         runners.update({o.candidate.name: ort_runner(o.path, threads=threads,
                                                      disabled_optimizers=o.candidate.disabled_optimizers)
                         for o in built})
-        times = measure_interleaved({k: (lambda r=r: r(self.feeds)) for k, r in runners.items()}, self.options.timing)
-        fp32 = float(np.median(times["fp32"]) * 1000)
+        rounds = measure_rounds({k: (lambda r=r: r(self.feeds)) for k, r in runners.items()}, self.options.timing)
+        fp32 = call_stats(rounds["fp32"])["median_ms"]
         for o in built:
-            ms = round(float(np.median(times[o.candidate.name]) * 1000), 3)
+            stats = call_stats(rounds[o.candidate.name])
+            ms = round(stats["median_ms"], 3)
             if key != "p50_ms":
                 o.extra[key] = ms
                 continue
-            o.p50_ms = ms
+            o.p50_ms, o.timing = ms, stats
             o.extra.update({"fp32_p50_ms": round(fp32, 3), "speedup_vs_fp32": round(fp32 / ms, 3),
                             "shape": self.case.label()})
 
@@ -226,15 +228,19 @@ def _fall_back(outcomes: list[Outcome], options: QuantizeOptions, available: dic
 def _verdicts(outcomes: list[Outcome], chosen: str | None) -> dict[str, str]:
     """Why each candidate was kept or not, in words."""
     rescued = {o.extra["fallback_of"]: o.candidate.name for o in outcomes if o.passed and o.extra.get("fallback_of")}
+    kept = next((o for o in outcomes if o.candidate.name == chosen), None)
+    fastest = [o.p50_ms for o in outcomes if o.passed]
     out = {}
     for o in outcomes:
         name = o.candidate.name
         if o.error:
             out[name] = f"not built: {o.error}"
         elif name == chosen:
-            out[name] = "kept: the fastest within budget"
+            out[name] = "kept: the fastest within budget" if o.p50_ms <= min(fastest) else \
+                "kept: within budget, and no faster one was clearly faster (the winner rule)"
         elif o.passed:
-            out[name] = "slower than the kept one" if chosen else "within budget"
+            out[name] = ("slower than the kept one" if o.p50_ms >= kept.p50_ms else
+                         "not clearly faster than the kept one (the winner rule)") if chosen else "within budget"
         elif o.accuracy.per_tensor:
             out[name] = ("dropped: it scales activations per tensor (QAttention or DynamicQuantizeLinear), so its "
                          "answer for a text depends on the rest of the batch")
@@ -247,10 +253,20 @@ def _verdicts(outcomes: list[Outcome], chosen: str | None) -> dict[str, str]:
     return out
 
 
+def _fastest(passing: list[Outcome]) -> Outcome | None:
+    """The candidate within budget the winner rule names from their one interleaved timing; the order the search
+    lists them in (``int8_candidates.candidates``, then the fallback's tries) breaks ties and unclear leads."""
+    if not passing:
+        return None
+    name = winner({o.candidate.name: o.timing for o in passing}, tuple(o.candidate.name for o in passing))[0]
+    return next(o for o in passing if o.candidate.name == name)
+
+
 def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOptions,
                probe: AccuracyProbe, started: float, fallback: dict | None) -> Artifact:
-    passing = sorted((o for o in outcomes if o.passed), key=lambda o: o.p50_ms)
-    verdicts = _verdicts(outcomes, passing[0].candidate.name if passing else None)
+    passing = [o for o in outcomes if o.passed]
+    chosen = _fastest(passing)
+    verdicts = _verdicts(outcomes, chosen.candidate.name if chosen else None)
     report = [{**o.to_json(), "verdict": verdicts[o.candidate.name]} for o in outcomes]
     if not passing:
         tried = [o for o in outcomes if o.accuracy is not None and o.accuracy.batch_independent]
@@ -268,7 +284,7 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                if batchy and best is None else "allow more fp32 MatMuls with --max-fp32, leave nodes in fp32 with "
                "--exclude, try static int8 with --calibration, or lower --budget")
         raise BudgetError(f"{why}. Every candidate's numbers are in {artifact.folder}/torchship.json; {tried}{fix}")
-    best = passing[0]
+    best = chosen
     final = artifact.folder / FILE
     with staged_model(final) as tmp:
         normalize(best.path, tmp, "auto")  # one data file named after the final model, when one is needed

@@ -63,11 +63,11 @@ def file_name(bits: int) -> str:
 @dataclass(frozen=True)
 class WeightOnlyOptions:
     bits: int = 4
-    # 128 symmetric (GPTQ's and AWQ's usual group): measured on SmolLM2-135M's architecture (int4, past 128,
-    # 2 threads, Xeon): 9.7 ms/token against 11.4 at 32 with zero points; worst weight error 0.10 against 0.08
+    # 128 symmetric (GPTQ's and AWQ's usual group): faster than smaller blocks with zero points, within the
+    # error ceiling (docs/measurements.md#weight-only-defaults)
     block_size: int = 128
-    # 4: int8 compute inside MatMulNBits. Measured on SmolLM2-135M (AVX2, no VNNI, 2 threads, past 128): int4
-    # 24 ms/token against 84 at level 1 (fp32 compute), int8 33 against 908. None: ONNX Runtime's default.
+    # 4: int8 compute inside MatMulNBits, several times faster than fp32 compute
+    # (docs/measurements.md#weight-only-defaults). None: ONNX Runtime's default.
     accuracy_level: int | None = 4
     symmetric: bool = True
     embedding: bool = False  # also the token embedding (GatherBlockQuantized; 4 bits only)
