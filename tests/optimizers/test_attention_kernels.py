@@ -15,7 +15,7 @@ from torchship.optimizers import OptimizeOptions, optimize
 from torchship.optimizers.attention_kernels import to_flash_when_unpadded, to_onnx_attention
 from torchship.optimizers.dispatch import DispatchPlan
 from torchship.runtimes import RuntimeOptions, create_predictor
-from torchship.variants import backend_of_variant
+from torchship.backends import backend_of_variant
 
 QUICK = DispatchPlan(min_rounds=2, max_rounds=3, seconds=0.0, final_rounds=2, final_max_rounds=2)
 

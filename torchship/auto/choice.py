@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 from torchship.errors import BudgetError, first_line
-from torchship.variants import Backend
+from torchship.backends import Backend
 
 __all__ = ["AutoReport", "Row", "Status", "choose"]
 
