@@ -138,7 +138,7 @@ def _pick(artifact, name: str):
     if record is None:
         raise InputError(f"{artifact.folder} has no variant or backend {name!r}; it has "
                          f"{', '.join(artifact.manifest.variants)}")
-    if record.triton is None:  # no Triton backend serves its file natively (the record's serving layouts)
+    if not record.serving:  # the record's serving layouts: none serves it (PyTorch, the per-shape dispatch)
         raise InputError(f"backend {name!r} cannot be served by Triton; choose one of the folder's variants: "
                          f"{', '.join(variants)}")
     names = record.variants
@@ -204,6 +204,9 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
         path = artifact.path_of(variant)
         files = {"model.xml": path, "model.bin": path.with_suffix(".bin")} if path.suffix == ".xml" \
             else {"model.onnx": path}
+    if record.triton is None:
+        raise InputError(f"backend {record.name!r} has no Triton backend of its own to serve it; serve it with "
+                         "--runtime python")
     key, value = record.triton
     platform, backend = (value, None) if key == "platform" else (None, value)
     return TritonModel(name, platform, backend, files, _tensors(io.inputs, batched), _tensors(io.outputs, batched),
