@@ -94,11 +94,11 @@ def summarize(manifest: dict, results: dict, seconds: dict, args) -> str:
         "| backend | file | size MB | p50 ms | p90 ms | vs eager PyTorch | accuracy against fp32 |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    from torchship.variants import BY_NAME
+    from torchship.backends import backend as record_of
 
     for backend in BACKENDS.split(","):
         m = rows[backend]
-        names = BY_NAME[backend].variants
+        names = record_of(backend).variants
         variant = manifest["variants"].get(names[0], {}) if names else {}
         size = f"{variant['size_bytes'] / 1e6:.1f}" if variant else "-"
         val = variant.get("validation") or {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from torchship import variants
+from torchship import backends
 from torchship.cli import main
 
 PACKAGE = Path(__file__).resolve().parent.parent / "torchship"
@@ -88,7 +88,7 @@ def test_no_module_over_the_limit():
 
 def test_the_artifact_layer_imports_nothing_above_it():
     modules = _modules()
-    below = {"torchship.artifact", "torchship.variants", "torchship.tensors", "torchship.onnx_io",
+    below = {"torchship.artifact", "torchship.backends", "torchship.tensors", "torchship.onnx_io",
              "torchship.external_data", "torchship._fs", "torchship.errors", "torchship.shapes"}
     for name in below:
         assert _imports(name, modules[name], modules) <= below, name
@@ -115,24 +115,26 @@ def test_the_files_a_served_repository_carries_import_nothing_of_torchship():
                         "torchship_processing"} | served_modules(), (path, tops)
 
 
-@pytest.mark.parametrize("record", variants.TABLE, ids=lambda b: b.name)
+@pytest.mark.parametrize("record", backends.TABLE, ids=lambda b: b.name)
 def test_every_backend_record_is_complete(record):
     assert callable(record.factory())  # its predictor factory imports on a CPU machine
-    if record.builder != variants.CHECKPOINT:  # PyTorch runs the checkpoint itself; nothing makes it
+    assert record.builder is None or callable(record.step())  # so does its builder
+    if record.runtime != "pytorch":  # PyTorch runs the checkpoint itself; nothing makes it
         assert record.make_command("DIR").startswith("torchship ")
+    assert set(record.serving) <= set(backends.SERVING_LAYOUTS)
     assert record.precision in ("fp32", "fp16", "int8", "int4") and record.device in ("cpu", "cuda")
     if record.variants:
-        assert variants.backend_variants(record.name) == record.variants
+        assert backends.backend_variants(record.name) == record.variants
 
 
 def test_the_cli_offers_exactly_the_tables_backends():
     help_text = CliRunner().invoke(main, ["bench", "--help"], terminal_width=400).output
-    for record in variants.TABLE:
+    for record in backends.TABLE:
         assert record.name in help_text
     trt = CliRunner().invoke(main, ["tensorrt", "--help"], terminal_width=400).output
     assert "[fp32|fp16|int8]" in trt
 
 
 def test_preference_order_is_the_tables():
-    assert variants.preference_order() == ("optimized", "ort-all", "ort-extended", "ort-basic", "model")
-    assert variants.backend_of_variant("optimized").name == "ort-optimized"
+    assert backends.preference_order() == ("optimized", "ort-all", "ort-extended", "ort-basic", "model")
+    assert backends.backend_of_variant("optimized").name == "ort-optimized"

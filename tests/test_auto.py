@@ -61,7 +61,7 @@ def test_auto_builds_validates_and_benchmarks_every_cpu_variant(auto_out):
     assert m["shapes"]["axes"]["batch"] == [1, 2, 4] and {"int8", "openvino", "openvino-fp16"} <= set(m["variants"])
     # the other attention kernels and the FastGelu model are rows like the rest, timed by auto at the use shape;
     # optimize's own per-shape timing is not run, so the folder has no dispatch table
-    assert {"optimized-sdpa", "optimized-flash", "optimized-approx"} <= set(m["variants"]) and not m.get("dispatch")
+    assert {"optimized-onnx-attention", "optimized-mha", "optimized-approx"} <= set(m["variants"]) and not m.get("dispatch")
     assert rows["ort-optimized-approx"]["file"] == "model_optimized_approx.onnx"
 
 
@@ -175,7 +175,7 @@ def test_auto_on_a_decoder_times_the_use_shapes_decode_step(decoder_dir, tmp_pat
     assert report.torch_p50_ms > 0 and rows["ort"].status == "ok" and rows["ort"].p50_ms > 0
     assert rows["ort"].metric == "output_cosine" and rows["ort"].cosine > 0.999
     assert report.chosen in rows and rows[report.chosen].chosen
-    for name in ("ort-optimized-sdpa", "ort-optimized-flash", "ort-optimized-approx"):
+    for name in ("ort-optimized-onnx-attention", "ort-optimized-mha", "ort-optimized-approx"):
         assert rows[name].status_text == "skipped: made only for an encoder's attention"
 
 
@@ -186,7 +186,7 @@ def test_a_kernel_the_graph_cannot_take_is_a_skipped_row(model_dirs, tmp_path):
     cfg.write_text(CONFIG + "precisions: [fp32]\n")
     report = run_auto(str(model_dirs("mpnet")), load_auto_config(cfg), tmp_path / "out")
     rows = {r.backend: r for r in report.rows}
-    for name in ("ort-optimized-sdpa", "ort-optimized-flash"):
+    for name in ("ort-optimized-onnx-attention", "ort-optimized-mha"):
         assert rows[name].status_text == ("skipped: not made: the transformer fusion wrote no MultiHeadAttention "
                                           "to rewrite")
     assert rows["ort-optimized"].status_text == "ok" and rows["ort-optimized"].p50_ms > 0

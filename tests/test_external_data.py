@@ -27,8 +27,8 @@ def test_forced_external_data_through_export_optimize_and_a_moved_folder(model_d
     names = sorted(p.name for p in out.iterdir() if "onnx" in p.name)
     assert names == ["model.onnx", "model.onnx.data", "model_optimized.onnx", "model_optimized.onnx.data",
                      "model_optimized_approx.onnx", "model_optimized_approx.onnx.data",
-                     "model_optimized_flash.onnx", "model_optimized_flash.onnx.data",
-                     "model_optimized_sdpa.onnx", "model_optimized_sdpa.onnx.data",
+                     "model_optimized_mha.onnx", "model_optimized_mha.onnx.data",
+                     "model_optimized_onnx_attention.onnx", "model_optimized_onnx_attention.onnx.data",
                      "ort_all.onnx", "ort_all.onnx.data", "ort_basic.onnx", "ort_basic.onnx.data"]
     for name, variant in artifact.manifest.variants.items():
         path = out / variant.file

@@ -198,7 +198,7 @@ def test_a_corrupt_variant_names_the_command_that_remakes_it(exported, tmp_path)
 
 def test_triton_says_which_variant_and_why(exported, tmp_path):
     from torchship.artifact import Artifact, most_wins
-    from torchship.variants import backend_of_variant
+    from torchship.backends import backend_of_variant
 
     folder = exported("bert", optimized=True)  # optimize measured which variant runs which shape
     r = CliRunner().invoke(main, ["triton", str(folder), "--output", str(tmp_path / "r")])

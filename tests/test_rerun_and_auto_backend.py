@@ -18,7 +18,7 @@ from torchship.optimizers.rerun import ROUNDS_FILE
 from torchship.runtimes.auto_backend import choose
 
 QUICK = TimingPlan(warmup=1, min_iterations=3, min_seconds=0.0, block=3)
-KERNELS_AND_APPROX = ("optimized-sdpa", "optimized-flash", "optimized-approx")
+KERNELS_AND_APPROX = ("optimized-onnx-attention", "optimized-mha", "optimized-approx")
 
 
 def invoke(*args):
@@ -42,7 +42,7 @@ def test_a_narrower_rerun_keeps_the_variants_and_the_table_it_did_not_redo(measu
     assert all(n in after.variants and n not in after.skipped for n in KERNELS_AND_APPROX)
     assert all((measured / after.variants[n].file).is_file() for n in after.variants)
     assert after.dispatch == before.dispatch and "kept the measured dispatch table" in r.output
-    r = invoke("predict", measured, "--backend", "ort-optimized-flash", "a sentence")
+    r = invoke("predict", measured, "--backend", "ort-optimized-mha", "a sentence")
     assert r.exit_code == 0, r.output
 
 
@@ -115,9 +115,9 @@ def test_sentence_embedding_export_gets_the_onnx_attention_candidate_without_unu
     export(str(save_sentence_transformers_dir(tmp_path / "src")), out, ExportOptions(task="sentence-embedding"))
     assert onnx.load(str(out / "model.onnx")).opset_import[0].version < 18  # the export's reductions: axes attribute
     art = optimize(out, OptimizeOptions(levels=(), dispatch=None))
-    assert "optimized-sdpa" in art.manifest.variants, art.manifest.skipped.get("optimized-sdpa")
-    assert art.manifest.variants["optimized-sdpa"].validation["passed"]
-    for name in ("optimized-sdpa", "optimized-flash"):
+    assert "optimized-onnx-attention" in art.manifest.variants, art.manifest.skipped.get("optimized-onnx-attention")
+    assert art.manifest.variants["optimized-onnx-attention"].validation["passed"]
+    for name in ("optimized-onnx-attention", "optimized-mha"):
         assert _unused_initializers(out / art.manifest.variants[name].file) == []
 
 
@@ -206,7 +206,7 @@ def test_bench_times_every_variant_in_the_folder_by_default(measured, tmp_path):
                "--min-iterations", "2", "--warmup", "0", "--report", tmp_path / "report")
     assert r.exit_code == 0, r.output
     ran = json.loads((tmp_path / "report" / "results.json").read_text())["settings"]["backends"]
-    assert {"torch", "ort", "ort-optimized", "ort-int8", "ort-optimized-flash", "ort-measured"} <= set(ran)
+    assert {"torch", "ort", "ort-optimized", "ort-int8", "ort-optimized-mha", "ort-measured"} <= set(ran)
 
 
 def test_flags_for_another_task_are_refused_alike(exported):

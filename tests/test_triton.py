@@ -195,7 +195,7 @@ def test_a_variant_measured_without_an_ort_fusion_is_served_without_it(tmp_path,
 
     folder = exported("bert", optimized=True)
     r = CliRunner().invoke(main, ["triton", str(folder), "--output", str(tmp_path / "repo"), "--name", "s",
-                                  "--variant", "optimized-sdpa"])
+                                  "--variant", "optimized-sdpa"])  # the earlier name of optimized-onnx-attention
     assert r.exit_code == 0, r.output
     version = next(p.parent for p in (tmp_path / "repo").rglob("serving.json"))
     settings = json.loads((version / "serving.json").read_text())

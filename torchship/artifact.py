@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship import variants as backends_table
+from torchship import backends as backends_table
 from torchship._fs import MANIFEST_NAME, staged_file, write_json_atomic
 from torchship.errors import ArtifactError, InputError
 from torchship.external_data import data_file_name

@@ -15,7 +15,7 @@ from torchship.optimizers import OptimizeOptions, optimize
 from torchship.optimizers.attention_kernels import to_flash_when_unpadded, to_onnx_attention
 from torchship.optimizers.dispatch import DispatchPlan
 from torchship.runtimes import RuntimeOptions, create_predictor
-from torchship.variants import backend_of_variant
+from torchship.backends import backend_of_variant
 
 QUICK = DispatchPlan(min_rounds=2, max_rounds=3, seconds=0.0, final_rounds=2, final_max_rounds=2)
 
@@ -33,11 +33,11 @@ def _graph(art, name):
 def test_both_are_made_validated_and_offered_to_the_dispatch(kernels):
     m = kernels.manifest
     layers = m.num_layers
-    for name in ("optimized-sdpa", "optimized-flash"):
+    for name in ("optimized-onnx-attention", "optimized-mha"):
         v = m.variants[name]
         assert v.validation["passed"] and v.validation["max_abs"] <= m.atol, (name, v.validation)
         assert v.fusion["rewritten"] == layers and name in m.dispatch["candidates"]
-    sdpa = _graph(kernels, "optimized-sdpa")
+    sdpa = _graph(kernels, "optimized-onnx-attention")
     assert next(o.version for o in sdpa.opset_import if o.domain == "") >= 24
     attention = [n for n in sdpa.graph.node if n.op_type == "Attention" and n.domain == ""]
     assert len(attention) == layers and not any(n.op_type == "MultiHeadAttention" for n in sdpa.graph.node)
@@ -47,7 +47,7 @@ def test_both_are_made_validated_and_offered_to_the_dispatch(kernels):
         assert producer[node.input[0]].op_type == "Add"
         assert producer[node.input[1]].op_type == producer[node.input[2]].op_type == "MatMul"
         assert node.input[6]  # each row's length, from the mask
-    flash = _graph(kernels, "optimized-flash")
+    flash = _graph(kernels, "optimized-mha")
     ifs = [n for n in flash.graph.node if n.op_type == "If"]
     assert len(ifs) == layers
     for node in ifs:
@@ -56,7 +56,7 @@ def test_both_are_made_validated_and_offered_to_the_dispatch(kernels):
         assert len(branches["then_branch"].input) == 4 and len(branches["else_branch"].input) == 5
     # Both keep residual Add + LayerNormalization apart and load without ORT's SkipLayerNormFusion, which the
     # predictors pass on to ORT.
-    for name, graph in (("optimized-sdpa", sdpa), ("optimized-flash", flash)):
+    for name, graph in (("optimized-onnx-attention", sdpa), ("optimized-mha", flash)):
         ops = [n.op_type for n in graph.graph.node]
         assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 2 * layers, name
         assert m.variants[name].options["disabled_optimizers"] == ["SkipLayerNormFusion"]
@@ -66,7 +66,7 @@ def test_both_are_made_validated_and_offered_to_the_dispatch(kernels):
             assert predictor.disabled_optimizers == ("SkipLayerNormFusion",)
 
 
-@pytest.mark.parametrize("name", ["optimized-sdpa", "optimized-flash"])
+@pytest.mark.parametrize("name", ["optimized-onnx-attention", "optimized-mha"])
 def test_equal_to_the_export_on_every_real_token_with_and_without_padding(kernels, name):
     export, variant = ort_runner(kernels.path_of("model")), ort_runner(kernels.path_of(name))
     rng = np.random.default_rng(0)
@@ -84,10 +84,10 @@ def test_equal_to_the_export_on_every_real_token_with_and_without_padding(kernel
 def test_a_preset_rerun_keeps_them_and_never_prefers_them(kernels, tmp_path):
     folder = shutil.copytree(kernels.folder, tmp_path / "bert")
     art = optimize(folder, OptimizeOptions(levels=("all",), candidates="preset"))
-    for name in ("optimized-sdpa", "optimized-flash"):
+    for name in ("optimized-onnx-attention", "optimized-mha"):
         assert name in art.manifest.variants and name not in art.manifest.skipped
         assert (folder / art.manifest.variants[name].file).is_file()
-    assert art.best_variant() not in ("optimized-sdpa", "optimized-flash")
+    assert art.best_variant() not in ("optimized-onnx-attention", "optimized-mha")
 
 
 def test_a_graph_without_multihead_attention_is_refused(kernels):
@@ -104,7 +104,7 @@ def test_a_family_the_rewrite_cannot_take_is_skipped_not_failed(exported, tmp_pa
     for model_type in ("distilbert", "mpnet"):
         art = optimize(shutil.copytree(exported(model_type), tmp_path / model_type),
                        OptimizeOptions(levels=(), dispatch=QUICK))
-        for name in ("optimized-sdpa", "optimized-flash"):
+        for name in ("optimized-onnx-attention", "optimized-mha"):
             assert (name in art.manifest.variants and art.manifest.variants[name].validation["passed"]) \
                 or art.manifest.skipped[name], (model_type, name)
     assert Artifact.open(tmp_path / "mpnet").manifest.dispatch is not None

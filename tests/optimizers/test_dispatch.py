@@ -45,7 +45,7 @@ def _same_bytes(artifact, a: str, b: str) -> bool:
 def test_every_candidate_is_timed_at_every_shape_and_each_range_has_a_winner(measured):
     table = measured.manifest.dispatch
     assert list(candidate_variants()) == \
-        ["optimized", "ort-all", "ort-extended", "ort-basic", "model", "optimized-sdpa", "optimized-flash",
+        ["optimized", "ort-all", "ort-extended", "ort-basic", "model", "optimized-onnx-attention", "optimized-mha",
          "optimized-approx"]
     # Every candidate is timed but one whose file is byte for byte an earlier one's: it is timed once, under
     # the earlier name (on CPU, ORT's level all writes the same graph as extended for BERT).
@@ -205,7 +205,7 @@ def test_the_shape_config_sets_the_grid(model_dirs, tmp_path):
     export(str(model_dirs("bert")), out, ExportOptions(shapes=load_shape_config(config)))
     table = optimize(out, OptimizeOptions(levels=("all",), dispatch=QUICK)).manifest.dispatch
     assert table["grid"] == "shape config"
-    assert list(table["candidates"]) == ["optimized", "ort-all", "model", "optimized-sdpa", "optimized-flash",
+    assert list(table["candidates"]) == ["optimized", "ort-all", "model", "optimized-onnx-attention", "optimized-mha",
                                          "optimized-approx"]
     assert {(s["batch"], s["sequence"]) for s in table["shapes"]} == {(b, s) for b in (1, 2, 4) for s in (4, 24, 64)}
 

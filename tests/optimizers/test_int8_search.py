@@ -170,18 +170,18 @@ def test_approximate_gelu_is_a_source_asked_for_and_judged_like_any_other(bert_c
 
     from torchship.cli import main
 
-    r = CliRunner().invoke(main, ["quantize", str(bert_copy), "--approximate-gelu", "--from", "optimized-ln",
+    r = CliRunner().invoke(main, ["quantize", str(bert_copy), "--approximate-gelu", "--from", "optimized-unfused-ln",
                                   "--per-channel", "yes", "--op-types", "MatMul", "--budget", "0.5", "--threads", "1"])
     assert r.exit_code == 0, r.output
     q = Artifact.open(bert_copy).manifest.quantization
     by_source = {c["source"]: c for c in q["candidates"]}
-    assert set(by_source) == {"optimized-ln", "optimized-ln-approx"}  # asked for: not in the default set
-    approx = by_source["optimized-ln-approx"]
-    assert approx["approximate"].startswith("GELU as its tanh") and "approximate" not in by_source["optimized-ln"]
+    assert set(by_source) == {"optimized-unfused-ln", "optimized-unfused-ln-approx"}  # asked for: not in the default set
+    approx = by_source["optimized-unfused-ln-approx"]
+    assert approx["approximate"].startswith("GELU as its tanh") and "approximate" not in by_source["optimized-unfused-ln"]
     assert approx["disabled_optimizers"] == ["SkipLayerNormFusion"] and approx["accuracy"]["samples"] >= 50
-    art = quantize(bert_copy, QuantizeOptions(sources=("optimized-ln-approx",), per_channel=(True,),
+    art = quantize(bert_copy, QuantizeOptions(sources=("optimized-unfused-ln-approx",), per_channel=(True,),
                                               op_types=("MatMul",), budget=0.5, timing=QUICK))
     v = art.manifest.variants["int8"]
-    assert v.options["source"] == "optimized-ln-approx" and v.options["approximate"]
+    assert v.options["source"] == "optimized-unfused-ln-approx" and v.options["approximate"]
     ops = [n.op_type for n in onnx.load(str(bert_copy / FILE)).graph.node]
     assert "FastGelu" in ops and "BiasGelu" not in ops and "Gelu" not in ops

@@ -12,7 +12,7 @@ def test_levels_and_fusion_variants_are_written_and_validated(exported):
     folder = exported("bert", optimized=True)
     m = Artifact.open(folder).manifest
     assert set(m.variants) == {"model", "ort-disabled", "ort-basic", "ort-extended", "ort-all", "optimized",
-                               "optimized-sdpa", "optimized-flash",  # other attention kernels (test_attention_kernels)
+                               "optimized-onnx-attention", "optimized-mha",  # other attention kernels (test_attention_kernels)
                                "optimized-approx"}  # judged by cosine against the export (test_dispatch)
     for name, v in m.variants.items():
         assert (folder / v.file).is_file(), name

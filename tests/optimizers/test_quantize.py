@@ -52,7 +52,7 @@ def test_dynamic_candidates_are_measured_and_the_fastest_within_budget_is_kept(b
     names = [c["name"] for c in q["candidates"]]
     # (export, fused, fused with plain LayerNorm) x (ORT's default ops, MatMul only) x (per-channel, per-tensor)
     assert len(names) == 12 and len(set(names)) == 12
-    assert {c["source"] for c in q["candidates"]} == {"model", "optimized", "optimized-ln"}
+    assert {c["source"] for c in q["candidates"]} == {"model", "optimized", "optimized-unfused-ln"}
     for c in q["candidates"]:
         assert c["error"] is None, c
         assert c["accuracy"]["metric"] == "sentence_cosine" and c["accuracy"]["samples"] == len(
@@ -63,7 +63,7 @@ def test_dynamic_candidates_are_measured_and_the_fastest_within_budget_is_kept(b
             assert c["p50_ms"] > 0 and c["fp32_p50_ms"] > 0
         else:
             assert c["p50_ms"] is None
-        assert c["disabled_optimizers"] == (["SkipLayerNormFusion"] if c["source"] == "optimized-ln" else [])
+        assert c["disabled_optimizers"] == (["SkipLayerNormFusion"] if c["source"] == "optimized-unfused-ln" else [])
         fastest = c["p50_ms"] == min(p["p50_ms"] for p in passing) if c["passed"] else None
         assert c["verdict"] == (("kept: the fastest within budget" if fastest else
                                  "kept: within budget, and no faster one was clearly faster (the winner rule)")

@@ -7,7 +7,7 @@ stages (export or import, optimize, quantize, the runtimes, bench) and adds no s
 their logic:
 
 1. export (validated against eager PyTorch) or import the ONNX file (validated against itself);
-2. every backend the table (:mod:`torchship.variants`) marks as swept: on a CPU config ORT at each
+2. every backend the table (:mod:`torchship.backends`) marks as swept: on a CPU config ORT at each
    graph level, ORT with transformer fusion, the fused model's other attention kernels and its FastGelu
    form (an encoder's candidates of optimize's measured dispatch, made without its timing), int8
    (``quantize``), OpenVINO fp32 and fp16 weights; on a GPU config (device cuda) ORT CUDA fp32/fp16 and

@@ -9,7 +9,7 @@ from enum import Enum
 
 from torchship.benchmarks.timing import winner
 from torchship.errors import BudgetError, first_line
-from torchship.variants import TABLE, Backend
+from torchship.backends import Backend, records
 
 __all__ = ["AutoReport", "Row", "Status", "choose"]
 
@@ -110,7 +110,7 @@ def choose(report: AutoReport) -> None:
     if timed:
         times = {name: report.timings.get(name) or {"median_ms": r.p50_ms, "rounds_ms": []}
                  for name, r in timed.items()}
-        ranked = sorted((b for b in TABLE if b.preference is not None), key=lambda b: b.preference)
+        ranked = sorted((b for b in records() if b.preference is not None), key=lambda b: b.preference)
         name = winner(times, tuple(b.name for b in ranked))[0]
         timed[name].chosen = True
         report.chosen = name

@@ -1,7 +1,7 @@
 """The sweep: build every variant of the backend table that fits the config, validate each against the fp32
 original, benchmark the ones within the budget, choose the fastest and write the summary.
 
-What is built is read from the table (:mod:`torchship.variants`): the rows still in the running are
+What is built is read from the table (:mod:`torchship.backends`): the rows still in the running are
 grouped by their record's ``builder``, and each build step (graph levels and fusion, OpenVINO, fp16,
 int8) is called once for its group.
 """
@@ -18,12 +18,16 @@ from torchship import _progress
 from torchship.auto.choice import AutoReport, Row, Status, choose
 from torchship.auto.config import AutoConfig, check_device
 from torchship.auto.summary import MODEL_DIR, SUMMARY, write_summary
-from torchship.errors import InputError, TorchshipError
-from torchship.variants import ENGINE, EXPORT, FP16, FUSION, GRAPH_LEVEL, INT8, OPENVINO, TABLE, Backend
+from torchship.backends import Backend, records
+from torchship.errors import InputError, TorchshipError, first_line
 
-# Every variant auto sweeps, in table order: backend name -> its record.
-VARIANTS: dict[str, Backend] = {b.name: b for b in TABLE if b.swept}
-_EXPORTED = {v for b in TABLE if b.builder == EXPORT for v in b.variants}  # the export as written ("model")
+
+def swept() -> dict[str, Backend]:
+    """Every variant auto sweeps, in table order (registered records included): backend name -> its record."""
+    return {b.name: b for b in records() if b.swept}
+
+
+VARIANTS: dict[str, Backend] = swept()  # the built-in table's
 
 __all__ = ["VARIANTS", "run_auto"]
 
@@ -48,11 +52,13 @@ def run_auto(model: str, config: AutoConfig, output: str | Path, *,
         stages = 6
         progress.step(f"[1/{stages}] {'import' if _is_onnx_file(model) else 'export'} {model}")
         artifact = _source(model, folder, config, progress)
-        rows = {name: Row.of(b) for name, b in VARIANTS.items()}
+        table = swept()
+        rows = {name: Row.of(b) for name, b in table.items()}
         progress.step(f"[2/{stages}] fp32 and fp16 variants")
-        _build_float_variants(artifact, config, rows, progress)
+        _filter(artifact, config, rows, table)
+        _build(artifact, config, rows, table, threads, lambda r: r.precision != "int8", progress)
         progress.step(f"[3/{stages}] int8")
-        _build_int8(artifact, config, rows, threads, progress)
+        _build(artifact, config, rows, table, threads, lambda r: r.precision == "int8", progress)
         progress.step(f"[4/{stages}] accuracy against the fp32 original")
         usable = _validate(artifact, config, rows, threads, progress)
         progress.step(f"[5/{stages}] benchmark ({len(usable)} variants{', eager PyTorch' if _has_torch(artifact) else ''})")
@@ -83,31 +89,35 @@ def _has_torch(artifact) -> bool:
     return family_of(artifact.manifest).has_checkpoint
 
 
-def _wanted(rows: dict[str, Row], builder: str) -> list[Row]:
-    """The rows still in the running whose model is made by ``builder``: build only what they need."""
-    return [r for r in rows.values() if r.usable and VARIANTS[r.backend].builder == builder]
+def _wanted(rows: dict[str, Row], table: dict[str, Backend]) -> list[Row]:
+    """The rows still in the running whose model some builder makes (not the export itself)."""
+    return [r for r in rows.values() if r.usable and table[r.backend].builder is not None]
 
 
 def _attempt(wanted: list[Row], make) -> None:
-    """Run one build step for the rows that need it; its error fails (or puts below budget) those rows."""
+    """Run one build step for the rows that need it; its error fails (or puts below budget) those rows, or
+    skips them where the folder cannot make them (an InputError, e.g. no static int8 model for an engine)."""
     if not wanted:
         return
     try:
         make()
+    except InputError as exc:
+        for r in wanted:
+            r.skip(first_line(exc))
     except TorchshipError as exc:
         for r in wanted:
             r.fail(exc)
 
 
-def _build_float_variants(artifact, config: AutoConfig, rows: dict[str, Row], progress) -> None:
+def _filter(artifact, config: AutoConfig, rows: dict[str, Row], table: dict[str, Backend]) -> None:
+    """Skip, before anything is built, the rows the family, the config or the device rule out."""
     from torchship.exporters.spec import ENCODE, family_of
-    from torchship.optimizers import OptimizeOptions, optimize
 
     m = artifact.manifest
     spec = family_of(m)
     device = config.shapes.device
     on_gpu = device.startswith("cuda")
-    for name, b in VARIANTS.items():
+    for name, b in table.items():
         problem = spec.backend_problem(b) or (None if b.precision in spec.precisions
                                                else f"{spec.family} models take no {b.precision} variants")
         if problem:
@@ -119,59 +129,51 @@ def _build_float_variants(artifact, config: AutoConfig, rows: dict[str, Row], pr
         elif not b.needs_gpu and on_gpu:
             # On a GPU config the sweep is about the GPU: CPU variants would be timed on another device.
             rows[name].skip(f"device is {device}")
-    if not m.ort_model_type:
-        for r in _wanted(rows, FUSION):
-            if not _EXPORTED & set(VARIANTS[r.backend].variants):  # no fallback to the export as written
-                r.skip("no transformer fusion for this model (ONNX file of unknown family)")
-
-    for r in _wanted(rows, FUSION):
-        if _measured_candidate(VARIANTS[r.backend]) and ENCODE not in spec.phases:
+    exported = {v for b in records() if b.builder is None for v in b.variants}  # the export as written ("model")
+    for r in _wanted(rows, table):
+        b = table[r.backend]
+        if b.fused and not m.ort_model_type and not exported & set(b.variants):  # no fallback to the export
+            r.skip("no transformer fusion for this model (ONNX file of unknown family)")
+        elif (b.measured_only or b.approximate_gelu) and ENCODE not in spec.phases:
             r.skip("made only for an encoder's attention")
-    levels = tuple(VARIANTS[r.backend].settings["level"] for r in _wanted(rows, GRAPH_LEVEL))
-    fusion = bool(m.ort_model_type) and bool(_wanted(rows, FUSION))
-    if levels or fusion:
-        # The other attention kernels and the FastGelu model are made as for optimize's measured dispatch, but auto
-        # times every variant itself at the config's use shape, so optimize's own per-shape timing is skipped.
-        wanted = {r.backend for r in _wanted(rows, FUSION)}
-        measured = any(_measured_candidate(VARIANTS[name]) for name in wanted)
-        made = optimize(artifact.folder, OptimizeOptions(
-            levels=levels, transformer_fusion=fusion, use_gpu=on_gpu, candidates="measured" if measured else "preset",
-            dispatch=None, approximate=any(VARIANTS[name].settings.get("approximate") for name in wanted)),
-            progress=progress).manifest
-        for r in _wanted(rows, FUSION):  # none of the row's variants made (a kernel this graph cannot take): why
-            names = VARIANTS[r.backend].variants
-            why = next((made.skipped[v] for v in names if v in made.skipped), None)
-            if why and not any(v in made.variants for v in names):
-                r.skip(f"not made: {why}")
-    _attempt(_wanted(rows, OPENVINO), lambda: optimize(
-        artifact.folder, OptimizeOptions(levels=(), transformer_fusion=False, openvino=True), progress=progress))
-    _attempt(_wanted(rows, FP16), lambda: optimize(
-        artifact.folder, OptimizeOptions(levels=(), transformer_fusion=False, fp16=True, fp16_budget=config.budget),
-        progress=progress))
 
 
-def _measured_candidate(record: Backend) -> bool:
-    """One of the fp32 variants optimize makes only for a measured choice (other attention kernels, FastGelu)."""
-    return bool(record.settings.get("measured_only") or record.settings.get("approximate"))
-
-
-def _build_int8(artifact, config: AutoConfig, rows: dict[str, Row], threads: int, progress) -> None:
+def _build(artifact, config: AutoConfig, rows: dict[str, Row], table: dict[str, Backend], threads: int, which,
+           progress) -> None:
+    """Make the variants of the rows still in the running that ``which`` selects: one optimize run per builder,
+    in table order, for the rows whose record names it; the transformer-fused ones share one run (their failures
+    are recorded as skips, and the kernels' common model is made once). The candidates only a measured choice
+    picks are made as for optimize's measured dispatch, but auto times every variant itself at the config's use
+    shape, so optimize's own per-shape timing is skipped (``dispatch=None``)."""
     from torchship.artifact import Artifact
-    from torchship.optimizers.quantize import QuantizeOptions, quantize
+    from torchship.optimizers import OptimizeOptions, optimize
 
-    # int8 in the precisions, and a CPU config; the search times its candidates no longer than the config's
-    # min_seconds when that is shorter than quantize's own default (a quick auto run is quick throughout)
+    base = OptimizeOptions(use_gpu=config.shapes.device.startswith("cuda"), dispatch=None,
+                           fp16_budget=config.budget, quantize=_int8_search(config, threads))
+    groups: dict[str, list[Row]] = {}
+    for r in _wanted(rows, table):
+        if which(table[r.backend]):
+            record = table[r.backend]
+            groups.setdefault("fused" if record.fused else record.builder, []).append(r)
+    for group in groups.values():
+        names = tuple(r.backend for r in group)
+        _attempt(group, lambda: optimize(artifact.folder, replace(base, backends=names), progress=progress))
+        made = Artifact.open(artifact.folder).manifest
+        for r in group:  # none of the row's variants made (a kernel this graph cannot take): why
+            variants = table[r.backend].variants
+            why = next((made.skipped[v] for v in variants if v in made.skipped), None)
+            if why and not any(v in made.variants for v in variants):
+                r.skip(f"not made: {why}")
+
+
+def _int8_search(config: AutoConfig, threads: int):
+    """quantize's search as auto runs it: the config's budget, and its candidates timed no longer than the
+    config's min_seconds when that is shorter than quantize's own default (a quick auto run is quick throughout)."""
+    from torchship.optimizers.quantize import QuantizeOptions
+
     search = QuantizeOptions(budget=config.budget, threads=threads)
-    search = replace(search, timing=replace(search.timing, min_seconds=min(search.timing.min_seconds,
-                                                                           config.min_seconds)))
-    _attempt(_wanted(rows, INT8), lambda: quantize(artifact.folder, search, progress=progress))
-    engines = [r for r in _wanted(rows, ENGINE) if r.precision == "int8"]
-    if engines:
-        int8 = Artifact.open(artifact.folder).manifest.variants.get("int8")
-        if int8 is None or int8.options.get("method") != "static":
-            for r in engines:
-                r.skip("TensorRT int8 needs a static int8 (QDQ) model; "
-                       "run torchship quantize --method static --calibration FILE")
+    return replace(search, timing=replace(search.timing, min_seconds=min(search.timing.min_seconds,
+                                                                         config.min_seconds)))
 
 
 def _validate(artifact, config: AutoConfig, rows: dict[str, Row], threads: int, progress) -> list[str]:

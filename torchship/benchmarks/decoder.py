@@ -25,7 +25,7 @@ from torchship.benchmarks.run import accuracy_of, variant_budgets, variant_files
 from torchship.benchmarks.timing import TimingPlan, measure_rounds
 from torchship.errors import InputError, TorchshipError, first_line
 from torchship.exporters.spec import BATCH, DECODE, PAST_SEQUENCE, PREFILL, SEQUENCE, require_family, saved_config
-from torchship.variants import WEIGHT_ONLY, backend
+from torchship.backends import WEIGHT_ONLY, backend
 
 DEFAULT_PROMPTS = (32, 128)
 DEFAULT_PASTS = (32, 128)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torchship._ort import spin_label
 from torchship.benchmarks.results import UNSTABLE_SPREAD
-from torchship.variants import backend_of_variant
+from torchship.backends import backend_of_variant
 from torchship.optimizers import approximate
 
 

@@ -33,7 +33,7 @@ from torchship._fs import scratch_dir, staged_dir
 from torchship.artifact import Artifact
 from torchship.errors import TorchshipError, first_line
 from torchship.runtimes.ort import OrtPredictor
-from torchship.variants import WEIGHT_ONLY, backend
+from torchship.backends import WEIGHT_ONLY, backend
 
 BUILDER = "onnxruntime_genai.models.builder"
 INSTALL = "pip install 'torchship[genai]'"

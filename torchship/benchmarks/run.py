@@ -136,7 +136,7 @@ def folder_backends(artifact: Artifact) -> tuple[str, ...]:
     """What bench times when no --backends are given: eager PyTorch, the backend of every variant in the folder
     (int8, fp16, approximate and other-kernel ones included) and, with optimize's dispatch table, ort-measured,
     which predict's auto may run; those the family cannot run are left out."""
-    from torchship.variants import backend, backend_of_variant
+    from torchship.backends import backend, backend_of_variant
 
     spec = family_of(artifact.manifest)
     names = ["torch"]

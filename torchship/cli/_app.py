@@ -100,7 +100,7 @@ def split(text: str | None) -> tuple[str, ...] | None:
 
 def print_artifact(artifact) -> None:
     """What the folder holds, one line per variant under the backend name that runs it."""
-    from torchship.variants import backend_of_variant
+    from torchship.backends import backend_of_variant
 
     m = artifact.manifest
     click.echo(f"{artifact.folder}: {m.family} ({m.model_type}) {m.task}, exporter {m.export['exporter']} "

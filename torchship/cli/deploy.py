@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from torchship import options as o
+from torchship.cli import options as o
 from torchship.cli._app import PROGRESS, examples, friendly_errors, main, no_file
 from torchship.serving.repository import LAYOUTS, RUNTIMES, SERVE_TASKS, TEXT_QUEUE_DELAY_US
 

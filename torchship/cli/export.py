@@ -7,7 +7,7 @@ import functools
 
 import click
 
-from torchship import options as o
+from torchship.cli import options as o
 from torchship.cli._app import (CONTEXT, PROGRESS, examples, friendly_errors, main, print_artifact,
                                 print_dispatch, quiet_libraries, split)
 from torchship.exporters.spec import DENOISING

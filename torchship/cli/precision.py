@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from torchship import options as o
+from torchship.cli import options as o
 from torchship.cli._app import PROGRESS, examples, friendly_errors, main, split
 from torchship.errors import InputError, TorchshipError
-from torchship.variants import TABLE
+from torchship.backends import records
 
 # --precision of torchship tensorrt: the table's TensorRT backends, by their precision.
-ENGINE_FLAGS = {b.precision: b.settings["flags"] for b in TABLE if b.runtime == "tensorrt"}
+ENGINE_FLAGS = {b.precision: b.engine_flags for b in records() if b.runtime == "tensorrt"}
 
 
 @main.command("tensorrt", epilog=examples(
@@ -64,8 +64,9 @@ def _choices(value: str) -> tuple[bool, ...]:
     'torchship quantize onnx/bert --method both --calibration texts.txt',
     'torchship quantize onnx/gpt2 --method weight-only --bits 4 --block-size 128'))
 @click.argument("folder", type=click.Path())
-@click.option("--int8", "int8", is_flag=True, default=True,
-              help="Make an int8 variant (the default; --method weight-only makes int4 or int8 weights instead).")
+@click.option("--int8", "int8", is_flag=True, default=False,
+              help="The int8 method: weights and activations in int8, the fastest candidate within the budget "
+                   "(what quantize makes unless --method weight-only asks for int4 or int8 weights only).")
 @click.option("--method", type=click.Choice(["auto", "dynamic", "static", "both", "weight-only"]), default="auto",
               show_default=True,
               help="auto: dynamic, plus static when --calibration is given. weight-only (decoders): MatMulNBits "
@@ -98,11 +99,12 @@ def _choices(value: str) -> tuple[bool, ...]:
               help="7-bit weights (avoids saturation in the int8 kernels of CPUs without VNNI).")
 @click.option("--from", "sources", default=None,
               help="Variants to quantize, comma-separated: model (the export), optimized (transformer-fused), "
-                   "optimized-ln (fused, but residual Add + LayerNorm unfused), optimized-ln-approx (that, with GELU "
-                   "as FastGelu). Default: all that apply but the last.")
+                   "optimized-unfused-ln (fused, but residual Add + LayerNorm unfused; optimized-ln before), "
+                   "optimized-unfused-ln-approx (that, with GELU as FastGelu). Default: all that apply but the "
+                   "last.")
 @click.option("--approximate-gelu", is_flag=True,
               help="Also quantize the fused graph with GELU as its tanh approximation (FastGelu, as Optimum's O3; "
-                   "optimized-ln-approx); judged by the same accuracy probe, kept only if fastest within budget.")
+                   "optimized-unfused-ln-approx); judged by the same accuracy probe, kept only if fastest within budget.")
 @click.option("--op-types", default=None, help="Op types to quantize, comma-separated (e.g. MatMul,Attention); "
                                                "default: ONNX Runtime's for the method.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
@@ -132,6 +134,9 @@ def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_lev
                     "--accuracy-level": accuracy_level,
                     "--quantize-embedding": quantize_embedding or None, "--head/--no-head": head,
                     "--max-weight-error": max_weight_error}
+    if int8 and method == "weight-only":
+        raise InputError("--int8 (weights and activations in int8) and --method weight-only (weights only) ask for "
+                         "different variants; drop one")
     if method == "weight-only":
         from click.core import ParameterSource
 
@@ -159,7 +164,7 @@ def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_lev
     methods = {"auto": ("dynamic", "static") if calibration else ("dynamic",), "dynamic": ("dynamic",),
                "static": ("static",), "both": ("dynamic", "static")}[method]
     if approximate_gelu:
-        sources = ",".join(dict.fromkeys([*(split(sources) or DEFAULT_SOURCES), "optimized-ln-approx"]))
+        sources = ",".join(dict.fromkeys([*(split(sources) or DEFAULT_SOURCES), "optimized-unfused-ln-approx"]))
     static_only = [flag for flag, value in (("--activation-type", activation_type), ("--quant-format", quant_format))
                    if value != "both"]
     if static_only and "static" not in methods:

@@ -113,7 +113,7 @@ class DecoderSpec(SpecDefaults, TransformersSource):
     def backend_problem(self, backend) -> str | None:
         if backend.runtime == "tensorrt":
             return "TensorRT engines are built for encoders and UNets (decoders with a KV cache are not supported yet)"
-        if backend.runtime == "pytorch" and backend.settings.get("mode") != "eager":
+        if backend.runtime == "pytorch" and backend.torch_mode != "eager":
             return (f"backend {backend.name!r} is not available for decoders; use torch (eager, with its KV cache) "
                     "or an ONNX backend")
         return None

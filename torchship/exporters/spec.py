@@ -101,7 +101,7 @@ class ModelSpec(Protocol):
     def normalized(self, config) -> NormalizedConfig: ...
 
     def backend_problem(self, backend) -> str | None:
-        """Why ``backend`` (a :class:`torchship.variants.Backend`) cannot run this family; None when it can."""
+        """Why ``backend`` (a :class:`torchship.backends.Backend`) cannot run this family; None when it can."""
         ...
 
     def io(self, model, task: str) -> ModelIO: ...
@@ -157,7 +157,7 @@ class SpecDefaults:
 def weight_only_problem(spec, backend) -> str | None:
     """Weight-only variants are judged on a decode, so only a family with one has them; the refusal names the
     int8 backend such a family may use instead."""
-    from torchship.variants import WEIGHT_ONLY
+    from torchship.backends import WEIGHT_ONLY
 
     if backend.builder != WEIGHT_ONLY or DECODE in spec.phases:
         return None

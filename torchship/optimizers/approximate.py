@@ -20,12 +20,12 @@ from torchship.compare import rowwise_cosine
 from torchship.errors import ArtifactError
 from torchship.external_data import save_model
 from torchship.onnx_io import load_onnx
-from torchship.variants import backend
+from torchship.backends import backend
 
 _RECORD = backend("ort-optimized-approx")  # the backend table says what the variant is called and holds
 VARIANT = _RECORD.variants[0]
 FILE = _RECORD.files[0]
-WHAT = _RECORD.settings["approximate"]
+WHAT = _RECORD.approximate_gelu
 MIN_COSINE = 0.9999
 GELU_OPS = ("Gelu", "BiasGelu")  # ONNX Runtime's contrib ops (com.microsoft), as the fusion writes them
 

@@ -4,13 +4,13 @@ ONNX Runtime's transformer fusion writes one ``Attention`` contrib operator per 
 by one packed GEMM inside it). Two other CPU kernels are faster at some shapes, and the fused graph can be
 rewritten to use them without changing what it computes:
 
-- ``optimized-sdpa``: ONNX's own ``Attention`` operator (opset 24) on the separately projected Q, K and V,
+- ``optimized-onnx-attention`` (``optimized-sdpa`` before): ONNX's own ``Attention`` operator (opset 24) on the separately projected Q, K and V,
   with each row's real length as ``nonpad_kv_seqlen`` (right padding, as the tokenizer pads). Two of the
   three projection biases go: the key bias adds ``q . b_k`` to every score of a query row, which softmax
   cancels, and the value bias comes out of the attention unchanged (the weights of a row sum to one), so it
   is folded into the output projection's bias (``b_o + b_v W_o``). Faster than the packed kernel at small
   shapes (docs/measurements.md#attention-kernels).
-- ``optimized-flash``: ONNX Runtime's ``MultiHeadAttention``, which runs a flash-attention kernel (tiles of Q,
+- ``optimized-mha`` (``optimized-flash`` before): ONNX Runtime's ``MultiHeadAttention``, which runs a flash-attention kernel (tiles of Q,
   K and V kept in L2, no full score matrix) when it is given no padding mask. Each layer's attention is an
   ``If`` on whether the batch has any padding: none, the flash kernel without a mask; some, the same operator
   with the mask. Correct for every input; faster than the packed kernel on long unpadded batches
@@ -32,10 +32,6 @@ import numpy as np
 from torchship.errors import ArtifactError
 from torchship.external_data import save_model
 from torchship.onnx_io import drop_unused_initializers
-from torchship.variants import backend
-
-SDPA = backend("ort-optimized-sdpa").variants[0]
-FLASH = backend("ort-optimized-flash").variants[0]
 ONNX_ATTENTION_OPSET = 24  # Attention with nonpad_kv_seqlen
 # Standard operators whose versions after 17 only widened their types (or added attributes whose defaults keep
 # the old behaviour); any other operator must have kept its version from the graph's opset to 24.

@@ -21,7 +21,7 @@ from torchship.benchmarks.timing import (MARGIN, clearly_beats, cpu_name, leads,
                                          time_rounds, winner)
 from torchship.artifact import Artifact
 from torchship.errors import InputError
-from torchship.variants import TABLE
+from torchship.backends import records
 
 CANDIDATE_CHOICES = ("measured", "preset")
 DEFAULT_BATCHES = (1, 8)
@@ -32,12 +32,12 @@ TABLE_VERSION = 2  # 2: a final per shape, and a session tuning per range
 def candidate_variants() -> tuple[str, ...]:
     """The variants a table may choose from, from the backend table: fp32 ONNX Runtime CPU variants that
     torchship would pick by itself, in its preference order (ties in the timing go to the earlier one), then
-    the exact ones only a table may choose (settings["measured_only"]: other attention kernels), then the
-    approximate ones (settings["approximate"]); a later one wins a shape only where clearly faster."""
-    cpu = [b for b in TABLE if b.runtime == "onnxruntime" and b.precision == "fp32" and b.device == "cpu"]
+    the exact ones only a table may choose (``measured_only``: other attention kernels), then the
+    approximate ones (``approximate_gelu``); a later one wins a shape only where clearly faster."""
+    cpu = [b for b in records() if b.runtime == "onnxruntime" and b.precision == "fp32" and b.device == "cpu"]
     ranked = sorted((b for b in cpu if b.preference is not None), key=lambda b: b.preference)
-    measured_only = [b for b in cpu if b.preference is None and b.settings.get("measured_only")]
-    approximate = [b for b in cpu if b.preference is None and b.settings.get("approximate")]
+    measured_only = [b for b in cpu if b.preference is None and b.measured_only]
+    approximate = [b for b in cpu if b.preference is None and b.approximate_gelu]
     return tuple(b.variants[0] for b in ranked + measured_only + approximate)
 
 

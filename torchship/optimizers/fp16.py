@@ -134,3 +134,10 @@ def fp16_variant(artifact: Artifact, *, source: str | None = None, op_block_list
     return Variant(name=VARIANT, file=FILE, stage="fp16", options=options, size_bytes=model_bytes(final),
                    seconds=round(time.perf_counter() - start, 3), validation=validation,
                    fusion={"counts": counts}, notes=notes)
+
+
+def fp16_step(build, record) -> Variant:
+    """The fp16 backends' builder (optimize --fp16): ``fp16_variant`` with the run's block list and budget."""
+    opts = build.options
+    return fp16_variant(build.artifact, op_block_list=opts.fp16_block, budget=opts.fp16_budget,
+                        progress=build.progress)

@@ -12,7 +12,7 @@ sensitive MatMuls of one in fp32.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +28,16 @@ from torchship.optimizers.fusion import NO_SKIP_LN
 from torchship.benchmarks.timing import TimingPlan
 
 METHODS = ("dynamic", "static")
-# "optimized-ln": the transformer-fused graph with residual Add + LayerNormalization left unfused and ORT's
+# "optimized-unfused-ln" ("optimized-unfused-ln" before): the transformer-fused graph with residual Add + LayerNormalization left unfused and ORT's
 # SkipLayerNormFusion off in the session (ORT's CPU SkipLayerNormalization is slower than the pair:
 # docs/measurements.md#skip-layer-norm); built by quantize itself from the export.
-# "optimized-ln-approx": that graph with GELU as its tanh approximation (FastGelu; optimizers/approximate.py),
+# "optimized-unfused-ln-approx": that graph with GELU as its tanh approximation (FastGelu; optimizers/approximate.py),
 # a little faster (docs/measurements.md#int8-approx); asked for (--approximate-gelu), its accuracy judged by the
 # probe like any other.
-SOURCES = ("model", "optimized", "optimized-ln", "optimized-ln-approx")
-DEFAULT_SOURCES = ("model", "optimized", "optimized-ln")
-UNFUSED_LN = ("optimized-ln", "optimized-ln-approx")
+SOURCES = ("model", "optimized", "optimized-unfused-ln", "optimized-unfused-ln-approx")
+DEFAULT_SOURCES = ("model", "optimized", "optimized-unfused-ln")
+UNFUSED_LN = ("optimized-unfused-ln", "optimized-unfused-ln-approx")
+SOURCE_ALIASES = {"optimized-ln": "optimized-unfused-ln", "optimized-ln-approx": "optimized-unfused-ln-approx"}
 STATIC_OPS = ("MatMul", "Gemm")  # what static int8 quantizes unless --op-types says otherwise
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")  # static: QUInt8 or QInt8 activations (weights are always QInt8)
@@ -82,7 +83,9 @@ class QuantizeOptions:
             raise InputError(f"the accuracy budget must be in (0, 1], got {self.budget:g}")
         if not self.per_channel or not self.reduce_range:
             raise InputError("give at least one per-channel and one reduce-range setting to try")
-        for s in self.sources or ():
+        sources = None if self.sources is None else \
+            tuple(dict.fromkeys(SOURCE_ALIASES.get(s, s) for s in self.sources))  # earlier names accepted
+        for s in sources or ():
             if s not in SOURCES:
                 raise InputError(f"unknown source variant {s!r}; quantize from {', '.join(SOURCES)}")
         for values, allowed, what in ((self.activation_types, ACTIVATION_TYPES, "activation type"),
@@ -95,7 +98,7 @@ class QuantizeOptions:
                     raise InputError(f"unknown {what} {v!r}; use {', '.join(allowed)}")
         if self.max_fp32 < 0 or self.fallback_candidates < 0:
             raise InputError("the fp32 fallback's limits must be 0 or more")
-        return self
+        return self if sources == self.sources else replace(self, sources=sources)
 
 
 @dataclass(frozen=True)
@@ -268,14 +271,14 @@ def ln_sources(artifact: Artifact, wanted: tuple[str, ...], scratch: Path) -> di
     if not set(wanted) & set(UNFUSED_LN):
         return {}
     ln = fused_without_skip_ln(artifact, scratch)
-    out = {"optimized-ln": ln} if "optimized-ln" in wanted else {}
-    if "optimized-ln-approx" in wanted:
+    out = {"optimized-unfused-ln": ln} if "optimized-unfused-ln" in wanted else {}
+    if "optimized-unfused-ln-approx" in wanted:
         from torchship.errors import ArtifactError
         from torchship.optimizers.approximate import approximate_gelu
 
-        out["optimized-ln-approx"] = scratch / "optimized_ln_approx.onnx"
+        out["optimized-unfused-ln-approx"] = scratch / "optimized_unfused_ln_approx.onnx"
         try:
-            approximate_gelu(ln, out["optimized-ln-approx"], external=uses_external_data(ln))
+            approximate_gelu(ln, out["optimized-unfused-ln-approx"], external=uses_external_data(ln))
         except ArtifactError as exc:
             raise InputError(f"--approximate-gelu: {exc}") from None
     return out
@@ -294,7 +297,7 @@ def fused_without_skip_ln(artifact: Artifact, scratch: Path) -> Path:
     m = artifact.manifest
     options = {k: v for k, v in m.variants["optimized"].options.items()
                if k in ("model_type", "num_heads", "hidden_size", "use_gpu")}
-    dst = scratch / "optimized_ln.onnx"
+    dst = scratch / "optimized_unfused_ln.onnx"
     src = artifact.path_of("model")
     fuse(src, dst, num_layers=m.num_layers, external_data=uses_external_data(src), skip_layer_norm=False, **options)
     return dst

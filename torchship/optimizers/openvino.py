@@ -26,9 +26,15 @@ def _convert(ov, src: Path, folder: Path, compress_to_fp16: bool) -> None:
     ov.save_model(model, str(folder / IR_NAME), compress_to_fp16=compress_to_fp16)
 
 
-def openvino_variants(artifact, *, progress: _progress.Progress = _progress.SILENT) -> list:
-    """Write ``openvino/model.xml`` (fp32) and ``openvino_fp16/model.xml`` (fp16 weights), each validated:
-    fp32 against eager PyTorch at the export's tolerance, fp16 on the accuracy probe."""
+def openvino_step(build, record) -> list:
+    """The OpenVINO backends' builder (optimize --openvino): the IR of the record's variant."""
+    return openvino_variants(build.artifact, progress=build.progress, names=record.variants[:1])
+
+
+def openvino_variants(artifact, *, progress: _progress.Progress = _progress.SILENT,
+                      names: tuple[str, ...] = tuple(VARIANTS)) -> list:
+    """Write ``openvino/model.xml`` (fp32) and ``openvino_fp16/model.xml`` (fp16 weights), or those of
+    ``names``, each validated: fp32 against eager PyTorch at the export's tolerance, fp16 on the accuracy probe."""
     from torchship._ort import ort_runner
     from torchship.artifact import Variant, load_reference
     from torchship.exporters.spec import family_of
@@ -41,7 +47,7 @@ def openvino_variants(artifact, *, progress: _progress.Progress = _progress.SILE
     cases = load_reference(artifact.folder)
     spec = family_of(m)
     made = []
-    for name, (sub, fp16) in VARIANTS.items():
+    for name, (sub, fp16) in ((n, VARIANTS[n]) for n in names):
         start = time.perf_counter()
         final = artifact.folder / sub
         with staged_file(final) as staging:

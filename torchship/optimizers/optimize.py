@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchship import _progress
 from torchship._fs import transaction
-from torchship._ort import GRAPH_LEVELS, make_session
-from torchship.artifact import Artifact, Variant, load_reference, model_bytes
-from torchship.external_data import staged_model, uses_external_data
-from torchship.errors import ArtifactError, InputError, ValidationError
-from torchship.optimizers import rerun
-from torchship.optimizers.dispatch import CANDIDATE_CHOICES, DispatchPlan, candidate_variants, measure_dispatch
-from torchship.optimizers.attention_kernels import mha_fused
-from torchship.optimizers.fusion import NO_SKIP_LN, FusionReport, count_ops, fuse, reported, save_graph_level
-from torchship.variants import backend_of_variant
-from torchship.validation import check, run_reference_cases
+from torchship._ort import GRAPH_LEVELS
+from torchship.artifact import Artifact, Variant
+from torchship.backends import Backend, Build, backend, records
+from torchship.errors import InputError
 from torchship.exporters.spec import family_of
+from torchship.optimizers import rerun
+from torchship.optimizers.builders import context
+from torchship.optimizers.dispatch import CANDIDATE_CHOICES, DispatchPlan, candidate_variants, measure_dispatch
+
+if TYPE_CHECKING:
+    from torchship.optimizers.int8_candidates import QuantizeOptions
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,10 @@ class OptimizeOptions:
     # measured only: also the fused model with tanh-approximate GELU (optimizers/approximate.py), judged by output
     # cosine >= 0.9999 against the export instead of eager's tolerance; False (--exact): exact variants only
     approximate: bool = True
+    # None: the variants the flags above ask for; else exactly those these backends run (auto), each made by its
+    # record's builder (ort-int8's by quantize's search, with ``quantize``: None, quantize's defaults)
+    backends: tuple[str, ...] | None = None
+    quantize: QuantizeOptions | None = None
 
     def resolved(self) -> "OptimizeOptions":
         bad = [lv for lv in self.levels if lv not in GRAPH_LEVELS]
@@ -47,141 +50,28 @@ class OptimizeOptions:
             raise InputError(f"unknown graph level {bad[0]!r}; use {', '.join(GRAPH_LEVELS)}")
         if self.candidates not in CANDIDATE_CHOICES:
             raise InputError(f"unknown --candidates {self.candidates!r}; use {' or '.join(CANDIDATE_CHOICES)}")
+        if self.backends is not None:
+            return replace(self, backends=tuple(backend(name).name for name in self.backends))
         return self
 
-
-class _Context:
-    """What every variant needs: the export, the reference cases, the tolerance, the family."""
-
-    def __init__(self, artifact: Artifact, atol: float, progress: _progress.Progress):
-        self.folder = artifact.folder
-        self.manifest = artifact.manifest
-        self.src = artifact.path_of("model")
-        make_session(self.src)  # a corrupted export fails here, before anything is written
-        self.external = uses_external_data(self.src)  # large models keep external data in every variant
-        self.cases = load_reference(artifact.folder)
-        self.atol = atol
-        self.spec = family_of(artifact.manifest)
-        self.progress = progress
-
-    def validated(self, path: Path, name: str):
-        report = run_reference_cases(path, self.cases, atol=self.atol, spec=self.spec)
-        check(report, what=f"the {name} variant")
-        return report
-
-
-def _summary(report) -> dict:
-    """A validation as the manifest keeps it: the verdict, the largest error, the smallest cosine, and of the
-    per-output rows (one per output and case: thousands of KV-cache ones for a decoder) those with a problem and
-    the one furthest off; the manifest stays small."""
-    data = report.to_json()
-    rows = data.get("outputs") or []
-    if rows:
-        worst = max(rows, key=lambda r: r.get("max_abs") or 0.0)
-        data["outputs"] = [r for r in rows if r.get("problem") or r is worst]
-        data["rows_checked"] = len(rows)
-    return data
-
-
-def _graph_level_variant(ctx: _Context, level: str) -> Variant:
-    """ORT's own graph optimizations at ``level``, saved offline; the file runs at that level too."""
-    name = f"ort-{level}"
-    start = time.perf_counter()
-    notes: tuple[str, ...] = ()
-    if level == "disabled":  # changes nothing: the export itself, run without optimizations
-        path = ctx.src
-        validation = ctx.validated(path, name)
-    else:
-        path = ctx.folder / f"ort_{level}.onnx"
-        with staged_model(path) as tmp:
-            save_graph_level(ctx.src, tmp, level)
-            validation = ctx.validated(tmp, name)
-        if level == "all":
-            notes = ("optimized for this machine's CPU (layout transforms); re-run optimize on the target",)
-    return Variant(name=name, file=path.name, stage="ort-graph", options={"level": level, "session_level": level},
-                   size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=_summary(validation), fusion={"counts": count_ops(path)}, notes=notes)
-
-
-def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
-    """onnxruntime.transformers' fusion optimizer for the family's ORT model type, with a fusion report."""
-    m = ctx.manifest
-    options = {"model_type": m.ort_model_type, "num_heads": m.num_heads, "hidden_size": m.hidden_size,
-               "use_gpu": use_gpu}
-    path = ctx.folder / "model_optimized.onnx"
-    start = time.perf_counter()
-    with staged_model(path) as tmp:
-        report = fuse(ctx.src, tmp, num_layers=m.num_layers, hint=ctx.spec.fusion_hint,
-                      external_data=ctx.external, **options)
-        if report.warning:
-            ctx.progress.step(report.warning)
-        validation = ctx.validated(tmp, "optimized")
-    return Variant(name="optimized", file=path.name, stage="transformer-fusion", options=options,
-                   size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=_summary(validation), fusion=report.to_json())
-
-
-def _approximate_variant(ctx: _Context, manifest_now) -> Variant:
-    """The fused model with GELU as FastGelu, judged by output cosine against the export (see approximate.py)."""
-    from torchship.optimizers import approximate
-
-    fused = manifest_now().variants.get("optimized")
-    if fused is None:
-        raise ArtifactError("no transformer-fused model to approximate")
-    path = ctx.folder / approximate.FILE
-    start = time.perf_counter()
-    with staged_model(path) as tmp:
-        changed = approximate.approximate_gelu(ctx.folder / fused.file, tmp, external=ctx.external)
-        validation = approximate.judge(tmp, ctx.src, ctx.cases)
-        if not validation["passed"]:
-            raise ValidationError(f"{approximate.WHAT} moved the outputs too far: smallest cosine "
-                                  f"{validation['min_cosine']:.6f} against the export, below {approximate.MIN_COSINE}")
-        report = FusionReport(count_ops(tmp), expected_attention=fused.fusion.get("expected_attention", 0))
-    return Variant(name=approximate.VARIANT, file=path.name, stage="transformer-fusion",
-                   options={**fused.options, "approximate": approximate.WHAT, "approximated_nodes": changed},
-                   size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=validation, fusion=report.to_json(),
-                   notes=(f"approximate: {approximate.WHAT}; judged by output cosine against the fp32 export",))
-
-
-def _kernel_variant(ctx: _Context, name: str, mha_model) -> Variant:
-    """optimized-sdpa or optimized-flash: the fusion with MultiHeadAttention and unfused layer norms
-    (``mha_model()``, made once for both), rewritten for another attention kernel
-    (optimizers/attention_kernels.py), validated as exact; its sessions run without SkipLayerNormFusion."""
-    import copy
-
-    from torchship.optimizers import attention_kernels as ak
-
-    start = time.perf_counter()
-    model = copy.deepcopy(mha_model())
-    # the report counts operators per layer: for flash, the graph before its attention moves into If branches
-    counts = reported(Counter(n.op_type for n in model.graph.node))
-    if name == ak.SDPA:
-        layers = ak.to_onnx_attention(model)
-        counts = None
-    else:
-        layers = ak.to_flash_when_unpadded(model, "attention_mask")
-    record = backend_of_variant(name)
-    path = ctx.folder / record.files[0]
-    with staged_model(path) as tmp:
-        ak.write(model, tmp, external=ctx.external)
-        validation = ctx.validated(tmp, name)
-    return Variant(name=name, file=path.name, stage="transformer-fusion",
-                   options={"model_type": ctx.manifest.ort_model_type, "attention": record.settings["attention"],
-                            "layer_norm": "residual Add + LayerNormalization, unfused",
-                            "disabled_optimizers": list(NO_SKIP_LN)},
-                   size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=_summary(validation), fusion={**FusionReport(
-                       counts or count_ops(path), expected_attention=ctx.manifest.num_layers).to_json(),
-                       "rewritten": layers})
-
-
-# Failures that skip a variant instead of failing the command: the fusion optimizer's crashes on graphs it
-# does not expect, and an fp16 model that cannot be made or misses its budget (recorded, then reported).
-_SKIPPABLE = {"optimized": ArtifactError, "fp16": (ArtifactError, ValidationError),
-              "optimized-approx": (ArtifactError, ValidationError),
-              "optimized-sdpa": (ArtifactError, ValidationError), "optimized-flash": (ArtifactError, ValidationError)}
-MEASURED_ONLY = ("optimized-sdpa", "optimized-flash")  # exact, other attention kernels: only a table chooses them
+    def asks_for(self, record: Backend, measured_encoder: bool) -> bool:
+        """Whether this run makes ``record``'s variant (``measured_encoder``: the measured dispatch of an encoder,
+        the only run that makes the candidates only a measured choice picks)."""
+        if record.builder is None:
+            return False
+        if self.backends is not None:
+            return record.name in self.backends
+        if record.command != "optimize":  # made by its own command (quantize, tensorrt)
+            return False
+        if record.graph_level is not None:
+            return record.graph_level in self.levels
+        if record.runtime == "openvino":
+            return self.openvino
+        if record.precision == "fp16":
+            return self.fp16
+        if record.measured_only or record.approximate_gelu:
+            return self.transformer_fusion and measured_encoder and (self.approximate or not record.approximate_gelu)
+        return self.transformer_fusion if record.fused else True
 
 
 def _measured_encoder(artifact: Artifact, opts: OptimizeOptions) -> bool:
@@ -191,25 +81,10 @@ def _measured_encoder(artifact: Artifact, opts: OptimizeOptions) -> bool:
     return opts.candidates == "measured" and ENCODE in family_of(artifact.manifest).phases
 
 
-def _wants_approximate(artifact: Artifact, opts: OptimizeOptions) -> bool:
-    """The approximate candidate is made only for the measured dispatch, which alone may choose it."""
-    return opts.approximate and _measured_encoder(artifact, opts)
-
-
-def _once(make):
-    """``make()``, made on first use and kept (a failed one is tried again by the next call)."""
-    kept: list = []
-
-    def get():
-        if not kept:
-            kept.append(make())
-        return kept[0]
-    return get
-
-
 def optimize(folder: str | Path, options: OptimizeOptions | None = None, *,
              progress: _progress.Progress = _progress.SILENT) -> Artifact:
-    """Add graph-level and transformer-fusion variants to the folder; returns the updated artifact. ``options``:
+    """Add graph-level and transformer-fusion variants to the folder (or those of ``options.backends``);
+    returns the updated artifact. Each is made by its backend record's builder, in table order. ``options``:
     None for ``OptimizeOptions()`` made at the call (its dispatch plan reads TORCHSHIP_DISPATCH_SECONDS then).
 
     Each variant is written under a temporary name, validated, then renamed into place, so a
@@ -222,61 +97,69 @@ def optimize(folder: str | Path, options: OptimizeOptions | None = None, *,
 
 
 def _optimize(artifact: Artifact, opts: OptimizeOptions, progress: _progress.Progress) -> Artifact:
-    ctx = _Context(artifact, opts.atol or artifact.manifest.atol, progress)
-    jobs = [(f"ort-{lv}", lambda lv=lv: _graph_level_variant(ctx, lv)) for lv in opts.levels]
-    if opts.transformer_fusion and not artifact.manifest.ort_model_type:
-        artifact.manifest = artifact.manifest.with_skipped(
-            "optimized", f"ONNX Runtime's transformer optimizer has nothing for the {artifact.manifest.family} family")
-    elif opts.transformer_fusion:
-        jobs.append(("optimized", lambda: _fusion_variant(ctx, opts.use_gpu)))
-        if _wants_approximate(artifact, opts):
-            jobs.append(("optimized-approx", lambda: _approximate_variant(ctx, lambda: artifact.manifest)))
-        if _measured_encoder(artifact, opts):
-            mha = _once(lambda: mha_fused(ctx.src, model_type=artifact.manifest.ort_model_type,
-                                          num_heads=artifact.manifest.num_heads,
-                                          hidden_size=artifact.manifest.hidden_size, skip_layer_norm=False))
-            jobs += [(name, lambda name=name: _kernel_variant(ctx, name, mha)) for name in MEASURED_ONLY]
+    build = Build(artifact, opts, progress)
+    context(build)  # a corrupted export fails here, before anything is written
+    jobs = _jobs(artifact, opts)
     # A re-run keeps the variants it does not make again (files and entries); an --exact run only keeps an earlier
     # approximate one out of the table it measures.
     before = rerun.snapshot(artifact)
-    if opts.fp16:
-        from torchship.optimizers.fp16 import fp16_variant
-
-        jobs.append(("fp16", lambda: fp16_variant(artifact, op_block_list=opts.fp16_block, budget=opts.fp16_budget,
-                                                  progress=progress)))
-    if opts.openvino:
-        from torchship.optimizers.openvino import openvino_variants
-
-        jobs.append(("openvino", lambda: openvino_variants(artifact, progress=progress)))
-    fp16_error = None
+    asked_error = None
     made_fp32 = False
-    for i, (name, make) in enumerate(jobs, 1):
+    for i, record in enumerate(jobs, 1):
+        name = record.variants[0]
         progress.step(f"[{i}/{len(jobs)}] {name}")
         try:
-            made = make()
+            made = record.step()(build, record)
+            if made is None:  # the step recorded what it made itself (quantize's search)
+                artifact.manifest = Artifact.open(artifact.folder).manifest
             for variant in made if isinstance(made, list) else [made]:
-                artifact.manifest = artifact.manifest.with_variant(variant)
-                made_fp32 = made_fp32 or variant.name in candidate_variants()
-        except _SKIPPABLE.get(name, ()) as exc:
+                if isinstance(variant, Variant):  # not a file of the folder: an engine made on first use
+                    artifact.manifest = artifact.manifest.with_variant(variant)
+                    made_fp32 = made_fp32 or variant.name in candidate_variants()
+        except record.skips as exc:
             # The other variants stand; this one is recorded as skipped, loudly (a dispatch-only candidate that
             # does not apply to this graph is a note: nothing the user asked for is missing). An earlier run's
             # variant of that name stays, file and entry: staging left its file as it was.
-            level = "note" if name in MEASURED_ONLY else "WARNING"
+            level = "note" if record.measured_only else "WARNING"
             if name in artifact.manifest.variants:
                 progress.step(f"{level}: {name} not made again ({exc}); kept the earlier "
                               f"{artifact.manifest.variants[name].file}")
             else:
                 progress.step(f"{level}: {name} skipped: {exc}")
                 artifact.manifest = artifact.manifest.with_skipped(name, str(exc))
-            if name == "fp16":
-                fp16_error = exc
+            if not (record.fused or record.measured_only):  # not a fusion the optimizer may not manage: asked for
+                asked_error = exc
         artifact.save(artifact.manifest)
     rerun.link_identical(artifact, progress)
     if made_fp32 or _names_left_out(artifact.manifest.dispatch, _left_out(opts)):
         _dispatch_table(artifact, opts, before, progress)
-    if fp16_error is not None:
-        raise fp16_error  # asked for and not made: the command fails, the reason is in the manifest too
+    if asked_error is not None:
+        raise asked_error  # asked for and not made: the command fails, the reason is in the manifest too
     return artifact
+
+
+def _jobs(artifact: Artifact, opts: OptimizeOptions) -> list[Backend]:
+    """The records whose variants this run makes, from the backend table: the graph levels first, in the order
+    asked, then the rest in table order; one per variant (ort-cuda runs ort-optimized's file). A transformer-fused
+    variant of a family ONNX Runtime's optimizer does not know is recorded as skipped instead."""
+    measured = _measured_encoder(artifact, opts)
+    wanted = [b for b in records() if opts.asks_for(b, measured)]
+    levels = list(opts.levels)
+    wanted.sort(key=lambda b: levels.index(b.graph_level) if b.graph_level in levels else len(levels))
+    jobs, seen = [], set()
+    m = artifact.manifest
+    for record in wanted:
+        name = record.variants[0]
+        if name in seen:
+            continue
+        seen.add(name)
+        if record.fused and not m.ort_model_type:
+            if not (record.measured_only or record.approximate_gelu):
+                artifact.manifest = artifact.manifest.with_skipped(
+                    name, f"ONNX Runtime's transformer optimizer has nothing for the {m.family} family")
+            continue
+        jobs.append(record)
+    return jobs
 
 
 def _dispatch_table(artifact: Artifact, opts: OptimizeOptions, before: dict, progress: _progress.Progress) -> None:
@@ -313,7 +196,7 @@ def _dispatch_table(artifact: Artifact, opts: OptimizeOptions, before: dict, pro
 
 def _left_out(opts: OptimizeOptions) -> dict[str, str]:
     """Variants this run keeps out of any table it measures, with the reason the table records."""
-    return {} if opts.approximate else {"optimized-approx": "left out: --exact"}
+    return {} if opts.approximate else {b.variants[0]: "left out: --exact" for b in records() if b.approximate_gelu}
 
 
 def _names_left_out(table: dict | None, leave_out: dict[str, str]) -> bool:

@@ -94,6 +94,13 @@ def quantize(folder: str | Path, options: QuantizeOptions = QuantizeOptions(), *
         return _quantize(artifact, options, progress)
 
 
+def int8_step(build, record) -> None:
+    """ort-int8's builder: quantize's measured search, with the run's ``quantize`` options (auto's) or the
+    defaults; the search records its candidates and the kept one in the manifest itself."""
+    options = (getattr(build.options, "quantize", None) or QuantizeOptions()).checked()
+    _quantize(build.artifact, options, build.progress)
+
+
 def _quantize(artifact: Artifact, options: QuantizeOptions, progress: _progress.Progress) -> Artifact:
     started = time.perf_counter()
     folder = artifact.folder

@@ -1,8 +1,8 @@
 """Building TensorRT engines: ONNX -> engine through Polygraphy's loaders, cached, on first use.
 
 The build goes ``NetworkFromOnnxPath`` -> ``CreateConfig`` -> ``EngineBytesFromNetwork`` (TensorRT 10
-API). ``engine_predictor`` is the backend table's factory for the tensorrt backends: a predictor
-whose engine is found in the folder's cache or built when it is first activated.
+API). ``engine_step`` is the backend table's builder for the tensorrt backends: what finds the engine in the
+folder's cache or builds it, which their predictor (``runtimes.tensorrt.engine_predictor``) calls on activation.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torchship import _progress
 from torchship.errors import ArtifactError, BackendUnavailable, InputError, first_line
 from torchship.optimizers.tensorrt_cache import EngineCache, engine_cache_key, model_digest, normalize_precision
 from torchship.optimizers.tensorrt_profiles import InputProfile, artifact_profiles
-from torchship.runtimes.tensorrt import TensorRTPredictor, gpu_visible, require_tensorrt
+from torchship.runtimes.tensorrt import gpu_visible, require_tensorrt
 
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
@@ -224,10 +224,11 @@ def engine_for_artifact(artifact, precision, profiles=None, progress=None) -> Bu
                         cache=EngineCache.beside(artifact.folder), progress=progress)
 
 
-def engine_predictor(artifact, record, options) -> TensorRTPredictor:
-    """The backend table's factory for tensorrt backends: the engine is found or built on activation."""
-    flags = record.settings["flags"]
-    engine_source(artifact, flags)  # a missing int8 (QDQ) variant fails now, not at activation
+def engine_step(build, record):
+    """The tensorrt backends' builder: checks now that the folder can make the engine (a missing int8 (QDQ)
+    variant fails here, not at activation) and returns what finds it in the folder's cache or builds it (minutes);
+    the predictor calls that on activation. Nothing is written to the manifest."""
+    artifact, flags = build.artifact, record.engine_flags
+    engine_source(artifact, flags)
     profiles = artifact_profiles(artifact)
-    return TensorRTPredictor(None, artifact.manifest.io(),
-                             engine=lambda: engine_for_artifact(artifact, flags, profiles).path)
+    return lambda: engine_for_artifact(artifact, flags, profiles, progress=build.progress).path

@@ -107,11 +107,11 @@ def artifact_profiles(artifact) -> tuple[InputProfile, ...]:
     """Profiles for an exported folder: its shape config (min/use/max) when it has one, else from 1 up to
     the largest of the family's benchmark shapes, optimized for that largest shape."""
     from torchship.exporters.spec import family_of, saved_config
-    from torchship.variants import BY_NAME
+    from torchship.backends import backend
 
     m = artifact.manifest
     spec = family_of(m)
-    problem = spec.backend_problem(BY_NAME["tensorrt"])
+    problem = spec.backend_problem(backend("tensorrt"))
     if problem:
         raise InputError(f"{artifact.folder} holds {spec.group.one}: {problem}")
     resolved = m.resolved_shapes()

@@ -122,6 +122,13 @@ def weight_only(folder: str | Path, options: WeightOnlyOptions = WeightOnlyOptio
         return _weight_only(artifact, options, progress)
 
 
+def weight_only_step(build, record) -> None:
+    """The weight-only backends' builder: ``weight_only`` at the record's bits; it records its variant itself."""
+    require_family(build.artifact, "weight-only quantization is judged on a decoder's decode", phase=DECODE)
+    _weight_only(build.artifact, WeightOnlyOptions(bits=int(record.precision.removeprefix("int"))).checked(),
+                 build.progress)
+
+
 def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _progress.Progress) -> Artifact:
     name, final = variant_name(options.bits), artifact.folder / file_name(options.bits)
     src = artifact.path_of("model")

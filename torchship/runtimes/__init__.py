@@ -1,7 +1,7 @@
 """Predictors with one interface, made by backend name from an exported folder.
 
 Which backends exist, what each runs and which factory makes its predictor is the table in
-:mod:`torchship.variants`; this module only looks the backend up, checks that the folder and the
+:mod:`torchship.backends`; this module only looks the backend up, checks that the folder and the
 family can run it, and calls the factory.
 """
 
@@ -13,7 +13,7 @@ from torchship.artifact import Artifact
 from torchship.errors import InputError
 from torchship.exporters.spec import family_of
 from torchship.runtimes.base import Predictor
-from torchship.variants import BACKENDS, Backend, backend, backend_variants, parse_backends  # noqa: F401
+from torchship.backends import BACKENDS, Backend, backend, backend_variants, parse_backends  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from torchship.artifact import Artifact
 from torchship.benchmarks.timing import cpu_name
-from torchship.variants import backend, backend_of_variant
+from torchship.backends import backend, backend_of_variant
 
 MEASURED = "ort-measured"
 INT8 = backend("ort-int8")

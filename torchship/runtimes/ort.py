@@ -12,7 +12,7 @@ from torchship.artifact import dispatch_choice, range_choice
 from torchship.errors import InputError
 from torchship.runtimes.base import Predictor
 from torchship.tensors import BATCH, SEQUENCE
-from torchship.variants import backend_of_variant
+from torchship.backends import backend_of_variant
 
 
 class OrtPredictor(Predictor):

@@ -1,7 +1,7 @@
 """TensorRT's predictor: runs a serialized engine (a ``.plan``). TensorRT 10 or newer only.
 
 Engines are made by :mod:`torchship.optimizers.tensorrt_build` (``torchship tensorrt``, or on first use
-of a tensorrt backend) and cached by :mod:`torchship.optimizers.tensorrt_cache`; this module only
+of a tensorrt backend, through the record's builder) and cached by :mod:`torchship.optimizers.tensorrt_cache`; this module only
 runs them, through Polygraphy's ``TrtRunner``, which speaks TensorRT 10's named-tensor API
 (``set_input_shape``, ``execute_async_v3``); the TensorRT 8 binding API is not supported.
 
@@ -143,3 +143,10 @@ class TensorRTPredictor(Predictor):
         self._runner = None
 
 
+def engine_predictor(artifact, record, options) -> TensorRTPredictor:
+    """The backend table's factory for the tensorrt backends: the record's builder checks the folder now and
+    gives what finds the engine in the folder's cache or builds it, called when the predictor is activated."""
+    from torchship.backends import Build
+
+    engine = record.step()(Build(artifact), record)
+    return TensorRTPredictor(None, artifact.manifest.io(), engine=engine)

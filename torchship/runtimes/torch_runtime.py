@@ -67,7 +67,7 @@ def torch_predictor(artifact, record, options) -> TorchPredictor:
         model = load()
         return spec.wrapper(model, io), spec.sample_inputs(model.config, io, spec.dummy_case, seed=0)
 
-    return TorchPredictor(build, io, mode=record.settings["mode"], threads=options.threads)
+    return TorchPredictor(build, io, mode=record.torch_mode, threads=options.threads)
 
 
 class TorchCachedDecoder(Predictor):

@@ -73,7 +73,7 @@ def local_reference(folder: str | Path, backend: str | None = None):
     from torchship.runtimes import create_predictor
     from torchship.runtimes.text import TextModel
 
-    from torchship.variants import backend_variants
+    from torchship.backends import backend_variants
 
     artifact = Artifact.open(folder)
     name = backend or "ort"

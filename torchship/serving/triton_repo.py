@@ -127,20 +127,22 @@ def default_variant(artifact) -> tuple[str, str]:
 
 def pick_variant(artifact, name: str):
     """(variant name or None, the table's backend) for a backend name or a variant name."""
-    from torchship.variants import BY_NAME, backend_of_variant, backend_variants
+    from torchship.backends import backend_of_variant, find, variant_names
 
     variants = artifact.manifest.variants
+    if name not in variants and find(name) is None:  # a variant's earlier or later name (a renamed variant)
+        name = next((n for n in variant_names(name) if n in variants), name)
     if name in variants:
         _refuse_batch_dependent(artifact, name)
         return name, backend_of_variant(name)
-    if name not in BY_NAME:
+    record = find(name)
+    if record is None:
         raise InputError(f"{artifact.folder} has no variant or backend {name!r}; it has "
                          f"{', '.join(artifact.manifest.variants)}")
-    record = BY_NAME[name]
-    if record.triton is None:
+    if not record.serving:  # the record's serving layouts: none serves it (PyTorch, the per-shape dispatch)
         raise InputError(f"backend {name!r} cannot be served by Triton; choose one of the folder's variants: "
                          f"{', '.join(variants)}")
-    names = backend_variants(name)
+    names = record.variants
     chosen = next((n for n in names if n in variants), names[0]) if names else None
     if chosen in variants:
         _refuse_batch_dependent(artifact, chosen)
@@ -198,11 +200,14 @@ def plan_model(folder: str | Path, options: TritonOptions = TritonOptions()) -> 
     if variant is None:  # an engine: found in the folder's cache, or built on this GPU
         from torchship.optimizers.tensorrt_build import engine_for_artifact
 
-        files = {"model.plan": engine_for_artifact(artifact, record.settings["flags"]).path}
+        files = {"model.plan": engine_for_artifact(artifact, record.engine_flags).path}
     else:
         path = artifact.path_of(variant)
         files = {"model.xml": path, "model.bin": path.with_suffix(".bin")} if path.suffix == ".xml" \
             else {"model.onnx": path}
+    if record.triton is None:
+        raise InputError(f"backend {record.name!r} has no Triton backend of its own to serve it; serve it with "
+                         "--runtime python")
     key, value = record.triton
     platform, backend = (value, None) if key == "platform" else (None, value)
     return TritonModel(name, platform, backend, files, _tensors(io.inputs, batched), _tensors(io.outputs, batched),

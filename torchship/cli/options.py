@@ -9,7 +9,7 @@ from torchship.exporters.export import ATTN_IMPLEMENTATIONS, EXPORTERS, MAX_OPSE
 from torchship.exporters.spec import TASKS
 from torchship.external_data import MODES as EXTERNAL_DATA_MODES
 from torchship.processing.entities import STRATEGIES
-from torchship.variants import choices_help
+from torchship.backends import choices_help
 
 def model_option(example: str = "bert-base-cased"):
     return click.option("--model", "-m", "model", required=True, metavar="ID_OR_DIR",
