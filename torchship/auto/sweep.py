@@ -168,7 +168,7 @@ def _build_int8(artifact, config: AutoConfig, rows: dict[str, Row], threads: int
     engines = [r for r in _wanted(rows, ENGINE) if r.precision == "int8"]
     if engines:
         int8 = Artifact.open(artifact.folder).manifest.variants.get("int8")
-        if int8 is None or int8.options.get("method") != "static":
+        if int8 is None or int8.options.method != "static":
             for r in engines:
                 r.skip("TensorRT int8 needs a static int8 (QDQ) model; "
                        "run torchship quantize --method static --calibration FILE")
@@ -214,7 +214,7 @@ def _validate(artifact, config: AutoConfig, rows: dict[str, Row], threads: int, 
         if variant is not None:
             # int8's build time is quantize's whole measured search, not only the kept candidate's build
             row.file, row.size_bytes = variant.file, variant.size_bytes
-            row.build_s = variant.options.get("search_s", variant.seconds)
+            row.build_s = variant.options.search_s if variant.options.search_s is not None else variant.seconds
         if not acc.passed:
             row.status, row.reason = Status.BELOW_BUDGET, acc.describe()
             continue

@@ -12,6 +12,7 @@ from torchship._fs import transaction
 from torchship._ort import GRAPH_LEVELS, make_session
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
 from torchship.external_data import staged_model, uses_external_data
+from torchship.manifest_sections import BuildOptions, FusionRecord, Validation
 from torchship.errors import ArtifactError, InputError, ValidationError
 from torchship.optimizers import rerun
 from torchship.optimizers.dispatch import CANDIDATE_CHOICES, DispatchPlan, candidate_variants, measure_dispatch
@@ -70,7 +71,7 @@ class _Context:
         return report
 
 
-def _summary(report) -> dict:
+def _summary(report) -> Validation:
     """A validation as the manifest keeps it: the verdict, the largest error, the smallest cosine, and of the
     per-output rows (one per output and case: thousands of KV-cache ones for a decoder) those with a problem and
     the one furthest off; the manifest stays small."""
@@ -80,7 +81,7 @@ def _summary(report) -> dict:
         worst = max(rows, key=lambda r: r.get("max_abs") or 0.0)
         data["outputs"] = [r for r in rows if r.get("problem") or r is worst]
         data["rows_checked"] = len(rows)
-    return data
+    return Validation.from_json(data)
 
 
 def _graph_level_variant(ctx: _Context, level: str) -> Variant:
@@ -98,9 +99,9 @@ def _graph_level_variant(ctx: _Context, level: str) -> Variant:
             validation = ctx.validated(tmp, name)
         if level == "all":
             notes = ("optimized for this machine's CPU (layout transforms); re-run optimize on the target",)
-    return Variant(name=name, file=path.name, stage="ort-graph", options={"level": level, "session_level": level},
+    return Variant(name=name, file=path.name, stage="ort-graph", options=BuildOptions(level=level, session_level=level),
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=_summary(validation), fusion={"counts": count_ops(path)}, notes=notes)
+                   validation=_summary(validation), fusion=FusionRecord(count_ops(path)), notes=notes)
 
 
 def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
@@ -116,9 +117,9 @@ def _fusion_variant(ctx: _Context, use_gpu: bool) -> Variant:
         if report.warning:
             ctx.progress.step(report.warning)
         validation = ctx.validated(tmp, "optimized")
-    return Variant(name="optimized", file=path.name, stage="transformer-fusion", options=options,
+    return Variant(name="optimized", file=path.name, stage="transformer-fusion", options=BuildOptions(**options),
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=_summary(validation), fusion=report.to_json())
+                   validation=_summary(validation), fusion=FusionRecord.from_json(report.to_json()))
 
 
 def _approximate_variant(ctx: _Context, manifest_now) -> Variant:
@@ -132,15 +133,16 @@ def _approximate_variant(ctx: _Context, manifest_now) -> Variant:
     start = time.perf_counter()
     with staged_model(path) as tmp:
         changed = approximate.approximate_gelu(ctx.folder / fused.file, tmp, external=ctx.external)
-        validation = approximate.judge(tmp, ctx.src, ctx.cases)
-        if not validation["passed"]:
+        validation = Validation.from_json(approximate.judge(tmp, ctx.src, ctx.cases))
+        if not validation.passed:
             raise ValidationError(f"{approximate.WHAT} moved the outputs too far: smallest cosine "
-                                  f"{validation['min_cosine']:.6f} against the export, below {approximate.MIN_COSINE}")
-        report = FusionReport(count_ops(tmp), expected_attention=fused.fusion.get("expected_attention", 0))
+                                  f"{validation.min_cosine:.6f} against the export, below {approximate.MIN_COSINE}")
+        report = FusionReport(count_ops(tmp), expected_attention=(fused.fusion and fused.fusion.expected_attention) or 0)
     return Variant(name=approximate.VARIANT, file=path.name, stage="transformer-fusion",
-                   options={**fused.options, "approximate": approximate.WHAT, "approximated_nodes": changed},
+                   options=replace(fused.options, approximate=approximate.WHAT,
+                                   extra={**fused.options.extra, "approximated_nodes": changed}),
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=validation, fusion=report.to_json(),
+                   validation=validation, fusion=FusionRecord.from_json(report.to_json()),
                    notes=(f"approximate: {approximate.WHAT}; judged by output cosine against the fp32 export",))
 
 
@@ -167,13 +169,13 @@ def _kernel_variant(ctx: _Context, name: str, mha_model) -> Variant:
         ak.write(model, tmp, external=ctx.external)
         validation = ctx.validated(tmp, name)
     return Variant(name=name, file=path.name, stage="transformer-fusion",
-                   options={"model_type": ctx.manifest.ort_model_type, "attention": record.settings["attention"],
-                            "layer_norm": "residual Add + LayerNormalization, unfused",
-                            "disabled_optimizers": list(NO_SKIP_LN)},
+                   options=BuildOptions(model_type=ctx.manifest.ort_model_type, attention=record.settings["attention"],
+                                        disabled_optimizers=tuple(NO_SKIP_LN),
+                                        extra={"layer_norm": "residual Add + LayerNormalization, unfused"}),
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=_summary(validation), fusion={**FusionReport(
+                   validation=_summary(validation), fusion=FusionRecord.from_json({**FusionReport(
                        counts or count_ops(path), expected_attention=ctx.manifest.num_layers).to_json(),
-                       "rewritten": layers})
+                       "rewritten": layers}))
 
 
 # Failures that skip a variant instead of failing the command: the fusion optimizer's crashes on graphs it
@@ -315,10 +317,8 @@ def _left_out(opts: OptimizeOptions) -> dict[str, str]:
     return {} if opts.approximate else {"optimized-approx": "left out: --exact"}
 
 
-def _names_left_out(table: dict | None, leave_out: dict[str, str]) -> bool:
+def _names_left_out(table, leave_out: dict[str, str]) -> bool:
     """Whether ``table`` could run a variant this run leaves out (a candidate, a winner, a range's variant)."""
     if not table or not leave_out:
         return False
-    named = {*table.get("candidates", {}), *(r.get("variant") for r in table.get("ranges", [])),
-             *(s.get("winner") for s in table.get("shapes", []))}
-    return any(n in named for n in leave_out)
+    return any(n in table.names() for n in leave_out)
