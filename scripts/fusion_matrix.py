@@ -35,7 +35,8 @@ def main() -> int:
             v = art.manifest.variants["optimized"]
             c = v.fusion.counts
             raw = count_ops(out / "model.onnx")["Attention"]
-            print(f"| {exporter}, {attn} attention, opset {opset} | {raw} | {v.fusion.attention}/{v.fusion.expected_attention} | "
+            print(f"| {exporter}, {attn} attention, opset {opset} | {raw} | {v.fusion.attention}/"
+                  f"{v.fusion.expected_attention} | "
                   f"{c['EmbedLayerNormalization']} | {c['SkipLayerNormalization']} | {c['BiasGelu']} | "
                   f"{v.validation.max_abs:.1e} |", flush=True)
     return 0

@@ -34,7 +34,8 @@ def test_a_manifest_of_the_earlier_format_opens_with_typed_sections(old_folder):
     v = m.variants
     assert all(x.validation.passed for x in v.values())
     assert v["model"].validation.max_abs < m.atol and v["model"].options.extra["exporter"] == "torchscript"
-    assert v["ort-all"].options.session_level == "all" and v["ort-all"].fusion.counts and not v["ort-all"].fusion.reported
+    assert v["ort-all"].options.session_level == "all"
+    assert v["ort-all"].fusion.counts and not v["ort-all"].fusion.reported
     fused = v["optimized"].fusion
     assert fused.reported and fused.attention == fused.expected_attention == 2 and fused.attention_fused
     assert v["optimized"].options.fusion_settings() == {"model_type": "bert", "num_heads": 4, "hidden_size": 32,

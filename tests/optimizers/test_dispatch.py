@@ -342,8 +342,8 @@ def test_the_approximate_candidate_is_the_fused_model_with_fastgelu_judged_by_co
     assert gelus and v.options.extra["approximated_nodes"] == gelus == ops.count("FastGelu")
     assert "Gelu" not in ops and "BiasGelu" not in ops and len(ops) == len(exact_ops)
     val = v.validation
-    assert val["passed"] and val["min_cosine"] >= MIN_COSINE and "FastGelu" in val["approximate"]
-    assert 0 < val["max_abs"] and 0 < val["max_abs_vs_eager"] and "cosine" in val["judged_by"]
+    assert val.passed and val.min_cosine >= MIN_COSINE and "FastGelu" in val.approximate
+    assert 0 < val.max_abs and 0 < val.extra["max_abs_vs_eager"] and "cosine" in val.judged_by
     assert any("approximate" in note for note in v.notes)
     assert measured.best_variant() == "optimized"  # never picked by preference, only by the measured table
     # The outputs really differ from the exact fused model's, by less than the cosine bar.
