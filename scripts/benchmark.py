@@ -70,7 +70,7 @@ def run_decoder(name: str, source: Path, work: Path, out: Path, threads: int, mi
         rows.append({"phase": phase, "torch_p50_ms": t.p50_ms, "best_ort": best.backend, "best_ort_p50_ms": best.p50_ms,
                      "speedup": t.p50_ms / best.p50_ms, "max_abs": best.accuracy.max_abs,
                      "per_backend_p50_ms": {b: report.find(b, 1, seq, phase).p50_ms for b in backends}})
-    return {"model": name, "threads": threads, "fusion": artifact.manifest.variants["optimized"].fusion,
+    return {"model": name, "threads": threads, "fusion": artifact.manifest.variants["optimized"].fusion.to_json(),
             "decoder_rows": rows, "environment": report.environment.cpu}
 
 
@@ -99,7 +99,7 @@ def run_model(name: str, source: Path, work: Path, out: Path, threads: int, min_
                      "measured_ran": ran[f"batch {batch} x seq {seq}"], "measured_p50_ms": ours.p50_ms,
                      "speedup": torch_m.p50_ms / ours.p50_ms, "cosine_min": ours.accuracy.cosine_min,
                      "max_abs": ours.accuracy.max_abs, "best_fixed": best.backend, "best_fixed_p50_ms": best.p50_ms})
-    fusion = artifact.manifest.variants["optimized"].fusion
+    fusion = artifact.manifest.variants["optimized"].fusion.to_json()  # as the manifest writes it, for the JSON
     return {"model": name, "threads": threads, "fusion": fusion, "rows": rows,
             "environment": report.environment.cpu}
 

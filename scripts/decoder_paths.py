@@ -43,7 +43,7 @@ def main(argv=None) -> int:
             export(str(src), out, ExportOptions(exporter=exporter))
             arts[exporter] = optimize(out, OptimizeOptions(levels=()))
             m = arts[exporter].manifest
-            fused = m.variants["optimized"].fusion["attention"] if "optimized" in m.variants else "skipped"
+            fused = m.variants["optimized"].fusion.attention if "optimized" in m.variants else "skipped"
             print(f"{exporter}: model.onnx {m.variants['model'].size_bytes / 1e6:.0f} MB, "
                   f"Attention ops {count_ops(out / 'model.onnx')['Attention']}, after fusion pass {fused}")
         ts = arts["torchscript"]

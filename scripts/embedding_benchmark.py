@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         rate["sentence-transformers encode (eager PyTorch)"]
     summary = {"threads": args.threads, "graph_p50_ms_b1_s128": graph_ms, "pooling_overhead": overhead,
                "texts_per_s": rate, "speedup": ratio, "cosine_min": min(cos), "cosine_mean": float(np.mean(cos)),
-               "texts": len(texts), "fused_attention": f"{fusion['attention']}/{fusion['expected_attention']}"}
+               "texts": len(texts), "fused_attention": f"{fusion.attention}/{fusion.expected_attention}"}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["# Sentence embeddings: all-MiniLM-L6-v2 (packaged)", "",

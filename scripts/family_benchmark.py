@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                                                      threads=args.threads,
                                                      plan=TimingPlan(min_seconds=args.min_seconds)))
             p50 = {m.backend: m.p50_ms for m in report.measurements}
-            rows.append({"family": family, "fused_attention": f"{fusion['attention']}/{fusion['expected_attention']}",
+            rows.append({"family": family, "fused_attention": f"{fusion.attention}/{fusion.expected_attention}",
                          "p50_ms": p50, "best": min(BACKENDS[1:], key=lambda b: p50[b]),
                          "max_abs": max(m.accuracy.max_abs for m in report.measurements if m.accuracy)})
             print(rows[-1], flush=True)

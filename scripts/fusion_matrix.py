@@ -33,11 +33,12 @@ def main() -> int:
             export(str(packaged_minilm()), out, ExportOptions(exporter=exporter, attn_implementation=attn, opset=opset))
             art = optimize(out, OptimizeOptions(levels=()))
             v = art.manifest.variants["optimized"]
-            c = v.fusion["counts"]
+            c = v.fusion.counts
             raw = count_ops(out / "model.onnx")["Attention"]
-            print(f"| {exporter}, {attn} attention, opset {opset} | {raw} | {v.fusion['attention']}/{v.fusion['expected_attention']} | "
+            print(f"| {exporter}, {attn} attention, opset {opset} | {raw} | {v.fusion.attention}/"
+                  f"{v.fusion.expected_attention} | "
                   f"{c['EmbedLayerNormalization']} | {c['SkipLayerNormalization']} | {c['BiasGelu']} | "
-                  f"{v.validation['max_abs']:.1e} |", flush=True)
+                  f"{v.validation.max_abs:.1e} |", flush=True)
     return 0
 
 

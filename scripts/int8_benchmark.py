@@ -113,6 +113,7 @@ def main(argv=None) -> int:
         cos = (ref * got).sum(axis=1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
         int8 = m.variants["int8"]
         q = m.quantization
+        probe = int8.validation.accuracy
     timing = {b: {"median_ms": float(np.median(t) * 1000), "p10_ms": float(np.percentile(t, 10) * 1000),
                   "p90_ms": float(np.percentile(t, 90) * 1000), "runs": len(t)} for b, t in times.items()}
     speedup = timing["torch"]["median_ms"] / timing["ort-int8"]["median_ms"]
@@ -127,12 +128,13 @@ def main(argv=None) -> int:
         "held_out": {"file": str(HELD_OUT.relative_to(ROOT)), "sentences": len(texts),
                      "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                      "against": "sentence-transformers encode, eager fp32"},
-        "kept": {"name": int8.options["name"], "size_mb": round(int8.size_bytes / 1e6, 1),
-                 "probe": {k: int8.validation[k] for k in ("metric", "mean", "min", "samples", "budget")},
-                 "fp32_fallback": int8.options.get("fp32_fallback", []), "search_s": int8.options.get("search_s")},
-        "candidates": [{"name": c["name"], "accuracy_mean": (c["accuracy"] or {}).get("mean"), "p50_ms": c["p50_ms"],
-                        "verdict": c.get("verdict")} for c in q["candidates"]],
-        "fallback": q.get("fallback"),
+        "kept": {"name": int8.options.name, "size_mb": round(int8.size_bytes / 1e6, 1),
+                 "probe": {"metric": probe.metric, "mean": probe.mean, "min": probe.min, "samples": probe.samples,
+                           "budget": probe.budget},
+                 "fp32_fallback": list(int8.options.fp32_fallback), "search_s": int8.options.search_s},
+        "candidates": [{"name": c.name, "accuracy_mean": c.accuracy.mean if c.accuracy else None, "p50_ms": c.p50_ms,
+                        "verdict": c.verdict} for c in q.candidates],
+        "fallback": q.to_json()["fallback"],
         "stage_seconds": {k: round(v, 1) for k, v in seconds.items()},
         "bar": {"speedup": BAR_SPEEDUP, "cosine": BAR_COSINE,
                 "met": bool(speedup >= BAR_SPEEDUP and cos.mean() >= BAR_COSINE)},

@@ -182,7 +182,7 @@ def main() -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(
             {"rows": rows, "optimum": optimum["versions"], "threads": args.threads, "rounds": args.rounds,
-             "dispatch": table}, indent=2))
+             "dispatch": table.to_json()}, indent=2))
         (args.out / "SUMMARY.md").write_text(summary)
         print(summary)
     finally:

@@ -34,8 +34,8 @@ def test_forced_external_data_through_export_optimize_and_a_moved_folder(model_d
         path = out / variant.file
         assert check_file(path) == [path.name + ".data"], name  # one data file, named after its model
         assert variant.size_bytes == path.stat().st_size + (out / (variant.file + ".data")).stat().st_size
-        assert variant.validation["passed"], name
-    assert artifact.manifest.variants["model"].options["external_data"] is True
+        assert variant.validation.passed, name
+    assert artifact.manifest.variants["model"].options.extra["external_data"] is True
 
     moved = tmp_path / "b" / "moved"
     moved.parent.mkdir()
@@ -126,7 +126,7 @@ def test_a_model_over_2gb_exports_optimizes_and_runs_from_a_moved_folder(tmp_pat
     # model (17 GB at its peak); fusion with external data is covered by the forced-external test above.
     artifact = optimize(out, OptimizeOptions(levels=("all",), transformer_fusion=False))
     for name in ("model", "ort-all"):
-        assert artifact.manifest.variants[name].validation["passed"], name
+        assert artifact.manifest.variants[name].validation.passed, name
     assert (out / "ort_all.onnx.data").stat().st_size > 2**31
 
     moved = tmp_path / "elsewhere" / "big"

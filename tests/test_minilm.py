@@ -24,10 +24,10 @@ def test_minilm_fuses_fully(minilm_export):
     assert (m.family, m.task, m.num_layers, m.hidden_size) == ("bert", "feature-extraction", 6, 384)
     assert m.text["pooling"] == "mean" and m.text["normalize"] is True and m.text["max_length"] == 256
     fusion = m.variants["optimized"].fusion
-    assert fusion["attention"] == 6 and fusion["counts"]["EmbedLayerNormalization"] == 1
-    assert fusion["counts"]["SkipLayerNormalization"] == 12 and fusion["warning"] is None
+    assert fusion.attention == 6 and fusion.counts["EmbedLayerNormalization"] == 1
+    assert fusion.counts["SkipLayerNormalization"] == 12 and fusion.warning is None
     for v in m.variants.values():
-        assert v.validation["passed"] and v.validation["max_abs"] < 1e-4
+        assert v.validation.passed and v.validation.max_abs < 1e-4
 
 
 def test_minilm_embeddings_match_sentence_transformers(minilm_export, minilm_dir):

@@ -173,7 +173,7 @@ def test_a_family_defined_in_a_test_runs_the_whole_chain(bag_family, tmp_path):
     folder, model, tokenizer = bag_family
     out = tmp_path / "onnx"
     art = export(str(folder), out)  # validated against eager PyTorch at unseen and padded shapes
-    assert art.manifest.family == "toy-bag" and art.manifest.variants["model"].validation["passed"]
+    assert art.manifest.family == "toy-bag" and art.manifest.variants["model"].validation.passed
     assert art.manifest.model_config["hidden_size"] == HIDDEN
 
     art = optimize(out)

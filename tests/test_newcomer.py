@@ -197,13 +197,13 @@ def test_a_corrupt_variant_names_the_command_that_remakes_it(exported, tmp_path)
 
 
 def test_triton_says_which_variant_and_why(exported, tmp_path):
-    from torchship.artifact import Artifact, most_wins
+    from torchship.artifact import Artifact
     from torchship.backends import backend_of_variant
 
     folder = exported("bert", optimized=True)  # optimize measured which variant runs which shape
     r = CliRunner().invoke(main, ["triton", str(folder), "--output", str(tmp_path / "r")])
     assert r.exit_code == 0, r.output
-    chosen = backend_of_variant(most_wins(Artifact.open(folder).manifest.dispatch)).name
+    chosen = backend_of_variant(Artifact.open(folder).manifest.dispatch.most_wins()).name
     assert f"packaged {chosen} from" in r.output and "measured fastest at the most shapes" in r.output
 
 

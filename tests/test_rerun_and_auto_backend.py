@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from torchship.artifact import Artifact
 from torchship.benchmarks.dispatch_report import all_times_markdown
+from torchship.dispatch_table import DispatchTable
 from torchship.benchmarks.timing import TimingPlan, cpu_name
 from torchship.cli import main
 from torchship.optimizers import OptimizeOptions, optimize
@@ -51,7 +52,7 @@ def test_an_exact_rerun_keeps_the_approximate_file_but_measures_a_table_without_
     assert r.exit_code == 0, r.output
     after = Artifact.open(measured).manifest
     assert "optimized-approx" in after.variants and (measured / after.variants["optimized-approx"].file).is_file()
-    table = after.dispatch
+    table = after.dispatch.to_json()
     assert "measuring the dispatch table again" in r.output
     assert "optimized-approx" not in table["candidates"]
     assert table["excluded"]["optimized-approx"] == "left out: --exact"
@@ -66,7 +67,7 @@ def test_a_rerun_that_changes_a_timed_file_measures_the_table_again(measured):
     assert r.exit_code == 0, r.output
     assert "measuring the dispatch table again" in r.output and "ort-basic" in r.output
     table = Artifact.open(measured).manifest.dispatch
-    assert table is not None and table["shapes"] != before["shapes"]
+    assert table is not None and table.shapes != before.shapes
 
 
 def test_manifest_keeps_statistics_and_a_side_file_keeps_the_rounds(measured):
@@ -77,7 +78,7 @@ def test_manifest_keeps_statistics_and_a_side_file_keeps_the_rounds(measured):
     shape = table["shapes"][0]
     key = f"b{shape['batch']} s{shape['sequence']}"
     assert len(rounds[key]["times"][shape["winner"]]) == shape["times"][shape["winner"]]["rounds"]
-    report = all_times_markdown(table)
+    report = all_times_markdown(DispatchTable.from_json(table))
     assert report.startswith("Screen medians") and "**" in report and "→" in report
     assert table["rounds_file"] == ROUNDS_FILE
 
@@ -116,7 +117,7 @@ def test_sentence_embedding_export_gets_the_onnx_attention_candidate_without_unu
     assert onnx.load(str(out / "model.onnx")).opset_import[0].version < 18  # the export's reductions: axes attribute
     art = optimize(out, OptimizeOptions(levels=(), dispatch=None))
     assert "optimized-onnx-attention" in art.manifest.variants, art.manifest.skipped.get("optimized-onnx-attention")
-    assert art.manifest.variants["optimized-onnx-attention"].validation["passed"]
+    assert art.manifest.variants["optimized-onnx-attention"].validation.passed
     for name in ("optimized-onnx-attention", "optimized-mha"):
         assert _unused_initializers(out / art.manifest.variants[name].file) == []
 
@@ -147,14 +148,14 @@ def test_backend_auto_runs_the_fastest_variant_judged_within_budget_and_says_why
     art = quantize(measured, QuantizeOptions(budget=0.9, timing=QUICK))
     int8 = art.manifest.variants["int8"]
     choice = choose(art)
-    shape = int8.options["shape"]  # "batch 1 x seq 128"
+    shape = int8.options.shape  # "batch 1 x seq 128"
     batch, sequence = (int(w) for w in shape.replace("batch ", "").replace("seq ", "").split(" x "))
     from torchship.runtimes.auto_backend import _fp32_speedup
 
     fp32 = _fp32_speedup(art.manifest.dispatch, batch, sequence)
-    expected = "ort-int8" if int8.options["speedup_vs_fp32"] > (fp32 if fp32 is not None else 1.0) else "ort-measured"
+    expected = "ort-int8" if int8.options.speedup_vs_fp32 > (fp32 if fp32 is not None else 1.0) else "ort-measured"
     assert choice.backend == expected
-    assert f"{int8.options['speedup_vs_fp32']:.2f}x" in choice.why and f"{batch}x{sequence}" in choice.why
+    assert f"{int8.options.speedup_vs_fp32:.2f}x" in choice.why and f"{batch}x{sequence}" in choice.why
     r = invoke("predict", measured, "a sentence")
     assert r.exit_code == 0, r.output
     assert f"backend auto: {expected} (" in r.output and f"(backend {expected}" in r.output
@@ -178,9 +179,9 @@ def test_backend_auto_runs_a_weight_only_decoder_variant_timed_faster_on_this_ma
     folder = tmp_path / "gpt2"
     shutil.copytree(decoder_export, folder)
     art = weight_only(folder, WeightOnlyOptions(bits=8, block_size=16))
-    timing = art.manifest.variants["wo-int8"].options["timing"]
-    assert timing["machine"]["cpu"] == cpu_name() and timing["speedup_vs_fp32"] > 0
-    assert timing["fp32"] in ("model", "optimized") and set(timing["median_ms"]) >= {"model", "quantized"}
+    timing = art.manifest.variants["wo-int8"].options.timing
+    assert timing.cpu == cpu_name() and timing.speedup_vs_fp32 > 0
+    assert timing.fp32 in ("model", "optimized") and set(timing.extra["median_ms"]) >= {"model", "quantized"}
     manifest = json.loads((folder / "torchship.json").read_text())
     wo = manifest["variants"]["wo-int8"]
     wo["validation"]["warning"] = None

@@ -170,7 +170,7 @@ def test_the_measured_dispatch_table_picks_the_served_variant(tmp_path, model_di
     """A folder optimize measured: Triton serves one file, the variant that won the most measured shapes."""
     import json
 
-    from torchship.artifact import Artifact, most_wins
+    from torchship.artifact import Artifact
     from torchship.exporters.export import export
     from torchship.optimizers import optimize
 
@@ -178,11 +178,11 @@ def test_the_measured_dispatch_table_picks_the_served_variant(tmp_path, model_di
     export(str(model_dirs("bert")), out)
     optimize(out)  # measures which variant runs which shape
     table = Artifact.open(out).manifest.dispatch
-    assert table and table["ranges"]
+    assert table and table.ranges
     r = CliRunner().invoke(main, ["triton", str(out), "--output", str(tmp_path / "repo"), "--name", "b"])
     assert r.exit_code == 0, r.output
     marker = json.loads((tmp_path / "repo" / "b" / "torchship-model.json").read_text())
-    assert marker["folder_variant"] == most_wins(table) and "measured fastest at the most shapes" in marker["why"]
+    assert marker["folder_variant"] == table.most_wins() and "measured fastest at the most shapes" in marker["why"]
 
 
 def test_a_variant_measured_without_an_ort_fusion_is_served_without_it(tmp_path, exported):

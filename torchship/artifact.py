@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from torchship import backends as backends_table
 from torchship._fs import MANIFEST_NAME, staged_file, write_json_atomic
+from torchship.dispatch_table import DispatchTable
 from torchship.errors import ArtifactError, InputError
 from torchship.external_data import data_file_name
+from torchship.manifest_sections import ONE, BuildOptions, FusionRecord, Graph, QuantizationRecord, Validation
 from torchship.tensors import ModelIO, TensorSpec
 
 FORMAT_VERSION = 1
@@ -32,26 +34,67 @@ _PASS = ("pass a folder that torchship export or torchship auto wrote "
 
 @dataclass(frozen=True)
 class Variant:
-    """One ONNX model in the folder and how it was made."""
+    """One model variant in the folder and how it was made. Most are one ONNX file (``file``); a variant of several
+    graphs (an image-text model's two towers, an encoder and a decoder) lists them in ``graphs``, each with its
+    own file, inputs, outputs and validation, and ``file`` names the first."""
 
     name: str
     file: str
     stage: str  # "export", "ort-graph", "transformer-fusion"
-    options: dict = field(default_factory=dict)
+    options: BuildOptions = field(default_factory=BuildOptions)
     size_bytes: int = 0
     seconds: float = 0.0
-    validation: dict | None = None
-    fusion: dict | None = None
+    validation: Validation | None = None
+    fusion: FusionRecord | None = None
     notes: tuple[str, ...] = ()
+    graphs: tuple[Graph, ...] = ()  # empty: the one graph in ``file``
+
+    def graph(self, name: str = ONE) -> Graph:
+        """Graph ``name`` of the variant; a one-file variant's graph is ``ONE``, with the manifest's inputs and
+        outputs (``Manifest.io``)."""
+        found = next((g for g in self.all_graphs if g.name == name), None)
+        if found is None:
+            raise InputError(f"variant {self.name!r} has no graph {name!r}; it has "
+                             f"{', '.join(g.name for g in self.all_graphs)}")
+        return found
+
+    @property
+    def all_graphs(self) -> tuple[Graph, ...]:
+        return self.graphs or (Graph(ONE, self.file, validation=self.validation),)
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["notes"] = list(self.notes)
-        return data
+        return {"name": self.name, "file": self.file, "stage": self.stage, "options": self.options.to_json(),
+                "size_bytes": self.size_bytes, "seconds": self.seconds,
+                "validation": self.validation.to_json() if self.validation else None,
+                "fusion": self.fusion.to_json() if self.fusion else None, "notes": list(self.notes),
+                **({"graphs": [g.to_json() for g in self.graphs]} if self.graphs else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> "Variant":
-        return cls(**{**data, "notes": tuple(data.get("notes", ()))})
+        return cls(name=data["name"], file=data["file"], stage=data["stage"],
+                   options=BuildOptions.from_json(data.get("options") or {}), size_bytes=data.get("size_bytes", 0),
+                   seconds=data.get("seconds", 0.0),
+                   validation=Validation.from_json(data["validation"]) if data.get("validation") else None,
+                   fusion=FusionRecord.from_json(data["fusion"]) if data.get("fusion") else None,
+                   notes=tuple(data.get("notes", ())), graphs=tuple(Graph.from_json(g) for g in data.get("graphs", ())))
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """ORT's transformer optimizer's heads and width, and the attention fusions a complete fusion gives (the
+    spec's ``fusion_settings``). For text families they are the normalized config's; the manifest writes them
+    apart only where they differ (a UNet counts its attention modules)."""
+
+    num_heads: int = 0
+    hidden_size: int = 0
+    num_layers: int = 0
+
+    @classmethod
+    def of(cls, data: dict | None) -> "FusionSettings":
+        return cls(*(int((data or {}).get(k) or 0) for k in _FUSION_KEYS))
+
+
+_FUSION_KEYS = ("num_heads", "hidden_size", "num_layers")
 
 
 @dataclass(frozen=True)
@@ -61,9 +104,6 @@ class Manifest:
     model_type: str
     task: str
     ort_model_type: str
-    num_heads: int
-    hidden_size: int
-    num_layers: int
     inputs: list
     outputs: list
     export: dict
@@ -73,20 +113,47 @@ class Manifest:
     variants: dict[str, Variant]
     skipped: dict[str, str] = field(default_factory=dict)  # variant name -> why it could not be made
     shapes: dict | None = None  # the shape config resolved against the model (torchship.shapes)
-    quantization: dict | None = None  # int8 candidates tried by torchship quantize, with their numbers
+    quantization: QuantizationRecord | None = None  # int8 candidates tried by torchship quantize, with their numbers
     model_config: dict | None = None  # the family's normalized view of the config (exporters.spec.NormalizedConfig)
-    dispatch: dict | None = None  # fp32 variants timed per shape by torchship optimize, winner per range (below)
+    dispatch: DispatchTable | None = None  # fp32 variants timed per shape by torchship optimize, winner per range
+    fusion_settings: FusionSettings | None = None  # None: the model config's (``fusion``)
     format: int = FORMAT_VERSION
 
+    @property
+    def fusion(self) -> FusionSettings:
+        """Heads, width and layers for ORT's transformer optimizer: written apart where they differ from the model
+        config's, else read from it."""
+        return self.fusion_settings or FusionSettings.of(self.model_config)
+
+    @property
+    def num_heads(self) -> int:
+        return self.fusion.num_heads
+
+    @property
+    def hidden_size(self) -> int:
+        return self.fusion.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.fusion.num_layers
+
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["variants"] = {k: v.to_json() for k, v in self.variants.items()}
-        return {"format": self.format, **{k: v for k, v in data.items() if k != "format"}}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("format", "fusion_settings")}
+        return {"format": self.format, **data, "variants": {k: v.to_json() for k, v in self.variants.items()},
+                "quantization": self.quantization.to_json() if self.quantization else None,
+                "dispatch": self.dispatch.to_json() if self.dispatch else None,
+                **(asdict(self.fusion_settings) if self.fusion_settings else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
-        variants = {k: Variant.from_json(v) for k, v in data["variants"].items()}
-        return cls(**{**data, "variants": variants})
+        """Also a manifest of earlier versions: heads, width and layers at the top (``fusion_settings``)."""
+        rest = {k: v for k, v in data.items() if k not in _FUSION_KEYS}
+        written = FusionSettings.of(data) if any(k in data for k in _FUSION_KEYS) else None
+        return cls(**{**rest, "variants": {k: Variant.from_json(v) for k, v in data["variants"].items()},
+                      "quantization": QuantizationRecord.from_json(data["quantization"])
+                      if data.get("quantization") else None,
+                      "dispatch": DispatchTable.from_json(data["dispatch"]) if data.get("dispatch") else None,
+                      "fusion_settings": _apart(written, data.get("model_config"))})
 
     def with_variant(self, variant: Variant) -> "Manifest":
         skipped = {k: v for k, v in self.skipped.items() if k != variant.name}
@@ -127,11 +194,15 @@ def new_manifest(*, source: dict, family: str, model_type: str, task: str, ort_m
                  model_config: dict | None) -> Manifest:
     """The manifest of a new folder holding one variant (an export, or an imported ONNX file)."""
     return Manifest(source=source, family=family, model_type=model_type, task=task, ort_model_type=ort_model_type,
-                    num_heads=int(fusion["num_heads"]), hidden_size=int(fusion["hidden_size"]),
-                    num_layers=int(fusion["num_layers"]), inputs=[t.to_json() for t in io.inputs],
-                    outputs=[t.to_json() for t in io.outputs], export=export, text=text,
-                    versions=library_versions(), atol=atol, variants={variant.name: variant}, shapes=shapes,
-                    model_config=model_config)
+                    inputs=[t.to_json() for t in io.inputs], outputs=[t.to_json() for t in io.outputs],
+                    export=export, text=text, versions=library_versions(), atol=atol,
+                    variants={variant.name: variant}, shapes=shapes, model_config=model_config,
+                    fusion_settings=_apart(FusionSettings.of(fusion), model_config))
+
+
+def _apart(settings: FusionSettings | None, model_config: dict | None) -> FusionSettings | None:
+    """``settings`` where the model config does not already say them, else None (one place for each fact)."""
+    return None if settings is None or (model_config and settings == FusionSettings.of(model_config)) else settings
 
 
 def save_reference(folder: Path, cases: list[ReferenceCase]) -> None:
@@ -196,7 +267,11 @@ class Artifact:
         return self.manifest.variants[name]
 
     def path_of(self, name: str) -> Path:
-        path = self.folder / self.variant(name).file
+        return self.graph_path(name)
+
+    def graph_path(self, name: str, graph: str = ONE) -> Path:
+        """The file of graph ``graph`` of variant ``name`` (a one-file variant's is ``ONE``), checked."""
+        path = self.folder / self.variant(name).graph(graph).file
         if not path.is_file():
             raise ArtifactError(f"{path} is missing; make it again with: "
                                 f"{backends_table.remake_command(name, self.folder)}")
@@ -213,9 +288,9 @@ class Artifact:
         own level ``all`` on every family where nothing fused (scripts/family_benchmark.py)."""
         def usable(name: str) -> bool:
             variant = self.manifest.variants.get(name)
-            if variant is None or not (variant.validation or {}).get("passed"):
+            if variant is None or not variant.validation or not variant.validation.passed:
                 return False
-            return (variant.fusion or {}).get("attention_fused", True)
+            return variant.fusion is None or variant.fusion.attention_fused is not False
 
         valid = [n for n in backends_table.preference_order() if usable(n)]
         return valid[0] if valid else "model"
@@ -225,11 +300,11 @@ class Artifact:
         (e.g. the shape config's use shape), else the variant that won the most measured shapes; without a
         table, ``best_variant``."""
         table = self.manifest.dispatch
-        if not table or not table.get("ranges"):
+        if not table or not table.ranges:
             return self.best_variant()
         if sizes is not None and "batch" in sizes and "sequence" in sizes:
-            return dispatch_variant(table, sizes["batch"], sizes["sequence"])
-        return most_wins(table)
+            return table.variant_at(sizes["batch"], sizes["sequence"])
+        return table.most_wins()
 
     def save(self, manifest: Manifest) -> None:
         write_json_atomic(self.folder / MANIFEST_NAME, manifest.to_json())
@@ -257,34 +332,6 @@ def resolve_folder(folder: str | Path) -> tuple[Path, str | None]:
             raise ArtifactError(f"{summary} is corrupted; re-run torchship auto, or pass {inner}") from None
         return inner, chosen if isinstance(chosen, str) else None
     raise ArtifactError(f"{folder} has no {MANIFEST_NAME}, so torchship did not write it; {_PASS}")
-
-
-def dispatch_variant(table: dict, batch: int, sequence: int) -> str:
-    """The variant a dispatch table names for a call of ``batch`` x ``sequence``: the range that holds it.
-    Ranges are ``{"batch": [lo, hi], "sequence": [lo, hi], "variant": name}`` with ``hi`` None for no upper
-    bound; together they cover every shape (torchship.optimizers.dispatch writes them). A hand-edited table
-    with a hole gives the overall winner, never an error mid-request."""
-    return dispatch_choice(table, batch, sequence)[0]
-
-
-def range_choice(r: dict) -> tuple[str, str]:
-    """(variant, session tuning) of one range of a dispatch table (tables before version 2 name no tuning)."""
-    return r["variant"], r.get("session", "default")
-
-
-def dispatch_choice(table: dict, batch: int, sequence: int) -> tuple[str, str]:
-    """(variant, session tuning, _ort.SESSION_TUNINGS) a dispatch table names for ``batch`` x ``sequence``."""
-    for r in table["ranges"]:
-        (b_lo, b_hi), (s_lo, s_hi) = r["batch"], r["sequence"]
-        if b_lo <= batch <= (b_hi or batch) and s_lo <= sequence <= (s_hi or sequence):
-            return range_choice(r)
-    return most_wins(table), "default"
-
-
-def most_wins(table: dict) -> str:
-    """The variant that won the most measured shapes (ties: the one listed first among the candidates)."""
-    wins = [s["winner"] for s in table["shapes"]]
-    return max(table["candidates"], key=lambda name: (wins.count(name), -list(table["candidates"]).index(name)))
 
 
 def model_bytes(path: Path) -> int:

@@ -43,10 +43,10 @@ def run_demo(output: Path, *, threads: int | None = None, min_seconds: float = 3
                            plan=replace(TimingPlan(), min_seconds=min_seconds))
     report = replace(run_benchmark(model_dir, options, progress=progress), model=DEMO_NAME)
     paths = write_report(report, report_dir)
-    c = fused["counts"]
+    c = fused.counts
     lines = [
         f"all-MiniLM-L6-v2 exported to {model_dir} and validated against eager PyTorch.",
-        f"Transformer fusion: Attention {fused['attention']}/{fused['expected_attention']}, "
+        f"Transformer fusion: Attention {fused.attention}/{fused.expected_attention}, "
         f"EmbedLayerNormalization {c['EmbedLayerNormalization']}, SkipLayerNormalization "
         f"{c['SkipLayerNormalization']}, BiasGelu {c['BiasGelu']}.",
         "",
@@ -54,6 +54,6 @@ def run_demo(output: Path, *, threads: int | None = None, min_seconds: float = 3
         "",
         f"Report: {paths['markdown']} (JSON: {paths['json']}, chart: {paths['png']})",
     ]
-    if fused.get("warning"):
-        lines.insert(1, fused["warning"])
+    if fused.warning:
+        lines.insert(1, fused.warning)
     return "\n".join(lines)

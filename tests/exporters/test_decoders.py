@@ -37,7 +37,7 @@ def test_decoder_export_io_and_validation(decoder_export):
     assert {0, 1} <= pasts and max(pasts) > 8
     assert any(c.inputs["input_ids"].shape[0] > 1 and (c.inputs["attention_mask"][:, 0] == 0).any() for c in cases)
     for v in m.variants.values():
-        assert v.validation["passed"], v.name
+        assert v.validation.passed, v.name
 
 
 def test_decoder_export_matches_pytorch_at_new_shapes(decoder_export, decoder_dir):
@@ -83,9 +83,9 @@ def test_decoders_default_to_dynamo_with_fused_attention(decoder_export):
     assert (m.export["exporter"], m.export["opset"], m.export["attn_implementation"]) == ("dynamo", 23, "sdpa")
     assert count_ops(decoder_export / "model.onnx")["Attention"] == m.num_layers  # one per layer, KV cache included
     fusion = m.variants["optimized"].fusion
-    assert fusion["attention"] == fusion["expected_attention"] == 2 and fusion["warning"] is None
+    assert fusion.attention == fusion.expected_attention == 2 and fusion.warning is None
     # torchship's own pass: each layer's attention takes its cache (no transposes, no concatenation around it)
-    assert fusion["rewrites"] == {"attention": "Attention", "attention_layers": 2, "skip_rms_norm": 0,
+    assert fusion.rewrites == {"attention": "Attention", "attention_layers": 2, "skip_rms_norm": 0,
                                   "merged_matmuls": 0}  # GPT-2's projections are one Gemm each already
 
 
@@ -93,10 +93,10 @@ def test_torchscript_decoder_path_validates_but_does_not_fuse(decoder_dir, tmp_p
     from torchship.optimizers import OptimizeOptions, optimize
 
     art = export(str(decoder_dir), tmp_path / "ts", ExportOptions(exporter="torchscript"))
-    assert art.manifest.export["exporter"] == "torchscript" and art.manifest.variants["model"].validation["passed"]
+    assert art.manifest.export["exporter"] == "torchscript" and art.manifest.variants["model"].validation.passed
     fusion = optimize(tmp_path / "ts", OptimizeOptions(levels=())).manifest.variants["optimized"].fusion
-    assert fusion["attention"] == 0
-    assert fusion["warning"].endswith("Export with --exporter dynamo (the default for decoders) for ONNX Attention ops")
+    assert fusion.attention == 0
+    assert fusion.warning.endswith("Export with --exporter dynamo (the default for decoders) for ONNX Attention ops")
 
 
 def test_failed_fusion_is_recorded_and_the_other_variants_stay(tmp_path):
@@ -116,7 +116,7 @@ def test_failed_fusion_is_recorded_and_the_other_variants_stay(tmp_path):
     art = optimize(tmp_path / "zero", OptimizeOptions(levels=("basic",)), progress=Progress(step=steps.append))
     m = Artifact.open(tmp_path / "zero").manifest
     assert "optimized" not in m.variants and "transformer optimizer failed" in m.skipped["optimized"]
-    assert m.variants["ort-basic"].validation["passed"]
+    assert m.variants["ort-basic"].validation.passed
     assert any(s.startswith("WARNING: optimized skipped") for s in steps)
     assert art.best_variant() == "ort-basic"
     from torchship.errors import InputError

@@ -50,7 +50,7 @@ def test_export_family(model_type, task, exported, model_dirs):
 
     # The manifest's validation ran at shapes other than the dummy shape, one padded batch > 1.
     val = m.variants["model"].validation
-    assert val["passed"] and val["max_abs"] < m.atol
+    assert val.passed and val.max_abs < m.atol
     cases = load_reference(folder)
     dummy = tuple(m.export["dummy_shape"])
     assert all(c.inputs["input_ids"].shape != dummy for c in cases)
@@ -111,7 +111,7 @@ def test_export_leaves_user_model_unchanged(tmp_path, train_mode):
     model.eval()
     np.testing.assert_array_equal(_eager(model, feeds, ("last_hidden_state",))["last_hidden_state"],
                                   ref["last_hidden_state"])
-    assert Artifact.open(tmp_path / "out").manifest.variants["model"].validation["passed"]
+    assert Artifact.open(tmp_path / "out").manifest.variants["model"].validation.passed
 
 
 @pytest.mark.slow
@@ -120,7 +120,7 @@ def test_dynamo_export_path(model_dirs, tmp_path):
     m = art.manifest
     assert m.export["exporter"] == "dynamo" and m.export["opset"] == 23
     assert m.export["attn_implementation"] == "sdpa"
-    assert m.variants["model"].validation["passed"]
+    assert m.variants["model"].validation.passed
     ops = {n.op_type for n in onnx.load(str(tmp_path / "d" / "model.onnx")).graph.node}
     assert "Attention" in ops  # SDPA at opset 23 becomes ONNX's own Attention op
 

@@ -62,7 +62,7 @@ def test_export_keeps_kv_heads_grouped_and_greedy_equals_transformers(rotary_exp
     assert shapes[f"present.{layers - 1}.value"] == ["batch", KV_HEADS, "total_sequence", HEAD_DIM]
     assert (m.model_config["num_heads"], m.model_config["num_kv_heads"]) == (4, KV_HEADS)
     # Validated at past lengths 0, 1 and 17 with batches > 1 and left padding (rotary positions from position_ids).
-    assert m.variants["model"].validation["passed"]
+    assert m.variants["model"].validation.passed
     cases = load_reference(art.folder)
     assert {0, 1, 17} <= {c.inputs["past_key_values.0.key"].shape[2] for c in cases}
     assert any((c.inputs["attention_mask"][:, 0] == 0).any() for c in cases)
@@ -101,14 +101,14 @@ def test_optimize_fuses_attention_with_its_cache_and_generation_still_equals_tra
     art = optimize(tmp_path / "onnx", OptimizeOptions(levels=(), candidates="preset"))
     v = art.manifest.variants["optimized"]
     merged = 0 if model_type == "phi3" else 2 * layers  # q/k/v and gate/up; Phi-3 has them merged already
-    assert v.fusion["rewrites"] == {"attention": "Attention", "attention_layers": layers, "skip_rms_norm": 2 * layers,
+    assert v.fusion.rewrites == {"attention": "Attention", "attention_layers": layers, "skip_rms_norm": 2 * layers,
                                     "merged_matmuls": merged}
-    assert v.fusion["counts"]["SkipSimplifiedLayerNormalization"] == 2 * layers and v.fusion["attention_fused"]
+    assert v.fusion.counts["SkipSimplifiedLayerNormalization"] == 2 * layers and v.fusion.attention_fused
     graph = onnx.load(str(art.folder / v.file)).graph
     attention = [n for n in graph.node if n.op_type == "Attention"]
     assert len(attention) == layers and all(len(n.input) == 6 and len(n.output) == 3 for n in attention)
     assert not any(n.op_type == "Transpose" for n in graph.node)
-    assert v.validation["passed"]  # at past 0, 1 and 17, batches with left padding
+    assert v.validation.passed  # at past 0, 1 and 17, batches with left padding
     model, tok = causal_lm(art.folder, "ort-optimized")
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
     eager = AutoModelForCausalLM.from_pretrained(src).eval()
@@ -192,13 +192,13 @@ def test_int4_weight_only_variant_is_within_its_budget(llama_copy):
     # Per layer q+k+v (merged), o, gate+up (merged), down; and the head.
     layers = TINY_DECODER_CONFIGS["llama"]["num_hidden_layers"]
     matmuls = layers * 4 + 1
-    assert op_histogram(llama_copy / v.file)["MatMulNBits"] == matmuls == v.validation["quantized_matmuls"]
-    assert len(v.validation["layout"]["merged"]) == 2 * layers and v.options["merge_siblings"]
-    assert v.validation["passed"] and 0 < v.validation["max_weight_error"] <= 0.15
-    assert v.validation["steps"] == 64 and 0 < v.validation["logit_cosine_mean"] <= 1
-    assert 0 <= v.validation["top1_agreement"] <= 1 and v.options["block_size"] == 32
+    assert op_histogram(llama_copy / v.file)["MatMulNBits"] == matmuls == v.validation.decode.quantized_matmuls
+    assert len(v.validation.decode.layout["merged"]) == 2 * layers and v.options.extra["merge_siblings"]
+    assert v.validation.passed and 0 < v.validation.decode.max_weight_error <= 0.15
+    assert v.validation.decode.steps == 64 and 0 < v.validation.decode.logit_cosine_mean <= 1
+    assert 0 <= v.validation.decode.top1_agreement <= 1 and v.options.block_size == 32
     assert v.size_bytes < art.manifest.variants["model"].size_bytes
-    assert len(v.validation["head"]) == 1 and len(v.validation["matmuls"]) == matmuls
+    assert len(v.validation.decode.head) == 1 and len(v.validation.decode.matmuls) == matmuls
 
 
 @pytest.mark.slow
@@ -208,8 +208,8 @@ def test_the_embedding_is_quantized_on_request(llama_copy):
 
     v = weight_only(llama_copy, WeightOnlyOptions(bits=4, embedding=True)).manifest.variants["wo-int4"]
     ops = op_histogram(llama_copy / v.file)
-    assert ops["GatherBlockQuantized"] == 1 and "Gather" not in ops and v.options["embedding"]
-    assert v.validation["passed"]
+    assert ops["GatherBlockQuantized"] == 1 and "Gather" not in ops and v.options.embedding
+    assert v.validation.passed
 
 
 def test_a_head_tied_to_the_embedding_gets_its_own_copy_to_quantize(tmp_path):
@@ -252,8 +252,8 @@ def test_int8_weight_only_from_the_cli_and_a_missed_budget(llama_copy):
     assert proc.returncode == 0, proc.stderr
     assert "kept" in proc.stdout and "model_wo_int8.onnx" in proc.stdout
     v = Artifact.open(llama_copy).manifest.variants["wo-int8"]
-    assert v.validation["passed"] and v.validation["logit_cosine_mean"] >= 0.99 == v.validation["budget"]
-    assert v.validation["quantized_matmuls"] == TINY_DECODER_CONFIGS["llama"]["num_hidden_layers"] * 4  # head kept
+    assert v.validation.passed and v.validation.decode.logit_cosine_mean >= 0.99 == v.validation.accuracy.budget
+    assert v.validation.decode.quantized_matmuls == TINY_DECODER_CONFIGS["llama"]["num_hidden_layers"] * 4  # head kept
     with pytest.raises(BudgetError, match="wo-int4 missed its budget"):
         weight_only(llama_copy, WeightOnlyOptions(bits=4, block_size=128, max_weight_error=0.001))
     m = Artifact.open(llama_copy).manifest

@@ -125,13 +125,13 @@ def test_newer_families_report_what_onnx_runtime_fuses(exported, model_type, fus
     folder = shutil.copytree(exported(model_type), tmp_path / model_type)
     art = optimize(folder, OptimizeOptions(levels=("all",)))
     for name in ("model", "ort-all", "optimized"):
-        assert art.manifest.variants[name].validation["passed"], name
+        assert art.manifest.variants[name].validation.passed, name
     fusion = art.manifest.variants["optimized"].fusion
-    assert fusion["expected_attention"] == 2
+    assert fusion.expected_attention == 2
     if fused is False:  # said plainly: nothing to fuse, whatever the export path
-        assert fusion["attention"] == 0 and "has no attention pattern" in fusion["warning"]
+        assert fusion.attention == 0 and "has no attention pattern" in fusion.warning
     else:  # ALBERT's two layers share one set of weights, fused once
-        assert fusion["attention"] == 1 and "shares one layer's weights" in fusion["warning"]
+        assert fusion.attention == 1 and "shares one layer's weights" in fusion.warning
     manifest = json.loads((folder / "torchship.json").read_text())
     assert manifest["model_config"]["num_layers"] == 2
 
@@ -174,12 +174,12 @@ def test_every_task_goes_through_the_chain(tmp_path, task):
     out = tmp_path / "onnx"
     export(str(src), out, ExportOptions(task=task))
     art = optimize(out, OptimizeOptions(levels=("all",)))
-    assert art.manifest.variants["optimized"].validation["passed"]
+    assert art.manifest.variants["optimized"].validation.passed
     art = quantize(out, QuantizeOptions(budget=0.5, per_channel=(True,), sources=("model",), op_types=("MatMul",),
                                         timing=TimingPlan(warmup=1, min_iterations=2, min_seconds=0.0)))
     metric = {"sentence-embedding": "sentence_cosine", "token-classification": "token_agreement",
               "fill-mask": "token_agreement", "question-answering": "answer_agreement"}[task]
-    assert art.manifest.variants["int8"].validation["metric"] == metric
+    assert art.manifest.variants["int8"].validation.accuracy.metric == metric
     plan = TimingPlan(warmup=1, min_iterations=2, min_seconds=0.0, block=2)
     report = run_benchmark(out, BenchOptions(backends=("torch", "ort-optimized", "ort-int8"), threads=1, plan=plan))
     assert all(m.accuracy is None or m.accuracy.max_abs < 1e-3 for m in report.measurements
@@ -276,7 +276,7 @@ def test_auto_judges_each_task_by_its_own_measure(tmp_path, task, metric):
 def test_a_fused_variant_whose_attention_did_not_fuse_is_not_picked(exported, tmp_path):
     folder = shutil.copytree(exported("mpnet"), tmp_path / "mpnet")
     art = optimize(folder, OptimizeOptions(levels=("all",)))
-    assert not art.manifest.variants["optimized"].fusion["attention_fused"]
+    assert not art.manifest.variants["optimized"].fusion.attention_fused
     assert art.best_variant() == "ort-all"
     bert = shutil.copytree(exported("bert"), tmp_path / "bert")
     assert optimize(bert, OptimizeOptions(levels=("all",))).best_variant() == "optimized"

@@ -48,7 +48,7 @@ def test_export_with_shape_config_validates_min_use_max_and_benchmarks_at_use(un
     assert m.output_names == ("out_sample",)
     assert m.export["validation_shapes"] == ["batch 1 x 8x8 latents x 5 tokens", "batch 1 x 16x16 latents x 9 tokens",
                                              "batch 2 x 16x24 latents x 12 tokens, a timestep per sample"]
-    assert m.variants["model"].validation["passed"] and m.variants["model"].validation["max_abs"] < 1e-4
+    assert m.variants["model"].validation.passed and m.variants["model"].validation.max_abs < 1e-4
     assert m.shapes["axes"]["height"] == [8, 16, 16]
     assert m.text == {} and not (out / "tokenizer.json").exists()
     assert json.loads((out / "config.json").read_text())["_class_name"] == "UNet2DConditionModel"
@@ -63,7 +63,7 @@ def test_export_with_shape_config_validates_min_use_max_and_benchmarks_at_use(un
 
     artifact = optimize(out, OptimizeOptions(levels=("all",)))
     fused = artifact.manifest.variants["optimized"]
-    assert fused.validation["passed"] and fused.fusion["attention"] == fused.fusion["expected_attention"] == 8
+    assert fused.validation.passed and fused.fusion.attention == fused.fusion.expected_attention == 8
 
     # Any runtime shape the model serves, one timestep broadcast over the batch.
     spec = spec_for("UNet2DConditionModel")

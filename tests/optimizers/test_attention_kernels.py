@@ -35,8 +35,8 @@ def test_both_are_made_validated_and_offered_to_the_dispatch(kernels):
     layers = m.num_layers
     for name in ("optimized-onnx-attention", "optimized-mha"):
         v = m.variants[name]
-        assert v.validation["passed"] and v.validation["max_abs"] <= m.atol, (name, v.validation)
-        assert v.fusion["rewritten"] == layers and name in m.dispatch["candidates"]
+        assert v.validation.passed and v.validation.max_abs <= m.atol, (name, v.validation)
+        assert v.fusion.rewritten == layers and name in m.dispatch.candidates
     sdpa = _graph(kernels, "optimized-onnx-attention")
     assert next(o.version for o in sdpa.opset_import if o.domain == "") >= 24
     attention = [n for n in sdpa.graph.node if n.op_type == "Attention" and n.domain == ""]
@@ -59,7 +59,7 @@ def test_both_are_made_validated_and_offered_to_the_dispatch(kernels):
     for name, graph in (("optimized-onnx-attention", sdpa), ("optimized-mha", flash)):
         ops = [n.op_type for n in graph.graph.node]
         assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 2 * layers, name
-        assert m.variants[name].options["disabled_optimizers"] == ["SkipLayerNormFusion"]
+        assert m.variants[name].options.disabled_optimizers == ("SkipLayerNormFusion",)
         with create_predictor(kernels, backend_of_variant(name).name, RuntimeOptions(threads=1)) as predictor:
             predictor.infer({"input_ids": np.full((1, 4), 5), "attention_mask": np.ones((1, 4), dtype=np.int64),
                              "token_type_ids": np.zeros((1, 4), dtype=np.int64)})
@@ -105,6 +105,6 @@ def test_a_family_the_rewrite_cannot_take_is_skipped_not_failed(exported, tmp_pa
         art = optimize(shutil.copytree(exported(model_type), tmp_path / model_type),
                        OptimizeOptions(levels=(), dispatch=QUICK))
         for name in ("optimized-onnx-attention", "optimized-mha"):
-            assert (name in art.manifest.variants and art.manifest.variants[name].validation["passed"]) \
+            assert (name in art.manifest.variants and art.manifest.variants[name].validation.passed) \
                 or art.manifest.skipped[name], (model_type, name)
     assert Artifact.open(tmp_path / "mpnet").manifest.dispatch is not None

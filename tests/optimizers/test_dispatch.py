@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from torchship._ort import SESSION_TUNINGS
 from torchship._shards import splits
-from torchship.artifact import Artifact, dispatch_choice, dispatch_variant
+from torchship.artifact import Artifact
+from torchship.dispatch_table import DispatchTable
 from torchship.cli import main
 from torchship.exporters.export import ExportOptions, export
 from torchship.optimizers import OptimizeOptions, optimize
@@ -43,7 +44,8 @@ def _same_bytes(artifact, a: str, b: str) -> bool:
 
 
 def test_every_candidate_is_timed_at_every_shape_and_each_range_has_a_winner(measured):
-    table = measured.manifest.dispatch
+    typed = measured.manifest.dispatch
+    table = typed.to_json()  # what the manifest holds
     assert list(candidate_variants()) == \
         ["optimized", "ort-all", "ort-extended", "ort-basic", "model", "optimized-onnx-attention", "optimized-mha",
          "optimized-approx"]
@@ -94,16 +96,16 @@ def test_every_candidate_is_timed_at_every_shape_and_each_range_has_a_winner(mea
         ([1, 1], [1, 16]), ([1, 1], [17, None]), ([2, None], [1, 16]), ([2, None], [17, None])]
     for r in table["ranges"]:
         assert r["variant"] == winners[tuple(r["measured_at"])] and r["session"] == sessions[tuple(r["measured_at"])]
-    assert dispatch_variant(table, 1, 3) == winners[(1, 16)]
-    assert dispatch_choice(table, 1, 3) == (winners[(1, 16)], sessions[(1, 16)])
-    assert dispatch_variant(table, 5, 100) == dispatch_variant(table, 64, 500) == winners[(8, 128)]
+    assert typed.variant_at(1, 3) == winners[(1, 16)]
+    assert typed.choice(1, 3) == (winners[(1, 16)], sessions[(1, 16)])
+    assert typed.variant_at(5, 100) == typed.variant_at(64, 500) == winners[(8, 128)]
     # Kept in torchship.json, as plain data.
     on_disk = json.loads((measured.folder / "torchship.json").read_text())
     assert on_disk["dispatch"] == table
 
 
 def _with_ranges(artifact, ranges):
-    table = {**artifact.manifest.dispatch, "ranges": ranges}
+    table = DispatchTable.from_json({**artifact.manifest.dispatch.to_json(), "ranges": ranges})
     artifact.save(dataclasses.replace(artifact.manifest, dispatch=table))
     return Artifact.open(artifact.folder)
 
@@ -144,7 +146,7 @@ def test_the_predictor_runs_the_variant_the_table_names_for_the_shape(measured, 
             np.testing.assert_array_equal(alone.infer(feeds)["last_hidden_state"], got["last_hidden_state"])
     # One file for callers that need one: the table's choice at a shape, else the variant that won most shapes.
     assert art.measured_variant({"batch": 3, "sequence": 40}) == "optimized"
-    assert art.measured_variant() in art.manifest.dispatch["candidates"]
+    assert art.measured_variant() in art.manifest.dispatch.candidates
 
 
 def test_a_table_naming_a_variant_or_tuning_this_folder_or_torchship_lacks_is_one_line(measured, tmp_path):
@@ -152,7 +154,7 @@ def test_a_table_naming_a_variant_or_tuning_this_folder_or_torchship_lacks_is_on
     for key, value, words in (("variant", "optimized-gone", "names variant 'optimized-gone'"),
                               ("session", "turbo", "names session tuning 'turbo', which this torchship does not know")):
         art = Artifact.open(shutil.copytree(measured.folder, tmp_path / key))
-        art = _with_ranges(art, [{**r, key: value} for r in art.manifest.dispatch["ranges"]])
+        art = _with_ranges(art, [{**r, key: value} for r in art.manifest.dispatch.to_json()["ranges"]])
         before = (art.folder / "torchship.json").read_bytes()
         r = CliRunner().invoke(main, ["predict", str(art.folder), "a good movie"])
         assert r.exit_code == 2 and words in r.output and f"run: torchship optimize {art.folder}" in r.output, r.output
@@ -164,7 +166,7 @@ def test_predict_uses_the_table_and_says_which_variant_ran(measured):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["backend"] == "ort-measured"
     r = CliRunner().invoke(main, ["predict", str(measured.folder), "a good movie"])
-    ran = dispatch_variant(measured.manifest.dispatch, 1, 5)  # [CLS] a good movie [SEP]
+    ran = measured.manifest.dispatch.variant_at(1, 5)  # [CLS] a good movie [SEP]
     assert r.exit_code == 0 and f"(backend ort-measured ran {ran};" in r.output, r.output
 
 
@@ -203,7 +205,7 @@ def test_the_shape_config_sets_the_grid(model_dirs, tmp_path):
     config.write_text("inputs:\n  input_ids: {min: [1, 4], use: [2, 24], max: [4, 64]}\n")
     out = tmp_path / "onnx"
     export(str(model_dirs("bert")), out, ExportOptions(shapes=load_shape_config(config)))
-    table = optimize(out, OptimizeOptions(levels=("all",), dispatch=QUICK)).manifest.dispatch
+    table = optimize(out, OptimizeOptions(levels=("all",), dispatch=QUICK)).manifest.dispatch.to_json()
     assert table["grid"] == "shape config"
     assert list(table["candidates"]) == ["optimized", "ort-all", "model", "optimized-onnx-attention", "optimized-mha",
                                          "optimized-approx"]
@@ -219,7 +221,7 @@ def test_the_optimize_command_prints_the_table_and_refuses_a_bad_choice(measured
     r = CliRunner().invoke(main, ["optimize", str(folder), "--levels", "all", "--no-fusion"])
     assert r.exit_code == 0, r.output
     assert "Measured dispatch" in r.output and "| batch | sequence | runs |" in r.output
-    excluded = Artifact.open(folder).manifest.dispatch["excluded"]
+    excluded = Artifact.open(folder).manifest.dispatch.excluded
     assert excluded and all(f"not timed: {name} ({why})" in r.output for name, why in excluded.items())
     before = (folder / "torchship.json").read_text()
     exe = Path(sys.executable).parent / "torchship"
@@ -249,7 +251,7 @@ def test_bench_runs_ort_measured_and_reports_the_file_per_shape(measured):
     table, variants = measured.manifest.dispatch, measured.manifest.variants
 
     def ran(batch, sequence):  # the file, and the session tuning where it is not ORT's default
-        variant, tuning = dispatch_choice(table, batch, sequence)
+        variant, tuning = table.choice(batch, sequence)
         return variants[variant].file + ("" if tuning == "default" else f" ({tuning})")
 
     assert report.variant_files["ort-measured"] == f"batch 1 x seq 8: {ran(1, 8)}; batch 8 x seq 100: {ran(8, 100)}"
@@ -259,7 +261,7 @@ def test_a_length_the_graph_cannot_run_is_left_out_of_the_grid(exported, tmp_pat
     # Tiny MPNet: 128 positions in its config, but its position ids start after the padding index, so a
     # 128-token input indexes past the table; the grid keeps only the lengths that run.
     folder = shutil.copytree(exported("mpnet"), tmp_path / "mpnet")
-    table = optimize(folder, OptimizeOptions(levels=("all",), dispatch=QUICK)).manifest.dispatch
+    table = optimize(folder, OptimizeOptions(levels=("all",), dispatch=QUICK)).manifest.dispatch.to_json()
     assert table["shapes"] and all(s["sequence"] < 128 for s in table["shapes"])
     assert {s["batch"] for s in table["shapes"]} == {1, 8}
 
@@ -337,11 +339,11 @@ def test_the_approximate_candidate_is_the_fused_model_with_fastgelu_judged_by_co
     exact_ops = [n.op_type for n in onnx.load(str(measured.folder / fused.file)).graph.node]
     ops = [n.op_type for n in onnx.load(str(measured.folder / v.file)).graph.node]
     gelus = exact_ops.count("Gelu") + exact_ops.count("BiasGelu")
-    assert gelus and v.options["approximated_nodes"] == gelus == ops.count("FastGelu")
+    assert gelus and v.options.extra["approximated_nodes"] == gelus == ops.count("FastGelu")
     assert "Gelu" not in ops and "BiasGelu" not in ops and len(ops) == len(exact_ops)
     val = v.validation
-    assert val["passed"] and val["min_cosine"] >= MIN_COSINE and "FastGelu" in val["approximate"]
-    assert 0 < val["max_abs"] and 0 < val["max_abs_vs_eager"] and "cosine" in val["judged_by"]
+    assert val.passed and val.min_cosine >= MIN_COSINE and "FastGelu" in val.approximate
+    assert 0 < val.max_abs and 0 < val.extra["max_abs_vs_eager"] and "cosine" in val.judged_by
     assert any("approximate" in note for note in v.notes)
     assert measured.best_variant() == "optimized"  # never picked by preference, only by the measured table
     # The outputs really differ from the exact fused model's, by less than the cosine bar.
@@ -358,9 +360,10 @@ def test_the_table_may_choose_the_approximate_variant_and_the_report_says_so(mea
     from torchship.benchmarks.dispatch_report import all_times_markdown, dispatch_markdown
 
     art = Artifact.open(shutil.copytree(measured.folder, tmp_path / "bert"))
+    data = art.manifest.dispatch.to_json()
     shapes = [{**s, "winner": "optimized-approx" if (s["batch"], s["sequence"]) == (1, 16) else "ort-all",
-               "session": "default"} for s in art.manifest.dispatch["shapes"]]
-    table = {**art.manifest.dispatch, "shapes": shapes}
+               "session": "default"} for s in data["shapes"]]
+    table = DispatchTable.from_json({**data, "shapes": shapes})
     art.save(dataclasses.replace(art.manifest, dispatch=table))
     art = _with_ranges(art, [{"batch": [1, 1], "sequence": [1, 16], "variant": "optimized-approx",
                               "measured_at": [1, 16]},
@@ -384,11 +387,11 @@ def test_exact_leaves_the_approximate_variant_out_of_the_table_and_keeps_an_earl
     assert r.exit_code == 0, r.output
     m = Artifact.open(folder).manifest
     assert "optimized-approx" in m.variants and (folder / m.variants["optimized-approx"].file).is_file()
-    assert m.dispatch["excluded"]["optimized-approx"] == "left out: --exact"
-    assert "optimized-approx" not in m.dispatch["candidates"] and "(approximate)" not in r.output.split("Measured")[-1]
+    assert m.dispatch.excluded["optimized-approx"] == "left out: --exact"
+    assert "optimized-approx" not in m.dispatch.candidates and "(approximate)" not in r.output.split("Measured")[-1]
     # A folder optimized exactly gets it back from a plain measured run.
     art = optimize(folder, OptimizeOptions(levels=(), dispatch=QUICK))
-    assert "optimized-approx" in art.manifest.variants and "optimized-approx" in art.manifest.dispatch["candidates"]
+    assert "optimized-approx" in art.manifest.variants and "optimized-approx" in art.manifest.dispatch.candidates
 
 
 def test_nothing_to_approximate_without_a_fused_gelu(measured, tmp_path):

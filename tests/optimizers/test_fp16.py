@@ -31,13 +31,14 @@ def _elem_types(path):
 def test_fp16_variant_keeps_fp32_io_halves_the_file_and_matches(bert_copy):
     art = optimize(bert_copy, OptimizeOptions(levels=(), transformer_fusion=False, fp16=True, fp16_block=("Gelu",)))
     v = art.manifest.variants["fp16"]
-    assert v.file == FILE and v.stage == "fp16" and v.options["source"] == "optimized"
-    assert v.options["keep_io_types"] and v.options["target"] == "gpu"
-    assert "Gelu" in v.options["op_block_list"] and "TopK" in v.options["op_block_list"]  # ORT's defaults too
-    assert v.options["scanned_nodes"] > 0 and v.options["kept_fp32_nodes"] == {}
+    assert v.file == FILE and v.stage == "fp16" and v.options.source == "optimized"
+    assert v.options.extra["keep_io_types"] and v.options.extra["target"] == "gpu"
+    blocked = v.options.extra["op_block_list"]
+    assert "Gelu" in blocked and "TopK" in blocked  # ORT's defaults too
+    assert v.options.extra["scanned_nodes"] > 0 and v.options.extra["kept_fp32_nodes"] == {}
     assert v.size_bytes < 0.7 * art.manifest.variants["optimized"].size_bytes
-    assert v.validation["finite"] and v.validation["metric"] == "sentence_cosine"
-    assert v.validation["mean"] >= 0.999 and v.validation["max_abs"] < 0.05
+    assert v.validation.finite and v.validation.accuracy.metric == "sentence_cosine"
+    assert v.validation.accuracy.mean >= 0.999 and v.validation.max_abs < 0.05
     ins, outs = _elem_types(bert_copy / FILE)
     assert set(ins.values()) == {onnx.TensorProto.INT64} and set(outs.values()) == {onnx.TensorProto.FLOAT}
     inits = onnx.load(str(bert_copy / FILE)).graph.initializer
@@ -66,13 +67,13 @@ def test_nodes_whose_activations_overflow_fp16_stay_fp32(model_dirs, tmp_path):
     export(str(hot), out)
     art = optimize(out, OptimizeOptions(levels=(), transformer_fusion=False, fp16=True))
     v = art.manifest.variants["fp16"]
-    kept = v.options["kept_fp32_nodes"]
+    kept = v.options.extra["kept_fp32_nodes"]
     assert kept and all(peak >= HEADROOM * FP16_MAX for peak in kept.values())
     assert any("layer.0/intermediate/dense/MatMul" in n for n in kept)  # the layer made hot above
     # the additive attention mask (float32's lowest value, -inf in fp16) is found the same way
     assert any(p > 1e38 for p in kept.values())
-    assert v.options["largest_activation"] > FP16_MAX
-    assert v.validation["finite"] and v.validation["mean"] >= 0.999
+    assert v.options.extra["largest_activation"] > FP16_MAX
+    assert v.validation.finite and v.validation.accuracy.mean >= 0.999
     kept_nodes = [n for n in onnx.load(str(out / FILE)).graph.node if n.name in kept]
     assert kept_nodes  # the converter kept their names, in fp32 with casts around them
 

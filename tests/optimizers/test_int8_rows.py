@@ -39,14 +39,15 @@ def test_kept_dynamic_int8_gives_a_text_the_same_answer_whatever_its_batch(bert_
     art = quantize(bert_copy, QuantizeOptions(sources=("model",), per_channel=(True,), op_types=("MatMul",),
                                               budget=0.5, fallback="off", timing=QUICK))
     v = art.manifest.variants["int8"]
-    assert v.options["activations"].startswith("per-row")
+    assert v.options.activations.startswith("per-row")
     assert is_per_row(bert_copy / FILE)
     ops = {n.op_type for n in onnx.load(str(bert_copy / FILE)).graph.node}
     assert "MatMulIntegerToFloat" in ops and "DynamicQuantizeLinear" not in ops
     cos = _alone_and_beside(art)
     assert cos.min() >= BATCH_FLOOR, cos
     # the probe measured the same and recorded it
-    chosen = next(c for c in art.manifest.quantization["candidates"] if c["name"] == art.manifest.quantization["chosen"])
+    q = art.manifest.quantization.to_json()
+    chosen = next(c for c in q["candidates"] if c["name"] == q["chosen"])
     assert chosen["accuracy"]["batch_cosine_min"] >= BATCH_FLOOR and chosen["accuracy"]["batch_independent"]
     assert _alone_and_beside(art, "ort").min() >= BATCH_FLOOR  # fp32 passes its own check, so the floor holds
 
@@ -59,7 +60,7 @@ def test_minilm_int8_answers_do_not_depend_on_the_batch_and_the_search_drops_tho
     folder = shutil.copytree(minilm_export, tmp_path / "minilm")
     art = quantize(folder, QuantizeOptions(sources=("optimized",), per_channel=(True,), budget=0.98,
                                            fallback="always", timing=QUICK))
-    q = art.manifest.quantization
+    q = art.manifest.quantization.to_json()
     by_name = {c["name"]: c for c in q["candidates"]}
     dropped = by_name["dynamic/optimized/default-ops/per-channel"]
     assert dropped["accuracy"]["mean"] >= 0.98 and not dropped["passed"]

@@ -36,15 +36,15 @@ def test_static_tries_signed_and_unsigned_activations_as_qdq_and_as_operators(be
     calib.write_text("\n".join(CALIBRATION) + "\n")
     art = quantize(bert_copy, QuantizeOptions(methods=("static",), calibration=str(calib), per_channel=(True,),
                                               budget=0.5, fallback="off", timing=QUICK))
-    q = art.manifest.quantization
+    q = art.manifest.quantization.to_json()
     got = {(c["activation_type"], c["quant_format"]): c for c in q["candidates"]}
     assert set(got) == {("uint8", "qdq"), ("int8", "qdq"), ("uint8", "qoperator"), ("int8", "qoperator")}
     assert len({c["name"] for c in q["candidates"]}) == 4
     assert got[("int8", "qoperator")]["name"] == "static/model/default-ops/per-channel/s8-act/qoperator"
     for c in q["candidates"]:
         assert c["error"] is None and c["accuracy"]["samples"] >= 50, c
-    kept = got[(art.manifest.variants["int8"].options["activation_type"],
-                art.manifest.variants["int8"].options["quant_format"])]
+    kept = got[(art.manifest.variants["int8"].options.extra["activation_type"],
+                art.manifest.variants["int8"].options.quant_format)]
     assert kept["name"] == q["chosen"] and kept["verdict"].startswith("kept")
     # The kept file is what its record says: QLinear operators or Q/DQ pairs; int8 or uint8 activations.
     graph = onnx.load(str(bert_copy / FILE)).graph
@@ -63,12 +63,12 @@ def test_static_tries_signed_and_unsigned_activations_as_qdq_and_as_operators(be
 def test_the_fallback_leaves_the_most_sensitive_matmuls_in_fp32_until_the_budget_is_met(bert_copy):
     base = dict(sources=("model",), per_channel=(False,), op_types=("MatMul",), timing=QUICK)
     quantize(bert_copy, QuantizeOptions(budget=0.01, fallback="off", **base))
-    below = Artifact.open(bert_copy).manifest.quantization["candidates"][0]["accuracy"]["mean"]
+    below = Artifact.open(bert_copy).manifest.quantization.to_json()["candidates"][0]["accuracy"]["mean"]
     assert below < 1.0
     weights = _weight_matmuls(bert_copy / "model.onnx")
     budget = (below + 1.0) / 2  # every MatMul in fp32 meets it; the plain candidate does not
     art = quantize(bert_copy, QuantizeOptions(budget=budget, max_fp32=len(weights), **base))
-    q = art.manifest.quantization
+    q = art.manifest.quantization.to_json()
     (target,) = q["fallback"]["targets"]
     assert "no candidate met the budget" in q["fallback"]["trigger"]
     assert target["candidate"] == q["candidates"][0]["name"] and target["ranked"] == len(weights)
@@ -84,23 +84,24 @@ def test_the_fallback_leaves_the_most_sensitive_matmuls_in_fp32_until_the_budget
     assert target["rescued_by"] == tried[-1]["name"] == q["chosen"]
     assert q["candidates"][0]["verdict"] == f"below budget; rescued by {q['chosen']}"
     kept = art.manifest.variants["int8"]
-    assert kept.options["fp32_fallback"] == ranking[:sizes[-1]]  # the top of the ranking, most sensitive first
-    assert kept.validation["mean"] >= budget
+    assert list(kept.options.fp32_fallback) == ranking[:sizes[-1]]  # the top of the ranking, most sensitive first
+    assert kept.validation.accuracy.mean >= budget
     # Those MatMuls are float MatMuls in the kept file; the others are quantized.
     graph = onnx.load(str(bert_copy / FILE)).graph
     float_matmuls = {n.name for n in graph.node if n.op_type == "MatMul"}
-    assert set(kept.options["fp32_fallback"]) <= float_matmuls
+    assert set(kept.options.fp32_fallback) <= float_matmuls
     assert any(n.op_type in ("MatMulInteger", "MatMulIntegerToFloat") for n in graph.node) or \
-        len(kept.options["fp32_fallback"]) == len(weights)
+        len(kept.options.fp32_fallback) == len(weights)
 
 
 def test_fallback_always_screens_every_candidate_and_off_never_runs(bert_copy):
     base = dict(sources=("model",), op_types=("MatMul",), timing=QUICK)
     quantize(bert_copy, QuantizeOptions(budget=0.01, fallback="off", **base))  # per-channel and per-tensor
-    means = sorted(c["accuracy"]["mean"] for c in Artifact.open(bert_copy).manifest.quantization["candidates"])
+    q = Artifact.open(bert_copy).manifest.quantization.to_json()
+    means = sorted(c["accuracy"]["mean"] for c in q["candidates"])
     assert means[0] < means[1]
     art = quantize(bert_copy, QuantizeOptions(budget=sum(means) / 2, fallback="always", max_fp32=1, **base))
-    q = art.manifest.quantization
+    q = art.manifest.quantization.to_json()
     base_candidates = [c for c in q["candidates"] if not c.get("fallback_of")]
     assert [c["passed"] for c in base_candidates].count(True) == 1
     assert all(c["screen_p50_ms"] > 0 for c in base_candidates)  # timed, to see if the one below budget is faster
@@ -114,7 +115,7 @@ def test_fallback_always_screens_every_candidate_and_off_never_runs(bert_copy):
         assert len(tried["fp32_fallback"]) == 1 and (tried["p50_ms"] is not None) == tried["passed"]
     with pytest.raises(Exception, match="no int8 candidate met the budget"):
         quantize(bert_copy, QuantizeOptions(budget=1.0, per_channel=(True,), fallback="off", **base))
-    q = Artifact.open(bert_copy).manifest.quantization
+    q = Artifact.open(bert_copy).manifest.quantization.to_json()
     assert q["fallback"] is None and not any(c.get("fallback_of") for c in q["candidates"])
 
 
@@ -173,7 +174,7 @@ def test_approximate_gelu_is_a_source_asked_for_and_judged_like_any_other(bert_c
     r = CliRunner().invoke(main, ["quantize", str(bert_copy), "--approximate-gelu", "--from", "optimized-unfused-ln",
                                   "--per-channel", "yes", "--op-types", "MatMul", "--budget", "0.5", "--threads", "1"])
     assert r.exit_code == 0, r.output
-    q = Artifact.open(bert_copy).manifest.quantization
+    q = Artifact.open(bert_copy).manifest.quantization.to_json()
     by_source = {c["source"]: c for c in q["candidates"]}
     assert set(by_source) == {"optimized-unfused-ln", "optimized-unfused-ln-approx"}  # asked for: not in the default set
     approx = by_source["optimized-unfused-ln-approx"]
@@ -182,6 +183,6 @@ def test_approximate_gelu_is_a_source_asked_for_and_judged_like_any_other(bert_c
     art = quantize(bert_copy, QuantizeOptions(sources=("optimized-unfused-ln-approx",), per_channel=(True,),
                                               op_types=("MatMul",), budget=0.5, timing=QUICK))
     v = art.manifest.variants["int8"]
-    assert v.options["source"] == "optimized-unfused-ln-approx" and v.options["approximate"]
+    assert v.options.source == "optimized-unfused-ln-approx" and v.options.approximate
     ops = [n.op_type for n in onnx.load(str(bert_copy / FILE)).graph.node]
     assert "FastGelu" in ops and "BiasGelu" not in ops and "Gelu" not in ops

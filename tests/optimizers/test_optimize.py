@@ -16,12 +16,12 @@ def test_levels_and_fusion_variants_are_written_and_validated(exported):
                                "optimized-approx"}  # judged by cosine against the export (test_dispatch)
     for name, v in m.variants.items():
         assert (folder / v.file).is_file(), name
-        assert v.validation["passed"], name
-        assert v.validation["max_abs"] < m.atol or v.validation.get("approximate")
+        assert v.validation.passed, name
+        assert v.validation.max_abs < m.atol or v.validation.approximate
         onnx.checker.check_model(str(folder / v.file))
     # Disabled is the export itself run without optimizations; the others are new files.
     assert m.variants["ort-disabled"].file == "model.onnx"
-    assert m.variants["ort-disabled"].options["session_level"] == "disabled"
+    assert m.variants["ort-disabled"].options.session_level == "disabled"
     assert m.variants["ort-all"].file == "ort_all.onnx" and m.variants["ort-all"].notes
 
 
@@ -30,11 +30,11 @@ def test_fusion_counts_are_measured_from_the_graph(exported):
     m = Artifact.open(folder).manifest
     fusion = m.variants["optimized"].fusion
     layers = m.num_layers
-    assert fusion["counts"] == count_ops(folder / "model_optimized.onnx")
-    assert fusion["attention"] == layers and fusion["attention_fused"] and fusion["warning"] is None
-    assert fusion["counts"]["EmbedLayerNormalization"] == 1
-    assert fusion["counts"]["SkipLayerNormalization"] == 2 * layers
-    assert fusion["counts"]["Softmax"] == 0
+    assert fusion.counts == count_ops(folder / "model_optimized.onnx")
+    assert fusion.attention == layers and fusion.attention_fused and fusion.warning is None
+    assert fusion.counts["EmbedLayerNormalization"] == 1
+    assert fusion.counts["SkipLayerNormalization"] == 2 * layers
+    assert fusion.counts["Softmax"] == 0
     # The raw export has none of these fused operators.
     raw = count_ops(folder / "model.onnx")
     assert raw["Attention"] == raw["SkipLayerNormalization"] == raw["EmbedLayerNormalization"] == 0
@@ -44,8 +44,8 @@ def test_fusion_counts_are_measured_from_the_graph(exported):
 def test_fusion_on_other_families(exported, model_type):
     folder = exported(model_type, optimized=True)
     fusion = Artifact.open(folder).manifest.variants["optimized"].fusion
-    assert fusion["attention"] == fusion["expected_attention"] == 2
-    assert fusion["counts"]["SkipLayerNormalization"] >= 2
+    assert fusion.attention == fusion.expected_attention == 2
+    assert fusion.counts["SkipLayerNormalization"] >= 2
 
 
 def test_unfused_attention_is_a_loud_warning(model_dirs, tmp_path):
@@ -56,11 +56,11 @@ def test_unfused_attention_is_a_loud_warning(model_dirs, tmp_path):
 
     art = optimize(folder, OptimizeOptions(levels=()), progress=Progress(step=steps.append))
     fusion = art.manifest.variants["optimized"].fusion
-    assert fusion["attention"] < fusion["expected_attention"]
-    assert fusion["warning"].startswith("WARNING: attention fused in 0 of 2 layers")
-    assert fusion["warning"].endswith("--attn-implementation eager for full fusion")
+    assert fusion.attention < fusion.expected_attention
+    assert fusion.warning.startswith("WARNING: attention fused in 0 of 2 layers")
+    assert fusion.warning.endswith("--attn-implementation eager for full fusion")
     assert any(s.startswith("WARNING") for s in steps)
-    assert art.manifest.variants["optimized"].validation["passed"]  # still correct, just slower
+    assert art.manifest.variants["optimized"].validation.passed  # still correct, just slower
 
 
 def test_fusion_report_warning_text():

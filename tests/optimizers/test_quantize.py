@@ -46,7 +46,7 @@ def test_dynamic_candidates_are_measured_and_the_fastest_within_budget_is_kept(b
         (times, order, timing.winner(times, order))) or ruled[-1][2])
     art = quantize(bert_copy, QuantizeOptions(budget=0.9, timing=QUICK))
     m = art.manifest
-    q = m.quantization
+    q = m.quantization.to_json()
     passing = [c for c in q["candidates"] if c["passed"]]
     kept = next(c for c in passing if c["name"] == q["chosen"])
     names = [c["name"] for c in q["candidates"]]
@@ -85,16 +85,16 @@ def test_dynamic_candidates_are_measured_and_the_fastest_within_budget_is_kept(b
     assert q["chosen"] == chosen
     v = m.variants["int8"]
     assert v.file == FILE and (bert_copy / FILE).is_file()
-    assert v.stage == "quantization" and v.options["precision"] == "int8"
-    assert v.validation["passed"] and v.validation["mean"] >= 0.9
-    assert np.isfinite(v.validation["max_abs"])  # against eager PyTorch's stored outputs
+    assert v.stage == "quantization" and v.options.precision == "int8"
+    assert v.validation.passed and v.validation.accuracy.mean >= 0.9
+    assert np.isfinite(v.validation.max_abs)  # against eager PyTorch's stored outputs
     assert v.size_bytes < m.variants["model"].size_bytes
-    assert any(op in v.fusion["counts"] for op in ("MatMulInteger", "MatMulIntegerToFloat"))
+    assert any(op in v.fusion.counts for op in ("MatMulInteger", "MatMulIntegerToFloat"))
     # the kept file reproduces the accuracy the manifest claims
     probe = AccuracyProbe.for_artifact(art)
     probe.set_reference(ort_runner(bert_copy / "model.onnx"))
     again = probe.measure(ort_runner(bert_copy / FILE), 0.9)
-    assert again.mean == pytest.approx(v.validation["mean"], abs=1e-6)
+    assert again.mean == pytest.approx(v.validation.accuracy.mean, abs=1e-6)
     # and serves text through the one predictor interface
     with create_predictor(art, "ort-int8", RuntimeOptions(threads=1)) as p:
         emb = TextModel.from_artifact(art, p).predict(["int8 works", "so does this"]).embeddings
@@ -108,8 +108,8 @@ def test_a_budget_no_candidate_meets_keeps_nothing_and_reports_every_candidate(b
     m = Artifact.open(bert_copy).manifest
     assert "int8" not in m.variants and "closest" in m.skipped["int8"]
     assert not (bert_copy / FILE).exists()
-    assert m.quantization["chosen"] is None and len(m.quantization["candidates"]) == 2
-    assert m.quantization["fallback"] is None
+    assert m.quantization.to_json()["chosen"] is None and len(m.quantization.to_json()["candidates"]) == 2
+    assert m.quantization.to_json()["fallback"] is None
     assert not [p for p in bert_copy.iterdir() if p.name.startswith(".int8.")]  # scratch removed
 
 
@@ -120,12 +120,12 @@ def test_static_int8_calibrates_on_text_and_leaves_attention_matmuls_in_fp32(ber
     art = quantize(bert_copy, QuantizeOptions(methods=("static",), calibration=str(calib), per_channel=(True,),
                                               activation_types=("uint8",), quant_formats=("qdq",), budget=0.5,
                                               timing=QUICK))
-    q = art.manifest.quantization
+    q = art.manifest.quantization.to_json()
     assert [c["method"] for c in q["candidates"]] == ["static"] and q["chosen"] == q["candidates"][0]["name"]
     v = art.manifest.variants["int8"]
-    assert v.options["calibration"] == "calib.txt" and v.options["calibration_method"] == "minmax"
-    assert v.options["activation_type"] == "uint8" and v.options["quant_format"] == "qdq"
-    counts = v.fusion["counts"]
+    assert v.options.extra["calibration"] == "calib.txt" and v.options.extra["calibration_method"] == "minmax"
+    assert v.options.extra["activation_type"] == "uint8" and v.options.quant_format == "qdq"
+    counts = v.fusion.counts
     assert counts.get("QuantizeLinear", 0) > 0 and counts.get("DequantizeLinear", 0) > 0
     import onnx
 
@@ -146,7 +146,7 @@ def test_exclude_leaves_named_nodes_in_fp32_and_rejects_patterns_that_match_noth
         quantize(bert_copy, QuantizeOptions(exclude=("no-such-node*",), timing=QUICK))
     art = quantize(bert_copy, QuantizeOptions(exclude=("*layer.0*",), sources=("model",), per_channel=(True,),
                                               op_types=("MatMul",), budget=0.5, timing=QUICK))
-    c = art.manifest.quantization["candidates"][0]
+    c = art.manifest.quantization.to_json()["candidates"][0]
     assert c["exclude"] and all("layer.0" in n for n in c["exclude"])
     import onnx
 
@@ -198,7 +198,7 @@ def test_classifier_accuracy_is_label_agreement(exported, tmp_path):
                                          budget=0.5, timing=QUICK))
     except ValidationError:
         pass
-    (c,) = Artifact.open(folder).manifest.quantization["candidates"]
+    (c,) = Artifact.open(folder).manifest.quantization.to_json()["candidates"]
     acc = c["accuracy"]
     assert acc["metric"] == "label_agreement" and 0.0 <= acc["mean"] <= 1.0
     assert c["passed"] == (acc["mean"] >= 0.5)
@@ -213,8 +213,8 @@ def test_minilm_int8_keeps_sentence_embeddings_within_budget(minilm_export, mini
     shutil.copytree(minilm_export, folder)
     art = quantize(folder, QuantizeOptions(budget=0.99, per_channel=(True,), timing=QUICK))
     v = art.manifest.variants["int8"]
-    assert v.validation["metric"] == "sentence_cosine" and v.validation["samples"] >= 50
-    assert v.validation["mean"] >= 0.99
+    assert v.validation.accuracy.metric == "sentence_cosine" and v.validation.accuracy.samples >= 50
+    assert v.validation.accuracy.mean >= 0.99
     from sentence_transformers import SentenceTransformer
 
     texts = read_texts(DEFAULT_TEXTS, what="sentences")

@@ -119,8 +119,8 @@ def test_a_weight_only_variant_of_a_tied_decoder_holds_the_table_once(tied_expor
     art = weight_only(folder, WeightOnlyOptions(bits=bits, block_size=block_size, steps=8))
     v = art.manifest.variants[variant_name(bits)]
     path = folder / file_name(bits)
-    assert v.validation["passed"] and v.options["shared_table"]
-    assert v.validation["layout"]["shared"][0]["embedding"] == "model.lm_head.weight"
+    assert v.validation.passed and v.options.extra["shared_table"]
+    assert v.validation.decode.layout["shared"][0]["embedding"] == "model.lm_head.weight"
     tables = _tables(path)
     assert len(tables) == 1 and onnx.numpy_helper.to_array(
         next(t for t in onnx.load(str(path)).graph.initializer if t.name == tables[0])).dtype == np.uint8
@@ -162,13 +162,13 @@ def test_the_warning_is_printed_and_recorded(tied_export, tmp_path, monkeypatch,
     said = []
     art = wo.weight_only(folder, wo.WeightOnlyOptions(bits=4, steps=8), progress=_progress.Progress(step=said.append))
     v = art.manifest.variants["wo-int4"]
-    assert v.validation["top1_agreement"] == 1.0 and v.validation["passed"]
+    assert v.validation.decode.top1_agreement == 1.0 and v.validation.passed
     warnings = [line for line in said if line.startswith("WARNING: far from fp32")]
     if threshold is None:
-        assert v.validation["warning"] is None and not warnings and v.notes == ()
+        assert v.validation.warning is None and not warnings and v.notes == ()
     else:
-        assert warnings == [f"WARNING: {v.validation['warning']}"] and v.notes == (v.validation["warning"],)
-        assert "fp32's at 100.0% of 8 steps (under 101%)" in v.validation["warning"]
+        assert warnings == [f"WARNING: {v.validation.warning}"] and v.notes == (v.validation.warning,)
+        assert "fp32's at 100.0% of 8 steps (under 101%)" in v.validation.warning
         assert Artifact.open(folder).manifest.variants["wo-int4"].notes == v.notes  # as saved in torchship.json
 
 

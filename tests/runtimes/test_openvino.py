@@ -33,9 +33,9 @@ def test_ir_variants_are_written_and_validated(ov_folder):
     for name, sub in (("openvino", "openvino"), ("openvino-fp16", "openvino_fp16")):
         v = m.variants[name]
         assert v.file == f"{sub}/model.xml" and (ov_folder / sub / "model.bin").is_file()
-        assert v.stage == "openvino" and v.validation["passed"]
-    assert m.variants["openvino"].validation["max_abs"] < m.atol
-    assert m.variants["openvino-fp16"].validation["mean"] >= 0.999
+        assert v.stage == "openvino" and v.validation.passed
+    assert m.variants["openvino"].validation.max_abs < m.atol
+    assert m.variants["openvino-fp16"].validation.accuracy.mean >= 0.999
     assert m.variants["openvino-fp16"].size_bytes < m.variants["openvino"].size_bytes  # tiny: the XML dominates
     assert not [p for p in ov_folder.iterdir() if p.name.endswith(".partial")]
 

@@ -216,7 +216,7 @@ def _validate(artifact, config: AutoConfig, rows: dict[str, Row], threads: int, 
         if variant is not None:
             # int8's build time is quantize's whole measured search, not only the kept candidate's build
             row.file, row.size_bytes = variant.file, variant.size_bytes
-            row.build_s = variant.options.get("search_s", variant.seconds)
+            row.build_s = variant.options.search_s if variant.options.search_s is not None else variant.seconds
         if not acc.passed:
             row.status, row.reason = Status.BELOW_BUDGET, acc.describe()
             continue

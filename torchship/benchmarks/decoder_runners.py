@@ -14,11 +14,6 @@ from torchship.benchmarks.genai import PREFIX, GenaiGraph
 from torchship.runtimes import RuntimeOptions, check_backend, create_predictor, source_model_loader
 from torchship.runtimes.torch_runtime import TorchCachedDecoder
 
-# The judged numbers of a weight-only variant (its manifest validation) that the report shows.
-JUDGED_KEYS = ("logit_cosine_mean", "logit_cosine_min", "top1_agreement", "greedy_same_prefix", "steps",
-               "max_weight_error", "mean_weight_error", "weight_error_ceiling", "quantized_matmuls", "budget",
-               "passed")
-
 
 def default_backends(artifact: Artifact) -> tuple[str, ...]:
     """Eager PyTorch with its cache and every variant the folder holds, as bench times an encoder's folder."""
@@ -70,6 +65,11 @@ def judged(artifact: Artifact, name: str) -> dict | None:
     """A weight-only variant's accuracy as judged when it was made (logit cosine over a fixed decode, worst
     weight error), for the report; None for other rows."""
     variant = artifact.variant_for(name) if not name.startswith(PREFIX) else None
-    if variant is None or variant.stage != "weight-only" or not variant.validation:
+    if variant is None or variant.stage != "weight-only" or not variant.validation or not variant.validation.decode:
         return None
-    return {k: variant.validation[k] for k in JUDGED_KEYS if k in variant.validation}
+    v, d = variant.validation, variant.validation.decode
+    return {"logit_cosine_mean": d.logit_cosine_mean, "logit_cosine_min": d.logit_cosine_min,
+            "top1_agreement": d.top1_agreement, "greedy_same_prefix": d.greedy_same_prefix, "steps": d.steps,
+            "max_weight_error": d.max_weight_error, "mean_weight_error": d.mean_weight_error,
+            "weight_error_ceiling": d.weight_error_ceiling, "quantized_matmuls": d.quantized_matmuls,
+            "budget": v.accuracy.budget if v.accuracy else None, "passed": v.passed}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torchship._ort import spin_label
 from torchship.benchmarks.results import UNSTABLE_SPREAD
+from torchship.dispatch_table import DEFAULT, DispatchTable, split_key
 from torchship.backends import backend_of_variant
 from torchship.optimizers import approximate
 
@@ -15,98 +16,87 @@ def _span(lo: int, hi: int | None) -> str:
     return str(hi) if lo == hi else f"{lo}-{hi}"
 
 
-def _name(table: dict, key: str) -> str:
+def _name(table: DispatchTable, key: str) -> str:
     """The backend name, marked when the variant is approximate, with the session tuning of a final's runner
     (``variant@tuning``) when it is not ORT's default."""
-    variant, _, tuning = key.partition("@")
+    variant, tuning = split_key(key)
     name = backend_of_variant(variant).name
-    if table["candidates"].get(variant, {}).get("approximate"):
+    candidate = table.candidates.get(variant)
+    if candidate is not None and candidate.approximate:
         name += " (approximate)"
-    return f"{name}, {tuning}" if tuning and tuning != "default" else name
+    return f"{name}, {tuning}" if tuning != DEFAULT else name
 
 
-def _winner_key(s: dict) -> str:
-    tuning = s.get("session", "default")
-    return s["winner"] if tuning == "default" else f"{s['winner']}@{tuning}"
-
-
-def _timing(shape: dict, key: str) -> dict:
-    """A runner's timing at a shape: the final's where it ran in the final, else the first round's."""
-    return (shape.get("final") or {}).get(key) or shape["times"][key.partition("@")[0]]
-
-
-def dispatch_markdown(table: dict) -> str:
+def dispatch_markdown(table: DispatchTable) -> str:
     """A Markdown table, one row per shape range, with the measured shape it was judged at."""
-    machine, plan = table["machine"], table["plan"]
-    shapes = {(s["batch"], s["sequence"]): s for s in table["shapes"]}
+    machine, plan = table.machine, table.plan
     lines = [
-        f"Measured dispatch ({machine['threads']} threads on {machine['cpu']}, "
-        f"ORT spinning {spin_label(machine.get('spin', False))}; median of up to "
-        f"{plan['max_rounds']} interleaved rounds per shape"
-        + (f", then a final of the best {plan['finalists']} with and without each session tuning "
-           f"({', '.join(t for t in plan['tunings'] if t != 'default')}), {plan['final_rounds']} rounds at least"
-           if "finalists" in plan else "")
+        f"Measured dispatch ({machine.threads} threads on {machine.cpu}, "
+        f"ORT spinning {spin_label(machine.spin)}; median of up to "
+        f"{plan.max_rounds} interleaved rounds per shape"
+        + (f", then a final of the best {plan.finalists} with and without each session tuning "
+           f"({', '.join(t for t in plan.tunings if t != DEFAULT)}), {plan.final_rounds} rounds at least"
+           if plan.finalists is not None else "")
         + f"; a variant earlier in the preference order is kept "
-        f"unless the fastest is more than {plan['margin']:.0%} faster and faster in clearly more than half of the "
+        f"unless the fastest is more than {plan.margin:.0%} faster and faster in clearly more than half of the "
         "paired rounds (a sign test), so a ratio under 1.0 means the runner-up's lead was within the noise):",
         "",
         "| batch | sequence | runs | measured at | median ms | p90/p10 | runner-up | runner-up ms | ratio |",
         "|---|---|---|---|---:|---:|---|---:|---:|",
     ]
-    for r in table["ranges"]:
-        key = tuple(r["measured_at"])
-        s = shapes[key]
-        best = _timing(s, _winner_key(s))
-        up = _timing(s, s["runner_up"])["median_ms"] if s["runner_up"] else None
-        spread = "-" if best["spread"] is None else f"{best['spread']:.2f}" + (
-            " unstable" if best["spread"] > UNSTABLE_SPREAD else "")
+    for r in table.ranges:
+        key = r.measured_at
+        s = table.shape(*key)
+        best = s.timing(s.winner_key)
+        up = s.timing(s.runner_up).median_ms if s.runner_up else None
+        spread = "-" if best.spread is None else f"{best.spread:.2f}" + (
+            " unstable" if best.spread > UNSTABLE_SPREAD else "")
         lines.append(
-            f"| {_span(*r['batch'])} | {_span(*r['sequence'])} | {_name(table, _winner_key(s))} | "
-            f"b{key[0]} s{key[1]} | {best['median_ms']:.2f} | {spread} | "
-            f"{'-' if up is None else _name(table, s['runner_up'])} | "
-            f"{'-' if up is None else f'{up:.2f}'} | {'-' if s['ratio'] is None else '%.3fx' % s['ratio']} |")
-    if table.get("excluded"):
+            f"| {_span(*r.batch)} | {_span(*r.sequence)} | {_name(table, s.winner_key)} | "
+            f"b{key[0]} s{key[1]} | {best.median_ms:.2f} | {spread} | "
+            f"{'-' if up is None else _name(table, s.runner_up)} | "
+            f"{'-' if up is None else f'{up:.2f}'} | {'-' if s.ratio is None else '%.3fx' % s.ratio} |")
+    if table.excluded:
         lines.append("")
-        lines += [f"not timed: {name} ({why})" for name, why in table["excluded"].items()]
+        lines += [f"not timed: {name} ({why})" for name, why in table.excluded.items()]
     lines += _approximate_lines(table)
     return "\n".join(lines)
 
 
-def _approximate_lines(table: dict) -> list[str]:
+def _approximate_lines(table: DispatchTable) -> list[str]:
     """What an approximate candidate is, how it was judged, and whether the table chose it anywhere."""
     out = []
-    for variant, c in table["candidates"].items():
-        if not c.get("approximate"):
+    for variant, c in table.candidates.items():
+        if not c.approximate:
             continue
-        v = c["validation"]
-        shapes = [f"b{s['batch']} s{s['sequence']}" for s in table["shapes"] if s["winner"] == variant]
-        out += ["", f"{backend_of_variant(variant).name} is approximate: {c['approximate']}; judged by the "
-                    f"smallest output cosine against the fp32 export, {v.get('min_cosine', float('nan')):.6f} "
-                    f"(>= {approximate.MIN_COSINE}), max abs {v.get('max_abs') or float('nan'):.1e}. "
+        shapes = [f"b{s.batch} s{s.sequence}" for s in table.shapes if s.winner == variant]
+        cosine = c.min_cosine if c.min_cosine is not None else float("nan")
+        out += ["", f"{backend_of_variant(variant).name} is approximate: {c.approximate}; judged by the "
+                    f"smallest output cosine against the fp32 export, {cosine:.6f} "
+                    f"(>= {approximate.MIN_COSINE}), max abs {c.max_abs or float('nan'):.1e}. "
                 + (f"**The table chose it at {', '.join(shapes)}**" if shapes else "The table chose it nowhere")
                 + "; `torchship optimize --exact` leaves it out."]
     return out
 
 
-def all_times_markdown(table: dict) -> str:
+def all_times_markdown(table: DispatchTable) -> str:
     """Every candidate's median (ms) at every measured shape in the screen, the first stage of timing, with ORT's
     default session; the chosen one is bold, with its median in the final (the number the dispatch table shows,
     with the session tuning it won with) beside it, since a screen median may be larger than another's."""
-    names = list(table["candidates"])
+    names = list(table.candidates)
     lines = ["Screen medians (ms, ORT's default session, every candidate interleaved); **bold**: the variant "
              "chosen at that shape, then → its median in the final (its winning session tuning in brackets), "
              "which decided; a smaller screen number beside a bold one lost in the final or by the margin:", "",
              "| shape | " + " | ".join(_name(table, n) for n in names) + " |",
              "|---|" + "---:|" * len(names)]
-    for s in table["shapes"]:
+    for s in table.shapes:
         cells = []
         for n in names:
-            screen = f"{s['times'][n]['median_ms']:.2f}"
-            if n != s["winner"]:
+            screen = f"{s.times[n].median_ms:.2f}"
+            if n != s.winner:
                 cells.append(screen)
                 continue
-            final = _timing(s, _winner_key(s))["median_ms"]
-            tuning = s.get("session", "default")
-            cells.append(f"**{screen}** → {final:.2f}" + (f" [{tuning}]" if tuning != "default" else ""))
-        lines.append(f"| b{s['batch']} s{s['sequence']} | " + " | ".join(cells) + " |")
+            final = s.timing(s.winner_key).median_ms
+            cells.append(f"**{screen}** → {final:.2f}" + (f" [{s.session}]" if s.session != DEFAULT else ""))
+        lines.append(f"| b{s.batch} s{s.sequence} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

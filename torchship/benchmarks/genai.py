@@ -108,10 +108,11 @@ def precisions_for(artifact: Artifact, backends) -> dict[str, dict]:
             out.setdefault("fp32", {})
         elif record.builder == WEIGHT_ONLY and (variant := artifact.variant_for(name)) is not None:
             opts = variant.options
-            extra = {"block_size": opts.get("block_size", 32), "accuracy_level": opts.get("accuracy_level", 4)}
-            if opts.get("embedding"):
+            extra = {"block_size": opts.block_size or 32,
+                     "accuracy_level": 4 if opts.accuracy_level is None else opts.accuracy_level}
+            if opts.embedding:
                 extra["op_types_to_quantize"] = "MatMul/Gather"
-            if opts.get("head") is False:
+            if opts.head is False:
                 extra["nodes_to_exclude"] = "/lm_head/MatMul"
             out[record.precision] = extra
     return {p: out[p] for p in PRECISIONS if p in out}

@@ -145,7 +145,7 @@ def folder_backends(artifact: Artifact) -> tuple[str, ...]:
             names.append(backend_of_variant(variant).name)
         except InputError:  # a variant no CPU backend runs on its own
             continue
-    if (artifact.manifest.dispatch or {}).get("ranges"):
+    if artifact.manifest.dispatch and artifact.manifest.dispatch.ranges:
         names.append("ort-measured")
     return tuple(n for n in dict.fromkeys(names) if not spec.backend_problem(backend(n)))
 
@@ -162,6 +162,8 @@ def variant_budgets(artifact: Artifact, backends) -> dict[str, dict]:
     for name in backends:
         variant = artifact.variant_for(name)
         validation = variant.validation if variant is not None else None
-        if validation and "budget" in validation:
-            out[name] = {k: validation[k] for k in ("metric", "mean", "min", "budget", "passed") if k in validation}
+        accuracy = validation.accuracy if validation else None
+        if accuracy is not None:
+            out[name] = {"metric": accuracy.metric, "mean": accuracy.mean, "min": accuracy.min,
+                         "budget": accuracy.budget, "passed": validation.passed}
     return out

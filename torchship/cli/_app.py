@@ -100,30 +100,31 @@ def split(text: str | None) -> tuple[str, ...] | None:
 
 def print_artifact(artifact) -> None:
     """What the folder holds, one line per variant under the backend name that runs it."""
+    from torchship.manifest_sections import Validation
     from torchship.backends import backend_of_variant
 
     m = artifact.manifest
     click.echo(f"{artifact.folder}: {m.family} ({m.model_type}) {m.task}, exporter {m.export['exporter']} "
                f"opset {m.export['opset']}")
     for name, v in m.variants.items():
-        val = v.validation or {}
+        val = v.validation or Validation(passed=False)
         line = f"  {backend_of_variant(name).name:20s} {v.file:28s} {v.size_bytes / 1e6:8.1f} MB  "
-        if val.get("approximate"):
-            line += f"approximate: cosine {val['min_cosine']:.6f} vs export, "
-        if "logit_cosine_mean" in val:  # a weight-only variant, judged on a decode against the fp32 export
-            line += f"logit cosine {val['logit_cosine_mean']:.4f}"
+        if val.approximate:
+            line += f"approximate: cosine {val.min_cosine:.6f} vs export, "
+        if val.decode:  # a weight-only variant, judged on a decode against the fp32 export
+            line += f"logit cosine {val.decode.logit_cosine_mean:.4f}"
         else:
-            line += f"max abs {val.get('max_abs', float('nan')):.2e}"
-        if v.fusion and "attention" in v.fusion:
-            c = v.fusion["counts"]
+            line += f"max abs {val.max_abs if val.max_abs is not None else float('nan'):.2e}"
+        if v.fusion and v.fusion.reported:
+            c = v.fusion.counts
             kinds = "+".join(op for op in ("Attention", "MultiHeadAttention", "GroupQueryAttention") if c.get(op))
-            line += (f"  fused: Attention {v.fusion['attention']}/{v.fusion['expected_attention']}"
+            line += (f"  fused: Attention {v.fusion.attention}/{v.fusion.expected_attention}"
                      f"{f' ({kinds})' if kinds else ''}, EmbedLayerNorm {c['EmbedLayerNormalization']}, SkipLayerNorm "
                      f"{c['SkipLayerNormalization'] + c.get('SkipSimplifiedLayerNormalization', 0)}, "
                      f"Gelu {c['Gelu'] + c['FastGelu'] + c['BiasGelu'] + c['BiasFastGelu']}")
         click.echo(line)
-        if v.fusion and v.fusion.get("warning"):
-            click.echo(f"  {v.fusion['warning']}", err=True)
+        if v.fusion and v.fusion.warning:
+            click.echo(f"  {v.fusion.warning}", err=True)
     for name, reason in m.skipped.items():
         click.echo(f"  {backend_of_variant(name).name:20s} skipped: {reason}", err=True)
 

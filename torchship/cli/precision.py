@@ -182,9 +182,9 @@ def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_lev
     finally:
         _print_candidates(folder)
     v = artifact.manifest.variants["int8"]
-    click.echo(f"kept {v.options['name']} as {artifact.folder / v.file} ({v.size_bytes / 1e6:.1f} MB, "
-               f"{v.validation['metric']} {v.validation['mean']:.4f}, {v.options['speedup_vs_fp32']:.2f}x the fp32 "
-               f"export at {v.options['shape']})")
+    click.echo(f"kept {v.options.name} as {artifact.folder / v.file} ({v.size_bytes / 1e6:.1f} MB, "
+               f"{v.validation.accuracy.metric} {v.validation.accuracy.mean:.4f}, {v.options.speedup_vs_fp32:.2f}x "
+               f"the fp32 export at {v.options.shape})")
 
 
 def _weight_only(folder, bits, block_size, symmetric, accuracy_level, embedding, head, max_weight_error, budget,
@@ -199,8 +199,8 @@ def _weight_only(folder, bits, block_size, symmetric, accuracy_level, embedding,
                              max_weight_error=max_weight_error, threads=threads)
     artifact = weight_only(folder, opts, progress=PROGRESS)
     v = artifact.manifest.variants[variant_name(opts.bits)]
-    click.echo(f"kept {artifact.folder / v.file} ({v.size_bytes / 1e6:.1f} MB, {v.validation['quantized_matmuls']} "
-               f"MatMuls at {opts.bits} bits): {v.validation['summary']}")
+    click.echo(f"kept {artifact.folder / v.file} ({v.size_bytes / 1e6:.1f} MB, "
+               f"{v.validation.decode.quantized_matmuls} MatMuls at {opts.bits} bits): {v.validation.summary}")
 
 
 def _print_candidates(folder) -> None:
@@ -214,16 +214,16 @@ def _print_candidates(folder) -> None:
         return
     click.echo("| candidate | accuracy mean | min | p50 ms | vs fp32 | kept |")
     click.echo("|---|---:|---:|---:|---:|---|")
-    for c in q["candidates"]:
-        acc = c["accuracy"] or {}
-        mean = f"{acc['mean']:.4f}" if acc else "-"
-        low = f"{acc['min']:.4f}" if acc else "-"
-        p50 = f"{c['p50_ms']:.2f}" if c.get("p50_ms") else "-"
-        ratio = f"{c['speedup_vs_fp32']:.2f}x" if c.get("speedup_vs_fp32") else "-"
-        kept = c.get("verdict") or ("yes" if c["name"] == q["chosen"] else c["error"] if c["error"]
-                                    else "no: slower" if c["passed"] else "no: below budget")
-        click.echo(f"| {c['name']} | {mean} | {low} | {p50} | {ratio} | {kept} |")
-    for t in (q.get("fallback") or {}).get("targets", []):
-        top = ", ".join(f"{r['node']} ({r['error']:.3f})" for r in t["ranking"][:3])
-        click.echo(f"fp32 fallback of {t['candidate']}: most sensitive {top}; "
-                   + (f"rescued by {t['rescued_by']}" if t["rescued_by"] else f"not rescued ({len(t['tried'])} tries)"))
+    for c in q.candidates:
+        acc = c.accuracy
+        mean = f"{acc.mean:.4f}" if acc else "-"
+        low = f"{acc.min:.4f}" if acc else "-"
+        p50 = f"{c.p50_ms:.2f}" if c.p50_ms else "-"
+        ratio = f"{c.speedup_vs_fp32:.2f}x" if c.speedup_vs_fp32 else "-"
+        kept = c.verdict or ("yes" if c.name == q.chosen else c.error if c.error
+                             else "no: slower" if c.passed else "no: below budget")
+        click.echo(f"| {c.name} | {mean} | {low} | {p50} | {ratio} | {kept} |")
+    for t in q.targets:
+        top = ", ".join(f"{r.node} ({r.error:.3f})" for r in t.ranking[:3])
+        click.echo(f"fp32 fallback of {t.candidate}: most sensitive {top}; "
+                   + (f"rescued by {t.rescued_by}" if t.rescued_by else f"not rescued ({len(t.tried)} tries)"))

@@ -20,6 +20,7 @@ from torchship import _progress, external_data, loading, shapes
 from torchship._fs import check_output_dir, scratch_dir, staged_dir
 from torchship._torch import run_named
 from torchship.artifact import Artifact, ReferenceCase, Variant, model_bytes, new_manifest, save_reference
+from torchship.manifest_sections import BuildOptions, Validation
 from torchship.errors import ExportError, InputError, TorchshipError, first_line
 from torchship.exporters.sources import model_type_of
 from torchship.exporters.spec import EMPTY_OK_AXES, ModelIO, ModelSpec, spec_for
@@ -346,9 +347,10 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
             loaded.tokenizer.save_pretrained(tmp)
         spec.save_extras(loaded.source_folder, tmp)
         variant = Variant(name="model", file="model.onnx", stage="export",
-                          options={"exporter": opts.exporter, "opset": opts.opset, "external_data": external},
+                          options=BuildOptions.from_json({"exporter": opts.exporter, "opset": opts.opset,
+                                                          "external_data": external}),
                           size_bytes=model_bytes(onnx_path), seconds=round(seconds, 3),
-                          validation=report.to_json())
+                          validation=Validation.from_json(report.to_json()))
         manifest = new_manifest(
             source=loaded.source, family=spec.family, model_type=model_type, task=task,
             ort_model_type=spec.ort_model_type, fusion=fusion, io=plan.io,

@@ -164,6 +164,7 @@ def import_onnx(path: str | Path, output: str | Path, shape_config, *, progress=
     from torchship._fs import check_output_dir, staged_dir
     from torchship._ort import make_session
     from torchship.artifact import Artifact, ReferenceCase, Variant, model_bytes, new_manifest, save_reference
+    from torchship.manifest_sections import BuildOptions, Validation
     from torchship.external_data import copy_model
     from torchship.onnx_io import load_onnx
     from torchship.shapes import resolve
@@ -199,8 +200,8 @@ def import_onnx(path: str | Path, output: str | Path, shape_config, *, progress=
         report = run_reference_cases(tmp / "model.onnx", cases, atol=spec.atol, spec=spec)
         check(report, what="the imported copy")
         opset = max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=0)
-        variant = Variant(name="model", file="model.onnx", stage="import", options={"source": str(path)},
-                          size_bytes=model_bytes(tmp / "model.onnx"), validation=report.to_json())
+        variant = Variant(name="model", file="model.onnx", stage="import", options=BuildOptions(source=str(path)),
+                          size_bytes=model_bytes(tmp / "model.onnx"), validation=Validation.from_json(report.to_json()))
         manifest = new_manifest(
             source={"model": str(path), "resolved": "onnx file", "onnx_file": str(path.resolve())},
             family="onnx", model_type=MODEL_TYPE, task="onnx", ort_model_type="",

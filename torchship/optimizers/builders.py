@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from torchship import _progress
@@ -21,6 +22,7 @@ from torchship.backends import Backend, Build, backend_of_variant
 from torchship.errors import ArtifactError, ValidationError
 from torchship.exporters.spec import family_of
 from torchship.external_data import staged_model, uses_external_data
+from torchship.manifest_sections import BuildOptions, FusionRecord, Validation
 from torchship.optimizers.fusion import NO_SKIP_LN, FusionReport, count_ops, fuse, reported, save_graph_level
 from torchship.validation import check, run_reference_cases
 
@@ -52,7 +54,7 @@ def context(build: Build) -> _Context:
                                                   build.progress))
 
 
-def summary(report) -> dict:
+def summary(report) -> Validation:
     """A validation as the manifest keeps it: the verdict, the largest error, the smallest cosine, and of the
     per-output rows (one per output and case: thousands of KV-cache ones for a decoder) those with a problem and
     the one furthest off; the manifest stays small."""
@@ -62,7 +64,7 @@ def summary(report) -> dict:
         worst = max(rows, key=lambda r: r.get("max_abs") or 0.0)
         data["outputs"] = [r for r in rows if r.get("problem") or r is worst]
         data["rows_checked"] = len(rows)
-    return data
+    return Validation.from_json(data)
 
 
 def graph_level(build: Build, record: Backend) -> Variant:
@@ -80,9 +82,9 @@ def graph_level(build: Build, record: Backend) -> Variant:
             validation = ctx.validated(tmp, name)
         if level == "all":
             notes = ("optimized for this machine's CPU (layout transforms); re-run optimize on the target",)
-    return Variant(name=name, file=path.name, stage="ort-graph", options={"level": level, "session_level": level},
+    return Variant(name=name, file=path.name, stage="ort-graph", options=BuildOptions(level=level, session_level=level),
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=summary(validation), fusion={"counts": count_ops(path)}, notes=notes)
+                   validation=summary(validation), fusion=FusionRecord(count_ops(path)), notes=notes)
 
 
 def fusion(build: Build, record: Backend) -> Variant:
@@ -100,9 +102,9 @@ def fusion(build: Build, record: Backend) -> Variant:
         if report.warning:
             ctx.progress.step(report.warning)
         validation = ctx.validated(tmp, name)
-    return Variant(name=name, file=path.name, stage="transformer-fusion", options=options,
+    return Variant(name=name, file=path.name, stage="transformer-fusion", options=BuildOptions(**options),
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=summary(validation), fusion=report.to_json())
+                   validation=summary(validation), fusion=FusionRecord.from_json(report.to_json()))
 
 
 def approximate(build: Build, record: Backend) -> Variant:
@@ -117,15 +119,16 @@ def approximate(build: Build, record: Backend) -> Variant:
     start = time.perf_counter()
     with staged_model(path) as tmp:
         changed = approx.approximate_gelu(ctx.folder / fused.file, tmp, external=ctx.external)
-        validation = approx.judge(tmp, ctx.src, ctx.cases)
-        if not validation["passed"]:
+        validation = Validation.from_json(approx.judge(tmp, ctx.src, ctx.cases))
+        if not validation.passed:
             raise ValidationError(f"{record.approximate_gelu} moved the outputs too far: smallest cosine "
-                                  f"{validation['min_cosine']:.6f} against the export, below {approx.MIN_COSINE}")
-        report = FusionReport(count_ops(tmp), expected_attention=fused.fusion.get("expected_attention", 0))
+                                  f"{validation.min_cosine:.6f} against the export, below {approx.MIN_COSINE}")
+        report = FusionReport(count_ops(tmp), expected_attention=(fused.fusion and fused.fusion.expected_attention) or 0)
     return Variant(name=record.variants[0], file=path.name, stage="transformer-fusion",
-                   options={**fused.options, "approximate": record.approximate_gelu, "approximated_nodes": changed},
+                   options=replace(fused.options, approximate=record.approximate_gelu,
+                                   extra={**fused.options.extra, "approximated_nodes": changed}),
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=validation, fusion=report.to_json(),
+                   validation=validation, fusion=FusionRecord.from_json(report.to_json()),
                    notes=(f"approximate: {record.approximate_gelu}; judged by output cosine against the fp32 export",))
 
 
@@ -166,9 +169,9 @@ def _kernel(build: Build, record: Backend, rewrite, *, per_layer_counts: bool) -
         ak.write(model, tmp, external=ctx.external)
         validation = ctx.validated(tmp, name)
     return Variant(name=name, file=path.name, stage="transformer-fusion",
-                   options={"model_type": m.ort_model_type, "attention": record.attention,
-                            "layer_norm": "residual Add + LayerNormalization, unfused",
-                            "disabled_optimizers": list(NO_SKIP_LN)},
+                   options=BuildOptions(model_type=m.ort_model_type, attention=record.attention,
+                                        disabled_optimizers=tuple(NO_SKIP_LN),
+                                        extra={"layer_norm": "residual Add + LayerNormalization, unfused"}),
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
-                   validation=summary(validation), fusion={**FusionReport(
-                       counts or count_ops(path), expected_attention=m.num_layers).to_json(), "rewritten": layers})
+                   validation=summary(validation), fusion=FusionRecord.from_json({**FusionReport(
+                       counts or count_ops(path), expected_attention=m.num_layers).to_json(), "rewritten": layers}))

@@ -20,6 +20,8 @@ from torchship._shards import BatchShards, batch_axes, splits
 from torchship.benchmarks.timing import (MARGIN, clearly_beats, cpu_name, leads, round_stats, runner_up, settle,
                                          time_rounds, winner)
 from torchship.artifact import Artifact
+from torchship.dispatch_table import (Candidate, DispatchTable, Machine, Plan, RoundTimes, Settled, ShapeRange,
+                                      ShapeTimes, runner_key, split_key)
 from torchship.errors import InputError
 from torchship.backends import records
 
@@ -123,16 +125,6 @@ def _ranges(values: list[int]) -> list[tuple[int, int | None]]:
     return out
 
 
-def runner_key(variant: str, tuning: str) -> str:
-    """How the final names a variant run with a session tuning: the variant alone for ORT's defaults."""
-    return variant if tuning == "default" else f"{variant}@{tuning}"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    variant, _, tuning = key.partition("@")
-    return variant, tuning or "default"
-
-
 def _preferred_tunings(plan: DispatchPlan) -> tuple[str, ...]:
     """The plan's session tunings in the order a tie goes: batch shards first where they apply (faster than
     intra-op threads for every variant measured: docs/measurements.md#batch-shards; an unsharded run must clearly
@@ -175,7 +167,8 @@ def _final(runner_of, screen: dict, order: tuple[str, ...], plan: DispatchPlan) 
 
 
 def measure_dispatch(artifact: Artifact, plan: DispatchPlan | None = None, *,
-                     progress: _progress.Progress = _progress.SILENT, leave_out: dict[str, str] | None = None) -> dict | None:
+                     progress: _progress.Progress = _progress.SILENT,
+                     leave_out: dict[str, str] | None = None) -> DispatchTable | None:
     """Time the folder's validated fp32 candidates at the shape grid; the dispatch table, or None when there
     is nothing to choose (fewer than two candidates, or a family without batch x sequence inputs). ``plan``: None
     for a ``DispatchPlan()`` made now (TORCHSHIP_DISPATCH_SECONDS read at the call). ``leave_out``: {variant: why}
@@ -196,7 +189,7 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan | None = None, *,
         if name in (leave_out or {}):
             excluded[name] = leave_out[name]
             continue
-        if not (variant.validation or {}).get("passed"):
+        if not variant.validation or not variant.validation.passed:
             excluded[name] = "did not pass validation"
             continue
         candidates[name] = variant
@@ -224,8 +217,8 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan | None = None, *,
         if (name, tuning) not in opened:
             variant = candidates[name]
             session = make_session(artifact.path_of(name), threads=threads, spin="run", tuning=tuning,
-                                   level=variant.options.get("session_level", "all"),
-                                   disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())))
+                                   level=variant.options.session_level or "all",
+                                   disabled_optimizers=variant.options.disabled_optimizers)
             opened[(name, tuning)] = (session, [i.name for i in session.get_inputs()])
         return opened[(name, tuning)]
 
@@ -273,32 +266,35 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan | None = None, *,
                 shard_pools.pop().close()
             for key in [k for k in opened if k[1] != "default"]:
                 del opened[key]
-        shapes.append({"batch": batch, "sequence": sequence, "times": times, "final": final["times"],
-                       "winner": final["winner"], "session": final["session"],
-                       "runner_up": final["runner_up"], "ratio": final["ratio"], "settled": final["settled"]})
+        settled = final["settled"]
+        shapes.append(ShapeTimes(
+            batch=batch, sequence=sequence, times={k: RoundTimes.from_json(t) for k, t in times.items()},
+            final={k: RoundTimes.from_json(t) for k, t in final["times"].items()}, winner=final["winner"],
+            session=final["session"], runner_up=final["runner_up"], ratio=final["ratio"],
+            settled=Settled(tuple(settled["between"]), settled["rounds"], settled["winner"]) if settled else None))
     del sessions, opened
     batches = _ranges(sorted({b for b, _ in grid}))
     sequences = _ranges(sorted({s for _, s in grid}))
-    by_shape = {(s["batch"], s["sequence"]): s for s in shapes}
-    ranges = [{"batch": list(br), "sequence": list(sr), "variant": by_shape[(b, s)]["winner"],
-               "session": by_shape[(b, s)]["session"], "measured_at": [b, s]}
+    by_shape = {(s.batch, s.sequence): s for s in shapes}
+    ranges = [ShapeRange(batch=br, sequence=sr, variant=by_shape[(b, s)].winner, session=by_shape[(b, s)].session,
+                         measured_at=(b, s))
               for (b, br), (s, sr) in product(zip(sorted({b for b, _ in grid}), batches),
                                               zip(sorted({s for _, s in grid}), sequences))]
-    return {
-        "version": TABLE_VERSION,
-        "machine": {"cpu": cpu_name(), "threads": threads, "spin": "run"},
-        "plan": {"min_rounds": plan.min_rounds, "max_rounds": plan.max_rounds, "seconds_per_shape": plan.seconds,
-                 "sample_s": plan.sample_s, "margin": plan.margin, "finalists": plan.finalists,
-                 "final_rounds": plan.final_rounds, "final_max_rounds": plan.final_max_rounds,
-                 "tunings": {t: SESSION_TUNINGS[t] if t != BATCH_SHARDS else {"shards": threads, "intra_op_threads": 1}
-                             for t in plan.tunings}},
-        "grid": "shape config" if m.resolved_shapes() is not None else "default",
-        "candidates": {name: _candidate_record(v) for name, v in candidates.items()},
-        "excluded": excluded,
-        "same_as": same_as,  # {variant: the name its identical file was timed under}: what readers use
-        "shapes": shapes,
-        "ranges": ranges,
-    }
+    return DispatchTable(
+        version=TABLE_VERSION,
+        machine=Machine(cpu=cpu_name(), threads=threads, spin="run"),
+        plan=Plan(min_rounds=plan.min_rounds, max_rounds=plan.max_rounds, seconds_per_shape=plan.seconds,
+                  sample_s=plan.sample_s, margin=plan.margin, finalists=plan.finalists,
+                  final_rounds=plan.final_rounds, final_max_rounds=plan.final_max_rounds,
+                  tunings={t: SESSION_TUNINGS[t] if t != BATCH_SHARDS else {"shards": threads, "intra_op_threads": 1}
+                           for t in plan.tunings}),
+        grid="shape config" if m.resolved_shapes() is not None else "default",
+        candidates={name: _candidate_record(v) for name, v in candidates.items()},
+        excluded=excluded,
+        same_as=same_as,  # {variant: the name its identical file was timed under}: what readers use
+        shapes=tuple(shapes),
+        ranges=tuple(ranges),
+    )
 
 
 def _same_files(artifact: Artifact, candidates: dict) -> dict[str, str]:
@@ -308,7 +304,7 @@ def _same_files(artifact: Artifact, candidates: dict) -> dict[str, str]:
     shape's time on one graph and pick between them by noise. Only files of equal size are hashed."""
     groups: dict[tuple, list[str]] = {}
     for name, variant in candidates.items():  # preference order
-        key = (artifact.path_of(name).stat().st_size, tuple(variant.options.get("disabled_optimizers", ())))
+        key = (artifact.path_of(name).stat().st_size, variant.options.disabled_optimizers)
         groups.setdefault(key, []).append(name)
     same = {}
     for names in (g for g in groups.values() if len(g) > 1):
@@ -320,14 +316,13 @@ def _same_files(artifact: Artifact, candidates: dict) -> dict[str, str]:
     return same
 
 
-def _candidate_record(variant) -> dict:
+def _candidate_record(variant) -> Candidate:
     """A candidate as the table keeps it; an approximate one says so, with the cosine it was judged by."""
-    validation = variant.validation or {}
-    record = {"file": variant.file, "validation": {k: validation.get(k) for k in ("passed", "max_abs")}}
-    if validation.get("approximate"):
-        record["approximate"] = validation["approximate"]
-        record["validation"].update({k: validation.get(k) for k in ("min_cosine", "judged_by")})
-    return record
+    v = variant.validation
+    if v is None:
+        return Candidate(variant.file)
+    return Candidate(variant.file, passed=v.passed, max_abs=v.max_abs, approximate=v.approximate,
+                     min_cosine=v.min_cosine if v.approximate else None, judged_by=v.judged_by if v.approximate else None)
 
 
 def _available_bytes() -> int:

@@ -21,6 +21,7 @@ import numpy as np
 
 from torchship import _progress
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
+from torchship.manifest_sections import BuildOptions, FusionRecord, Validation
 from torchship._fs import scratch_dir
 from torchship._ort import ort_runner
 from torchship.errors import BudgetError
@@ -131,9 +132,9 @@ def fp16_variant(artifact: Artifact, *, source: str | None = None, op_block_list
                "largest_activation": round(max(peaks.values()), 3) if peaks else None,
                "scanned_nodes": len(peaks), "headroom": HEADROOM}
     notes = ("for GPUs (ORT CUDA, TensorRT); ONNX Runtime's CPU provider runs it through casts, slowly",)
-    return Variant(name=VARIANT, file=FILE, stage="fp16", options=options, size_bytes=model_bytes(final),
-                   seconds=round(time.perf_counter() - start, 3), validation=validation,
-                   fusion={"counts": counts}, notes=notes)
+    return Variant(name=VARIANT, file=FILE, stage="fp16", options=BuildOptions.from_json(options),
+                   size_bytes=model_bytes(final), seconds=round(time.perf_counter() - start, 3),
+                   validation=Validation.from_json(validation), fusion=FusionRecord(counts), notes=notes)
 
 
 def fp16_step(build, record) -> Variant:

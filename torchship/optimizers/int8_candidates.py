@@ -295,8 +295,7 @@ def fused_without_skip_ln(artifact: Artifact, scratch: Path) -> Path:
     from torchship.optimizers.fusion import fuse
 
     m = artifact.manifest
-    options = {k: v for k, v in m.variants["optimized"].options.items()
-               if k in ("model_type", "num_heads", "hidden_size", "use_gpu")}
+    options = m.variants["optimized"].options.fusion_settings()
     dst = scratch / "optimized_unfused_ln.onnx"
     src = artifact.path_of("model")
     fuse(src, dst, num_layers=m.num_layers, external_data=uses_external_data(src), skip_layer_norm=False, **options)

@@ -37,6 +37,7 @@ def openvino_variants(artifact, *, progress: _progress.Progress = _progress.SILE
     ``names``, each validated: fp32 against eager PyTorch at the export's tolerance, fp16 on the accuracy probe."""
     from torchship._ort import ort_runner
     from torchship.artifact import Variant, load_reference
+    from torchship.manifest_sections import BuildOptions, Validation
     from torchship.exporters.spec import family_of
     from torchship.optimizers.accuracy import AccuracyProbe
     from torchship.validation import check, compare_cases
@@ -69,8 +70,9 @@ def openvino_variants(artifact, *, progress: _progress.Progress = _progress.SILE
                 else:
                     check(report, what=f"the {name} variant")
         made.append(Variant(name=name, file=f"{sub}/{IR_NAME}", stage="openvino",
-                            options={"precision": "fp16-weights" if fp16 else "fp32", "source": src.name,
-                                     "openvino": ov.__version__ if hasattr(ov, "__version__") else None},
+                            options=BuildOptions.from_json(
+                                {"precision": "fp16-weights" if fp16 else "fp32", "source": src.name,
+                                 "openvino": ov.__version__ if hasattr(ov, "__version__") else None}),
                             size_bytes=ir_bytes(final / IR_NAME), seconds=round(time.perf_counter() - start, 3),
-                            validation=validation))
+                            validation=Validation.from_json(validation)))
     return made

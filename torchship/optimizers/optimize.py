@@ -199,10 +199,8 @@ def _left_out(opts: OptimizeOptions) -> dict[str, str]:
     return {} if opts.approximate else {b.variants[0]: "left out: --exact" for b in records() if b.approximate_gelu}
 
 
-def _names_left_out(table: dict | None, leave_out: dict[str, str]) -> bool:
+def _names_left_out(table, leave_out: dict[str, str]) -> bool:
     """Whether ``table`` could run a variant this run leaves out (a candidate, a winner, a range's variant)."""
     if not table or not leave_out:
         return False
-    named = {*table.get("candidates", {}), *(r.get("variant") for r in table.get("ranges", [])),
-             *(s.get("winner") for s in table.get("shapes", []))}
-    return any(n in named for n in leave_out)
+    return any(n in table.names() for n in leave_out)

@@ -33,6 +33,7 @@ import numpy as np
 
 from torchship import _progress
 from torchship.artifact import Artifact, Variant, load_reference, model_bytes
+from torchship.manifest_sections import BuildOptions, FusionRecord, QuantizationRecord, Validation
 from torchship.benchmarks.timing import call_stats, cpu_name, measure_rounds, winner
 from torchship._fs import scratch_dir, transaction
 from torchship.errors import ArtifactError, BudgetError, InputError, first_line
@@ -285,7 +286,8 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                   "" if batchy else
                   "; none could be built: " + "; ".join(f"{o.candidate.name}: {o.error}" for o in outcomes)))
         manifest = artifact.manifest.with_skipped(VARIANT, why)
-        artifact.save(replace(manifest, quantization={"chosen": None, "candidates": report, "fallback": fallback}))
+        artifact.save(replace(manifest, quantization=QuantizationRecord.from_json(
+            {"chosen": None, "candidates": report, "fallback": fallback})))
         tried = (f"the fp32 fallback tried up to {options.max_fp32} MatMuls in fp32; " if fallback else "")
         fix = ("try --op-types MatMul (per-row int8), or static int8 with --calibration (calibrated ranges)"
                if batchy and best is None else "allow more fp32 MatMuls with --max-fp32, leave nodes in fp32 with "
@@ -299,15 +301,15 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                                             spec=family_of(artifact.manifest))
     validation = {**best.accuracy.to_json(), "max_abs": against_torch.max_abs,
                   "min_cosine": against_torch.min_cosine, "against": "fp32 export (accuracy); eager PyTorch (max_abs)"}
-    variant = Variant(name=VARIANT, file=FILE, stage="quantization",
-                      options={**best.candidate.to_json(), "precision": "int8", "p50_ms": best.p50_ms, **best.extra,
+    variant = Variant(name=VARIANT, file=FILE, stage="quantization", options=BuildOptions.from_json(
+                      {**best.candidate.to_json(), "precision": "int8", "p50_ms": best.p50_ms, **best.extra,
                                "calibration": Path(options.calibration).name if options.calibration else None,
                                "calibration_method": options.calibration_method if options.calibration else None,
                                "search_s": round(time.perf_counter() - started, 1),  # the whole measured search
-                               "machine": {"cpu": cpu_name()}},  # where p50_ms and speedup_vs_fp32 were timed
-                      size_bytes=model_bytes(final), seconds=round(best.build_s, 3), validation=validation,
-                      fusion={"counts": op_histogram(final)})
+                               "machine": {"cpu": cpu_name()}}),  # where p50_ms and speedup_vs_fp32 were timed
+                      size_bytes=model_bytes(final), seconds=round(best.build_s, 3),
+                      validation=Validation.from_json(validation), fusion=FusionRecord(op_histogram(final)))
     manifest = artifact.manifest.with_variant(variant)
-    artifact.save(replace(manifest, quantization={"chosen": best.candidate.name, "candidates": report,
-                                                  "fallback": fallback}))
+    artifact.save(replace(manifest, quantization=QuantizationRecord.from_json(
+        {"chosen": best.candidate.name, "candidates": report, "fallback": fallback})))
     return artifact

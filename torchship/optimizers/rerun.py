@@ -9,23 +9,27 @@ dropped without a line that says so.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from torchship import _progress
 from torchship._fs import hash_file, remove_file, staged_file, write_json_atomic
 from torchship.artifact import Artifact
+from torchship.dispatch_table import DispatchTable
 from torchship.external_data import data_file_name
 
 ROUNDS_FILE = "dispatch_rounds.json"  # every runner's time per round, per shape; the manifest keeps the statistics
 
 
 def _files(artifact: Artifact, name: str) -> list[Path]:
-    """The files of variant ``name``: its graph and its external data file, if any (a folder variant: none)."""
-    path = artifact.folder / artifact.manifest.variants[name].file
-    if not path.is_file():
-        return []
-    data = path.with_name(data_file_name(path))
-    return [path, data] if data.is_file() else [path]
+    """The files of variant ``name``: each graph's and its external data file, if any (a folder variant: none)."""
+    out = []
+    for graph in artifact.manifest.variants[name].all_graphs:
+        path = artifact.folder / graph.file
+        if path.is_file():
+            data = path.with_name(data_file_name(path))
+            out += [path, data] if data.is_file() else [path]
+    return out
 
 
 def _digest(artifact: Artifact, name: str) -> str | None:
@@ -38,11 +42,9 @@ def _digest(artifact: Artifact, name: str) -> str | None:
     return digest.hexdigest()
 
 
-def timed_variants(table: dict | None) -> tuple[str, ...]:
+def timed_variants(table: DispatchTable | None) -> tuple[str, ...]:
     """Every variant a table's numbers stand for: its candidates and those timed under an identical file's name."""
-    if not table:
-        return ()
-    return (*table.get("candidates", {}), *table.get("same_as", {}))
+    return table.timed_variants() if table else ()
 
 
 def snapshot(artifact: Artifact) -> dict[str, str | None]:
@@ -51,7 +53,7 @@ def snapshot(artifact: Artifact) -> dict[str, str | None]:
             if n in artifact.manifest.variants}
 
 
-def changed_since(artifact: Artifact, table: dict | None, before: dict[str, str | None]) -> list[str]:
+def changed_since(artifact: Artifact, table: DispatchTable | None, before: dict[str, str | None]) -> list[str]:
     """The variants ``table`` timed whose files are gone or no longer byte for byte what was timed."""
     changed = []
     for n in timed_variants(table):
@@ -61,16 +63,19 @@ def changed_since(artifact: Artifact, table: dict | None, before: dict[str, str 
     return changed
 
 
-def split_rounds(table: dict) -> tuple[dict, dict]:
+def split_rounds(table: DispatchTable) -> tuple[DispatchTable, dict]:
     """(the table without per-round times, those times by shape and runner): the manifest stays small."""
-    rounds = {}
-    for shape in table["shapes"]:
-        key = f"b{shape['batch']} s{shape['sequence']}"
-        for stage in ("times", "final"):
-            for runner, stats in (shape.get(stage) or {}).items():
-                if "rounds_ms" in stats:
-                    rounds.setdefault(key, {}).setdefault(stage, {})[runner] = stats.pop("rounds_ms")
-    return {**table, "rounds_file": ROUNDS_FILE}, rounds
+    rounds: dict = {}
+
+    def kept(key: str, stage: str, times: dict) -> dict:
+        for runner, t in times.items():
+            if t.rounds_ms is not None:
+                rounds.setdefault(key, {}).setdefault(stage, {})[runner] = list(t.rounds_ms)
+        return {runner: replace(t, rounds_ms=None) for runner, t in times.items()}
+
+    shapes = tuple(replace(s, times=kept(f"b{s.batch} s{s.sequence}", "times", s.times),
+                           final=kept(f"b{s.batch} s{s.sequence}", "final", s.final)) for s in table.shapes)
+    return replace(table, shapes=shapes, rounds_file=ROUNDS_FILE), rounds
 
 
 def save_rounds(artifact: Artifact, rounds: dict | None) -> None:

@@ -208,8 +208,8 @@ def engine_source(artifact, precision) -> Path:
     contrib ops), or for int8 the folder's static int8 (QDQ) variant."""
     if "int8" in normalize_precision(precision):
         int8 = artifact.manifest.variants.get("int8")
-        options = int8.options if int8 is not None else {}
-        if options.get("method") != "static" or options.get("quant_format", "qdq") != "qdq":  # QOperator: not read
+        options = int8.options if int8 is not None else None
+        if options is None or options.method != "static" or (options.quant_format or "qdq") != "qdq":  # QOperator: not read
             raise InputError(f"TensorRT int8 needs a static int8 (QDQ) model in {artifact.folder}; make one "
                              f"with: torchship quantize {artifact.folder} --method static --calibration FILE "
                              "--quant-format qdq")

@@ -31,6 +31,7 @@ from torchship._fs import scratch_dir, transaction
 from torchship._ort import ort_runner
 from torchship.optimizers.decode_timing import time_decode_step
 from torchship.artifact import Artifact, Variant, model_bytes
+from torchship.manifest_sections import BuildOptions, FusionRecord, Validation
 from torchship.errors import BudgetError, InputError, first_line
 from torchship.exporters.spec import DECODE, family_of, require_family, saved_config
 from torchship.external_data import normalize, staged_model, uses_external_data
@@ -168,15 +169,15 @@ def _weight_only(artifact: Artifact, options: WeightOnlyOptions, progress: _prog
         progress.step(f"{name}: {timing['speedup_vs_fp32']:.2f}x {timing['fp32']} at the {timing['shape']}")
         with staged_model(final) as tmp:
             normalize(built, tmp, "auto")
-    variant = Variant(name=name, file=final.name, stage="weight-only",
-                      options={"precision": f"int{options.bits}", "bits": options.bits,
+    variant = Variant(name=name, file=final.name, stage="weight-only", options=BuildOptions.from_json(
+                      {"precision": f"int{options.bits}", "bits": options.bits,
                                "block_size": options.block_size, "accuracy_level": options.accuracy_level,
                                "symmetric": options.symmetric, "embedding": options.embedding or bool(layout["shared"]), "head": options.head,
                                "merge_siblings": options.merge_siblings, "attention": options.attention,
                                "shared_table": bool(layout["shared"]), "timing": timing,
-                               "quantizer": "onnxruntime MatMulNBitsQuantizer (round to nearest)"},
-                      size_bytes=model_bytes(final), seconds=round(seconds, 3), validation=judged,
-                      fusion={"counts": op_histogram(final)}, notes=(judged["warning"],) if judged["warning"] else ())
+                               "quantizer": "onnxruntime MatMulNBitsQuantizer (round to nearest)"}),
+                      size_bytes=model_bytes(final), seconds=round(seconds, 3), validation=Validation.from_json(judged),
+                      fusion=FusionRecord(op_histogram(final)), notes=(judged["warning"],) if judged["warning"] else ())
     artifact.save(artifact.manifest.with_variant(variant))
     return artifact
 

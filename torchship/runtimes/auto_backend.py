@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from torchship.artifact import Artifact
 from torchship.benchmarks.timing import cpu_name
+from torchship.dispatch_table import DispatchTable
 from torchship.backends import backend, backend_of_variant
 
 MEASURED = "ort-measured"
@@ -40,19 +41,18 @@ class AutoBackend:
         return f"backend auto: {self.backend} ({self.why})"
 
 
-def _fp32_speedup(table: dict, batch: int, sequence: int) -> float | None:
+def _fp32_speedup(table: DispatchTable, batch: int, sequence: int) -> float | None:
     """The dispatch winner's speed-up over the fp32 export at the measured shape whose range holds ``batch`` x
     ``sequence``, from the screen (every candidate timed together); None when the export was not timed."""
-    held = [r for r in table["ranges"] if r["batch"][0] <= batch <= (r["batch"][1] or batch)
-            and r["sequence"][0] <= sequence <= (r["sequence"][1] or sequence)]
-    if not held:
+    held = table.range_at(batch, sequence)
+    shape = table.shape(*held.measured_at) if held is not None and held.measured_at else None
+    if shape is None:
         return None
-    at = tuple(held[0]["measured_at"])
-    times = next(s["times"] for s in table["shapes"] if (s["batch"], s["sequence"]) == at)
-    export, variant = table.get("same_as", {}).get("model", "model"), held[0]["variant"]
+    times = shape.times
+    export, variant = table.same_as.get("model", "model"), held.variant
     if export not in times or variant not in times:
         return None
-    return times[export]["median_ms"] / times[variant]["median_ms"]
+    return times[export].median_ms / times[variant].median_ms
 
 
 def choose(artifact: Artifact, cpu: str | None = None) -> AutoBackend:
@@ -61,36 +61,36 @@ def choose(artifact: Artifact, cpu: str | None = None) -> AutoBackend:
         return AutoBackend(artifact.auto_choice, "chosen by torchship auto: the fastest within its accuracy budget")
     cpu = cpu or cpu_name()
     m = artifact.manifest
-    table = m.dispatch if (m.dispatch or {}).get("ranges") else None
+    table = m.dispatch if m.dispatch and m.dispatch.ranges else None
     passed_over = []
-    if table and table.get("machine", {}).get("cpu") != cpu:
-        passed_over.append(f"the dispatch table was timed on {table.get('machine', {}).get('cpu')}")
+    if table and table.machine.cpu != cpu:
+        passed_over.append(f"the dispatch table was timed on {table.machine.cpu}")
         table = None
     int8 = artifact.variant_for(INT8.name)
     judged = None
     if int8 is not None:
-        opts, val = int8.options, int8.validation or {}
-        timed_on = (opts.get("machine") or {}).get("cpu")
-        shape = _SHAPE.search(str(opts.get("shape", "")))
-        if "activations" not in opts or val.get("batch_independent") is False:
+        opts, val = int8.options, int8.validation
+        accuracy = val.accuracy if val else None
+        timed_on = opts.cpu
+        shape = _SHAPE.search(opts.shape or "")
+        if opts.activations is None or (accuracy and accuracy.batch_independent is False):
             passed_over.append(f"{INT8.name} scales activations per tensor, so its answers depend on the batch "
                                f"(quantize again)")
-        elif not val.get("passed") or not opts.get("speedup_vs_fp32") or shape is None:
+        elif not (val and val.passed) or not opts.speedup_vs_fp32 or shape is None:
             passed_over.append(f"{INT8.name} has no passing accuracy and timing from quantize")
         elif timed_on and timed_on != cpu:
             passed_over.append(f"{INT8.name} was timed on {timed_on}")
         else:
-            judged = (float(opts["speedup_vs_fp32"]), int(shape[1]), int(shape[2]), val)
+            judged = (float(opts.speedup_vs_fp32), int(shape[1]), int(shape[2]), accuracy)
     quick = _weight_only(artifact, cpu, passed_over)
     note = f"; not considered: {', '.join(passed_over)}" if passed_over else ""
     if quick is not None and (judged is None or quick[1] > judged[0]):
         name, speedup, why = quick
         return AutoBackend(name, f"{why}{note}")
     if judged is not None:
-        speedup, batch, sequence, val = judged
+        speedup, batch, sequence, judgement = judged
         fp32 = _fp32_speedup(table, batch, sequence) if table else None
-        accuracy = (f"{val.get('metric', 'accuracy')} {val['mean']:.4f} >= budget {val['budget']:g}"
-                    if "mean" in val and val.get("budget") is not None else "within its budget")
+        accuracy = judgement.describe() if judgement and judgement.budget is not None else "within its budget"
         if speedup > (fp32 if fp32 is not None else 1.0):  # without the table's number: it must beat the export
             vs = f"; the measured fp32 dispatch {fp32:.2f}x there" if fp32 is not None else ""
             return AutoBackend(INT8.name, f"quantize timed it {speedup:.2f}x the fp32 export at {batch}x{sequence}, "
@@ -116,15 +116,16 @@ def _weight_only(artifact: Artifact, cpu: str, passed_over: list[str]) -> tuple[
     for name, v in artifact.manifest.variants.items():
         if v.stage != "weight-only":
             continue
-        label, val, timing = backend_of_variant(name).name, v.validation or {}, v.options.get("timing") or {}
-        if not val.get("passed") or val.get("warning"):
-            passed_over.append(f"{label} is far from fp32" if val.get("warning") else f"{label} missed its budget")
-        elif not timing.get("speedup_vs_fp32"):
+        label, val, timing = backend_of_variant(name).name, v.validation, v.options.timing
+        if not (val and val.passed) or val.warning:
+            passed_over.append(f"{label} is far from fp32" if val and val.warning else f"{label} missed its budget")
+        elif timing is None or not timing.speedup_vs_fp32:
             passed_over.append(f"{label} has no decode timing (made by an earlier torchship: quantize it again)")
-        elif (timing.get("machine") or {}).get("cpu") != cpu:
-            passed_over.append(f"{label} was timed on {(timing.get('machine') or {}).get('cpu')}")
-        elif timing["speedup_vs_fp32"] > 1.0 and (best is None or timing["speedup_vs_fp32"] > best[1]):
-            best = (label, float(timing["speedup_vs_fp32"]),
-                    f"quantize timed it {timing['speedup_vs_fp32']:.2f}x the fastest fp32 file ({timing['fp32']}) at "
-                    f"the {timing['shape']}, {val.get('metric', 'accuracy')} {val.get('mean', 0):.4f} within budget")
+        elif timing.cpu != cpu:
+            passed_over.append(f"{label} was timed on {timing.cpu}")
+        elif timing.speedup_vs_fp32 > 1.0 and (best is None or timing.speedup_vs_fp32 > best[1]):
+            accuracy = f"{val.accuracy.metric} {val.accuracy.mean:.4f}" if val.accuracy else "accuracy 0.0000"
+            best = (label, float(timing.speedup_vs_fp32),
+                    f"quantize timed it {timing.speedup_vs_fp32:.2f}x the fastest fp32 file ({timing.fp32}) at "
+                    f"the {timing.shape}, {accuracy} within budget")
     return best

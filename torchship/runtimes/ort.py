@@ -8,7 +8,6 @@ import numpy as np
 
 from torchship._ort import BATCH_SHARDS, SESSION_TUNINGS, cuda_index, make_session, usable_cpus
 from torchship._shards import BatchShards, batch_axes, shardable, splits
-from torchship.artifact import dispatch_choice, range_choice
 from torchship.errors import InputError
 from torchship.runtimes.base import Predictor
 from torchship.tensors import BATCH, SEQUENCE
@@ -103,8 +102,8 @@ def ort_predictor(artifact, record, options, tuning: str = "default") -> OrtPred
     name = require_variant(artifact, record)
     variant = artifact.manifest.variants[name]
     return OrtPredictor(**_session_of(artifact, record, name), threads=options.threads, spin=options.spin,
-                        device=options.device, session_level=variant.options.get("session_level", "all"),
-                        disabled_optimizers=tuple(variant.options.get("disabled_optimizers", ())), tuning=tuning)
+                        device=options.device, session_level=variant.options.session_level or "all",
+                        disabled_optimizers=variant.options.disabled_optimizers, tuning=tuning)
 
 
 class OrtMeasuredPredictor(Predictor):
@@ -116,7 +115,7 @@ class OrtMeasuredPredictor(Predictor):
     def __init__(self, artifact, record, options):
         super().__init__(artifact.manifest.io())
         self.table = artifact.manifest.dispatch
-        used = dict.fromkeys(range_choice(r) for r in self.table["ranges"])
+        used = self.table.choices()
         missing = [n for n, _ in used if n not in artifact.manifest.variants]
         if missing:
             raise InputError(f"{artifact.folder}: the dispatch table names variant {missing[0]!r}, which the folder "
@@ -136,7 +135,7 @@ class OrtMeasuredPredictor(Predictor):
         """(variant, session tuning) the table names for these feeds' batch x sequence."""
         (name, b_axis), (_, s_axis) = self.axes
         shape = feeds[name].shape  # checked feeds: arrays
-        return dispatch_choice(self.table, shape[b_axis], shape[s_axis])
+        return self.table.choice(shape[b_axis], shape[s_axis])
 
     def variant_for(self, feeds) -> str:
         return self.choice_for(feeds)[0]

@@ -179,7 +179,7 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
     dims = {"EMBEDDING": [width], "HIDDEN_STATES": [-1, width], "SCORES": [width]}
     model_file = artifact.path_of(variant) if sopts.runtime == "python" else None
     if model_file is not None:  # ORT graph transformers the variant was measured without (SkipLayerNormFusion)
-        settings["disabled_optimizers"] = list(m.variants[variant].options.get("disabled_optimizers", ()))
+        settings["disabled_optimizers"] = list(m.variants[variant].options.disabled_optimizers)
     return Plan(name, task, artifact.folder.resolve(), variant or record.name, record.name, why, model_file, output,
                 dims, max_batch, settings)
 

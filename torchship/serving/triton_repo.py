@@ -117,7 +117,7 @@ def default_variant(artifact) -> tuple[str, str]:
     m = artifact.manifest
     resolved = m.resolved_shapes()
     use = resolved.sizes("use") if resolved is not None else None
-    if not (m.dispatch or {}).get("ranges"):
+    if not (m.dispatch and m.dispatch.ranges):
         return artifact.best_variant(), "the most optimized validated variant of the folder"
     if use and "batch" in use and "sequence" in use:
         return artifact.measured_variant(use), \
