@@ -13,7 +13,7 @@ from torchship.auto import SUMMARY, VARIANTS, load_auto_config, parse_auto_confi
 from torchship.benchmarks.timing import winner
 from torchship.cli import main
 from torchship.errors import InputError
-from torchship.variants import TABLE
+from torchship.backends import records
 
 CONFIG = """device: cpu
 inputs:
@@ -52,7 +52,7 @@ def test_auto_builds_validates_and_benchmarks_every_cpu_variant(auto_out):
     # the chosen row is the one the winner rule names from the rows' interleaved rounds (medians as in the summary)
     ok = {name: report.timings[name] for name, r in rows.items() if r["status"] == "ok"}
     assert all(ok[name]["median_ms"] == rows[name]["p50_ms"] and ok[name]["rounds_ms"] for name in ok)
-    preference = [b.name for b in sorted((b for b in TABLE if b.preference is not None), key=lambda b: b.preference)]
+    preference = [b.name for b in sorted((b for b in records() if b.preference is not None), key=lambda b: b.preference)]
     chosen = rows[winner(ok, tuple(preference))[0]]
     assert summary["chosen"] == chosen["backend"] == report.chosen and chosen["chosen"]
     assert [r["backend"] for r in rows.values() if r["chosen"]] == [report.chosen]
@@ -195,7 +195,7 @@ def test_a_kernel_the_graph_cannot_take_is_a_skipped_row(model_dirs, tmp_path):
 
 def test_auto_chooses_by_the_winner_rule_not_the_plain_minimum():
     from torchship.auto.choice import AutoReport, Row, choose
-    from torchship.variants import backend
+    from torchship.backends import backend
 
     def chosen(timings: dict) -> str:
         rows = [Row.of(backend(name)) for name in timings]

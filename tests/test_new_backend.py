@@ -98,7 +98,7 @@ def lean():
 
 
 def test_a_backend_defined_in_a_test_runs_optimize_bench_predict_and_triton(lean, exported, tmp_path):
-    from torchship.triton import parse_config
+    from torchship.serving.triton_repo import parse_config
 
     folder = shutil.copytree(exported("bert"), tmp_path / "bert")
     assert backends.backend("ort-skinny") is lean and "ort-lean" in backends.BACKENDS
