@@ -4,6 +4,7 @@ table that every consumer reads."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -86,13 +87,71 @@ def test_no_module_over_the_limit():
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
-def test_the_artifact_layer_imports_nothing_above_it():
+LEAVES = {"torchship.benchmarks.timing"}  # ARCHITECTURE.md: a leaf any layer may use
+
+
+def layer_table(text: str, modules: dict[str, Path]) -> list[tuple[str, set[str]]]:
+    """ARCHITECTURE.md's layer table, lowest first: (layer, the modules its row names). A row names a module by
+    its dotted name under torchship (`errors`, `exporters/spec.py`, `demo`) or a whole package (`runtimes/`);
+    other backticked words (files named inside a package's parentheses, functions) name no further module."""
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    layers = []
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if not row.startswith("| ") or cells[0] in ("layer", "---") or len(cells) < 3:
+            continue
+        named = set()
+        for word in re.findall(r"`([^`]+)`", cells[1]):
+            dotted = "torchship" if word == "torchship" else \
+                "torchship." + word.rstrip("/").removesuffix(".py").replace("/", ".")
+            if word.endswith("/"):
+                named |= {m for m in modules if m == dotted or m.startswith(dotted + ".")}
+            elif dotted in modules and ("/" in word or "." not in word):
+                named.add(dotted)
+        layers.append((cells[0], named))
+    return layers
+
+
+def upward_imports(layers: list[tuple[str, set[str]]], graph: dict[str, set[str]]) -> tuple[list[str], list[str]]:
+    """(modules in no row, imports that reach up a row) of an import graph under a layer table."""
+    level = {}
+    for i, (_, named) in enumerate(layers):
+        for module in named:
+            level.setdefault(module, i)
+    unplaced = sorted(set(graph) - set(level))
+    upward = [f"{m} ({layers[level[m]][0]}) imports {d} ({layers[level[d]][0]})"
+              for m in sorted(set(graph) & set(level)) for d in sorted(graph[m])
+              if d in level and level[d] > level[m] and d not in LEAVES]
+    return unplaced, upward
+
+
+def test_the_layer_table_holds_every_module_and_every_import():
     modules = _modules()
-    below = {"torchship.artifact", "torchship.backends", "torchship.tensors", "torchship.onnx_io",
-             "torchship.external_data", "torchship._fs", "torchship.errors", "torchship.shapes",
-             "torchship.manifest_sections", "torchship.dispatch_table"}
-    for name in below:
-        assert _imports(name, modules[name], modules) <= below, name
+    layers = layer_table((PACKAGE.parent / "ARCHITECTURE.md").read_text(), modules)
+    assert [name for name, _ in layers] == ["base", "families", "runtimes", "builders", "benchmarks", "serving",
+                                            "top"]
+    unplaced, upward = upward_imports(layers, {m: _imports(m, path, modules) for m, path in modules.items()})
+    assert not unplaced, f"modules in no row of ARCHITECTURE.md's layer table: {unplaced}"
+    assert not upward, upward
+    for leaf in LEAVES:
+        assert not _imports(leaf, modules[leaf], modules), leaf
+
+
+def test_the_layer_check_finds_an_upward_import_and_an_unplaced_module():
+    """The check itself, on a made-up page: a base module importing a builder is caught, and so is a module that
+    no row names; a builder importing a base module is fine."""
+    modules = {"torchship.errors": PACKAGE / "errors.py", "torchship.optimizers.quantize": PACKAGE / "x.py",
+               "torchship.optimizers": PACKAGE / "y.py", "torchship.stray": PACKAGE / "z.py"}
+    page = ("## Layers\n\n| layer | modules | what |\n|---|---|---|\n| base | `errors` (see `quantize.py`) | x |\n"
+            "| builders | `optimizers/` | y |\n\n## Next\n| top | `stray` | z |\n")
+    layers = layer_table(page, modules)
+    assert layers == [("base", {"torchship.errors"}),
+                      ("builders", {"torchship.optimizers", "torchship.optimizers.quantize"})]
+    graph = {"torchship.errors": {"torchship.optimizers.quantize"},
+             "torchship.optimizers.quantize": {"torchship.errors"}, "torchship.optimizers": set(),
+             "torchship.stray": set()}
+    assert upward_imports(layers, graph) == (
+        ["torchship.stray"], ["torchship.errors (base) imports torchship.optimizers.quantize (builders)"])
 
 
 def test_the_files_a_served_repository_carries_import_nothing_of_torchship():

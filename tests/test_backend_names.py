@@ -82,7 +82,7 @@ def test_a_rerun_on_an_earlier_folder_writes_the_new_names_and_leaves_the_earlie
     art = optimize(folder, OptimizeOptions(levels=(), dispatch=QUICK))
     for new, old in (("onnx_attention", "sdpa"), ("mha", "flash")):
         assert (folder / f"model_optimized_{new}.onnx").is_file() and (folder / f"model_optimized_{old}.onnx").is_file()
-    assert {"optimized-onnx-attention", "optimized-mha"} <= set(art.manifest.dispatch["candidates"])
+    assert {"optimized-onnx-attention", "optimized-mha"} <= set(art.manifest.dispatch.candidates)
     assert art.variant_for("ort-optimized-mha").name == "optimized-mha"  # the new name comes first
 
 

@@ -17,6 +17,7 @@ import pytest
 from cli_runner import run
 from torchship import backends
 from torchship.artifact import Artifact, Variant, model_bytes
+from torchship.manifest_sections import BuildOptions
 from torchship.backends import Backend, Build
 from torchship.runtimes.base import Predictor
 
@@ -50,7 +51,7 @@ def make_lean(build: Build, record: Backend) -> Variant:
         onnx.save(model, str(tmp))
         validation = ctx.validated(tmp, record.variants[0])
     return Variant(name=record.variants[0], file=path.name, stage="lean",
-                   options={"bypassed_identities": len(rename), "session_level": "disabled"},
+                   options=BuildOptions(session_level="disabled", extra={"bypassed_identities": len(rename)}),
                    size_bytes=model_bytes(path), seconds=round(time.perf_counter() - start, 3),
                    validation=summary(validation))
 
@@ -106,7 +107,7 @@ def test_a_backend_defined_in_a_test_runs_optimize_bench_predict_and_triton(lean
     r = run("torchship", "optimize", folder, "--levels", "basic", "--no-fusion", "--candidates", "preset")
     assert r.returncode == 0, r.stderr
     m = Artifact.open(folder).manifest
-    assert m.variants[VARIANT].validation["passed"] and (folder / FILE).is_file() and "[1/2] ort-basic" in r.stderr
+    assert m.variants[VARIANT].validation.passed and (folder / FILE).is_file() and "[1/2] ort-basic" in r.stderr
     import onnx
 
     nodes = onnx.load(str(folder / FILE)).graph.node

@@ -76,3 +76,12 @@ def test_bench_rounds_meet_the_plan_and_dispatch_rounds_meet_their_bounds():
 def test_with_many_rounds_a_smaller_share_of_wins_is_clear(won, expected):
     times = {"early": _t(*[10.0] * 100), "late": _t(*[9.8] * won + [10.2] * (100 - won))}
     assert winner(times, ("early", "late"))[0] == expected
+
+
+def test_one_thread_runs_without_pauses_and_more_threads_keep_them():
+    """A one-thread session has no pool whose threads spin after a run, so the engine does not pause for it."""
+    from torchship.benchmarks.timing import TimingPlan
+
+    plan = TimingPlan(pause_s=0.02)
+    assert plan.for_threads(1).pause_s == 0.0 and plan.for_threads(1).min_seconds == plan.min_seconds
+    assert plan.for_threads(2) == plan and plan.for_threads(None) == plan

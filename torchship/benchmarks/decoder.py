@@ -132,7 +132,7 @@ def run_decoder_benchmark(folder, options: DecoderBenchOptions = DecoderBenchOpt
                     failed.setdefault(name, (first_line(exc), []))[1].append(f"{phase} batch {batch} past {past}")
             label = f"[{n}/{len(cases)}] {phase}: batch {batch}, {seq} new tokens, past {past}"
             progress.step(label)
-            times = measure_rounds(fns, options.plan,
+            times = measure_rounds(fns, options.plan.for_threads(options.threads),
                                    on_block=lambda done, total: progress.advance(label, done, total))
             for name in fns:
                 acc = None if name == baseline or baseline not in logits else accuracy_of(

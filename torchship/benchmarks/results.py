@@ -43,7 +43,7 @@ class Measurement:
     p10_ms: float | None = None  # None in reports written before torchship measured it
     # each interleaved round's mean (ms), paired by index with the other rows of its case: what the winner rule
     # reads (benchmarks/timing.py); not written to results.json
-    rounds_ms: tuple[float, ...] = field(default=(), repr=False)
+    rounds_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def key(self) -> tuple:

@@ -108,7 +108,8 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
             label = f"[{i}/{len(cases)}] {case.label()}"
             progress.step(label)
             times = measure_rounds(
-                {name: (lambda p=p: p.infer(feeds)) for name, p in predictors.items()}, options.plan,
+                {name: (lambda p=p: p.infer(feeds)) for name, p in predictors.items()},
+                options.plan.for_threads(options.threads),
                 on_block=lambda done, total: progress.advance(label, done, total))
             for name in predictors:
                 acc = None if name == reference else accuracy_of(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -38,7 +38,11 @@ class TimingPlan:
     min_seconds: float = 2.0  # per backend
     max_iterations: int = 2000
     block: int = 10
-    pause_s: float = 0.02
+    pause_s: float = 0.02  # before each sample, so that a pool's threads still spinning go idle
+
+    def for_threads(self, threads: int | None) -> "TimingPlan":
+        """The plan for sessions of ``threads`` threads: one thread has no pool to spin, so no pause."""
+        return replace(self, pause_s=0.0) if threads == 1 else self
 
 
 def run_rounds(fns: Mapping[str, Callable[[], object]], calls: Mapping[str, int],

@@ -34,7 +34,8 @@ def time_decode_step(artifact: Artifact, quantized: Path, *, past: int, threads:
     feeds = step_feeds(artifact, past)
     runners = {n: ort_runner(artifact.path_of(n), threads=threads) for n in FP32 if n in artifact.manifest.variants}
     runners["quantized"] = ort_runner(quantized, threads=threads)
-    times = measure_interleaved({n: (lambda run=run: run(feeds)) for n, run in runners.items()}, plan)
+    times = measure_interleaved({n: (lambda run=run: run(feeds)) for n, run in runners.items()},
+                                plan.for_threads(threads))
     medians = {n: float(np.median(t)) * 1e3 for n, t in times.items()}
     fp32 = min((n for n in medians if n != "quantized"), key=medians.get)
     return {"shape": f"decode step after {past} tokens", "fp32": fp32,

@@ -176,7 +176,8 @@ class _Timer:
         runners.update({o.candidate.name: ort_runner(o.path, threads=threads,
                                                      disabled_optimizers=o.candidate.disabled_optimizers)
                         for o in built})
-        rounds = measure_rounds({k: (lambda r=r: r(self.feeds)) for k, r in runners.items()}, self.options.timing)
+        rounds = measure_rounds({k: (lambda r=r: r(self.feeds)) for k, r in runners.items()},
+                               self.options.timing.for_threads(threads))
         fp32 = call_stats(rounds["fp32"])["median_ms"]
         for o in built:
             stats = call_stats(rounds[o.candidate.name])

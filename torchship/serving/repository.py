@@ -49,7 +49,6 @@ FROM_FOLDER = {FEATURE_EXTRACTION: (EMBEDDING, HIDDEN_STATES, TENSORS), SENTENCE
 MODEL_OUTPUT = {CLASSIFICATION: "logits", ENTITIES: "logits", MASKS: "logits", ANSWERS: "start_logits"}
 STEPS_FILE = Path(__file__).with_name("steps.py")
 PROCESSING_DIR = Path(__file__).parents[1] / "processing"  # predict's pre- and post-processing, numpy only
-NATIVE = {"onnxruntime": ("onnxruntime", "onnxruntime-cuda"), "tensorrt": ("tensorrt",), "openvino": ("openvino",)}
 NATIVE_DEFAULT = {"tensorrt": "tensorrt", "openvino": "openvino"}
 # Triton's dynamic-batching window for text models, measured on the packaged MiniLM (docs/serving.md)
 TEXT_QUEUE_DELAY_US = 1000
@@ -151,11 +150,10 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
     else:
         pick, why = default_variant(artifact)
     variant, record = pick_variant(artifact, pick)
-    wanted = ("onnxruntime",) if sopts.runtime == "python" else NATIVE[sopts.runtime]
-    if record.runtime not in wanted or (sopts.runtime == "python" and record.device != "cpu"):
+    if not record.serves(sopts.runtime):  # the backend table says which serving layouts run it
         raise InputError(f"--runtime {sopts.runtime} cannot run {pick!r} (a {record.runtime} {record.device} "
-                         f"variant); pass a --variant it runs, or --runtime "
-                         f"{next((k for k, v in NATIVE.items() if record.runtime in v), 'python')}")
+                         f"variant); pass a --variant it runs, or --runtime {record.serving[0]}"
+                         if record.serving else f"{pick!r} cannot be served: no serving layout runs it")
     max_batch = topts.max_batch_size
     if max_batch is None:
         resolved = m.resolved_shapes()
