@@ -143,6 +143,12 @@ def peek(ref: ModelRef) -> tuple[str, ModelRef]:
     """The checkpoint's model type, read from its config.json without loading any library, and the
     ref to load from. The type is transformers' ``model_type``, or for diffusers the ``_class_name``;
     a diffusers pipeline on the hub resolves to its UNet subfolder."""
+    model_type, _, ref = peek_config(ref)
+    return model_type, ref
+
+
+def peek_config(ref: ModelRef) -> tuple[str, dict, ModelRef]:
+    """``peek``, with the config.json it read (a dict)."""
     if ref.path is not None:
         data = _read_config_json(ref.path / "config.json")
     else:
@@ -159,7 +165,7 @@ def peek(ref: ModelRef) -> tuple[str, ModelRef]:
     if not isinstance(model_type, str) or not model_type:
         raise ModelLoadError(f"the config.json of {ref.name!r} names neither a model_type (transformers) nor a "
                              "_class_name (diffusers); pass the folder that save_pretrained() wrote")
-    return model_type, ref
+    return model_type, data, ref
 
 
 def _read_config_json(path: Path) -> dict:

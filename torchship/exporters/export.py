@@ -235,8 +235,8 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
     check_output_dir(Path(output))  # before minutes of loading, not after
     progress.step(f"loading {model}")
     ref = loading.resolve(model, revision=opts.revision)
-    model_type, ref = loading.peek(ref)
-    spec = spec_for(model_type, source=model, kind=opts.kind)
+    model_type, config_json, ref = loading.peek_config(ref)
+    spec = spec_for(model_type, source=model, kind=opts.kind, config=config_json)
     opts = opts.resolved(spec)
     config = spec.load_config(ref, trust_remote_code=opts.trust_remote_code)
     task = _resolve_task(spec, opts.task, config, ref.path)
@@ -283,7 +283,9 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
                  progress: _progress.Progress = _progress.SILENT) -> Artifact:
     """Export an already-loaded transformers model object; the object itself is left unchanged."""
     check_output_dir(Path(output))
-    spec = spec_for(model_type_of(model), source=type(model).__name__, kind=options.kind)
+    config = getattr(model, "config", None)
+    spec = spec_for(model_type_of(model), source=type(model).__name__, kind=options.kind,
+                    config=config.to_dict() if hasattr(config, "to_dict") else None)
     opts = options.resolved(spec)
     if tokenizer is not None:
         _check_fits(tokenizer, spec.normalized(model.config).vocab_size, "the tokenizer given")

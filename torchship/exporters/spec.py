@@ -183,6 +183,31 @@ def unregister(spec: ModelSpec) -> None:
             del _REGISTRY[model_type]
 
 
+# Generic families: each takes the models no family spec names that it ``claims``, asked in the order registered
+# (exporters/__init__.py registers torchship's own; a family spec, where one exists, always comes first).
+_GENERIC: list[ModelSpec] = []
+
+
+def register_generic(spec: ModelSpec) -> ModelSpec:
+    """Add a generic family: a spec with ``claims(model_type, config) -> bool`` (``config``: the checkpoint's
+    config.json as a dict) that exports any model it claims and no family spec names. Its ``family`` names it in
+    the manifests it writes, which is how a folder finds it again (``family_of``)."""
+    if spec not in _GENERIC:
+        _GENERIC.append(spec)
+    return spec
+
+
+def unregister_generic(spec: ModelSpec) -> None:
+    """Remove a generic family added with :func:`register_generic`."""
+    if spec in _GENERIC:
+        _GENERIC.remove(spec)
+
+
+def generic_for(model_type: str, config: dict) -> ModelSpec | None:
+    """The first generic family that claims a model no family spec names; None when none does."""
+    return next((g for g in _GENERIC if g.claims(model_type, config)), None)
+
+
 def supported_model_types(family_kind: str | None = None) -> tuple[str, ...]:
     """Model types a command exports; ``None``: every exportable one (ONNX files are imported, not exported)."""
     return tuple(sorted(mt for mt, spec in _REGISTRY.items()
@@ -210,10 +235,14 @@ def tasks_of(kind: str) -> tuple[str, ...]:
     return tuple(t for t in TASKS if t in tasks)
 
 
-def spec_for(model_type: str, *, source: str = "the model", kind: str | None = None) -> ModelSpec:
-    """The spec for ``model_type``; ``kind`` (a family group: "encoder", "decoder", ...) restricts what is
-    accepted, and a refusal names the command for what it is."""
+def spec_for(model_type: str, *, source: str = "the model", kind: str | None = None,
+             config: dict | None = None) -> ModelSpec:
+    """The spec for ``model_type``: its family's, else (given the checkpoint's ``config`` as a dict) a generic
+    family's that claims it; ``kind`` (a family group: "encoder", "decoder", ...) restricts what is accepted, and
+    a refusal names the command for what it is."""
     spec = _REGISTRY.get(model_type)
+    if spec is None and config is not None:
+        spec = generic_for(model_type, config)
     if spec is None or (kind is not None and spec.kind != kind):
         group = groups().get(kind)
         hint = f" (it is {spec.group.one}: use {spec.group.command})" if spec is not None else ""
@@ -225,7 +254,11 @@ def spec_for(model_type: str, *, source: str = "the model", kind: str | None = N
 
 
 def family_of(manifest) -> ModelSpec:
-    """The spec of the family a torchship folder's manifest names."""
+    """The spec of the family a torchship folder's manifest names (a generic family by its name)."""
+    if manifest.model_type not in _REGISTRY:
+        generic = next((g for g in _GENERIC if g.family == manifest.family), None)
+        if generic is not None:
+            return generic
     return spec_for(manifest.model_type)
 
 
