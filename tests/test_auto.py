@@ -145,7 +145,8 @@ def test_parse_auto_config_defaults():
 def test_auto_on_minilm_picks_a_variant_within_budget(minilm_dir, tmp_path):
     cfg = tmp_path / "auto.yml"
     cfg.write_text("device: cpu\ninputs:\n  input_ids: {min: [1, 8], use: [1, 128], max: [8, 256]}\n"
-                   "budget: 0.99\nprecisions: [fp32, int8]\nthreads: 1\nmin_seconds: 0.2\n")  # fp16: other tests; one thread: no pauses
+                   # fp16: other tests; one thread: the timing engine needs no pauses
+                   "budget: 0.99\nprecisions: [fp32, int8]\nthreads: 1\nmin_seconds: 0.2\n")
     report = run_auto(str(minilm_dir), load_auto_config(cfg), tmp_path / "out")
     rows = {r.backend: r for r in report.rows}
     chosen = rows[report.chosen]
