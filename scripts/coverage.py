@@ -212,7 +212,7 @@ def _optimize(row, state) -> bool:
         if variant.fusion is not None and name != "model":
             f = variant.fusion
             fused[name] = {"attention": f.attention, "expected_attention": f.expected_attention,
-                           "fused_ops": {op: n for op, n in sorted(f.counts.items()) if op in FUSED_OPS}}
+                           "fused_ops": {op: n for op, n in sorted(f.counts.items()) if op in FUSED_OPS and n}}
     fused["skipped"] = dict(m.skipped)
     row["optimize"] = fused
     return True

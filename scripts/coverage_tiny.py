@@ -269,14 +269,21 @@ def eager_inputs(modality: str, config, forward_params) -> dict:
         feeds = {"input_ids": torch.randint(5, max(6, vocab), (2, 12), generator=g),
                  "attention_mask": torch.ones(2, 12, dtype=torch.long)}
         feeds["attention_mask"][1, 8:] = 0
+        eos = getattr(config, "eos_token_id", None)
+        if isinstance(eos, int) and 0 <= eos < vocab:  # heads that pool at the end-of-sequence token need one per row
+            ids = feeds["input_ids"]
+            ids[ids == eos] = 5
+            ids[0, 11] = ids[1, 7] = eos
     elif modality == "image":
         h, w = image_size_of(config)
         feeds = {"pixel_values": torch.randn(2, channels_of(config), h, w, generator=g)}
     else:
-        feeds = {"input_values": torch.randn(2, AUDIO_SAMPLES, generator=g),
-                 "input_features": torch.randn(2, 100, int(getattr(config, "num_mel_bins", None)
-                                                          or getattr(config, "feature_size", None) or 80),
-                                               generator=g)}
+        mel = getattr(config, "num_mel_bins", None)
+        features = torch.randn(2, int(getattr(config, "max_length", None) or 100) if mel else 100,
+                               int(mel or getattr(config, "feature_size", None) or 80), generator=g)
+        # a spectrogram model (AST) takes its mel frames as input_values; a wav2vec2-style one, the waveform
+        feeds = {"input_values": features if mel else torch.randn(2, AUDIO_SAMPLES, generator=g),
+                 "input_features": features}
     return {k: v for k, v in feeds.items() if k in forward_params}
 
 
