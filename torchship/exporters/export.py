@@ -381,10 +381,12 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
 
 
 def _root(exc: BaseException) -> str:
-    """The first line of the error torch.export itself raised (torch.onnx wraps it in its step-by-step advice)."""
+    """The first line of the error torch.export itself raised (torch.onnx wraps it in its step-by-step advice),
+    with the line after it when the first only announces it ("... were found:")."""
     while exc.__cause__ is not None and first_line(exc.__cause__):
         exc = exc.__cause__
-    return first_line(exc)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{lines[0]} {lines[1]}"[:300] if len(lines) > 1 and lines[0].endswith(":") else first_line(exc)
 
 
 def _check_onnx(path: Path) -> None:
