@@ -25,14 +25,15 @@ from torchship.runtimes.generate import Generator, encode_prompts
 
 # Per architecture: (its config's own fields beyond the tiny sizes, the cache's KV heads, layers). Learned positions
 # (OPT), ALiBi without position ids and without SDPA (BLOOM), ONNX Runtime's gpt_neox fuser (GPT-NeoX), grouped-query
-# rotary (OLMo), multi-query (GPTBigCode: one KV head), partial rotary without SDPA (GPT-J). One layer each (the
+# rotary (OLMo), multi-query (Falcon: one KV head, its own attention code, exported from eager attention), partial
+# rotary without SDPA (GPT-J). One layer each (the
 # dynamo export's time grows with the graph); OPT keeps two, so the cache's layer order is checked too.
 ARCHITECTURES = {
     "opt": ({}, 4, 2),
     "bloom": ({}, 4, 1),
     "gpt_neox": ({}, 4, 1),
     "olmo": ({}, 2, 1),
-    "gpt_bigcode": ({"multi_query": True}, 1, 1),
+    "falcon": ({"multi_query": True, "new_decoder_architecture": False}, 1, 1),
     "gptj": ({"rotary_dim": 4}, 4, 1),
 }
 LAYER_NAMES = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
@@ -144,6 +145,14 @@ def test_a_sliding_window_cache_is_refused_in_one_line_and_exported_without_a_ca
     message = str(exc.value)
     assert "Starcoder2ForCausalLM" in message and "DynamicSlidingWindowLayer" in message and "--no-cache" in message
     assert "\n" not in message and not (tmp_path / "out").exists()
+    from click.testing import CliRunner
+
+    from torchship import cli
+
+    result = CliRunner().invoke(cli.main, ["export", "--model", str(src), "-o", str(tmp_path / "cli")])
+    errors = [line for line in result.output.splitlines() if line.startswith("torchship: error:")]
+    assert result.exit_code != 0 and len(errors) == 1 and "DynamicSlidingWindowLayer" in errors[0]
+    assert "Traceback" not in result.output and result.output.rstrip().endswith("--no-cache")
 
     art = export(str(src), tmp_path / "plain", ExportOptions(no_cache=True))
     m = art.manifest

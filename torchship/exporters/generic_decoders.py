@@ -123,8 +123,11 @@ def cache_problem(model, shape: NormalizedConfig) -> str | None:
 
 
 def _attention(cls, asked: str | None) -> str | None:
-    """SDPA attention where the model class has it, else eager (BLOOM, GPT-J, CodeGen, ... have none)."""
-    return "eager" if asked == "sdpa" and cls is not None and not getattr(cls, "_supports_sdpa", True) else asked
+    """SDPA where the model class runs transformers' shared attention functions (which keep grouped K/V grouped,
+    _torch.grouped_sdpa), else eager: BLOOM and GPT-J have no SDPA, Falcon's own SDPA call on multi-query K/V does not
+    convert to ONNX."""
+    shared = getattr(cls, "_supports_sdpa", True) and getattr(cls, "_supports_attention_backend", False)
+    return "eager" if asked == "sdpa" and cls is not None and not shared else asked
 
 
 def takes_positions(model) -> bool:
