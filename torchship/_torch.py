@@ -95,10 +95,11 @@ def grouped_sdpa():
             os.environ[_SDPA_GQA_FLAG] = old
 
 
-def make_decoder_wrapper(model, num_layers: int):
+def make_decoder_wrapper(model, num_layers: int, *, positions: bool = True):
     """Wrap a causal LM so the KV cache travels as flat tensors: (ids, mask, positions, *past) ->
     (logits, *present), past and present ordered layer by layer, key before value. Grouped-query
-    attention runs on the grouped K/V (:func:`grouped_sdpa`)."""
+    attention runs on the grouped K/V (:func:`grouped_sdpa`). ``positions=False``: a model without
+    position ids (ALiBi), (ids, mask, *past)."""
     import torch
 
     class DecoderWrapper(torch.nn.Module):
@@ -107,15 +108,23 @@ def make_decoder_wrapper(model, num_layers: int):
             self.model = model
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
+            return self.step(past, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+        def step(self, past, **inputs):
             cache = cache_from_past(past, num_layers)
             with grouped_sdpa():
-                out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                 past_key_values=cache, use_cache=True, return_dict=True)
+                out = self.model(**inputs, past_key_values=cache, use_cache=True, return_dict=True)
             present = []
             for layer in out.past_key_values.layers[:num_layers]:
                 present += [layer.keys, layer.values]
             return (out.logits, *present)
 
+    class UnpositionedWrapper(DecoderWrapper):
+        def forward(self, input_ids, attention_mask, *past):
+            return self.step(past, input_ids=input_ids, attention_mask=attention_mask)
+
+    if not positions:
+        return UnpositionedWrapper().eval()
     return DecoderWrapper().eval()
 
 

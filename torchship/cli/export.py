@@ -10,17 +10,18 @@ import click
 from torchship.cli import options as o
 from torchship.cli._app import (CONTEXT, PROGRESS, examples, friendly_errors, main, print_artifact,
                                 print_dispatch, quiet_libraries, split)
-from torchship.exporters.spec import DENOISING
+from torchship.exporters.spec import DENOISING, TEXT_GENERATION
 
 
 def _export_options(task, exporter, opset, attn_implementation, atol, allow_pickle, trust_remote_code, revision,
-                    shape_config, external_data, tokenizer=None, kind=None):
+                    shape_config, external_data, no_cache=False, tokenizer=None, kind=None):
     from torchship.exporters.export import ExportOptions
     from torchship.shapes import load_shape_config
 
     return ExportOptions(task=task, exporter=exporter, opset=opset, attn_implementation=attn_implementation,
                          atol=atol, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                          revision=revision, kind=kind, external_data=external_data, tokenizer=tokenizer,
+                         no_cache=no_cache,
                          shapes=load_shape_config(shape_config) if shape_config else None)
 
 
@@ -28,15 +29,17 @@ def _export_params(fn, group=None):
     """The export flags; for a family command, its group's example model, tasks and export path, in its words."""
     from torchship.exporters.spec import default_exporter_of, tasks_of
 
-    model, task, exporter, tokenizer = o.model, o.task, o.exporter, (o.tokenizer,)
+    model, task, exporter, tokenizer, no_cache = o.model, o.task, o.exporter, (o.tokenizer,), (o.no_cache,)
     if group is not None:
         tasks = tasks_of(group.name)
         model = o.model_option(group.example)
         task = o.task_option(tasks, o.ENCODER_TASK_DEFAULT if group.name == "encoder" and len(tasks) > 1 else None)
         exporter = o.exporter_option(f"{default_exporter_of(group.name)}, measured best for {group.words}")
         tokenizer = () if DENOISING in tasks else (o.tokenizer,)  # a UNet takes no text
+        no_cache = (o.no_cache,) if TEXT_GENERATION in tasks else ()
     for deco in reversed((model, o.output, task, exporter, o.opset, o.attn, o.atol, o.shape_config,
-                          o.external_data, *tokenizer, o.allow_pickle, o.trust_remote_code, o.revision, optimize)):
+                          o.external_data, *no_cache, *tokenizer, o.allow_pickle, o.trust_remote_code, o.revision,
+                          optimize)):
         fn = deco(fn)
     return fn
 

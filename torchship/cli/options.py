@@ -56,6 +56,9 @@ allow_pickle = click.option("--allow-pickle", is_flag=True,
                             help="Allow loading pickle weights (pytorch_model.bin). Only for files you trust.")
 trust_remote_code = click.option("--trust-remote-code", is_flag=True,
                                  help="Run custom model code from the checkpoint. Off by default.")
+no_cache = click.option("--no-cache", is_flag=True,
+                        help="Export a causal LM whose KV cache is not transformers' per-layer key/value cache (sliding "
+                             "window, hybrid, state-space) without a cache: logits only, no generate.")
 revision = click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 levels = click.option("--levels", default=",".join(GRAPH_LEVELS), show_default=True,
                       help="ORT graph optimization levels to save as offline-optimized files.")

@@ -5,3 +5,6 @@ finds them in the registry; a family defined elsewhere registers itself with ``s
 """
 
 from torchship.exporters import decoders, encoders, onnx_file, unet  # noqa: F401  (registers the families)
+from torchship.exporters import generic_decoders  # noqa: E402  (generic families come after the family specs)
+
+generic_decoders.register_all()

@@ -29,6 +29,7 @@ from torchship.validation import check, run_reference_cases
 EXPORTERS = ("torchscript", "dynamo")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 MIN_OPSET, MAX_OPSET = 14, 23
+NO_CACHE_NOTES = ("exported without its KV cache (--no-cache): logits for the whole sequence, no generate",)
 
 # Defaults per export path. Which path a family uses by default is the spec's ``default_exporter``,
 # chosen by measurement: for encoders TorchScript from eager attention, which ORT's transformer
@@ -56,6 +57,7 @@ class ExportOptions:
     shapes: shapes.ShapeConfig | None = None  # the shapes the model must serve (validated, kept in the manifest)
     external_data: str = "auto"  # auto: above 1 GiB of weights; always; never
     tokenizer: str | None = None  # a tokenizer folder to attach, in place of the checkpoint's own (or its lack)
+    no_cache: bool = False  # a causal LM of the generic path without its KV cache (logits only)
 
     def resolved(self, spec: ModelSpec | None = None) -> "ExportOptions":
         """Check the options; with the family's ``spec``, fill in the defaults of its export path."""
@@ -236,7 +238,7 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
     progress.step(f"loading {model}")
     ref = loading.resolve(model, revision=opts.revision)
     model_type, config_json, ref = loading.peek_config(ref)
-    spec = spec_for(model_type, source=model, kind=opts.kind, config=config_json)
+    spec = _cache_choice(spec_for(model_type, source=model, kind=opts.kind, config=config_json), opts)
     opts = opts.resolved(spec)
     config = spec.load_config(ref, trust_remote_code=opts.trust_remote_code)
     task = _resolve_task(spec, opts.task, config, ref.path)
@@ -252,6 +254,14 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
                       f"{spec.text_api} needs one: export again with --tokenizer FOLDER, or save one into "
                       f"{output} with tokenizer.save_pretrained())")
     return _export_loaded(loaded, spec, task, Path(output), opts, progress)
+
+
+def _cache_choice(spec: ModelSpec, opts: ExportOptions) -> ModelSpec:
+    """The family's spec, or with --no-cache its export without a KV cache (causal LMs of the generic path)."""
+    without = getattr(spec, "without_cache", None) if opts.no_cache else None
+    if opts.no_cache and without is None:
+        raise InputError(f"--no-cache is for causal LMs of the generic path; {spec.family} exports as its spec says")
+    return without() if without is not None else spec
 
 
 def _tokenizer_for(spec: ModelSpec, ref, config, opts: ExportOptions):
@@ -284,8 +294,8 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
     """Export an already-loaded transformers model object; the object itself is left unchanged."""
     check_output_dir(Path(output))
     config = getattr(model, "config", None)
-    spec = spec_for(model_type_of(model), source=type(model).__name__, kind=options.kind,
-                    config=config.to_dict() if hasattr(config, "to_dict") else None)
+    spec = _cache_choice(spec_for(model_type_of(model), source=type(model).__name__, kind=options.kind,
+                                  config=config.to_dict() if hasattr(config, "to_dict") else None), options)
     opts = options.resolved(spec)
     if tokenizer is not None:
         _check_fits(tokenizer, spec.normalized(model.config).vocab_size, "the tokenizer given")
@@ -321,7 +331,7 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
         spec.save_config(model, tmp)
         fusion = spec.fusion_settings(model)
         normalized = spec.normalized(config)
-        model_type = model_type_of(model)
+        model_type, model_class = model_type_of(model), type(model).__name__
         # The model is torchship's own here (loaded, or deep-copied from the caller's object), and the
         # reference outputs are already computed, so the export may run on it directly: a second copy
         # would cost a UNet's 3.5 GB. _run_export lets it go once torch has written the graph, before
@@ -335,7 +345,7 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
         except (TorchshipError, OSError):  # ours say what is wrong themselves; a full disk is the machine's
             raise
         except Exception as exc:  # torch raises many exception types from deep inside
-            raise ExportError(f"torch.onnx.export ({opts.exporter}) failed: {first_line(exc)}; "
+            raise ExportError(f"torch.onnx.export ({opts.exporter}) failed on {model_class}: {_root(exc)}; "
                               f"try --exporter {'dynamo' if opts.exporter == 'torchscript' else 'torchscript'}") from None
         seconds = time.perf_counter() - start
         _check_onnx(onnx_path)
@@ -352,7 +362,8 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                           options=BuildOptions.from_json({"exporter": opts.exporter, "opset": opts.opset,
                                                           "external_data": external}),
                           size_bytes=model_bytes(onnx_path), seconds=round(seconds, 3),
-                          validation=Validation.from_json(report.to_json()))
+                          validation=Validation.from_json(report.to_json()),
+                          notes=NO_CACHE_NOTES if opts.no_cache else ())
         manifest = new_manifest(
             source=loaded.source, family=spec.family, model_type=model_type, task=task,
             ort_model_type=spec.ort_model_type, fusion=fusion, io=plan.io,
@@ -360,12 +371,22 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                     "attn_implementation": opts.attn_implementation,
                     "dummy_shape": list(spec.case_shape(plan.dummy_case)),
                     "validation_shapes": [c.label() for c in plan.validation_cases],
-                    "tokenizer": loaded.tokenizer is not None},
+                    "tokenizer": loaded.tokenizer is not None,
+                    **({"kv_cache": False} if opts.no_cache else {})},
             text=spec.text_settings(loaded.source_folder, config, loaded.tokenizer, task),
             atol=plan.atol, variant=variant, shapes=plan.shapes.to_json() if plan.shapes is not None else None,
             model_config=normalized.to_json())
         Artifact(tmp, manifest).save(manifest)
     return Artifact.open(output)
+
+
+def _root(exc: BaseException) -> str:
+    """The first line of the error torch.export itself raised (torch.onnx wraps it in its step-by-step advice),
+    with the line after it when the first only announces it ("... were found:")."""
+    while exc.__cause__ is not None and first_line(exc.__cause__):
+        exc = exc.__cause__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{lines[0]} {lines[1]}"[:300] if len(lines) > 1 and lines[0].endswith(":") else first_line(exc)
 
 
 def _check_onnx(path: Path) -> None:

@@ -107,7 +107,7 @@ class TorchCachedDecoder(Predictor):
         from torchship.exporters.decoders import past_names
 
         self.activate()
-        args = {k: torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "position_ids")}
+        args = {k: torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "position_ids") if k in feeds}
         model = self.model
         past = [torch.from_numpy(feeds[n]) for n in past_names(self.num_layers)]
         if not past or past[0].shape[2] == 0:
