@@ -23,6 +23,14 @@ def first_line(exc: BaseException, limit: int | None = 300) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
+def root_cause(exc: BaseException) -> str:
+    """"Type: first line" of the innermost cause: the exporter's own error, not the wrapper torch.onnx puts round it
+    ("Failed to export the model with torch.export ... step 1/3")."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
 class TorchshipError(Exception):
     """Base class for every error torchship raises on purpose."""
 

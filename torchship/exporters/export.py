@@ -21,7 +21,7 @@ from torchship._fs import check_output_dir, scratch_dir, staged_dir
 from torchship._torch import run_named
 from torchship.artifact import Artifact, ReferenceCase, Variant, model_bytes, new_manifest, save_reference
 from torchship.manifest_sections import BuildOptions, Validation
-from torchship.errors import ExportError, InputError, TorchshipError, first_line
+from torchship.errors import ExportError, InputError, TorchshipError, first_line, root_cause
 from torchship.exporters.sources import model_type_of
 from torchship.exporters.spec import EMPTY_OK_AXES, ModelIO, ModelSpec, spec_for
 from torchship.validation import check, run_reference_cases
@@ -322,6 +322,7 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
         fusion = spec.fusion_settings(model)
         normalized = spec.normalized(config)
         model_type = model_type_of(model)
+        model_class = type(model).__name__
         # The model is torchship's own here (loaded, or deep-copied from the caller's object), and the
         # reference outputs are already computed, so the export may run on it directly: a second copy
         # would cost a UNet's 3.5 GB. _run_export lets it go once torch has written the graph, before
@@ -335,7 +336,7 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
         except (TorchshipError, OSError):  # ours say what is wrong themselves; a full disk is the machine's
             raise
         except Exception as exc:  # torch raises many exception types from deep inside
-            raise ExportError(f"torch.onnx.export ({opts.exporter}) failed: {first_line(exc)}; "
+            raise ExportError(f"torch.onnx.export ({opts.exporter}) failed on {model_class}: {root_cause(exc)}; "
                               f"try --exporter {'dynamo' if opts.exporter == 'torchscript' else 'torchscript'}") from None
         seconds = time.perf_counter() - start
         _check_onnx(onnx_path)
