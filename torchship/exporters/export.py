@@ -308,8 +308,11 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
     cases = []
     for i, case in enumerate(plan.validation_cases):
         feeds = spec.sample_inputs(config, plan.io, case, seed=100 + i)
-        cases.append(ReferenceCase(case.label(), feeds, run_named(wrapper, feeds, plan.io.input_names,
-                                                                  plan.io.output_names)))
+        try:
+            outputs = run_named(wrapper, feeds, plan.io.input_names, plan.io.output_names)
+        except Exception as exc:  # a model that cannot run at a validation shape: refused in one line
+            raise ExportError(f"eager PyTorch fails on {type(model).__name__} at {case.label()}: {root_cause(exc)}") from None
+        cases.append(ReferenceCase(case.label(), feeds, outputs))
     if plan.use_case is not None:
         use_outputs = next((c.outputs for c, case in zip(cases, plan.validation_cases)
                             if spec.case_shape(case) == spec.case_shape(plan.use_case)), {})
