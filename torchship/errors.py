@@ -23,6 +23,17 @@ def first_line(exc: BaseException, limit: int | None = 300) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
+def root_cause(exc: BaseException) -> str:
+    """"Type: first line" of the innermost cause: the exporter's own error, not the wrapper torch.onnx puts round it
+    ("Failed to export the model with torch.export ... step 1/3")."""
+    while exc.__cause__ is not None and first_line(exc.__cause__):
+        exc = exc.__cause__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # a first line that only announces what follows ("... were found:") keeps the line after it
+    text = f"{lines[0]} {lines[1]}"[:300] if len(lines) > 1 and lines[0].endswith(":") else first_line(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
 class TorchshipError(Exception):
     """Base class for every error torchship raises on purpose."""
 

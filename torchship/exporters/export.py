@@ -21,7 +21,7 @@ from torchship._fs import check_output_dir, scratch_dir, staged_dir
 from torchship._torch import run_named
 from torchship.artifact import Artifact, ReferenceCase, Variant, model_bytes, new_manifest, save_reference
 from torchship.manifest_sections import BuildOptions, Validation
-from torchship.errors import ExportError, InputError, TorchshipError, first_line
+from torchship.errors import ExportError, InputError, TorchshipError, first_line, root_cause
 from torchship.exporters.sources import model_type_of
 from torchship.exporters.spec import EMPTY_OK_AXES, ModelIO, ModelSpec, spec_for
 from torchship.validation import check, run_reference_cases
@@ -318,8 +318,11 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
     cases = []
     for i, case in enumerate(plan.validation_cases):
         feeds = spec.sample_inputs(config, plan.io, case, seed=100 + i)
-        cases.append(ReferenceCase(case.label(), feeds, run_named(wrapper, feeds, plan.io.input_names,
-                                                                  plan.io.output_names)))
+        try:
+            outputs = run_named(wrapper, feeds, plan.io.input_names, plan.io.output_names)
+        except Exception as exc:  # a model that cannot run at a validation shape: refused in one line
+            raise ExportError(f"eager PyTorch fails on {type(model).__name__} at {case.label()}: {root_cause(exc)}") from None
+        cases.append(ReferenceCase(case.label(), feeds, outputs))
     if plan.use_case is not None:
         use_outputs = next((c.outputs for c, case in zip(cases, plan.validation_cases)
                             if spec.case_shape(case) == spec.case_shape(plan.use_case)), {})
@@ -345,7 +348,7 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
         except (TorchshipError, OSError):  # ours say what is wrong themselves; a full disk is the machine's
             raise
         except Exception as exc:  # torch raises many exception types from deep inside
-            raise ExportError(f"torch.onnx.export ({opts.exporter}) failed on {model_class}: {_root(exc)}; "
+            raise ExportError(f"torch.onnx.export ({opts.exporter}) failed on {model_class}: {root_cause(exc)}; "
                               f"try --exporter {'dynamo' if opts.exporter == 'torchscript' else 'torchscript'}") from None
         seconds = time.perf_counter() - start
         _check_onnx(onnx_path)
@@ -378,15 +381,6 @@ def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
             model_config=normalized.to_json())
         Artifact(tmp, manifest).save(manifest)
     return Artifact.open(output)
-
-
-def _root(exc: BaseException) -> str:
-    """The first line of the error torch.export itself raised (torch.onnx wraps it in its step-by-step advice),
-    with the line after it when the first only announces it ("... were found:")."""
-    while exc.__cause__ is not None and first_line(exc.__cause__):
-        exc = exc.__cause__
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{lines[0]} {lines[1]}"[:300] if len(lines) > 1 and lines[0].endswith(":") else first_line(exc)
 
 
 def _check_onnx(path: Path) -> None:

@@ -26,13 +26,21 @@ SENTENCE_EMBEDDING = "sentence-embedding"  # a sentence-transformers model: pool
 FILL_MASK = "fill-mask"
 TOKEN_CLASSIFICATION = "token-classification"
 QUESTION_ANSWERING = "question-answering"
+IMAGE_FEATURE_EXTRACTION = "image-feature-extraction"  # hidden states (and the pooled embedding) of pixel values
+IMAGE_CLASSIFICATION = "image-classification"
+SPEECH_RECOGNITION = "automatic-speech-recognition"  # CTC logits per audio frame
+AUDIO_CLASSIFICATION = "audio-classification"
 TASKS = (FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING,
-         FILL_MASK, TEXT_GENERATION, DENOISING)
-LABELLED_TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION)  # tasks whose outputs are scores over labels
+         FILL_MASK, TEXT_GENERATION, DENOISING, IMAGE_FEATURE_EXTRACTION, IMAGE_CLASSIFICATION, SPEECH_RECOGNITION,
+         AUDIO_CLASSIFICATION)
+# tasks whose outputs are scores over labels
+LABELLED_TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, IMAGE_CLASSIFICATION, AUDIO_CLASSIFICATION)
 
 # What a benchmark times, per family: one forward pass of an encoder, a decoder's prompt and its
-# per-token step, one denoising step of a UNet, one run of an imported ONNX graph.
+# per-token step, one denoising step of a UNet, one run of an imported ONNX graph, one forward pass of an image or
+# audio encoder (not ENCODE: that one's measured dispatch and kernels are for batch x sequence text).
 ENCODE, PREFILL, DECODE, DENOISE, FORWARD = "encode", "prefill", "decode", "denoise", "forward"
+ENCODE_IMAGE, ENCODE_AUDIO = "encode-image", "encode-audio"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -204,8 +212,11 @@ def unregister_generic(spec: ModelSpec) -> None:
 
 
 def generic_for(model_type: str, config: dict) -> ModelSpec | None:
-    """The first generic family that claims a model no family spec names; None when none does."""
-    return next((g for g in _GENERIC if g.claims(model_type, config)), None)
+    """The first generic family that claims a model no family spec names; None when none does. A family with
+    ``for_model(model_type, config)`` gives the spec for that model (ONNX Runtime's fuser for its type)."""
+    spec = next((g for g in _GENERIC if g.claims(model_type, config)), None)
+    bind = getattr(spec, "for_model", None)
+    return bind(model_type, config) if bind is not None else spec
 
 
 def supported_model_types(family_kind: str | None = None) -> tuple[str, ...]:
