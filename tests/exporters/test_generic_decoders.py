@@ -173,7 +173,8 @@ def test_a_model_torch_export_cannot_trace_is_refused_in_one_line(tmp_path):
     with pytest.raises(ExportError) as exc:
         export(str(src), tmp_path / "out", ExportOptions())
     message = str(exc.value)
-    assert message.startswith("torch.onnx.export (dynamo) failed on MptForCausalLM: The following inconsistencies")
+    assert message.startswith("torch.onnx.export (dynamo) failed on MptForCausalLM: ValueError: The following inconsistencies")
+    assert "is inconsistent" in message  # the line after the announcing one is kept
     assert "\n" not in message and not (tmp_path / "out").exists()
 
 
