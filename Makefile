@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 # Two workers (the machines we run on have 2 cores); the tests marked `alone` (most of the memory, or a measure
 # of idle CPU) run after them, one at a time, so the suite stays under 8 GB.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not alone"
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not alone"
 	$(BIN)/python -m pytest -m alone
 
 bench: $(VENV)/.installed

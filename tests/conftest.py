@@ -23,10 +23,12 @@ def pytest_configure(config):
         config._torchship_basetemp = config.option.basetemp
 
 
-# The files that take longest start first, so that two workers (`make test`: pytest -n 2 --dist loadfile) finish
-# together instead of one running a long file alone at the end.
-LONG_FILES = ("test_help_examples.py", "test_auto.py", "test_tasks.py", "test_serving.py", "test_decoder_bench.py",
-              "test_unet.py", "test_cli.py")
+# The files that take longest start first (longest first, from `--durations=0` of a suite run), so that two workers
+# (`make test`: pytest -n 2 --dist loadfile --no-loadscope-reorder, which keeps this order instead of xdist's
+# own by number of tests) finish together instead of one running a long file alone at the end.
+LONG_FILES = ("test_help_examples.py", "test_generic_encoders.py", "test_tasks.py", "test_llama_decoders.py",
+              "test_auto.py", "test_decoder_bench.py", "test_serving.py", "test_unet.py", "test_export.py",
+              "test_hints.py", "test_quantize.py", "test_dispatch.py", "test_generic_decoders.py", "test_cli.py")
 
 
 def pytest_collection_modifyitems(config, items):
