@@ -179,3 +179,15 @@ def save_sentence_transformers_dir(folder: Path, model_type: str = "bert", *, po
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(config))
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
     return folder
+
+
+def hf_greedy(model_dir, ids, mask, n):
+    """transformers' own greedy continuation of ``ids`` (numpy, left-padded by ``mask``): ``n`` new tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        out = model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=n,
+                             do_sample=False, pad_token_id=0)
+    return out[:, ids.shape[1]:].numpy()

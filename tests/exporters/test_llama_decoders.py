@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from tiny import TINY_DECODER_CONFIGS, TINY_ROTARY, save_decoder_dir
+from tiny import hf_greedy, TINY_DECODER_CONFIGS, TINY_ROTARY, save_decoder_dir
 from torchship.artifact import Artifact, load_reference
 from torchship.errors import InputError, UnsupportedModelError
 from torchship.exporters.decoders import past_names, present_names
@@ -38,14 +38,6 @@ def rotary_exports(tmp_path_factory):
         return cache[model_type]
 
     return get
-
-
-def hf_greedy(model_dir, ids, mask, n):
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    with torch.inference_mode():
-        out = model.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=n,
-                             do_sample=False, pad_token_id=0)
-    return out[:, ids.shape[1]:].numpy()
 
 
 @pytest.mark.slow
