@@ -14,6 +14,7 @@ from tiny import save_model_dir  # noqa: E402
 
 
 def pytest_configure(config):
+    _one_cpu_per_worker(config)
     """Each run gets its own temporary root, removed when the run ends: two runs at once on one machine would
     otherwise share /tmp/pytest-of-USER, and pytest prunes the other run's folders from under it."""
     if config.option.basetemp is None and not hasattr(config, "workerinput"):
@@ -34,6 +35,18 @@ LONG_FILES = ("test_help_examples.py", "test_generic_encoders.py", "test_tasks.p
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: the rest keep their order
+
+
+def _one_cpu_per_worker(config):
+    """Under `pytest -n N` each worker runs on one CPU of its own: torchship's sessions then default to one thread
+    (usable_cpus reads the affinity), so two workers on two cores do not each start two spinning threads and
+    slow the other down. Tests that ask for threads still get them, on their worker's CPU."""
+    worker = getattr(config, "workerinput", {}).get("workerid", "")
+    if worker.startswith("gw") and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        count = int(config.workerinput.get("workercount", 1))
+        if len(cpus) >= count > 1:
+            os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
 
 
 def pytest_unconfigure(config):
