@@ -50,3 +50,22 @@ def test_tensorrt_int8_checks_for_a_static_model_before_anything_else(exported, 
     proc = run("torchship", "tensorrt", str(exported("bert")), "--precision", precision)
     assert_one_line_error(proc, "TensorRT int8 needs a static int8 (QDQ) model")
     assert "torchship quantize" in proc.stderr and "--method static" in proc.stderr
+
+
+def test_a_graph_the_runtime_refuses_at_a_validation_shape_is_a_failed_validation_in_one_line():
+    """ONNX Runtime raising at one of the validation cases (a kernel's shape check) is a ValidationError that
+    names the case and quotes the runtime's first line, not a traceback."""
+    import numpy as np
+
+    from torchship.artifact import ReferenceCase
+    from torchship.errors import ValidationError
+    from torchship.validation import compare_cases
+
+    def refuses(feeds):
+        raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : cos_cache and sin_cache differ\nmore")
+
+    case = ReferenceCase("batch 2 x seq 7", {"x": np.zeros((2, 7), np.float32)}, {"y": np.zeros((2, 7), np.float32)})
+    with pytest.raises(ValidationError) as exc:
+        compare_cases(refuses, [case], atol=1e-4)
+    assert str(exc.value) == ("the model fails to run at batch 2 x seq 7: RuntimeError: [ONNXRuntimeError] : 2 : "
+                              "INVALID_ARGUMENT : cos_cache and sin_cache differ")

@@ -11,7 +11,7 @@ from pathlib import Path
 from torchship._ort import ort_runner
 from torchship.artifact import ReferenceCase
 from torchship.compare import ComparisonReport, compare_outputs
-from torchship.errors import ValidationError
+from torchship.errors import TorchshipError, ValidationError, root_cause
 
 
 def run_reference_cases(path: Path, cases: list[ReferenceCase], *, atol: float, spec=None,
@@ -25,7 +25,13 @@ def compare_cases(run, cases: list[ReferenceCase], *, atol: float, spec=None) ->
     items = []
     for case in cases:
         where = spec.compared_positions(case.inputs) if spec is not None else None
-        items.extend(compare_outputs(case.outputs, run(case.inputs), atol=atol, case=case.label, where=where))
+        try:
+            got = run(case.inputs)
+        except TorchshipError:
+            raise
+        except Exception as exc:  # the runtime refuses the graph at this shape: a failed validation, said in a line
+            raise ValidationError(f"the model fails to run at {case.label}: {root_cause(exc)}") from None
+        items.extend(compare_outputs(case.outputs, got, atol=atol, case=case.label, where=where))
     return ComparisonReport(tuple(items))
 
 

@@ -21,9 +21,13 @@ DEFAULT_POSITIONS = 512  # a model without a position table (relative positions 
 
 def is_text_encoder(model_type: str, config: dict) -> bool:
     """A model whose base class reads token ids first, with a masked-LM head, or another encoder head and no
-    causal LM (decoders with a classification head are a decoder family's)."""
+    causal LM; or a checkpoint whose architectures name one of those heads (a decoder trained as a classifier
+    runs once over its text, with no cache: an encoder's task). A causal-LM checkpoint is a decoder family's."""
     if not takes_first(model_type, config, "input_ids"):
         return False
+    named = set(config.get("architectures") or ())
+    if any(class_name(model_type, h) in named for h in ("MASKED_LM", *_ENCODER_HEADS)):
+        return True
     if model_type in mapping("MASKED_LM"):
         return True
     return model_type not in mapping("CAUSAL_LM") and any(model_type in mapping(h) for h in _ENCODER_HEADS)
