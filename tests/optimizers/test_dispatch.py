@@ -25,7 +25,8 @@ from torchship.optimizers.dispatch import DispatchPlan, candidate_variants, runn
 from torchship.runtimes import RuntimeOptions, create_predictor
 from torchship.shapes import load_shape_config
 
-QUICK = DispatchPlan(min_rounds=2, max_rounds=3, seconds=0.0, final_rounds=2)
+# Two threads whatever the worker's CPUs (tests/conftest.py gives each xdist worker one): batch 8 is then sharded.
+QUICK = DispatchPlan(min_rounds=2, max_rounds=3, seconds=0.0, final_rounds=2, threads=2)
 
 
 def _feeds(batch: int, sequence: int) -> dict:
