@@ -100,6 +100,8 @@ def test_settings_of_the_clip_and_convnext_processors(tmp_path):
     ({}, r"image processor \(none named\) is not one"),
     ({"image_processor_type": "CLIPImageProcessor", "do_center_crop": False}, "gives each image its own size"),
     ({"image_processor_type": "ViTImageProcessor", "do_pad": True}, "with do_pad set"),
+    ({"image_processor_type": "ViTImageProcessor", "size": {"height": 224}}, "a size rule torchship does not"),
+    ({"image_processor_type": "ViTImageProcessor", "size": {"max_height": 224, "max_width": 224}}, "a size rule"),
     ({"image_processor_type": "ViTImageProcessor", "image_mean": [0.5, 0.5]}, "image_mean has 2 values"),
 ])
 def test_a_processor_it_cannot_reproduce_is_refused_in_one_line(config, message):

@@ -86,7 +86,8 @@ class ImageSettings:
             if config.get(name):
                 raise ValueError(f"{kind} with {name} set changes pixels in a way torchship does not reproduce")
         size = _size(field("size"), defaults["square"]) if field("do_resize", True) else {}
-        if set(size) - {"height", "width", "shortest_edge", "longest_edge"}:
+        if (set(size) - {"height", "width", "shortest_edge", "longest_edge"} or ("height" in size) != ("width" in size)
+                or ("longest_edge" in size and "shortest_edge" not in size)):
             raise ValueError(f"{kind} resizes to {size}, a size rule torchship does not reproduce")
         crop = _size(field("crop_size"), True) if field("do_center_crop") else None
         if crop is not None and set(crop) != {"height", "width"}:
