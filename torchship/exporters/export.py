@@ -158,6 +158,18 @@ def _torch_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOpt
                                         dynamic_shapes=_dynamic_shapes(wrapper, plan.io),
                                         opset_version=opts.opset, dynamo=True, verbose=False)
             program.save(str(path), external_data=opts.external_data != "never" and _is_large(wrapper))
+            _repair(path)
+
+
+def _repair(path: Path) -> None:
+    """What the dynamo exporter's own rewrites get wrong (graph_repairs.py), fixed in the file in place."""
+    import onnx
+
+    from torchship.exporters.graph_repairs import broadcast_rotary_tables
+
+    model = onnx.load(str(path), load_external_data=False)
+    if broadcast_rotary_tables(model):
+        onnx.save(model, str(path))
 
 
 def _dynamic_shapes(wrapper, io: ModelIO) -> tuple:
