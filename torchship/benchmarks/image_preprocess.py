@@ -16,13 +16,12 @@ DISTINCT = 8  # photos drawn; a larger batch repeats them (resize cost does not 
 class ImagePreprocessing:
     """``runner(batch)``: a call that preprocesses ``batch`` decoded photos with the folder's processor settings."""
 
-    def __init__(self, folder):
+    def __init__(self, settings):
         from PIL import Image
 
-        from torchship.optimizers.image_samples import generated_images, processor_config
-        from torchship.processing.image import ImageSettings
+        from torchship.optimizers.image_samples import generated_images
 
-        self.settings = ImageSettings.from_config(processor_config(folder))
+        self.settings = settings
         self.photos = [Image.fromarray(a) for a in generated_images(DISTINCT, seed=5, size=PHOTO_SIZE)]
 
     def runner(self, batch: int) -> Callable[[], object]:
@@ -41,7 +40,11 @@ class ImagePreprocessing:
 
 
 def image_preprocessing(artifact, spec) -> ImagePreprocessing | None:
-    """The preprocessing row's timer for an image family, else None."""
+    """The preprocessing row's timer for an image family whose folder keeps its image processor, else None."""
     from torchship.exporters.spec import ENCODE_IMAGE
+    from torchship.optimizers.image_samples import settings_of
 
-    return ImagePreprocessing(artifact.folder) if ENCODE_IMAGE in spec.phases else None
+    if ENCODE_IMAGE not in spec.phases:
+        return None
+    settings = settings_of(artifact.folder, artifact.manifest)
+    return ImagePreprocessing(settings) if settings is not None else None

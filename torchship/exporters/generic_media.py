@@ -26,7 +26,6 @@ from torchship.exporters.spec import (AUDIO_CLASSIFICATION, BATCH, ENCODE_AUDIO,
 
 SAMPLES, FRAMES = "samples", "frames"
 IMAGE_BATCHES = (1, 8, 32)  # what bench times and optimize's dispatch measures, at the model's size
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # transformers' defaults
 DEFAULT_IMAGE_SIZE = 224  # what image processors resize to when a config names no size
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 IMAGES = FamilyGroup("image", "image encoders", "an image encoder", "torchship export")

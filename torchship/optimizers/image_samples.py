@@ -3,7 +3,7 @@
 quantize needs pictures, not noise: a Gaussian tensor has none of the smooth regions, edges and textures whose
 activation ranges calibration should see, and a classifier's top-1 on noise says little. So a small set is drawn
 here, deterministically (numpy only): smooth colour gradients, filled shapes on a background, low-frequency noise
-textures and stripes, drawn at the model's size and normalised as the checkpoint's processor does. The
+textures and stripes, drawn at a photo's size and preprocessed by the checkpoint's processor (``processing.image``). The
 calibration images and the judging images come from different seeds, so int8 is judged on images it was not
 calibrated on. A folder of the user's images (``--calibration DIR``) is read with ``processing.image`` and added to
 the generated calibration set.
@@ -22,12 +22,14 @@ CALIBRATION_SEED, PROBE_SEED = 1, 2  # different seeds: the probe's images are h
 CALIBRATION_IMAGES = 32
 PROBE_IMAGES = 48
 BATCH_IMAGES = 8  # images run alone and again inside one batch (the batch check)
-PHOTO_SIZE = (480, 640)  # (height, width) the generated images are drawn at, as a typical photo
+# (height, width) of the generated photos: larger than most models' size, so the processor resizes them as it would
+# a user's photo (bench's preprocessing row times full 640x480 ones)
+GENERATED_SIZE = (240, 320)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 KINDS = ("gradient", "shapes", "texture", "stripes")
 
 
-def generated_images(n: int, *, seed: int, size: tuple[int, int] = PHOTO_SIZE) -> list[np.ndarray]:
+def generated_images(n: int, *, seed: int, size: tuple[int, int] = GENERATED_SIZE) -> list[np.ndarray]:
     """``n`` RGB images (uint8, height x width x 3), the kinds in turn, the same for the same seed."""
     rng = np.random.default_rng(seed)
     height, width = size
@@ -76,19 +78,32 @@ def processor_config(folder: Path) -> dict:
     return {}
 
 
-def normalised(images: list[np.ndarray], config: dict) -> np.ndarray:
-    """(n, c, h, w) float32: uint8 RGB ``images`` already at the model's size, rescaled and normalised with the
-    processor's own factor, mean and std (ImageNet's where it names none), as its processor treats an image that
-    needs no resize: the generated sets are drawn at the model's size, so they need no resize filter."""
-    from torchship.exporters.generic_media import IMAGENET_MEAN, IMAGENET_STD
+def settings_of(folder: Path, manifest):
+    """The folder's image processor settings (``processing.image``), or None when the export kept no processor;
+    one line when it is one torchship does not reproduce or its size is not the model's."""
+    from torchship.processing.image import ImageSettings
 
-    x = np.stack(images).astype(np.float32)
-    if config.get("do_rescale", True):
-        x = x * np.float32(config.get("rescale_factor", 1 / 255))
-    if config.get("do_normalize", True):
-        mean = np.asarray(config.get("image_mean", IMAGENET_MEAN), np.float32)
-        std = np.asarray(config.get("image_std", IMAGENET_STD), np.float32)
-        x = (x - mean) / std
+    config = processor_config(folder)
+    if not config:
+        return None
+    try:
+        settings = ImageSettings.from_config(config)
+        shape = settings.shape
+    except ValueError as exc:
+        raise InputError(f"{folder}: {exc}") from None
+    if shape != image_shape(manifest):
+        raise InputError(f"{folder}: its image processor makes {shape[1]}x{shape[2]} images, the model takes "
+                         f"{image_shape(manifest)[1]}x{image_shape(manifest)[2]}")
+    return settings
+
+
+def normalised(images: list[np.ndarray]) -> np.ndarray:
+    """(n, c, h, w) float32 of uint8 RGB images already at the model's size, for a folder without a processor:
+    rescaled to [0, 1] and normalised with ImageNet's mean and std, transformers' defaults."""
+    from torchship.processing.image import IMAGENET_MEAN, IMAGENET_STD
+
+    x = np.stack(images).astype(np.float32) / np.float32(255)
+    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
@@ -99,24 +114,40 @@ def image_shape(manifest) -> tuple[int, int, int]:
 
 
 def generated_pixels(folder: Path, manifest, n: int, *, seed: int) -> np.ndarray:
-    """``n`` generated images at the model's size, normalised as its processor does."""
-    channels, height, width = image_shape(manifest)
-    pixels = normalised(generated_images(n, seed=seed, size=(height, width)), processor_config(folder))
-    return pixels[:, :channels] if channels < 3 else pixels
+    """``n`` generated photos preprocessed by the folder's image processor (resized from GENERATED_SIZE as a
+    user's photo would be); without a processor, drawn at the model's size and normalised."""
+    from PIL import Image
+
+    from torchship.processing.image import preprocess
+
+    settings = settings_of(folder, manifest)
+    if settings is None:
+        channels, height, width = image_shape(manifest)
+        return normalised(generated_images(n, seed=seed, size=(height, width)))[:, :channels]
+    return preprocess([Image.fromarray(a) for a in generated_images(n, seed=seed, size=GENERATED_SIZE)], settings)
 
 
-def folder_pixels(folder: Path, user_folder: Path) -> np.ndarray:
+def folder_pixels(folder: Path, manifest, user_folder: Path) -> np.ndarray:
     """A folder of the user's images (its image files, sorted by name), decoded and preprocessed by
     ``processing.image`` as the checkpoint's processor does."""
-    from torchship.processing.image import ImageSettings, open_image, preprocess
+    from torchship.processing.image import open_image, preprocess
 
     if not user_folder.is_dir():
         raise InputError(f"calibration folder {user_folder} does not exist")
     files = sorted(p for p in user_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise InputError(f"calibration folder {user_folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    settings = ImageSettings.from_config(processor_config(folder))
-    return preprocess([open_image(p)[0] for p in files], settings)
+    settings = settings_of(folder, manifest)
+    if settings is None:
+        raise InputError(f"{folder} keeps no image processor (preprocessor_config.json), so images cannot be "
+                         "turned into pixel values; give an .npz of pixel_values")
+    images = []
+    for path in files:
+        try:
+            images.append(open_image(path)[0])
+        except ValueError as exc:
+            raise InputError(f"calibration image {path.name}: {exc}") from None
+    return preprocess(images, settings)
 
 
 def calibration_pixels(folder: Path, manifest, user_folder: str | None) -> np.ndarray:
@@ -124,7 +155,7 @@ def calibration_pixels(folder: Path, manifest, user_folder: str | None) -> np.nd
     pixels = generated_pixels(folder, manifest, CALIBRATION_IMAGES, seed=CALIBRATION_SEED)
     if user_folder is None:
         return pixels
-    return np.concatenate([pixels, folder_pixels(folder, Path(user_folder)).astype(np.float32)])
+    return np.concatenate([pixels, folder_pixels(folder, manifest, Path(user_folder))])
 
 
 def probe_pixels(folder: Path, manifest) -> np.ndarray:
