@@ -39,3 +39,12 @@ def broadcast_rotary_tables(model) -> int:
         del graph.node[:]
         graph.node.extend(nodes)
     return repaired
+
+
+def repair_file(path) -> None:
+    """Every repair above, on the ONNX file at ``path`` in place (its external weights untouched)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if broadcast_rotary_tables(model):
+        onnx.save(model, str(path))
