@@ -271,6 +271,18 @@ def _fastest(passing: list[Outcome]) -> Outcome | None:
     return next(o for o in passing if o.candidate.name == name)
 
 
+def _calibration_name(artifact: Artifact, options: QuantizeOptions) -> str | None:
+    """What static int8 was calibrated on, as the manifest says it: the user's file, or (image models) the
+    generated images and the user's folder."""
+    from torchship.exporters.spec import ENCODE_IMAGE
+    from torchship.optimizers.image_samples import CALIBRATION_IMAGES
+
+    if "static" not in options.methods or ENCODE_IMAGE not in family_of(artifact.manifest).phases:
+        return Path(options.calibration).name if options.calibration else None
+    return f"{CALIBRATION_IMAGES} generated images" + (f" + {Path(options.calibration).name}" if options.calibration
+                                                        else "")
+
+
 def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOptions,
                probe: AccuracyProbe, started: float, fallback: dict | None) -> Artifact:
     passing = [o for o in outcomes if o.passed]
@@ -295,6 +307,7 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                "--exclude, try static int8 with --calibration, or lower --budget")
         raise BudgetError(f"{why}. Every candidate's numbers are in {artifact.folder}/torchship.json; {tried}{fix}")
     best = chosen
+    calibrated_on = _calibration_name(artifact, options)
     final = artifact.folder / FILE
     with staged_model(final) as tmp:
         normalize(best.path, tmp, "auto")  # one data file named after the final model, when one is needed
@@ -304,8 +317,8 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                   "min_cosine": against_torch.min_cosine, "against": "fp32 export (accuracy); eager PyTorch (max_abs)"}
     variant = Variant(name=VARIANT, file=FILE, stage="quantization", options=BuildOptions.from_json(
                       {**best.candidate.to_json(), "precision": "int8", "p50_ms": best.p50_ms, **best.extra,
-                               "calibration": Path(options.calibration).name if options.calibration else None,
-                               "calibration_method": options.calibration_method if options.calibration else None,
+                               "calibration": calibrated_on,
+                               "calibration_method": options.calibration_method if calibrated_on else None,
                                "search_s": round(time.perf_counter() - started, 1),  # the whole measured search
                                "machine": {"cpu": cpu_name()}}),  # where p50_ms and speedup_vs_fp32 were timed
                       size_bytes=model_bytes(final), seconds=round(best.build_s, 3),
