@@ -51,6 +51,16 @@ def test_optimize_fuses_vit_and_measures_the_image_batches(vit):
     for batch in (1, 5, 8, 9, 100):  # every batch falls in one range, read with sequence 0 (images have none)
         assert table.choice(batch, 0)[0] in table.candidates
 
+    from torchship.runtimes import RuntimeOptions, create_predictor
+
+    art = Artifact.open(vit)
+    pixels = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    with create_predictor(art, "ort-measured", RuntimeOptions(threads=1)) as measured:  # the table's pick per call
+        got = measured.infer({"pixel_values": pixels})["logits"]
+        assert measured.variant_for({"pixel_values": pixels}) == table.choice(3, 0)[0]
+    with create_predictor(art, "ort", RuntimeOptions(threads=1)) as plain:
+        np.testing.assert_allclose(got, plain.infer({"pixel_values": pixels})["logits"], atol=1e-4)
+
 
 def test_int8_on_images_is_kept_within_budget_and_batch_independent(vit, tmp_path):
     import shutil

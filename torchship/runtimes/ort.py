@@ -135,7 +135,7 @@ class OrtMeasuredPredictor(Predictor):
         """(variant, session tuning) the table names for these feeds' batch x sequence."""
         (name, b_axis), (_, s_axis) = self.axes
         shape = feeds[name].shape  # checked feeds: arrays
-        return self.table.choice(shape[b_axis], shape[s_axis])
+        return self.table.choice(shape[b_axis], 0 if s_axis is None else shape[s_axis])
 
     def variant_for(self, feeds) -> str:
         return self.choice_for(feeds)[0]
@@ -165,11 +165,17 @@ class OrtMeasuredPredictor(Predictor):
         return tuple(dict.fromkeys(n for (n, _), p in self.variants.items() if p.active))
 
 
-def _batch_sequence_axes(io) -> tuple[tuple[str, int], tuple[str, int]]:
-    """(input name, axis index) of the batch and of the sequence axis: where a call's shape is read."""
+def _batch_sequence_axes(io) -> tuple[tuple[str, int], tuple[str, int | None]]:
+    """(input name, axis index) of the batch and of the sequence axis: where a call's shape is read. A model
+    whose inputs have no sequence axis (images at one size) reads its sequence as 0 (axis None), as its table
+    was measured."""
     for spec in io.inputs:
         if BATCH in spec.axes and SEQUENCE in spec.axes:
             return (spec.name, spec.axes.index(BATCH)), (spec.name, spec.axes.index(SEQUENCE))
+    if not any(SEQUENCE in spec.axes for spec in io.inputs):
+        spec = next((s for s in io.inputs if BATCH in s.axes), None)
+        if spec is not None:
+            return (spec.name, spec.axes.index(BATCH)), (spec.name, None)
     raise InputError("the model has no input with batch and sequence axes; a dispatch table cannot apply")
 
 
