@@ -234,8 +234,9 @@ def _fall_back(outcomes: list[Outcome], options: QuantizeOptions, available: dic
     return record
 
 
-def _verdicts(outcomes: list[Outcome], chosen: str | None) -> dict[str, str]:
-    """Why each candidate was kept or not, in words."""
+def _verdicts(outcomes: list[Outcome], chosen: str | None, images: bool = False) -> dict[str, str]:
+    """Why each candidate was kept or not, in words (``images``: the probe's inputs are images)."""
+    one, other = ("an image", "a full-range noise image") if images else ("a text", "a 200-word text")
     rescued = {o.extra["fallback_of"]: o.candidate.name for o in outcomes if o.passed and o.extra.get("fallback_of")}
     kept = next((o for o in outcomes if o.candidate.name == chosen), None)
     fastest = [o.p50_ms for o in outcomes if o.passed]
@@ -252,10 +253,10 @@ def _verdicts(outcomes: list[Outcome], chosen: str | None) -> dict[str, str]:
                          "not clearly faster than the kept one (the winner rule)") if chosen else "within budget"
         elif o.accuracy.per_tensor:
             out[name] = ("dropped: it scales activations per tensor (QAttention or DynamicQuantizeLinear), so its "
-                         "answer for a text depends on the rest of the batch")
+                         f"answer for {one} depends on the rest of the batch")
         elif not o.accuracy.batch_independent:
-            out[name] = (f"dropped: its answer for a text depends on the rest of the batch (min cosine "
-                         f"{o.accuracy.batch_cosine:.6f} between a text alone and beside a 200-word text, "
+            out[name] = (f"dropped: its answer for {one} depends on the rest of the batch (min cosine "
+                         f"{o.accuracy.batch_cosine:.6f} between {one} alone and beside {other}, "
                          f"floor {o.accuracy.batch_floor:g})")
         else:
             out[name] = "below budget" + (f"; rescued by {rescued[name]}" if name in rescued else "")
@@ -287,7 +288,10 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                probe: AccuracyProbe, started: float, fallback: dict | None) -> Artifact:
     passing = [o for o in outcomes if o.passed]
     chosen = _fastest(passing)
-    verdicts = _verdicts(outcomes, chosen.candidate.name if chosen else None)
+    from torchship.exporters.spec import ENCODE_IMAGE
+
+    images = ENCODE_IMAGE in family_of(artifact.manifest).phases
+    verdicts = _verdicts(outcomes, chosen.candidate.name if chosen else None, images)
     report = [{**o.to_json(), "verdict": verdicts[o.candidate.name]} for o in outcomes]
     if not passing:
         tried = [o for o in outcomes if o.accuracy is not None and o.accuracy.batch_independent]
