@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from torchship.artifact import Artifact
-from torchship.errors import ArtifactError, InputError
+from torchship.errors import ArtifactError, InputError, first_line
 from torchship.exporters.image_text import TEXT, VISION, ZeroShotSettings
-from torchship.exporters.spec import IMAGE_CLASSIFICATION, ZERO_SHOT_IMAGE_CLASSIFICATION
+from torchship.exporters.spec import IMAGE_CLASSIFICATION
 from torchship.processing.heads import classify, label_names, normalize, softmax
 from torchship.runtimes.base import Predictor
 
@@ -139,29 +139,35 @@ class ImageModel:
             images = [images]
         if not len(images):
             raise InputError("no images given; pass at least one image")
+        missing = [str(i) for i in images if isinstance(i, (str, Path)) and not Path(i).is_file()]
+        if missing:
+            raise InputError(f"{missing[0]}: no such file")
         opened, notes = [], []
         for item in images:
-            if isinstance(item, (str, Path)):
-                if not Path(item).is_file():
-                    raise InputError(f"{item}: no such file")
-                image, said = open_image(item)
-            elif isinstance(item, (bytes, bytearray)):
-                image, said = decode(bytes(item))
-            else:
-                image, said = item, ()
+            try:
+                if isinstance(item, (str, Path)):
+                    image, said = open_image(item)
+                elif isinstance(item, (bytes, bytearray)):
+                    image, said = decode(bytes(item))
+                else:
+                    image, said = item, ()
+            except (ValueError, OSError) as exc:  # processing.image says what is wrong with the bytes in a line
+                raise InputError(f"{_name(item)}: {first_line(exc)}") from None
             opened.append(image)
             notes.extend(f"{_name(item)}: {n}" for n in said)
-        return preprocess(opened, self.settings), tuple(notes)
+        try:
+            return preprocess(opened, self.settings), tuple(notes)
+        except ValueError as exc:
+            raise InputError(f"{first_line(exc)}") from None
 
     def _vision(self) -> Predictor:
         return self.predictors.get(VISION) or next(iter(self.predictors.values()))
 
     def predict(self, images, *, labels=None, template: str | None = None) -> ImagePrediction:
-        """What the folder's task gives: labels with scores (classifiers; zero-shot with ``labels``), else embeddings."""
+        """What the folder's task gives: labels with scores (classifiers; image-text models with ``labels``), else
+        embeddings (an image-text model without labels: its image embeddings)."""
         if labels:
             return self.zero_shot(images, labels, template=template)
-        if self.task == ZERO_SHOT_IMAGE_CLASSIFICATION and not labels:
-            raise InputError("a zero-shot model scores images against labels: give them (--labels \"a cat,a dog\")")
         if self.task == IMAGE_CLASSIFICATION:
             return self.classify(images)
         return self.embed_images(images)
