@@ -305,8 +305,9 @@ def _last_line(log: Path) -> str:
 
 
 def sweep(todo: dict[str, list[str]], *, jobs: int = 1, timeout: float = 600, optimize: bool = False,
-          isolate: bool = True, progress=print) -> list[dict]:
-    """Every row of ``todo`` (model type -> mappings); ``isolate=False`` runs them in this process (tests)."""
+          isolate: bool = True, progress=print, done_file: Path | None = None) -> list[dict]:
+    """Every row of ``todo`` (model type -> mappings); ``isolate=False`` runs them in this process (tests).
+    ``done_file``: each architecture's rows are appended there as it ends, so a stopped sweep resumes."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="torchship-coverage-") as tmp:
         work = Path(tmp)
@@ -320,10 +321,25 @@ def sweep(todo: dict[str, list[str]], *, jobs: int = 1, timeout: float = 600, op
             for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
                 got = future.result()
                 rows.extend(got)
+                if done_file is not None:
+                    with open(done_file, "a") as f:
+                        f.writelines(json.dumps(r) + "\n" for r in got)
                 progress(f"[{i}/{len(todo)}] {futures[future]}: " + ", ".join(
                     f"{r['mapping']} {'validated' if r['validated'] else r['stage']}" for r in got))
     order = {mt: i for i, mt in enumerate(todo)}
     return sorted(rows, key=lambda r: (list(MAPPINGS).index(r["mapping"]), order[r["model_type"]]))
+
+
+def _resumed(done_file: Path, todo: dict[str, list[str]]) -> list[dict]:
+    """The rows an earlier run finished, of architectures whose rows it has for every mapping asked now."""
+    if not done_file.is_file():
+        return []
+    found: dict[str, list[dict]] = {}
+    for line in done_file.read_text().splitlines():
+        row = json.loads(line)
+        found.setdefault(row["model_type"], []).append(row)
+    return [r for mt, got in found.items() if mt in todo and {r["mapping"] for r in got} >= set(todo[mt])
+            for r in got if r["mapping"] in todo[mt]]
 
 
 def environment(command: str, seconds: float, args: dict) -> dict:
@@ -353,6 +369,9 @@ def main(argv=None) -> int:
     ap.add_argument("--optimize", action="store_true", help="also run optimize (graph level all, fusion), untimed")
     ap.add_argument("--in-process", action="store_true", help="no child processes (tests, debugging)")
     ap.add_argument("--output", type=Path, default=ROOT / "reports" / "coverage")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of architectures an earlier, stopped run of the same sweep finished "
+                         "(OUTPUT/rows.jsonl) and run only the others")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -370,9 +389,19 @@ def main(argv=None) -> int:
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     only = {t.strip() for t in args.only.split(",")} if args.only else None
-    todo = plan(mappings, only, args.limit)
+    planned = plan(mappings, only, args.limit)
+    todo = planned
+    args.output.mkdir(parents=True, exist_ok=True)
+    done_file = args.output / "rows.jsonl"
+    kept = _resumed(done_file, todo) if args.resume else []
+    if not args.resume:
+        done_file.unlink(missing_ok=True)
+    todo = {mt: m for mt, m in todo.items() if mt not in {r["model_type"] for r in kept}}
     start = time.perf_counter()
-    rows = sweep(todo, jobs=args.jobs, timeout=args.timeout, optimize=args.optimize, isolate=not args.in_process)
+    rows = kept + sweep(todo, jobs=args.jobs, timeout=args.timeout, optimize=args.optimize,
+                        isolate=not args.in_process, done_file=None if args.in_process else done_file)
+    order = {mt: i for i, mt in enumerate(planned)}
+    rows.sort(key=lambda r: (list(MAPPINGS).index(r["mapping"]), order[r["model_type"]]))
     command = "python scripts/coverage.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     options = {"mappings": mappings, "limit": args.limit, "only": sorted(only) if only else None,
                "jobs": args.jobs, "timeout": args.timeout, "optimize": args.optimize}

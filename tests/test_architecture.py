@@ -171,7 +171,7 @@ def test_the_files_a_served_repository_carries_import_nothing_of_torchship():
                 if isinstance(node, ast.Import) for a in node.names}
         tops |= {node.module.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
                  if isinstance(node, ast.ImportFrom) and node.module and not node.level}
-        assert tops <= {"json", "os", "sys", "dataclasses", "typing", "__future__", "torchship_steps",
+        assert tops <= {"json", "os", "sys", "io", "warnings", "dataclasses", "typing", "__future__", "torchship_steps",
                         "torchship_processing"} | served_modules(), (path, tops)
 
 

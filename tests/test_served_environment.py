@@ -15,7 +15,7 @@ from torchship.serving import environment, server
 from torchship.serving.environment import UNRECORDED, Package, entries
 from torchship.serving.server import Install, find_install
 
-PILLOW = Package("pillow", "PIL")  # what an image modality would add
+SOUNDFILE = Package("soundfile", "soundfile")  # what an audio modality would add
 
 
 def _install(root, packages) -> Install:
@@ -37,10 +37,10 @@ def temp_home(tmp_path, monkeypatch):
 
 
 def test_todays_list_and_the_modules_served_files_may_import():
-    assert entries() == ["numpy<2", "tokenizers", "onnxruntime"]
-    assert environment.modules() == {"numpy", "tokenizers", "onnxruntime", "triton_python_backend_utils"}
+    assert entries() == ["numpy<2", "tokenizers", "onnxruntime", "pillow"]
+    assert environment.modules() == {"numpy", "tokenizers", "onnxruntime", "PIL", "triton_python_backend_utils"}
     assert environment.requirements()[0] == "numpy<2" and environment.requirements()[1].startswith("tokenizers==")
-    assert set(environment.versions()) == {"tokenizers", "onnxruntime"}
+    assert set(environment.versions()) == {"tokenizers", "onnxruntime", "pillow"}
 
 
 def test_an_install_built_with_todays_list_needs_nothing(temp_home):
@@ -49,18 +49,18 @@ def test_an_install_built_with_todays_list_needs_nothing(temp_home):
     assert find_install() == install
 
 
-def test_an_install_made_before_the_list_was_recorded_carries_todays_list(temp_home):
+def test_an_install_made_before_the_list_was_recorded_carries_the_list_of_then(temp_home):
     install = _install(temp_home, None)
-    assert install.packages() == list(UNRECORDED) and install.outdated() is None
+    assert install.packages() == list(UNRECORDED) and "adds pillow" in install.outdated()  # images need it
 
 
 def test_a_changed_list_makes_the_install_outdated(temp_home, monkeypatch):
     install = _install(temp_home, entries())
-    monkeypatch.setattr(environment, "PACKAGES", environment.PACKAGES + (PILLOW,))
-    assert environment.modules() >= {"PIL"}
+    monkeypatch.setattr(environment, "PACKAGES", environment.PACKAGES + (SOUNDFILE,))
+    assert environment.modules() >= {"soundfile"}
     reason = install.outdated()
-    assert reason and "was built with numpy<2, tokenizers, onnxruntime" in reason and "adds pillow" in reason
-    with pytest.raises(BackendUnavailable, match="adds pillow; run `torchship serve --setup`"):
+    assert reason and "was built with numpy<2, tokenizers, onnxruntime, pillow" in reason and "adds soundfile" in reason
+    with pytest.raises(BackendUnavailable, match="adds soundfile; run `torchship serve --setup`"):
         find_install()
     monkeypatch.setattr(environment, "PACKAGES", environment.PACKAGES[:2])  # onnxruntime dropped
     assert "drops onnxruntime" in install.outdated()
@@ -75,7 +75,7 @@ def test_setup_if_missing_builds_again_only_when_the_list_changed(temp_home, mon
     r = CliRunner().invoke(main, ["serve", "--setup", "--if-missing"])
     assert r.exit_code == 0 and not built, r.output
     assert r.output.strip() == f"the server is set up in {temp_home}"
-    monkeypatch.setattr(environment, "PACKAGES", environment.PACKAGES + (PILLOW,))
+    monkeypatch.setattr(environment, "PACKAGES", environment.PACKAGES + (SOUNDFILE,))
     r = CliRunner().invoke(main, ["serve", "--setup", "--if-missing"])
     assert r.exit_code == 0 and built == [None], r.output
-    assert "adds pillow: building it again" in r.output and f"the server is set up in {temp_home}" in r.output
+    assert "adds soundfile: building it again" in r.output and f"the server is set up in {temp_home}" in r.output

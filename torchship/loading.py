@@ -231,7 +231,8 @@ def load_config(ref: ModelRef, *, trust_remote_code: bool = False):
 
 
 def load_model(ref: ModelRef, config, *, model_class, allow_pickle: bool = False,
-               trust_remote_code: bool = False, attn_implementation: str | None = None):
+               trust_remote_code: bool = False, attn_implementation: str | None = None,
+               experts_implementation: str | None = None):
     """Load the checkpoint as ``model_class`` (a transformers Auto class) in eval mode."""
     kwargs = dict(
         config=config,
@@ -241,6 +242,8 @@ def load_model(ref: ModelRef, config, *, model_class, allow_pickle: bool = False
     )
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if experts_implementation:
+        kwargs["experts_implementation"] = experts_implementation
     try:
         model = model_class.from_pretrained(ref.load_id, **kwargs)
     except (OSError, ValueError) as exc:

@@ -41,6 +41,8 @@ CASES = {
                                                       true_hidden_size=16, num_feedforward_networks=1)),
     "yoso": ("text", "fill-mask", dict(T)),
     "xlm": ("text", "feature-extraction", dict(emb_dim=32, n_layers=2, n_heads=4)),
+    # a Llama-style decoder as a classifier: its rotary tables have batch 1 (tests the repair in graph_repairs.py)
+    "arcee": ("text", "text-classification", dict(T, num_key_value_heads=2, head_dim=8)),
     "rembert": ("text", "feature-extraction", dict(T, input_embedding_size=16, output_embedding_size=16)),
     "vit": ("image", "image-classification", VISION),
     "beit": ("image", "image-feature-extraction", VISION),

@@ -11,12 +11,9 @@ import numpy as np
 import pytest
 
 from cli_runner import run
-from image_shim import install
 from tiny import make_tokenizer, vocabulary
 from torchship.artifact import Artifact
 from torchship.runtimes import RuntimeOptions, create_predictor
-
-install()  # torchship.processing.image, from transformers' processor until that module lands
 
 T = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
 LABELS = ["cat", "dog", "good food"]

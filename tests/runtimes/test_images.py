@@ -10,11 +10,8 @@ import numpy as np
 import pytest
 
 from cli_runner import run
-from image_shim import install
 from tiny import LABELS
 from torchship.exporters.export import export
-
-install()  # torchship.processing.image, from transformers' processor until that module lands
 
 VISION = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, image_size=32,
               patch_size=8, num_channels=3)

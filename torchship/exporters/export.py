@@ -22,6 +22,7 @@ from torchship._torch import run_named
 from torchship.artifact import Artifact, ReferenceCase, Variant, model_bytes, new_manifest, save_reference
 from torchship.manifest_sections import BuildOptions, Validation
 from torchship.errors import ExportError, InputError, TorchshipError, first_line, root_cause
+from torchship.exporters.graph_repairs import repair_file
 from torchship.exporters.sources import model_type_of
 from torchship.exporters.spec import EMPTY_OK_AXES, ModelIO, ModelSpec, spec_for
 from torchship.validation import check, run_reference_cases
@@ -158,6 +159,7 @@ def _torch_export(wrapper, plan: _Plan, dummy: dict, path: Path, opts: ExportOpt
                                         dynamic_shapes=_dynamic_shapes(wrapper, plan.io),
                                         opset_version=opts.opset, dynamo=True, verbose=False)
             program.save(str(path), external_data=opts.external_data != "never" and _is_large(wrapper))
+            repair_file(path)
 
 
 def _dynamic_shapes(wrapper, io: ModelIO) -> tuple:

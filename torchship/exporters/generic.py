@@ -15,7 +15,7 @@ import numpy as np
 
 from torchship import loading
 from torchship.errors import ModelLoadError, UnsupportedModelError
-from torchship.exporters.sources import TransformersSource
+from torchship.exporters.sources import EXPORTABLE_EXPERTS, TransformersSource, exportable_experts
 from torchship.exporters.spec import BATCH, TensorSpec
 
 
@@ -87,9 +87,11 @@ class GenericSource(TransformersSource):
         if attn_implementation == "sdpa" and not getattr(concrete, "_supports_sdpa", False):
             attn_implementation = None
         return loading.load_model(ref, config, model_class=auto, allow_pickle=allow_pickle,
-                                  trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+                                  trust_remote_code=trust_remote_code, attn_implementation=attn_implementation,
+                                  experts_implementation=EXPORTABLE_EXPERTS)
 
     def prepare_copy(self, model, attn_implementation: str | None):
+        model = exportable_experts(model)
         if attn_implementation and getattr(model, "_supports_sdpa", False) \
                 and model.config._attn_implementation != attn_implementation:
             model.set_attn_implementation(attn_implementation)

@@ -86,7 +86,8 @@ class TransformersSource:
     def load_model(self, ref, config, task: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
                    attn_implementation: str | None = None):
         return loading.load_model(ref, config, model_class=self.model_class(task), allow_pickle=allow_pickle,
-                                  trust_remote_code=trust_remote_code, attn_implementation=attn_implementation)
+                                  trust_remote_code=trust_remote_code, attn_implementation=attn_implementation,
+                                  experts_implementation=EXPORTABLE_EXPERTS)
 
     def load_tokenizer(self, ref, *, trust_remote_code: bool = False):
         return loading.load_tokenizer(ref, trust_remote_code=trust_remote_code)
@@ -131,10 +132,24 @@ class TransformersSource:
             raise ArtifactError(f"{folder}/config.json cannot be read ({exc}); re-run torchship export") from None
 
     def prepare_copy(self, model, attn_implementation: str | None):
-        """A model object given by the user, deep-copied, with the export path's attention code."""
+        """A model object given by the user, deep-copied, with the export path's attention and experts code."""
+        model = exportable_experts(model)
         if attn_implementation and model.config._attn_implementation != attn_implementation:
             model.set_attn_implementation(attn_implementation)
         return model
+
+
+# Mixture-of-experts layers run their experts through transformers' grouped_mm custom operator by default, which
+# has no ONNX function; batched_mm is the same arithmetic in standard operators at static shapes.
+EXPORTABLE_EXPERTS = "batched_mm"
+
+
+def exportable_experts(model):
+    """A (copied) model whose experts, where it has any, run as ``EXPORTABLE_EXPERTS``."""
+    can = getattr(type(model), "_can_set_experts_implementation", None)
+    if can and can() and getattr(model.config, "_experts_implementation", None) != EXPORTABLE_EXPERTS:
+        model.set_experts_implementation(EXPORTABLE_EXPERTS)
+    return model
 
 
 DIFFUSERS_EXTRA = "pip install 'torchship[diffusers]'"

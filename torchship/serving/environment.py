@@ -35,7 +35,7 @@ class Package:
 
 # numpy < 2: the server's wheel (nvidia-pytriton) pins it, and its Python backend's stub with it
 PACKAGES = (Package("numpy", "numpy", "numpy<2"), Package("tokenizers", "tokenizers"),
-            Package("onnxruntime", "onnxruntime"))
+            Package("onnxruntime", "onnxruntime"), Package("pillow", "PIL"))  # pillow: images decoded and resized
 # what an install made before the list was recorded carries (its install.json has no "packages")
 UNRECORDED = ("numpy<2", "tokenizers", "onnxruntime")
 # the Python backend's own module, which the server provides
