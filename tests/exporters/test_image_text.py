@@ -25,7 +25,12 @@ def make_image_text(kind: str, folder):
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipImageProcessor, SiglipModel
 
-    tokenizer, n = make_tokenizer(folder), len(vocabulary())
+    from transformers import BertTokenizerFast
+
+    n = len(vocabulary())
+    # SigLIP's tokenizer gives token ids alone (its model was trained on prompts padded to full length, no mask)
+    tokenizer = make_tokenizer(folder) if kind == "clip" else BertTokenizerFast(
+        vocab={tok: i for i, tok in enumerate(vocabulary())}, do_lower_case=True, model_input_names=["input_ids"])
     text = dict(T, vocab_size=n, pad_token_id=0, bos_token_id=2, eos_token_id=3)  # [CLS] ... [SEP]: CLIP pools at [SEP]
     torch.manual_seed(0)
     if kind == "clip":
@@ -33,7 +38,7 @@ def make_image_text(kind: str, folder):
                                      vision_config=dict(T, image_size=32, patch_size=8), projection_dim=16))
         processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     else:
-        model = SiglipModel(SiglipConfig(text_config=dict(text, max_position_embeddings=16),
+        model = SiglipModel(SiglipConfig(text_config=dict(text, max_position_embeddings=64),
                                          vision_config=dict(T, image_size=32, patch_size=8)))
         processor = SiglipImageProcessor(size={"height": 32, "width": 32})
     with torch.no_grad():
@@ -76,9 +81,9 @@ def _eager(kind, model, tokenizer, processor, texts, paths):
     import torch
     from PIL import Image
 
-    pad = dict(padding="max_length", max_length=16) if kind == "siglip" else dict(padding=True)
+    pad = dict(padding="max_length", max_length=64) if kind == "siglip" else dict(padding=True)
     enc = tokenizer(texts, truncation=True, return_tensors="pt", **pad)
-    feeds = {"input_ids": enc["input_ids"], **({"attention_mask": enc["attention_mask"]} if kind == "clip" else {})}
+    feeds = {k: enc[k] for k in ("input_ids", "attention_mask") if k in enc}  # SigLIP's tokenizer gives no mask
     pixels = processor(images=[Image.open(p) for p in paths], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         return model(**feeds, pixel_values=pixels)
@@ -128,6 +133,21 @@ def test_zero_shot_and_embeddings_equal_eager(exported):
     vectors = np.array([row["embedding"] for row in json.loads(ran.stdout)["results"]])
     eager = _eager(kind, model, tokenizer, processor, ["a"], paths)  # image_embeds at unit length
     np.testing.assert_allclose(vectors, eager.image_embeds.numpy(), atol=1e-5)
+
+
+def test_zero_shot_equals_the_pipeline(exported):
+    """transformers' zero-shot pipeline on the checkpoint (SigLIP's prompts padded to 64 tokens, no mask), its default
+    template given as --template."""
+    from PIL import Image
+    from transformers import pipeline
+
+    kind, art, *_, paths = exported
+    want = pipeline("zero-shot-image-classification", model=art.manifest.source["model"])(
+        Image.open(paths[0]), candidate_labels=LABELS)
+    ran = run("torchship", "predict", art.folder, paths[0], "--labels", ",".join(LABELS), "--template",
+              "This is a photo of {}.", "--json", "--backend", "ort")
+    got = json.loads(ran.stdout)["results"][0]["scores"]
+    assert {r["label"]: pytest.approx(r["score"], abs=1e-5) for r in want} == got
 
 
 def test_bad_input_is_one_line(exported, tmp_path):
