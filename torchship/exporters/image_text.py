@@ -1,11 +1,12 @@
-"""Image-text models (CLIP, SigLIP): two towers exported as two graphs of one variant, each runnable alone.
+"""Image-text models (CLIP, SigLIP, MetaCLIP 2): two towers exported as two graphs of one variant, each runnable alone.
 
 ``text`` takes token ids (and the attention mask where the tokenizer gives one; SigLIP's pads to its maximum
 length without one) and gives ``text_embeds``; ``vision`` takes pixel values at the config's size and gives
 ``image_embeds``: the projected features of ``get_text_features`` / ``get_image_features``, not normalised. The
 logit scale (and SigLIP's bias), the padding rule and the prompt template are kept in the manifest
 (:class:`ZeroShotSettings`), so zero-shot scores are computed from the two embeddings without the model. The
-two-graph export itself is :mod:`torchship.exporters.towers`.
+two-graph export itself is :mod:`torchship.exporters.towers`. SigLIP 2 is not among them: its vision tower takes
+patches with a pixel mask and their spatial shapes (NaFlex), another preprocessing and another graph.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _features(out):
 @dataclass(frozen=True)
 class ImageTextSpec(TransformersSource, SpecDefaults):
     family: str = "image-text"
-    model_types: tuple[str, ...] = ("clip", "siglip")
+    model_types: tuple[str, ...] = ("clip", "siglip", "metaclip_2")
     group: FamilyGroup = IMAGE_TEXT
     tasks: tuple[str, ...] = (ZERO_SHOT_IMAGE_CLASSIFICATION, IMAGE_TEXT_EMBEDDING)
     default_exporter: str = "dynamo"
