@@ -1,7 +1,7 @@
 """Image-text models (CLIP, SigLIP, MetaCLIP 2): two towers exported as two graphs of one variant, each runnable alone.
 
-``text`` takes token ids (and the attention mask where the tokenizer gives one; SigLIP's pads to its maximum
-length without one) and gives ``text_embeds``; ``vision`` takes pixel values at the config's size and gives
+``text`` takes token ids (and the attention mask, but for SigLIP, whose prompts are padded to their full length
+without one as its model was trained) and gives ``text_embeds``; ``vision`` takes pixel values at the config's size and gives
 ``image_embeds``: the projected features of ``get_text_features`` / ``get_image_features``, not normalised. The
 logit scale (and SigLIP's bias), the padding rule and the prompt template are kept in the manifest
 (:class:`ZeroShotSettings`), so zero-shot scores are computed from the two embeddings without the model. The
@@ -122,7 +122,6 @@ class ImageTextSpec(TransformersSource, SpecDefaults):
     precisions: tuple[str, ...] = ("fp32",)
     graphs: tuple[str, ...] = (TEXT, VISION)
     graph_files = TOWER_FILES
-    padded_to_max = MAX_LENGTH_PADDING
 
     def model_class(self, task: str):
         import transformers
@@ -155,9 +154,9 @@ class ImageTextSpec(TransformersSource, SpecDefaults):
         n = self.normalized(model.config)
         return {"num_heads": n.num_heads, "hidden_size": n.hidden_size, "num_layers": n.num_layers}
 
-    def tower_io(self, model, tower: str, *, mask: bool) -> ModelIO:
-        """One tower's inputs and outputs; ``mask``: the text graph takes the attention mask. The embedding width
-        is probed (SigLIP's towers keep their hidden size, CLIP's project to projection_dim)."""
+    def tower_io(self, model, tower: str) -> ModelIO:
+        """One tower's inputs and outputs. The embedding width is probed (SigLIP's towers keep their hidden size,
+        CLIP's project to projection_dim)."""
         from torchship._torch import run_named
 
         if tower == VISION:
@@ -165,16 +164,21 @@ class ImageTextSpec(TransformersSource, SpecDefaults):
             out = "image_embeds"
         else:
             inputs = (TensorSpec("input_ids", "int64", (BATCH, SEQUENCE)),
-                      *((TensorSpec("attention_mask", "int64", (BATCH, SEQUENCE)),) if mask else ()))
+                      *((TensorSpec("attention_mask", "int64", (BATCH, SEQUENCE)),) if self.text_mask(model) else ()))
             out = "text_embeds"
         io = ModelIO(inputs, (TensorSpec(out, "float32", (BATCH, 0)),))
         probe = run_named(self.wrapper(model, io), self.sample_inputs(model.config, io, TowerCase(1, 4), seed=0),
                           io.input_names, io.output_names)
         return ModelIO(inputs, (TensorSpec(out, "float32", (BATCH, int(probe[out].shape[-1]))),))
 
+    def text_mask(self, model) -> bool:
+        """Whether the text graph takes the attention mask: not where prompts are padded to their full length (SigLIP:
+        its tokenizer gives no mask, as its model was trained), as transformers' pipeline feeds them."""
+        return model.config.model_type not in MAX_LENGTH_PADDING
+
     def io(self, model, task: str) -> ModelIO:
         """Both towers' inputs and outputs, as the manifest lists them (each graph lists its own)."""
-        text, vision = (self.tower_io(model, t, mask=True) for t in (TEXT, VISION))
+        text, vision = (self.tower_io(model, t) for t in (TEXT, VISION))
         return ModelIO(text.inputs + vision.inputs, text.outputs + vision.outputs)
 
     def wrapper(self, model, io: ModelIO):
@@ -241,6 +245,10 @@ class ImageTextSpec(TransformersSource, SpecDefaults):
         for name in PROCESSOR_FILES:
             if source is not None and (Path(source) / name).is_file():
                 shutil.copyfile(Path(source) / name, Path(folder) / name)
+
+    def manifest_text(self, model, source: Path | None) -> dict:
+        """The manifest's ``text`` section: the zero-shot settings."""
+        return self.zero_shot_settings(model, source).to_json()
 
     def zero_shot_settings(self, model, source: Path | None) -> ZeroShotSettings:
         """The logit scale and bias (values from the model), the prompt template and the padding rule."""

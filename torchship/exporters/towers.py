@@ -12,7 +12,7 @@ from torchship._fs import staged_dir
 from torchship._torch import run_named
 from torchship.artifact import Artifact, ReferenceCase, Variant, model_bytes, new_manifest, save_reference
 from torchship.compare import ComparisonReport
-from torchship.errors import ExportError, TorchshipError, root_cause
+from torchship.errors import ExportError, InputError, TorchshipError, root_cause
 from torchship.exporters.export import _check_onnx, _Plan, _run_export
 from torchship.exporters.sources import model_type_of
 from torchship.manifest_sections import BuildOptions, Graph, Validation
@@ -34,22 +34,20 @@ def _graph_cases(spec, model, tower_io: ModelIO, name: str, cases) -> list[Refer
     return out
 
 
-def _text_mask(spec, loaded, model) -> bool:
-    """Whether the text graph takes the attention mask: not for a model whose prompts are padded to full length
-    (SigLIP: its tokenizer gives no mask, as its model was trained), as transformers' pipeline feeds them."""
-    return model.config.model_type not in spec.padded_to_max
-
-
 def export_towers(spec, loaded, task: str, output: Path, opts, progress) -> Artifact:
-    """Export ``spec.graphs`` of the loaded model as one variant of several graphs; returns the folder."""
+    """Export ``spec.graphs`` of the loaded model as one variant of several graphs; returns the folder. The spec
+    gives each graph's inputs and outputs (``tower_io``), its file (``graph_files``) and the manifest's ``text``
+    section (``manifest_text``); its wrapper and sample inputs follow the graph's inputs."""
     model, loaded.model = loaded.model, None
     config = model.config
-    mask = _text_mask(spec, loaded, model)
-    ios = {name: spec.tower_io(model, name, mask=mask) for name in spec.graphs}
+    if opts.shapes is not None:
+        raise InputError(f"a shape config is for a folder of one graph; {spec.group.one} exports {len(spec.graphs)} "
+                         f"({', '.join(spec.graphs)}): drop --config")
+    ios = {name: spec.tower_io(model, name) for name in spec.graphs}
     dummy_case = opts.dummy_case or spec.dummy_case
     cases = tuple(opts.validation_cases or spec.validation_cases)
     references = {name: _graph_cases(spec, model, ios[name], name, cases) for name in spec.graphs}
-    settings = spec.zero_shot_settings(model, loaded.source_folder)
+    text = spec.manifest_text(model, loaded.source_folder)
     whole = ModelIO(tuple(t for io in ios.values() for t in io.inputs), tuple(t for io in ios.values() for t in io.outputs))
 
     with staged_dir(output) as tmp:
@@ -98,7 +96,7 @@ def export_towers(spec, loaded, task: str, output: Path, opts, progress) -> Arti
                     "dummy_shape": list(spec.case_shape(dummy_case)),
                     "validation_shapes": [c.label() for c in cases], "tokenizer": loaded.tokenizer is not None,
                     "graphs": list(spec.graphs)},
-            text=settings.to_json(), atol=opts.atol or spec.atol, variant=variant, shapes=None,
+            text=text, atol=opts.atol or spec.atol, variant=variant, shapes=None,
             model_config=normalized.to_json())
         Artifact(tmp, manifest).save(manifest)
     return Artifact.open(output)
