@@ -104,9 +104,13 @@ def test_two_graphs_validated_each_runnable_alone(exported):
     assert settings["template"] == "a photo of a {}." and settings["template_from"] == "default"
     for name in ("preprocessor_config.json", "tokenizer.json", "text_model.onnx", "vision_model.onnx"):
         assert (art.folder / name).is_file()
-    with create_predictor(art, "ort", RuntimeOptions(threads=1), graph="vision") as vision:
-        out = vision.infer({"pixel_values": np.zeros((2, 3, 32, 32), np.float32)})
-    assert out["image_embeds"].shape[0] == 2
+    pixels = {"pixel_values": np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)}
+    outs = {}
+    for backend in ("ort", "torch"):  # each graph alone, on each backend that runs one graph of several
+        with create_predictor(art, backend, RuntimeOptions(threads=1), graph="vision") as vision:
+            outs[backend] = vision.infer(pixels)["image_embeds"]
+    assert outs["ort"].shape[0] == 2
+    np.testing.assert_allclose(outs["ort"], outs["torch"], atol=1e-5)
 
 
 def test_zero_shot_and_embeddings_equal_eager(exported):

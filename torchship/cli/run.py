@@ -205,35 +205,37 @@ def predict_cmd(folder, inputs, backend, device, as_json, aggregation, question,
 def _predict_images(artifact, inputs, backend, device, as_json, labels, template, texts) -> None:
     """predict on an image folder: labels with scores (classifiers, zero-shot with --labels) or embeddings, and
     text embeddings of an image-text model's text tower (--text)."""
-    from torchship.runtimes import RuntimeOptions
+    from torchship.runtimes import RuntimeOptions, graph_names
     from torchship.runtimes.images import ImageModel
 
     if not inputs and not texts:
         raise InputError(f"give image files to predict on (torchship predict {artifact.folder} cat.jpg)"
-                         f"{' or --text' if artifact.manifest.task.startswith(('zero-shot', 'image-text')) else ''}")
+                         f"{' or --text' if len(graph_names(artifact)) > 1 else ''}")
     if template is not None and not labels:
         raise InputError("--template is for zero-shot labels: give --labels too")
     backend = _resolve_backend(artifact, backend)
-    results = []
+    results = []  # (result, whether its rows are texts)
     with ImageModel.from_artifact(artifact, backend, RuntimeOptions(device=device)) as model:
         if texts:
-            results.append(model.embed_texts(texts))
+            results.append((model.embed_texts(texts), True))
         if inputs:
-            results.append(model.predict(list(inputs), labels=labels or None, template=template))
+            results.append((model.predict(list(inputs), labels=labels or None, template=template), False))
+    notes = [note for r, _ in results for note in r.notes]
     if as_json:
-        click.echo(json.dumps({"backend": backend, "results": [row for r in results for row in r.to_json()]}))
+        click.echo(json.dumps({"backend": backend, "results": [row for r, _ in results for row in r.to_json()],
+                               **({"notes": notes} if notes else {})}))
         return
-    for result in results:
+    for result, are_texts in results:
         for i, name in enumerate(result.names):
+            shown = repr(name) if are_texts else name
             if result.scores is not None:
-                best = ", ".join(f"{label} {score:.3f}" for label, score in result.top(i))
-                click.echo(f"{name}: {best}")
+                click.echo(f"{shown}: " + ", ".join(f"{label} {score:.3f}" for label, score in result.top(i)))
             else:
                 vec = result.embeddings[i]
-                head = ", ".join(f"{v:+.4f}" for v in vec[:4])
-                click.echo(f"{name!r}: embedding[{len(vec)}] norm {sum(float(v) * float(v) for v in vec) ** 0.5:.3f} [{head}, ...]")
-        for note in result.notes:
-            click.echo(f"torchship: note: {note}", err=True)
+                norm = sum(float(v) * float(v) for v in vec) ** 0.5
+                click.echo(f"{shown}: embedding[{len(vec)}] norm {norm:.3f} [{', '.join(f'{v:+.4f}' for v in vec[:4])}, ...]")
+    for note in notes:
+        click.echo(f"torchship: note: {note}", err=True)
     click.echo(f"(backend {backend}; --json for full vectors)", err=True)
 
 

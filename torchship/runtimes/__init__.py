@@ -58,8 +58,8 @@ def create_predictor(artifact: Artifact, name: str, options: RuntimeOptions = Ru
     graph = graph or options.graph
     names = graph_names(artifact)
     if graph is None and len(names) > 1:
-        raise InputError(f"{artifact.folder} holds {len(names)} graphs ({', '.join(names)}); name the one to run "
-                         "(create_predictor(..., graph=NAME))")
+        raise InputError(f"{artifact.folder} holds {len(names)} graphs ({', '.join(names)}); this runs a folder of "
+                         "one graph (torchship predict runs both; from Python, create_predictor(..., graph=NAME))")
     if graph is not None:
         if graph not in names:
             raise InputError(f"{artifact.folder} has no graph {graph!r}; it has {', '.join(names)}")
