@@ -79,3 +79,24 @@ def test_image_folder_refuses_text_flags_in_one_line(image_folder):
                         ((paths[0], "--question", "who?"), "--question is for"), ((), "give image files")):
         ran = run("torchship", "predict", art.folder, *args, "--backend", "ort")
         assert ran.returncode != 0 and words in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+
+
+def test_python_api_takes_pil_images_and_bytes(image_folder):
+    import torch
+    from PIL import Image
+
+    from torchship.runtimes.images import ImageModel
+
+    kind, art, model, processor, paths = image_folder
+    image, data = Image.open(paths[0]), paths[1].read_bytes()
+    with ImageModel.from_artifact(art, "ort") as images:
+        result = images.predict([image, data])
+    assert result.names == ("image 1", "image 2")
+    pixels = processor(images=[image, Image.open(paths[1])], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        eager = model(pixel_values=pixels)
+    if kind == "vit":
+        np.testing.assert_allclose(result.scores, eager.logits.softmax(-1).numpy(), atol=1e-5)
+        assert result.labels == tuple(LABELS)
+    else:
+        np.testing.assert_allclose(result.embeddings, eager.pooler_output.numpy(), atol=1e-4)

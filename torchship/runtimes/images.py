@@ -44,8 +44,15 @@ def image_settings(artifact: Artifact):
         raise ArtifactError(f"{path} cannot be read: {exc}") from None
 
 
-def _name(item) -> str:
-    return str(item) if isinstance(item, (str, Path)) else f"image {id(item) % 10000}"
+def _items(images) -> list:
+    """One image or a sequence of them (paths, bytes, PIL images) as a list."""
+    return [images] if isinstance(images, (str, Path, bytes, bytearray)) or not hasattr(images, "__len__") \
+        else list(images)
+
+
+def _name(item, index: int) -> str:
+    """What a row is called: an image's path, else its place in the batch."""
+    return str(item) if isinstance(item, (str, Path)) else f"image {index + 1}"
 
 
 @dataclass(frozen=True)
@@ -135,15 +142,14 @@ class ImageModel:
         """(pixel values [n, c, h, w], decoding notes) of images given as paths, bytes or PIL images."""
         from torchship.processing.image import decode, open_image, preprocess
 
-        if isinstance(images, (str, Path, bytes)) or not hasattr(images, "__len__"):
-            images = [images]
-        if not len(images):
+        images = _items(images)
+        if not images:
             raise InputError("no images given; pass at least one image")
         missing = [str(i) for i in images if isinstance(i, (str, Path)) and not Path(i).is_file()]
         if missing:
             raise InputError(f"{missing[0]}: no such file")
         opened, notes = [], []
-        for item in images:
+        for index, item in enumerate(images):
             try:
                 if isinstance(item, (str, Path)):
                     image, said = open_image(item)
@@ -152,9 +158,9 @@ class ImageModel:
                 else:
                     image, said = item, ()
             except (ValueError, OSError) as exc:  # processing.image says what is wrong with the bytes in a line
-                raise InputError(f"{_name(item)}: {first_line(exc)}") from None
+                raise InputError(f"{_name(item, index)}: {first_line(exc)}") from None
             opened.append(image)
-            notes.extend(f"{_name(item)}: {n}" for n in said)
+            notes.extend(f"{_name(item, index)}: {n}" for n in said)
         try:
             return preprocess(opened, self.settings), tuple(notes)
         except ValueError as exc:
@@ -239,5 +245,4 @@ class ImageModel:
 
     @staticmethod
     def _names(images) -> tuple[str, ...]:
-        items = [images] if isinstance(images, (str, Path, bytes)) or not hasattr(images, "__len__") else images
-        return tuple(_name(i) for i in items)
+        return tuple(_name(item, i) for i, item in enumerate(_items(images)))
