@@ -311,7 +311,8 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
 
 def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                    opts: ExportOptions, progress: _progress.Progress) -> Artifact:
-
+    if getattr(spec, "export_graphs", None) is not None:  # a variant of several graphs (exporters/towers.py)
+        return spec.export_graphs(loaded, task, output, opts, progress)
     model, loaded.model = loaded.model, None  # from here on, this function holds the only reference
     config = model.config
     plan = _plan(spec, model, task, opts)

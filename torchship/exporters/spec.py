@@ -30,9 +30,11 @@ IMAGE_FEATURE_EXTRACTION = "image-feature-extraction"  # hidden states (and the 
 IMAGE_CLASSIFICATION = "image-classification"
 SPEECH_RECOGNITION = "automatic-speech-recognition"  # CTC logits per audio frame
 AUDIO_CLASSIFICATION = "audio-classification"
+ZERO_SHOT_IMAGE_CLASSIFICATION = "zero-shot-image-classification"  # image-text towers: images scored against labels
+IMAGE_TEXT_EMBEDDING = "image-text-embedding"  # the same towers, used for image and text embeddings in one space
 TASKS = (FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING,
          FILL_MASK, TEXT_GENERATION, DENOISING, IMAGE_FEATURE_EXTRACTION, IMAGE_CLASSIFICATION, SPEECH_RECOGNITION,
-         AUDIO_CLASSIFICATION)
+         AUDIO_CLASSIFICATION, ZERO_SHOT_IMAGE_CLASSIFICATION, IMAGE_TEXT_EMBEDDING)
 # tasks whose outputs are scores over labels
 LABELLED_TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, IMAGE_CLASSIFICATION, AUDIO_CLASSIFICATION)
 
