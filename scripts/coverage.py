@@ -50,6 +50,9 @@ MAPPINGS = {
 }
 
 
+TOKENIZER_IDS = 300  # the tiny tokenizers' sizes (tests/tiny.py: WordPiece 120, byte-level BPE 300)
+
+
 def mapping_entries(mapping: str) -> dict[str, str]:
     """model type -> model class name, in transformers' order (the first class where it names several)."""
     from transformers.models.auto import modeling_auto
@@ -118,6 +121,9 @@ def _build(row, state) -> bool:
         config = tiny_config(config_cls, labels=state["labels"], pad_token_id=0 if row["modality"] == "text" else None)
     except TinyError as exc:
         return _fail(row, "build", str(exc), exc)
+    vocab = getattr(config, "vocab_size", None)
+    if row["modality"] == "text" and isinstance(vocab, int) and vocab < TOKENIZER_IDS:
+        config.vocab_size = TOKENIZER_IDS  # a class whose default vocabulary is smaller than the tiny tokenizer's (ESM C)
     if row["mapping"] == "causal-lm" and getattr(config, "is_decoder", None) is False:
         config.is_decoder = True  # an encoder's causal-LM class (BertLMHeadModel) needs it, as transformers warns
     try:

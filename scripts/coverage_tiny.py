@@ -79,7 +79,7 @@ def shrink_values(values: dict, class_defaults: dict) -> dict:
     heads = HEADS
     for k, v in values.items():
         if _is_int(v):
-            if k in HIDDEN_KEYS:
+            if k in HIDDEN_KEYS or k == "pooler_hidden_size":  # DeBERTa's pooler reads the hidden states
                 out[k] = HIDDEN
             elif k in INTERMEDIATE_KEYS:
                 out[k] = min(v, INTERMEDIATE)

@@ -33,6 +33,13 @@ def class_name(model_type: str, name: str = "") -> str | None:
     return found[0] if isinstance(found, (tuple, list)) else found
 
 
+def names_mapped_class(config, model_type: str, name: str) -> bool:
+    """Whether the checkpoint's architectures name a class transformers' mapping ``name`` has for ``model_type``."""
+    found = mapping(name).get(model_type)
+    classes = set(found) if isinstance(found, (tuple, list)) else {found}
+    return bool(classes & set(getattr(config, "architectures", None) or ()))
+
+
 def forward_params(model_type: str, name: str = "") -> tuple[str, ...]:
     """The parameters of the forward of ``model_type``'s class in a mapping (base model by default); () when
     transformers has no such class."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from torchship.errors import InputError
 from torchship.exporters.generic import (GenericSource, bound, class_name, config_int, make_named_wrapper, mapping,
-                                         probe_outputs, takes_first)
+                                         names_mapped_class, probe_outputs, takes_first)
 from torchship.exporters.spec import (AUDIO_CLASSIFICATION, BATCH, ENCODE_AUDIO, ENCODE_IMAGE, IMAGE_CLASSIFICATION,
                                       IMAGE_FEATURE_EXTRACTION, LABELLED_TASKS, SEQUENCE, SPEECH_RECOGNITION,
                                       FamilyGroup, ModelIO, NormalizedConfig, SpecDefaults, TensorSpec)
@@ -66,7 +66,7 @@ def _head_problem(task: str, head: str, mapping_name: str, config) -> str | None
     if model_type and not class_name(model_type, mapping_name):
         return f"transformers has no {head[3:]} head for {model_type!r} models; choose another --task"
     archs = [a for a in (getattr(config, "architectures", None) or ()) if a]
-    if archs and not any(a.endswith(head) for a in archs):
+    if archs and not any(a.endswith(head) for a in archs) and not names_mapped_class(config, model_type, mapping_name):
         return (f"the checkpoint is a {archs[0]}, without the {head[3:]} head that {task} needs (its weights would "
                 "be random); export a checkpoint trained for it")
     return None

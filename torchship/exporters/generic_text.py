@@ -11,7 +11,7 @@ from torchship.errors import UnsupportedModelError
 from torchship.exporters import encoder_tasks
 from torchship.exporters.encoders import EncoderSpec
 from torchship.exporters.generic import (GenericSource, bound, class_name, config_int, forward_params, mapping,
-                                         takes_first)
+                                         names_mapped_class, takes_first)
 from torchship.exporters.spec import NormalizedConfig
 
 # The heads of an encoder: a model type with one of these (and no causal LM, which a decoder family takes) is one.
@@ -60,6 +60,8 @@ class GenericTextSpec(EncoderSpec, GenericSource):
                   "QuestionAnswering": "QUESTION_ANSWERING", "MaskedLM": "MASKED_LM", "": ""}[name]
         if model_type and not class_name(model_type, wanted):
             return f"transformers has no {auto} for {model_type!r} models, so {task} has no head to run; choose another --task"
+        if wanted and model_type and names_mapped_class(config, model_type, wanted):
+            return None  # the head's class by transformers' own mapping, whatever its name (FlaubertWithLMHeadModel)
         return super().task_problem(task, config, folder)
 
     def inputs_for(self, config) -> tuple[str, ...]:

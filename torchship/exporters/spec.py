@@ -257,7 +257,7 @@ def spec_for(model_type: str, *, source: str = "the model", kind: str | None = N
     "encoder", "decoder", ...) restricts what is accepted, and a refusal names the command for what it is."""
     spec = _REGISTRY.get(model_type)
     if spec is None and config is not None:
-        spec = generic_for(model_type, config)
+        spec = (task and generic_for(model_type, config, task)) or generic_for(model_type, config)
     elif spec is not None and config is not None and ((task is not None and task not in spec.tasks)
                                                        or (kind is not None and spec.kind != kind)):
         other = generic_for(model_type, config, task)
