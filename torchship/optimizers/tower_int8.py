@@ -165,7 +165,8 @@ def quantize_towers(artifact: Artifact, options, progress: _progress.Progress = 
     speedups = {t["graph"]: t["speedup_vs_fp32"] for t in trials}
     variant = Variant(name=VARIANT, file=kept[0].file, stage="quantization", options=BuildOptions.from_json(
         {**candidate.to_json(), "precision": "int8", "activations": "per-row", "speedup_vs_fp32": min(speedups.values()),
-         "speedup_per_graph": speedups, "zero_shot_top1_agreement": agreement, "search_s": round(time.perf_counter() - started, 1),
+         "speedup_per_graph": speedups, "zero_shot_top1_agreement": agreement,
+         "shape": "; ".join(f"{t['graph']}: {t['shape']}" for t in trials), "search_s": round(time.perf_counter() - started, 1),
          "machine": {"cpu": cpu_name()}}),
         size_bytes=sum(model_bytes(artifact.folder / g.file) for g in kept), validation=Validation.from_json(
             {**worst.to_json(), "passed": True, "max_abs": max(g.validation.max_abs for g in kept),
