@@ -18,7 +18,7 @@ import numpy as np
 
 from torchship import backends as backends_table
 from torchship._fs import MANIFEST_NAME, staged_file, write_json_atomic
-from torchship.dispatch_table import DispatchTable
+from torchship.dispatch_table import DispatchTable, GraphChoice
 from torchship.errors import ArtifactError, InputError
 from torchship.external_data import data_file_name
 from torchship.manifest_sections import ONE, BuildOptions, FusionRecord, Graph, QuantizationRecord, Validation
@@ -121,6 +121,8 @@ class Manifest:
     model_config: dict | None = None  # the family's normalized view of the config (exporters.spec.NormalizedConfig)
     dispatch: DispatchTable | None = None  # fp32 variants timed per shape by torchship optimize, winner per range
     fusion_settings: FusionSettings | None = None  # None: the model config's (``fusion``)
+    # a folder of several graphs: each graph's measured variant (optimizers/towers.py), by graph name
+    graph_dispatch: dict[str, GraphChoice] | None = None
     format: int = FORMAT_VERSION
 
     @property
@@ -142,8 +144,11 @@ class Manifest:
         return self.fusion.num_layers
 
     def to_json(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("format", "fusion_settings")}
+        data = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("format", "fusion_settings", "graph_dispatch")}
         return {"format": self.format, **data, "variants": {k: v.to_json() for k, v in self.variants.items()},
+                **({"graph_dispatch": {k: v.to_json() for k, v in self.graph_dispatch.items()}}
+                   if self.graph_dispatch else {}),
                 "quantization": self.quantization.to_json() if self.quantization else None,
                 "dispatch": self.dispatch.to_json() if self.dispatch else None,
                 **(asdict(self.fusion_settings) if self.fusion_settings else {})}
@@ -157,6 +162,8 @@ class Manifest:
                       "quantization": QuantizationRecord.from_json(data["quantization"])
                       if data.get("quantization") else None,
                       "dispatch": DispatchTable.from_json(data["dispatch"]) if data.get("dispatch") else None,
+                      "graph_dispatch": {k: GraphChoice.from_json(v) for k, v in data["graph_dispatch"].items()}
+                      if data.get("graph_dispatch") else None,
                       "fusion_settings": _apart(written, data.get("model_config"))})
 
     def with_variant(self, variant: Variant) -> "Manifest":

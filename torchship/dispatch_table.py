@@ -250,3 +250,26 @@ class DispatchTable:
                    plan=Plan(**{k: plan[k] for k in _PLAN if k in plan}), version=data.get("version", 1),
                    grid=data.get("grid", "default"), excluded=dict(data.get("excluded", {})),
                    same_as=dict(data.get("same_as", {})), rounds_file=data.get("rounds_file"))
+
+
+@dataclass(frozen=True)
+class GraphChoice:
+    """The measured choice of one graph of a folder of several (an image-text model's ``text`` or ``vision``
+    tower): its fp32 variants timed at a few shapes on this machine, the winner rule's pick at each, and the
+    variant that runs the graph (the most wins; ties to the earlier in ``order``). The manifest's ``graph_dispatch``
+    holds one per graph; ``ort-measured`` and auto read ``variant``."""
+
+    graph: str
+    variant: str
+    shapes: tuple[dict, ...] = ()  # {"shape", "batch", "sequence", "median_ms": {variant: ms}, "winner"}
+    rule: str = ""
+    machine: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"graph": self.graph, "variant": self.variant, "shapes": list(self.shapes), "rule": self.rule,
+                "machine": self.machine}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "GraphChoice":
+        return cls(graph=data["graph"], variant=data["variant"], shapes=tuple(data.get("shapes", ())),
+                   rule=data.get("rule", ""), machine=dict(data.get("machine") or {}))

@@ -271,18 +271,21 @@ class Graph:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     validation: Validation | None = None
+    fusion: FusionRecord | None = None  # what the graph holds (optimize's variants), attention counted where fused
 
     def to_json(self) -> dict:
         return {"name": self.name, "file": self.file, "inputs": [t.to_json() for t in self.inputs],
                 "outputs": [t.to_json() for t in self.outputs],
-                "validation": self.validation.to_json() if self.validation else None}
+                "validation": self.validation.to_json() if self.validation else None,
+                **({"fusion": self.fusion.to_json()} if self.fusion else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> "Graph":
         return cls(name=data["name"], file=data["file"],
                    inputs=tuple(TensorSpec.from_json(t) for t in data.get("inputs", ())),
                    outputs=tuple(TensorSpec.from_json(t) for t in data.get("outputs", ())),
-                   validation=Validation.from_json(data["validation"]) if data.get("validation") else None)
+                   validation=Validation.from_json(data["validation"]) if data.get("validation") else None,
+                   fusion=FusionRecord.from_json(data["fusion"]) if data.get("fusion") else None)
 
 
 ONE = "model"  # the graph of a one-file variant

@@ -81,6 +81,13 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
         raise InputError(f"{artifact.folder} holds {spec.group.one}; benchmark it with run_decoder_benchmark "
                          "(torchship bench picks it for decoders)")
     config = saved_config(artifact)
+    if manifest.variants.get("model") is not None and manifest.variants["model"].graphs:  # an image-text model
+        from torchship.benchmarks.towers import run_towers_benchmark
+
+        sizes = options.sizes or (tuple({BATCH: b, SEQUENCE: s} for b, s in options.shapes) if options.shapes
+                                  else bench_sizes(spec, config))
+        return run_towers_benchmark(artifact, options, options.backends or folder_backends(artifact), sizes,
+                                    accuracy_of, progress)
     cases = _cases(spec, config, options, artifact)
     io = manifest.io()
     runtime = RuntimeOptions(threads=options.threads, spin=options.spin, reference_model=options.reference_model,
@@ -154,7 +161,7 @@ def folder_backends(artifact: Artifact) -> tuple[str, ...]:
             names.append(backend_of_variant(variant).name)
         except InputError:  # a variant no CPU backend runs on its own
             continue
-    if artifact.manifest.dispatch and artifact.manifest.dispatch.ranges:
+    if (artifact.manifest.dispatch and artifact.manifest.dispatch.ranges) or artifact.manifest.graph_dispatch:
         names.append("ort-measured")
     return tuple(n for n in dict.fromkeys(names) if not spec.backend_problem(backend(n)))
 

@@ -26,6 +26,8 @@ from torchship.exporters.spec import (BATCH, ENCODE_IMAGE, IMAGE_TEXT_EMBEDDING,
                                       SpecDefaults, TensorSpec, register)
 
 TEXT, VISION = "text", "vision"  # the graphs of an image-text variant
+ENCODE_TEXT = "encode-text"  # bench's phase of the text tower (ENCODE_IMAGE: the vision tower's)
+PHASE_OF = {VISION: ENCODE_IMAGE, TEXT: ENCODE_TEXT}
 TOWER_FILES = {TEXT: "text_model.onnx", VISION: "vision_model.onnx"}
 DEFAULT_TEMPLATE = "a photo of a {}."
 # Where a checkpoint may name its prompt template; transformers has no standard field for it.
@@ -111,14 +113,14 @@ class ImageTextSpec(TransformersSource, SpecDefaults):
     group: FamilyGroup = IMAGE_TEXT
     tasks: tuple[str, ...] = (ZERO_SHOT_IMAGE_CLASSIFICATION, IMAGE_TEXT_EMBEDDING)
     default_exporter: str = "dynamo"
-    fusion_hint: str = "an image-text model: optimize does not rewrite its two graphs yet"
-    ort_model_type: str = ""
+    fusion_hint: str = "ONNX Runtime's clip optimizer fuses each tower's attention (optimizers/towers.py)"
+    ort_model_type: str = "clip"  # ORT's ClipOnnxModel: the text tower's causal attention and the vision tower's
     atol: float = 1e-4
     dummy_case: TowerCase = TowerCase(2, 8)
     # Other batches and lengths than the dummy's, one text batch padded (its rows end at different tokens).
     validation_cases: tuple[TowerCase, ...] = (TowerCase(1, 5), TowerCase(3, 11, (11, 6, 3)))
     bench_inputs: str = "random token ids and Gaussian pixel values at the config's size, seeded"
-    phases: tuple[str, ...] = (ENCODE_IMAGE,)
+    phases: tuple[str, ...] = (ENCODE_IMAGE, ENCODE_TEXT)
     precisions: tuple[str, ...] = ("fp32",)
     graphs: tuple[str, ...] = (TEXT, VISION)
     graph_files = TOWER_FILES
@@ -132,10 +134,23 @@ class ImageTextSpec(TransformersSource, SpecDefaults):
         return ZERO_SHOT_IMAGE_CLASSIFICATION
 
     def backend_problem(self, backend) -> str | None:
-        if backend.runtime not in ("onnxruntime", "pytorch") or backend.precision != "fp32":
-            return (f"{backend.name} cannot run an image-text folder (two graphs, text and vision) yet; use ort or "
-                    "torch")
+        if backend.runtime not in ("onnxruntime", "pytorch") or backend.precision not in ("fp32", "int8") or \
+                backend.device != "cpu" or backend.variants[:1] in (("wo-int8",), ("wo-int4",)):
+            return (f"{backend.name} cannot run an image-text folder (two graphs, text and vision) yet; use ort, "
+                    "ort-optimized, ort-int8 or torch")
         return None
+
+    def graph_fusion(self, config, graph: str) -> dict:
+        """ORT's fuser's heads, width and layers for one tower (the towers differ in each)."""
+        tower = config.vision_config if graph == VISION else config.text_config
+        return {"num_heads": config_int(tower, "num_attention_heads"), "hidden_size": config_int(tower, "hidden_size"),
+                "num_layers": config_int(tower, "num_hidden_layers")}
+
+    def graph_cases(self, config, graph: str) -> tuple[TowerCase, ...]:
+        """The shapes optimize times a tower at: image batches 1, 8 and 32 at the model's size; text batches of
+        1, 8 and 32 prompts of 16 tokens (prompts are short; at most the model's positions)."""
+        sequence = min(16, self.max_positions(config))
+        return tuple(TowerCase(b, sequence) for b in (1, 8, 32))
 
     def normalized(self, config) -> NormalizedConfig:
         text = config.text_config

@@ -92,7 +92,11 @@ def optimize(folder: str | Path, options: OptimizeOptions | None = None, *,
     """
     opts = (options if options is not None else OptimizeOptions()).resolved()
     artifact = Artifact.open(folder)
+    from torchship.optimizers.towers import optimize_towers, several_graphs
+
     with transaction(artifact.folder):
+        if several_graphs(artifact):  # an image-text model's towers: each graph optimized and measured alone
+            return optimize_towers(artifact, opts, progress)
         return _optimize(artifact, opts, progress)
 
 

@@ -91,7 +91,13 @@ def quantize(folder: str | Path, options: QuantizeOptions = QuantizeOptions(), *
     """Build int8 candidates, measure them, and save the fastest within the budget as ``model_int8.onnx``."""
     options = options.checked()
     artifact = Artifact.open(folder)
+    from torchship.optimizers.towers import several_graphs
+
     with transaction(artifact.folder):
+        if several_graphs(artifact):  # an image-text model's towers: each quantized and judged alone
+            from torchship.optimizers.tower_int8 import quantize_towers
+
+            return quantize_towers(artifact, options, progress)
         return _quantize(artifact, options, progress)
 
 

@@ -61,6 +61,8 @@ def choose(artifact: Artifact, cpu: str | None = None) -> AutoBackend:
         return AutoBackend(artifact.auto_choice, "chosen by torchship auto: the fastest within its accuracy budget")
     cpu = cpu or cpu_name()
     m = artifact.manifest
+    if m.graph_dispatch:  # a folder of several graphs: each graph's measured variant, or int8 where quantize kept it
+        return _towers(artifact, cpu)
     table = m.dispatch if m.dispatch and m.dispatch.ranges else None
     passed_over = []
     if table and table.machine.cpu != cpu:
@@ -129,3 +131,20 @@ def _weight_only(artifact: Artifact, cpu: str, passed_over: list[str]) -> tuple[
                     f"quantize timed it {timing.speedup_vs_fp32:.2f}x the fastest fp32 file ({timing.fp32}) at "
                     f"the {timing.shape}, {accuracy} within budget")
     return best
+
+
+def _towers(artifact: Artifact, cpu: str) -> AutoBackend:
+    """auto on a folder of several graphs: the int8 variant where quantize kept it, timed faster than fp32 for every
+    graph on this CPU; else each graph's variant as optimize measured it here; else the preference order."""
+    m = artifact.manifest
+    int8 = artifact.variant_for(INT8.name)
+    if int8 is not None and int8.validation and int8.validation.passed and int8.options.cpu == cpu and \
+            (int8.options.speedup_vs_fp32 or 0) > 1.0:
+        return AutoBackend(INT8.name, f"quantize timed every graph at least {int8.options.speedup_vs_fp32:.2f}x its "
+                                      "fp32 export on this CPU, within its budget")
+    if all(c.machine.get("cpu") == cpu for c in m.graph_dispatch.values()):
+        picks = ", ".join(f"{g}: {c.variant}" for g, c in m.graph_dispatch.items())
+        return AutoBackend(MEASURED, f"each graph's variant as torchship optimize timed them on this CPU ({picks})")
+    best = artifact.best_variant()
+    return AutoBackend(backend_of_variant(best).name, "the most optimized validated variant in the preference order: "
+                                                      "the graphs were timed on another CPU")

@@ -184,6 +184,9 @@ def _batch_sequence_axes(io) -> tuple[tuple[str, int], tuple[str, int | None]]:
 def ort_measured_predictor(artifact, record, options) -> Predictor:
     """The table's factory for ort-measured: the dispatch table's variants, or, for a folder without a table
     or a non-CPU device, the single most optimized validated variant."""
+    chosen = (artifact.manifest.graph_dispatch or {}).get(options.graph) if options.graph else None
+    if chosen is not None and chosen.variant in artifact.manifest.variants and options.device in ("cpu", "auto"):
+        return ort_predictor(artifact, backend_of_variant(chosen.variant), options)  # the graph's measured variant
     if not artifact.manifest.dispatch or options.graph or options.device not in ("cpu", "auto") or \
             (options.device == "auto" and "CUDAExecutionProvider" in _available_providers()):
         return ort_predictor(artifact, backend_of_variant(artifact.best_variant()), options)
