@@ -1,0 +1,212 @@
+"""A real tritonserver serving image folders written by `torchship triton`: PNG and JPEG bytes over HTTP and gRPC
+answered as torchship's own steps answer them on this machine (the same decoding, preprocessing and heads on the
+same variant file), each bad image refused in its own answer while the other requests of the batch are answered,
+and the server keeps serving. One server for the module: a tiny ViT classifier and a tiny DINOv2 feature extractor."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tiny import LABELS
+from torchship.cli import main
+from torchship.errors import EXIT_BAD_INPUT, InputError
+from torchship.serving.image_client import (ImageGRPC, ImageHTTP, binary_body, image_reference, local_image_results)
+from torchship.serving.image_repo import write_repo
+from torchship.serving.loadtest import ServerError, check_answers
+from torchship.serving.repository import ServeOptions
+from torchship.serving.server import Install, Ports, Server, free_port, home
+from torchship.serving.triton_repo import TritonOptions
+
+pytestmark = pytest.mark.skipif(not Install(home()).complete(),
+                                reason="the Triton server is not set up: run `torchship serve --setup` "
+                                       "(make install does it)")
+VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=32,
+              patch_size=8, num_channels=3)
+MAX_PIXELS = 512 * 512  # the limit the "small" model is written with
+
+
+def _save(folder, model_type: str, classifier: bool):
+    import torch
+    import transformers
+    from transformers import AutoConfig, ViTImageProcessor
+
+    extra = dict(num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+                 label2id={l: i for i, l in enumerate(LABELS)}) if classifier else {}
+    torch.manual_seed(0)
+    cls = transformers.AutoModelForImageClassification if classifier else transformers.AutoModel
+    cls.from_config(AutoConfig.for_model(model_type, **VISION, **extra)).eval().save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)  # it travels with the export
+    return folder
+
+
+def _encoded(fmt: str, size=(40, 30), seed=0, mode="RGB", **save) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").convert(mode).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def _animated() -> bytes:
+    from PIL import Image
+
+    frames = [Image.new("RGB", (24, 24), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+IMAGES = [_encoded("PNG"), _encoded("JPEG", seed=1, quality=90), _encoded("PNG", (64, 64), 2, mode="L"),
+          _encoded("WEBP", (20, 50), 3)]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from torchship.exporters.export import ExportOptions, export
+
+    root = tmp_path_factory.mktemp("images")
+    folders = {}
+    for name, model_type, task in (("vit", "vit", "image-classification"),
+                                   ("dino", "dinov2", "image-feature-extraction")):
+        src = _save(root / f"{name}-src", model_type, task == "image-classification")
+        export(str(src), root / name, ExportOptions(task=task))
+        folders[name] = root / name
+    repo = root / "repo"
+    write_repo(folders["vit"], repo, TritonOptions(name="vit", max_batch_size=8))
+    write_repo(folders["dino"], repo, TritonOptions(name="dino", max_batch_size=8))
+    write_repo(folders["vit"], repo, TritonOptions(name="small", max_batch_size=8, max_queue_delay_us=50_000),
+               ServeOptions(max_image_pixels=MAX_PIXELS))
+    server = Server(repo, Ports(free_port(), free_port(), free_port()), log=root / "server.log")
+    server.start()
+    try:
+        yield server, folders, repo
+    finally:
+        assert server.stop() == 0, server.log_tail()
+
+
+def _send(server, target, model, images):
+    port = server.ports.http if target is ImageHTTP else server.ports.grpc
+    return target("127.0.0.1", port, model).connect()(images)
+
+
+@pytest.mark.parametrize("target", [ImageHTTP, ImageGRPC])
+def test_png_and_jpeg_bytes_are_answered_as_the_local_steps_answer(served, target):
+    server, folders, _ = served
+    want = local_image_results(folders["vit"])(IMAGES)
+    assert _send(server, target, "vit", IMAGES) == want["labels"]
+    got = _send(server, target, "dino", IMAGES)
+    assert np.abs(np.stack(got) - local_image_results(folders["dino"])(IMAGES)["embeddings"]).max() < 1e-5
+
+
+def test_the_classifier_returns_every_score_and_the_notes(served):
+    """SCORES in the labels' order equal the local softmax within 1e-5; NOTES says an animated GIF was read at its
+    first frame; the repository says which variant it serves and how it preprocesses."""
+    import tritonclient.grpc as grpcclient
+
+    server, folders, repo = served
+    images = [IMAGES[0], _animated()]
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.ports.grpc}")
+    inp = grpcclient.InferInput("IMAGE", [2, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[b] for b in images], dtype=object))
+    result = client.infer("vit", [inp])
+    want = local_image_results(folders["vit"])(images)
+    assert np.abs(result.as_numpy("SCORES") - want["scores"]).max() < 1e-5
+    assert np.allclose(result.as_numpy("SCORE")[:, 0], want["scores"].max(axis=1))
+    notes = [json.loads(n[0]) for n in result.as_numpy("NOTES")]
+    assert notes[0] == [] and notes[1] == want["notes"][1] and "first of 3 frames" in notes[1][0]
+    settings = json.loads((repo / "vit" / "1" / "serving.json").read_text())
+    assert settings["labels"] == LABELS and settings["preprocessing"].startswith("resize to 32x32 bilinear")
+    assert sorted(p.name for p in (repo / "vit" / "1").iterdir() if p.name != "__pycache__") == [
+        "model.onnx", "model.py", "preprocessor_config.json", "serving.json", "torchship_processing",
+        "torchship_steps.py"]
+
+
+def _truncated_jpeg() -> bytes:
+    data = _encoded("JPEG", (64, 64), 5)
+    return data[:len(data) // 2]
+
+
+BAD = {"not an image": (b"these bytes are text, not an image", "not an image"),
+       "truncated JPEG": (_truncated_jpeg(), "truncated or damaged JPEG"),
+       "bomb": (_encoded("PNG", (600, 600), 6), "decompression bomb"),
+       "empty bytes": (b"", "empty image")}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_each_bad_image_is_its_own_requests_error_and_the_batch_is_answered(served, case):
+    """Three requests at once (Triton batches them): the bad one gets one line naming its row, the two good ones
+    their answers; then a good request is answered (the server keeps serving)."""
+    server, folders, _ = served
+    data, words = BAD[case]
+    good = local_image_results(folders["vit"])(IMAGES[:2])["labels"]
+    results = {}
+
+    def call(key, images):
+        try:
+            results[key] = _send(server, ImageHTTP, "small", images)
+        except ServerError as exc:
+            results[key] = exc
+
+    threads = [threading.Thread(target=call, args=args) for args in
+               (("a", IMAGES[:1]), ("bad", [IMAGES[1], data]), ("b", IMAGES[1:2]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert isinstance(results["bad"], ServerError), results
+    message = str(results["bad"])
+    assert "HTTP 400" in message and "IMAGE row 1:" in message and words in message and "\n" not in message
+    assert results["a"] == good[:1] and results["b"] == good[1:]
+    assert _send(server, ImageGRPC, "small", IMAGES[:1]) == good[:1]
+
+
+def test_an_empty_batch_is_refused_and_the_default_limit_is_pillows(served):
+    server, folders, _ = served
+    import http.client
+
+    body, header = binary_body([])
+    conn = http.client.HTTPConnection("127.0.0.1", server.ports.http, timeout=30)
+    conn.request("POST", "/v2/models/vit/infer", body, {"Inference-Header-Content-Length": str(header)})
+    response = conn.getresponse()
+    assert response.status == 400, response.read()
+    conn.close()
+    big = _encoded("PNG", (600, 600), 6)  # refused by "small" (its limit), answered by "vit" (Pillow's)
+    assert _send(server, ImageHTTP, "vit", [big]) == local_image_results(folders["vit"])([big])["labels"]
+
+
+def test_check_answers_and_the_loadtest_command_with_images(served, tmp_path):
+    server, folders, _ = served
+    check = check_answers(ImageHTTP("127.0.0.1", server.ports.http, "dino"), IMAGES, image_reference(folders["dino"]))
+    assert check["passed"] and check["measure"] == "min cosine"
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i, data in enumerate(IMAGES):
+        (pictures / f"{i}.img").write_bytes(data)
+    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+        r = CliRunner().invoke(main, ["loadtest", url, "--model", "vit", "--images", str(pictures), "--protocol",
+                                      protocol, "--concurrency", "2", "--duration", "0.5", "--warmup", "0.1",
+                                      "--batch", "2", "--reference", str(folders["vit"]),
+                                      "--output", str(tmp_path / protocol)])
+        assert r.exit_code == 0, r.output
+        report = json.loads((tmp_path / protocol / "loadtest.json").read_text())
+        assert report["levels"][0]["errors"] == 0 and report["levels"][0]["requests"] > 0
+        assert report["check"]["passed"] and report["check"]["measure"] == "label agreement"
+
+
+def test_layouts_that_cannot_serve_images_are_refused_in_one_line(served, tmp_path):
+    _, folders, _ = served
+    with pytest.raises(InputError, match="served as one Python model"):
+        write_repo(folders["vit"], tmp_path / "r", TritonOptions(name="x"), ServeOptions(runtime="onnxruntime"))
+    r = CliRunner().invoke(main, ["triton", str(folders["vit"]), "--output", str(tmp_path / "r"), "--layout",
+                                  "ensemble"])
+    assert r.exit_code == EXIT_BAD_INPUT and "Traceback" not in r.output and "one Python model" in r.output
+    r = CliRunner().invoke(main, ["loadtest", "http://127.0.0.1:1", "--model", "x", "--images", str(tmp_path)])
+    assert r.exit_code == EXIT_BAD_INPUT and "holds no files" in r.output
+    assert not (tmp_path / "r").exists()
