@@ -167,6 +167,16 @@ def test_each_bad_image_is_its_own_requests_error_and_the_batch_is_answered(serv
     assert _send(server, ImageGRPC, "small", IMAGES[:1]) == good[:1]
 
 
+def test_the_bad_requests_shared_a_batch_with_good_ones(served):
+    """What the test above is about: Triton ran the good and the bad requests in one execution (its statistics
+    count an execution of more rows than any one request holds)."""
+    server, _, _ = served
+    import urllib.request
+
+    stats = json.loads(urllib.request.urlopen(f"{server.http_url}/v2/models/small/stats", timeout=10).read())
+    assert max(int(b["batch_size"]) for b in stats["model_stats"][0]["batch_stats"]) >= 3, stats
+
+
 def test_an_empty_batch_is_refused_and_the_default_limit_is_pillows(served):
     server, folders, _ = served
     import http.client
@@ -210,3 +220,16 @@ def test_layouts_that_cannot_serve_images_are_refused_in_one_line(served, tmp_pa
     r = CliRunner().invoke(main, ["loadtest", "http://127.0.0.1:1", "--model", "x", "--images", str(tmp_path)])
     assert r.exit_code == EXIT_BAD_INPUT and "holds no files" in r.output
     assert not (tmp_path / "r").exists()
+
+
+def test_serve_check_and_the_readme_know_image_models(served):
+    """`serve --check`'s smoke test sends image models a generated PNG; the README shows an image request."""
+    from torchship.serving.client import example_requests, smoke_test
+
+    server, _, repo = served
+    checks = smoke_test(server)
+    assert "check: dino answered 1 image (vector of 32)" in checks, checks
+    assert any(line.startswith("check: vit answered 1 image (label ") for line in checks), checks
+    assert any("InferInput('IMAGE'" in line and "dino" in line for line in example_requests(server))
+    readme = (repo / "README.md").read_text()
+    assert "## One image" in readme and "client.infer('vit', [image])" in readme and "pillow` in the image" in readme
