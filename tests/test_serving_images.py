@@ -177,7 +177,21 @@ def test_the_bad_requests_shared_a_batch_with_good_ones(served):
     assert max(int(b["batch_size"]) for b in stats["model_stats"][0]["batch_stats"]) >= 3, stats
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels: what a decompression bomb looks like to the first read."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
 def test_an_empty_batch_is_refused_and_the_default_limit_is_pillows(served):
+    """Without --max-image-pixels: an image between Pillow's limit and twice it refused by ours, one over twice it by
+    Pillow itself, each in a line; the 600x600 image "small" refuses is answered."""
     server, folders, _ = served
     import http.client
 
@@ -185,9 +199,14 @@ def test_an_empty_batch_is_refused_and_the_default_limit_is_pillows(served):
     conn = http.client.HTTPConnection("127.0.0.1", server.ports.http, timeout=30)
     conn.request("POST", "/v2/models/vit/infer", body, {"Inference-Header-Content-Length": str(header)})
     response = conn.getresponse()
-    assert response.status == 400, response.read()
+    error = json.loads(response.read())["error"]
+    assert response.status == 400 and "'IMAGE'" in error and "\n" not in error  # Triton's own answer
     conn.close()
-    big = _encoded("PNG", (600, 600), 6)  # refused by "small" (its limit), answered by "vit" (Pillow's)
+    for side, words in ((10_000, "is 100000000 pixels, over the limit of 89478485"),
+                        (20_000, "over twice Pillow's limit")):
+        with pytest.raises(ServerError, match=f"IMAGE row 0: image refused as a decompression bomb.*{words}"):
+            _send(server, ImageGRPC, "vit", [_png_header(side, side)])
+    big = _encoded("PNG", (600, 600), 6)
     assert _send(server, ImageHTTP, "vit", [big]) == local_image_results(folders["vit"])([big])["labels"]
 
 
