@@ -219,6 +219,10 @@ class TritonPythonModel:
             self.chain = text_chain(folder, settings)
         elif self.step == "image":  # images decoded and preprocessed in the server
             self.chain = ImageChain(folder, settings)
+        elif self.step == "image-text":  # each request its own: IMAGE, TEXT or IMAGE with LABELS
+            from torchship_steps import TwoTowers
+
+            self.towers = TwoTowers(folder, settings)
         elif self.step == "tokenize":
             self.tokenize = Tokenize(folder, settings)
         elif self.step == "model":
@@ -259,6 +263,20 @@ class TritonPythonModel:
         return answers
 
     def _one(self, request):
+        if self.step == "image-text":
+            columns = {}
+            for name in ("IMAGE", "TEXT", "LABELS"):
+                tensor = self.pb.get_input_tensor_by_name(request, name)
+                if tensor is None:
+                    continue
+                raw = tensor.as_numpy()
+                if name == "IMAGE":
+                    columns[name] = decode_images(raw, self.towers.max_pixels)
+                elif name == "TEXT":
+                    columns[name] = decode_texts(raw)
+                else:
+                    columns[name] = [decode_texts(row, "LABELS") for row in np.asarray(raw, dtype=object)]
+            return self.towers.answer(columns)
         if self.step == "tokenize":
             texts = decode_texts(self._input(request, "TEXT"))
             ids, types, kept, dropped = self.tokenize.encode(texts)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from torchship.errors import BackendUnavailable, InputError
+from torchship.serving.image_repo import two_towers
 from torchship.serving.loadtest import PROTOCOLS, ServerError, Target, answers_of, split_url
 
 # the ONNX head outputs read for each task, in the order tried (as the server's chain reads them)
@@ -112,6 +113,12 @@ def local_image_results(folder: str | Path, backend: str | None = None):
     from torchship.runtimes import create_predictor
 
     artifact = Artifact.open(folder)
+    if two_towers(artifact):  # CLIP, SigLIP: the image embeddings, of unit length, as predict gives them
+        from torchship.runtimes.images import ImageModel
+
+        model = ImageModel.from_artifact(artifact, backend or "ort")
+        return lambda images: {"embeddings": model.embed_images([bytes(b) for b in images]).embeddings
+                               .astype(np.float32)}
     try:
         settings = ImageSettings.from_config(json.loads((artifact.folder / "preprocessor_config.json").read_text()))
     except (OSError, ValueError) as exc:

@@ -30,6 +30,8 @@ PROCESSOR_FILE = "preprocessor_config.json"
 # the folder's task -> the serving tasks it can give (first: the default)
 IMAGE_FROM_FOLDER = {IMAGE_CLASSIFICATION: (CLASSIFICATION, TENSORS), IMAGE_FEATURE_EXTRACTION: (EMBEDDING, TENSORS)}
 NOTES = ("NOTES", "TYPE_STRING", [1])
+TOWERS = "image-text"  # an image-text model (CLIP, SigLIP): IMAGE or TEXT in, one space out; LABELS: zero-shot
+TEXT_GRAPH, VISION_GRAPH = "text", "vision"  # the graphs of an image-text variant (exporters/image_text.py)
 
 
 def takes_images(folder: str | Path) -> bool:
@@ -71,7 +73,13 @@ def plan_image(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) ->
     topts, sopts = topts.checked(), sopts.checked()
     artifact = Artifact.open(folder)
     m = artifact.manifest
-    task = _task(m, sopts.task)
+    if two_towers(artifact):
+        if sopts.task not in (None, EMBEDDING):
+            raise InputError(f"an image-text model is served with IMAGE or TEXT in and embeddings out (LABELS beside "
+                             f"IMAGE: zero-shot scores); drop --task {sopts.task}")
+        task = TOWERS
+    else:
+        task = _task(m, sopts.task)
     name = model_name(folder, topts)
     if task == TENSORS:
         return {"name": name, "task": task}
@@ -97,6 +105,8 @@ def plan_image(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) ->
     if variant is None or not record.serves("python"):
         raise InputError(f"--runtime python cannot run {pick!r} (a {record.runtime} {record.device} variant); pass "
                          f"an ONNX --variant (model, optimized, int8, ...)")
+    if task == TOWERS:
+        return _plan_towers(artifact, variant, record, why, name, image_settings, topts, sopts)
     max_batch = topts.max_batch_size
     if max_batch is None:
         resolved = m.resolved_shapes()
@@ -146,3 +156,52 @@ def write_image_repo(folder: str | Path, repo: str | Path, topts: TritonOptions 
         written = write_models(repo, {plan["name"]: plan["config"]}, {plan["name"]: model}, plan["marker"])
     write_readme(repo)
     return written
+
+
+def two_towers(artifact) -> bool:
+    """Whether the folder's variants are an image-text model's two graphs."""
+    return any({g.name for g in v.all_graphs} == {TEXT_GRAPH, VISION_GRAPH} for v in artifact.manifest.variants.values())
+
+
+def _optional(name: str, dtype: str, dims) -> str:
+    return (f'input {{\n  name: "{name}"\n  data_type: {dtype}\n  dims: [ {", ".join(map(str, dims))} ]\n'
+            f'  optional: true\n}}\n')
+
+
+def _plan_towers(artifact, variant, record, why, name, image_settings, topts, sopts) -> dict:
+    """An image-text model: IMAGE (encoded files) or TEXT in, EMBEDDING (unit length, one space) out; IMAGE with
+    LABELS (the labels in every row) gives SCORES over them and the best LABEL, as ``predict --labels`` does."""
+    from torchship.runtimes.text import load_tokenizer
+
+    m = artifact.manifest
+    if not (artifact.folder / "tokenizer.json").is_file():
+        raise ArtifactError(f"{artifact.folder} has no tokenizer.json, which the server's tokenizer reads")
+    zero = m.text or {}
+    if "logit_scale" not in zero or "template" not in zero:
+        raise ArtifactError(f"{artifact.folder}'s manifest has no zero-shot settings; re-run torchship export")
+    tokenizer = load_tokenizer(artifact)
+    graphs = m.variants[variant]
+    width = next(t for t in graphs.graph(VISION_GRAPH).outputs if t.name == "image_embeds").axes[-1]
+    max_batch = topts.max_batch_size if topts.max_batch_size is not None else 8
+    if max_batch < 1:
+        raise InputError("an image-text model batches its rows: --max-batch-size must be 1 or more")
+    settings = {"step": "image-text", "task": TOWERS, "threads": sopts.threads, "instances": topts.instances,
+                "max_pixels": sopts.max_image_pixels, "processor": PROCESSOR_FILE, "tokenizer": "tokenizer.json",
+                "vision_model": "vision_model.onnx", "text_model": "text_model.onnx",
+                "preprocessing": image_settings.describe(), "pad_id": int(tokenizer.pad_token_id or 0),
+                **{k: zero.get(k) for k in ("logit_scale", "logit_bias", "template", "padding", "max_length")}}
+    outputs = [("EMBEDDING", "TYPE_FP32", [width]), ("SCORES", "TYPE_FP32", [-1]), ("LABEL", "TYPE_STRING", [1]),
+               NOTES]
+    head = f"max_batch_size: {max_batch}\n"
+    config = _config(name, 'backend: "python"', max_batch, [], outputs, topts,
+                     parameters={"torchship_source": str(artifact.folder.resolve()), "torchship_backend": record.name})
+    config = config.replace(head, head + _optional("IMAGE", "TYPE_STRING", [1]) + _optional("TEXT", "TYPE_STRING", [1])
+                            + _optional("LABELS", "TYPE_STRING", [-1]), 1)
+    parse_config(config)
+    marker = {"source": str(artifact.folder.resolve()), "variant": record.name, "folder_variant": variant,
+              "why": why, "task": TOWERS, "runtime": "python", "layout": "single", "entry": name,
+              "inputs": ["IMAGE", "TEXT", "LABELS"]}
+    files = {PROCESSOR_FILE: artifact.folder / PROCESSOR_FILE, "tokenizer.json": artifact.folder / "tokenizer.json",
+             "vision_model.onnx": artifact.graph_path(variant, VISION_GRAPH),
+             "text_model.onnx": artifact.graph_path(variant, TEXT_GRAPH)}
+    return {"name": name, "task": TOWERS, "config": config, "settings": settings, "marker": marker, "files": files}

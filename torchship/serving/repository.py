@@ -373,7 +373,7 @@ def write_models(repo: Path, configs: dict[str, str], models: dict[str, dict], m
                     shutil.copyfile(source, place / "1" / target)
                 (place / "1" / "serving.json").write_text(json.dumps(spec["settings"], indent=2) + "\n")
                 for target, source in spec["files"].items():
-                    if target == "model.onnx":
+                    if target.endswith(".onnx"):  # with its weights, if external
                         copy_model(source, place / "1" / target)
                     else:
                         shutil.copyfile(source, place / "1" / target)
