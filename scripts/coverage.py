@@ -118,6 +118,8 @@ def _build(row, state) -> bool:
         config = tiny_config(config_cls, labels=state["labels"], pad_token_id=0 if row["modality"] == "text" else None)
     except TinyError as exc:
         return _fail(row, "build", str(exc), exc)
+    if row["mapping"] == "causal-lm" and getattr(config, "is_decoder", None) is False:
+        config.is_decoder = True  # an encoder's causal-LM class (BertLMHeadModel) needs it, as transformers warns
     try:
         torch.manual_seed(0)
         model = model_cls._from_config(config).eval()

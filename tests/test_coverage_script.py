@@ -1,5 +1,6 @@
-"""scripts/coverage.py on two architectures of one mapping, in this process: BERT (a family spec) validates, GPT-2 (a
-decoder family, which has no token classification) is refused in one typed line, and both reports hold them."""
+"""scripts/coverage.py on three architectures of one mapping, in this process: BERT (a family spec) validates, GPT-2 (a
+decoder family, which has no sequence classification) validates through the generic text family, BART (an
+encoder-decoder) is refused in one typed line, and both reports hold them."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _script():
 def test_coverage_script_on_two_architectures(tmp_path):
     script = _script()
     out = tmp_path / "report"
-    assert script.main(["--mappings", "token-classification", "--only", "bert,gpt2", "--in-process",
+    assert script.main(["--mappings", "sequence-classification", "--only", "bert,gpt2,bart", "--in-process",
                         "--output", str(out)]) == 0
 
     data = json.loads((out / "coverage.json").read_text())
@@ -29,31 +30,35 @@ def test_coverage_script_on_two_architectures(tmp_path):
     assert {"transformers", "torch", "onnxruntime", "torchship"} <= set(env["versions"])
     assert env["cpu"] and env["date"] and env["command"].startswith("python scripts/coverage.py")
     rows = {r["model_type"]: r for r in data["rows"]}
-    assert set(rows) == {"bert", "gpt2"}
+    assert set(rows) == {"bert", "gpt2", "bart"}
 
     bert = rows["bert"]
     assert (bert["built"], bert["ran_eagerly"], bert["exported"], bert["validated"]) == (True, True, True, True)
-    assert bert["family"] == "bert" and bert["task"] == "token-classification" and bert["stage"] == "done"
+    assert bert["family"] == "bert" and bert["task"] == "text-classification" and bert["stage"] == "done"
     assert 0 <= bert["max_abs"] <= bert["atol"]
     assert bert["sizes"]["hidden_size"] == 32 and bert["sizes"]["vocab_size"] <= 1000
 
-    gpt2 = rows["gpt2"]
-    assert gpt2["built"] and gpt2["ran_eagerly"] and not gpt2["validated"]
-    assert gpt2["typed"] is True and gpt2["error_type"] == "InputError"
-    assert "\n" not in gpt2["reason"] and "token-classification" in gpt2["reason"]
+    # GPT-2's family spec generates text only: its classifier goes to the generic text family
+    assert rows["gpt2"]["validated"] and rows["gpt2"]["family"] == "generic-text"
 
-    stats = data["mappings"]["token-classification"]
-    assert stats["config_classes"] > 50  # the whole mapping, beside the two swept
+    bart = rows["bart"]  # an encoder-decoder: refused in one typed line
+    assert bart["built"] and bart["ran_eagerly"] and not bart["validated"]
+    assert bart["typed"] is True and bart["error_type"] == "UnsupportedModelError"
+    assert "\n" not in bart["reason"] and "'bart'" in bart["reason"]
+
+    stats = data["mappings"]["sequence-classification"]
+    assert stats["config_classes"] > 50  # the whole mapping, beside the three swept
     assert (stats["swept"], stats["built"], stats["ran_eagerly"], stats["exported"], stats["validated"]) == \
-        (2, 2, 2, 1, 1)
-    assert stats["validated_of_eager"] == 0.5 and stats["untyped_errors"] == 0
+        (3, 3, 3, 2, 2)
+    assert round(stats["validated_of_eager"], 3) == 0.667 and stats["untyped_errors"] == 0
 
     md = (out / "SUMMARY.md").read_text()
     for heading in ("# Coverage", "## Not built at tiny size", "## Failures", "## Validated"):
         assert heading in md
-    assert "| token-classification | token-classification |" in md and "151" in md
+    assert "| sequence-classification | text-classification |" in md and "151" in md
     assert env["command"] in md
-    assert "| gpt2 | token-classification |" in md and "| bert | token-classification | bert |" in md
+    assert "| bart | sequence-classification |" in md and "| bert | sequence-classification | bert |" in md
+    assert "| gpt2 | sequence-classification | generic-text |" in md
 
 
 def test_tiny_configs_are_small_and_consistent():

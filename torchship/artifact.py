@@ -53,6 +53,10 @@ class Variant:
         """Graph ``name`` of the variant; a one-file variant's graph is ``ONE``, with the manifest's inputs and
         outputs (``Manifest.io``)."""
         found = next((g for g in self.all_graphs if g.name == name), None)
+        if found is None and name == ONE:  # a one-graph step (optimize, quantize) on a folder of several
+            raise InputError(f"variant {self.name!r} holds {len(self.graphs)} graphs "
+                             f"({', '.join(g.name for g in self.graphs)}); this step works on a folder of one graph "
+                             "(predict and the ort and torch backends run each graph)")
         if found is None:
             raise InputError(f"variant {self.name!r} has no graph {name!r}; it has "
                              f"{', '.join(g.name for g in self.all_graphs)}")

@@ -16,6 +16,11 @@ def _span(lo: int, hi: int | None) -> str:
     return str(hi) if lo == hi else f"{lo}-{hi}"
 
 
+def _at(batch: int, sequence: int) -> str:
+    """A measured shape: ``b8 s128``; ``b8`` for a model without a sequence axis (images, recorded as 0)."""
+    return f"b{batch} s{sequence}" if sequence else f"b{batch}"
+
+
 def _name(table: DispatchTable, key: str) -> str:
     """The backend name, marked when the variant is approximate, with the session tuning of a final's runner
     (``variant@tuning``) when it is not ORT's default."""
@@ -53,7 +58,7 @@ def dispatch_markdown(table: DispatchTable) -> str:
             " unstable" if best.spread > UNSTABLE_SPREAD else "")
         lines.append(
             f"| {_span(*r.batch)} | {_span(*r.sequence)} | {_name(table, s.winner_key)} | "
-            f"b{key[0]} s{key[1]} | {best.median_ms:.2f} | {spread} | "
+            f"{_at(*key)} | {best.median_ms:.2f} | {spread} | "
             f"{'-' if up is None else _name(table, s.runner_up)} | "
             f"{'-' if up is None else f'{up:.2f}'} | {'-' if s.ratio is None else '%.3fx' % s.ratio} |")
     if table.excluded:
@@ -69,7 +74,7 @@ def _approximate_lines(table: DispatchTable) -> list[str]:
     for variant, c in table.candidates.items():
         if not c.approximate:
             continue
-        shapes = [f"b{s.batch} s{s.sequence}" for s in table.shapes if s.winner == variant]
+        shapes = [_at(s.batch, s.sequence) for s in table.shapes if s.winner == variant]
         cosine = c.min_cosine if c.min_cosine is not None else float("nan")
         out += ["", f"{backend_of_variant(variant).name} is approximate: {c.approximate}; judged by the "
                     f"smallest output cosine against the fp32 export, {cosine:.6f} "
@@ -98,5 +103,5 @@ def all_times_markdown(table: DispatchTable) -> str:
                 continue
             final = s.timing(s.winner_key).median_ms
             cells.append(f"**{screen}** → {final:.2f}" + (f" [{s.session}]" if s.session != DEFAULT else ""))
-        lines.append(f"| b{s.batch} s{s.sequence} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_at(s.batch, s.sequence)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import numpy as np
 from torchship import _progress
 from torchship._ort import usable_cpus
 from torchship.artifact import Artifact, library_versions
+from torchship.benchmarks.image_preprocess import PHASE, PREPROCESS, image_preprocessing
 from torchship.benchmarks.results import Accuracy, BenchReport, Environment, Measurement
 from torchship.benchmarks.timing import TimingPlan, measure_rounds
 from torchship.compare import rowwise_cosine
@@ -93,6 +94,7 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
     reference = "torch" if "torch" in predictors else backends[0]
     main_output = manifest.output_names[0]
     phase = spec.phases[0]
+    prep = image_preprocessing(artifact, spec)  # images: the processor's own cost, on a row of its own
     measurements = []
     dispatched: dict[str, list[str]] = {}  # ort-measured: the file it ran at each shape
     try:
@@ -107,15 +109,20 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
                         + (f" ({tuning})" if tuning and tuning != "default" else ""))
             label = f"[{i}/{len(cases)}] {case.label()}"
             progress.step(label)
+            runs = {name: (lambda p=p: p.infer(feeds)) for name, p in predictors.items()}
+            if prep is not None:
+                runs[PREPROCESS] = prep.runner(case.batch)
             times = measure_rounds(
-                {name: (lambda p=p: p.infer(feeds)) for name, p in predictors.items()},
-                options.plan.for_threads(options.threads),
+                runs, options.plan.for_threads(options.threads),
                 on_block=lambda done, total: progress.advance(label, done, total))
             for name in predictors:
                 acc = None if name == reference else accuracy_of(
                     outputs[reference], outputs[name], reference=reference, output=main_output)
                 measurements.append(Measurement.from_rounds(name, case.batch, case.sequence, times[name], acc,
                                                             phase=phase, shape=case.label()))
+            if prep is not None:
+                measurements.append(Measurement.from_rounds(PREPROCESS, case.batch, case.sequence, times[PREPROCESS],
+                                                            phase=PHASE, shape=prep.shape(case.batch)))
     finally:
         for p in predictors.values():
             p.deactivate()
@@ -127,7 +134,8 @@ def run_benchmark(folder, options: BenchOptions = BenchOptions(), *,
         settings={"backends": list(backends), "shapes": [c.label() for c in cases],
                   "device": options.device, "warmup": options.plan.warmup,
                   "min_iterations": options.plan.min_iterations, "min_seconds": options.plan.min_seconds,
-                  "interleaved_blocks": options.plan.block, "inputs": spec.bench_inputs},
+                  "interleaved_blocks": options.plan.block, "inputs": spec.bench_inputs,
+                  **({"preprocess": prep.describe()} if prep is not None else {})},
         measurements=tuple(measurements),
         baseline=reference,
     )

@@ -69,7 +69,8 @@ def _choices(value: str) -> tuple[bool, ...]:
                    "(what quantize makes unless --method weight-only asks for int4 or int8 weights only).")
 @click.option("--method", type=click.Choice(["auto", "dynamic", "static", "both", "weight-only"]), default="auto",
               show_default=True,
-              help="auto: dynamic, plus static when --calibration is given. weight-only (decoders): MatMulNBits "
+              help="auto: dynamic, plus static when --calibration is given or the model takes images (calibrated "
+                   "on generated images). weight-only (decoders): MatMulNBits "
                    "weights of --bits, activations fp32, judged on a 64-token decode against the fp32 export.")
 @click.option("--bits", type=click.Choice(["4", "8"]), default=None,
               help="Weight-only: bits per weight (default 4).")
@@ -88,9 +89,10 @@ def _choices(value: str) -> tuple[bool, ...]:
               help="Weight-only: ceiling on any MatMul's relative weight error (default 0.15 at 4 bits, 0.01 at 8). "
                    "--budget is then the floor on the mean next-token logit cosine (default: 0.99 at 8 bits, none "
                    "at 4, where it is reported only).")
-@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+@click.option("--calibration", type=click.Path(), default=None,
               help="Calibration data for static int8: a text file (one text per line) or an .npz with one array "
-                   "per model input (samples on the first axis).")
+                   "per model input (samples on the first axis); for an image model, a folder of images (added to "
+                   "the generated images it calibrates on by itself).")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
 @click.option("--per-channel", type=click.Choice(["both", "yes", "no"]), default="both", show_default=True,
@@ -161,7 +163,8 @@ def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_lev
     if calibration and method == "dynamic":
         raise InputError("--calibration is for static int8, and --method dynamic would ignore it; drop one, or use "
                          "--method both")
-    methods = {"auto": ("dynamic", "static") if calibration else ("dynamic",), "dynamic": ("dynamic",),
+    both = ("dynamic", "static") if calibration or _takes_images(folder) else ("dynamic",)
+    methods = {"auto": both, "dynamic": ("dynamic",),
                "static": ("static",), "both": ("dynamic", "static")}[method]
     if approximate_gelu:
         sources = ",".join(dict.fromkeys([*(split(sources) or DEFAULT_SOURCES), "optimized-unfused-ln-approx"]))
@@ -185,6 +188,14 @@ def quantize_cmd(folder, int8, method, bits, block_size, symmetric, accuracy_lev
     click.echo(f"kept {v.options.name} as {artifact.folder / v.file} ({v.size_bytes / 1e6:.1f} MB, "
                f"{v.validation.accuracy.metric} {v.validation.accuracy.mean:.4f}, {v.options.speedup_vs_fp32:.2f}x "
                f"the fp32 export at {v.options.shape})")
+
+
+def _takes_images(folder) -> bool:
+    """Whether the folder holds an image model (static int8 calibrates on generated images without --calibration)."""
+    from torchship.artifact import Artifact
+    from torchship.exporters.spec import ENCODE_IMAGE, family_of
+
+    return ENCODE_IMAGE in family_of(Artifact.open(folder).manifest).phases
 
 
 def _weight_only(folder, bits, block_size, symmetric, accuracy_level, embedding, head, max_weight_error, budget,

@@ -123,7 +123,7 @@ def _bench_shapes(artifact, shape_config):
     'torchship predict onnx/bert "some text" "more text"',
     'torchship predict onnx/bert-qa --question "who was eating?" "the dog was eating food at the cafe"'))
 @click.argument("folder", type=click.Path())
-@click.argument("texts", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, metavar="INPUTS...")
 @click.option("--backend", default="auto", show_default=True,
               help="auto: the fastest variant judged within its budget, as optimize and quantize timed them on "
                    "this machine (a line says which and why), or any bench backend name.")
@@ -133,16 +133,38 @@ def _bench_shapes(artifact, shape_config):
 @o.aggregation
 @click.option("--question", default=None, help="Question-answering models: the question; TEXTS are the contexts "
                                                "(any length: a long one is read in overlapping windows).")
+@click.option("--labels", default=None, metavar="A,B,...",
+              help="Image-text models (CLIP, SigLIP): score the images against these labels (zero-shot).")
+@click.option("--label", "label_list", multiple=True, metavar="LABEL", help="One zero-shot label (repeatable).")
+@click.option("--template", default=None, metavar="TEXT",
+              help="Zero-shot: the prompt each label is put into, with {} for the label (default: the checkpoint's, "
+                   "else \"a photo of a {}.\").")
+@click.option("--text", "text_list", multiple=True, metavar="TEXT",
+              help="Image-text models: embed this text with the text tower (repeatable).")
 @friendly_errors
-def predict_cmd(folder, texts, backend, device, as_json, aggregation, question):
-    """Run the model in FOLDER on TEXTS: sentence embeddings, labels for classifiers, the likeliest tokens at
-    each mask for fill-mask models."""
+def predict_cmd(folder, inputs, backend, device, as_json, aggregation, question, labels, label_list, template,
+                text_list):
+    """Run the model in FOLDER on INPUTS: for text models texts (sentence embeddings, labels for classifiers, the
+    likeliest tokens at each mask for fill-mask models); for image models image files (labels with scores, or
+    embeddings; image-text models score them against --labels, and embed --text)."""
     from torchship.artifact import Artifact
     from torchship.exporters.spec import require_family
     from torchship.runtimes import RuntimeOptions, create_predictor
+    from torchship.runtimes.images import takes_images
     from torchship.runtimes.text import TextModel
 
     artifact = Artifact.open(folder)
+    zero_shot = [t.strip() for t in (labels or "").split(",") if t.strip()] + [t for t in label_list if t.strip()]
+    if takes_images(artifact):
+        _refuse_unused_flags(artifact, question=question)
+        return _predict_images(artifact, inputs, backend, device, as_json, zero_shot, template, list(text_list))
+    for flag, given in (("--labels", labels or label_list), ("--template", template), ("--text", text_list)):
+        if given:
+            raise InputError(f"{flag} is for image-text models; {artifact.folder} does {artifact.manifest.task}: "
+                             f"drop {flag}")
+    if not inputs:
+        raise click.UsageError("Missing argument 'INPUTS...'.")
+    texts = inputs
     require_family(artifact, "predict runs text encoders; for a decoder use torchship generate, for a UNet "
                              "torchship bench", text_api="predict")
     _refuse_unused_flags(artifact, question=question)
@@ -178,6 +200,43 @@ def predict_cmd(folder, texts, backend, device, as_json, aggregation, question):
                    f"{result.max_length}: the last {dropped} were cut", err=True)
     ran = f" ran {', '.join(predictor.ran)}" if getattr(predictor, "ran", None) else ""
     click.echo(f"(backend {backend}{ran}; --json for full vectors)", err=True)
+
+
+def _predict_images(artifact, inputs, backend, device, as_json, labels, template, texts) -> None:
+    """predict on an image folder: labels with scores (classifiers, zero-shot with --labels) or embeddings, and
+    text embeddings of an image-text model's text tower (--text)."""
+    from torchship.runtimes import RuntimeOptions, graph_names
+    from torchship.runtimes.images import ImageModel
+
+    if not inputs and not texts:
+        raise InputError(f"give image files to predict on (torchship predict {artifact.folder} cat.jpg)"
+                         f"{' or --text' if len(graph_names(artifact)) > 1 else ''}")
+    if template is not None and not labels:
+        raise InputError("--template is for zero-shot labels: give --labels too")
+    backend = _resolve_backend(artifact, backend)
+    results = []  # (result, whether its rows are texts)
+    with ImageModel.from_artifact(artifact, backend, RuntimeOptions(device=device)) as model:
+        if texts:
+            results.append((model.embed_texts(texts), True))
+        if inputs:
+            results.append((model.predict(list(inputs), labels=labels or None, template=template), False))
+    notes = [note for r, _ in results for note in r.notes]
+    if as_json:
+        click.echo(json.dumps({"backend": backend, "results": [row for r, _ in results for row in r.to_json()],
+                               **({"notes": notes} if notes else {})}))
+        return
+    for result, are_texts in results:
+        for i, name in enumerate(result.names):
+            shown = repr(name) if are_texts else name
+            if result.scores is not None:
+                click.echo(f"{shown}: " + ", ".join(f"{label} {score:.3f}" for label, score in result.top(i)))
+            else:
+                vec = result.embeddings[i]
+                norm = sum(float(v) * float(v) for v in vec) ** 0.5
+                click.echo(f"{shown}: embedding[{len(vec)}] norm {norm:.3f} [{', '.join(f'{v:+.4f}' for v in vec[:4])}, ...]")
+    for note in notes:
+        click.echo(f"torchship: note: {note}", err=True)
+    click.echo(f"(backend {backend}; --json for full vectors)", err=True)
 
 
 def _refuse_unused_flags(artifact, *, question) -> None:

@@ -5,7 +5,7 @@ finds them in the registry; a family defined elsewhere registers itself with ``s
 families come after them: they take only what no family spec names.
 """
 
-from torchship.exporters import decoders, encoders, onnx_file, unet  # noqa: F401  (registers the families)
+from torchship.exporters import decoders, encoders, image_text, onnx_file, unet  # noqa: F401  (registers the families)
 from torchship.exporters import generic_decoders, generic_media, generic_text, spec as _spec  # noqa: E402
 
 # The generic families come after the family specs (a family spec always wins), causal LMs first.

@@ -240,7 +240,7 @@ def export(model: str, output: str | Path, options: ExportOptions = ExportOption
     progress.step(f"loading {model}")
     ref = loading.resolve(model, revision=opts.revision)
     model_type, config_json, ref = loading.peek_config(ref)
-    spec = _cache_choice(spec_for(model_type, source=model, kind=opts.kind, config=config_json), opts)
+    spec = _cache_choice(spec_for(model_type, source=model, kind=opts.kind, config=config_json, task=opts.task), opts)
     opts = opts.resolved(spec)
     config = spec.load_config(ref, trust_remote_code=opts.trust_remote_code)
     task = _resolve_task(spec, opts.task, config, ref.path)
@@ -297,7 +297,8 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
     check_output_dir(Path(output))
     config = getattr(model, "config", None)
     spec = _cache_choice(spec_for(model_type_of(model), source=type(model).__name__, kind=options.kind,
-                                  config=config.to_dict() if hasattr(config, "to_dict") else None), options)
+                                  config=config.to_dict() if hasattr(config, "to_dict") else None,
+                                  task=task or options.task), options)
     opts = options.resolved(spec)
     if tokenizer is not None:
         _check_fits(tokenizer, spec.normalized(model.config).vocab_size, "the tokenizer given")
@@ -310,7 +311,8 @@ def export_model(model, output: str | Path, *, tokenizer=None, task: str | None 
 
 def _export_loaded(loaded: _Loaded, spec: ModelSpec, task: str, output: Path,
                    opts: ExportOptions, progress: _progress.Progress) -> Artifact:
-
+    if getattr(spec, "export_graphs", None) is not None:  # a variant of several graphs (exporters/towers.py)
+        return spec.export_graphs(loaded, task, output, opts, progress)
     model, loaded.model = loaded.model, None  # from here on, this function holds the only reference
     config = model.config
     plan = _plan(spec, model, task, opts)

@@ -25,6 +25,7 @@ from torchship.exporters.spec import (AUDIO_CLASSIFICATION, BATCH, ENCODE_AUDIO,
                                       FamilyGroup, ModelIO, NormalizedConfig, SpecDefaults, TensorSpec)
 
 SAMPLES, FRAMES = "samples", "frames"
+IMAGE_BATCHES = (1, 8, 32)  # what bench times and optimize's dispatch measures, at the model's size
 DEFAULT_IMAGE_SIZE = 224  # what image processors resize to when a config names no size
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 IMAGES = FamilyGroup("image", "image encoders", "an image encoder", "torchship export")
@@ -179,7 +180,7 @@ class GenericImageSpec(_MediaSpec):
         return ImageShape(sizes[BATCH])
 
     def bench_sizes(self, config) -> list[dict[str, int]]:
-        return [{BATCH: 1}, {BATCH: 8}]
+        return [{BATCH: b} for b in IMAGE_BATCHES]
 
 
 def receptive_field(config) -> int:

@@ -30,9 +30,11 @@ IMAGE_FEATURE_EXTRACTION = "image-feature-extraction"  # hidden states (and the 
 IMAGE_CLASSIFICATION = "image-classification"
 SPEECH_RECOGNITION = "automatic-speech-recognition"  # CTC logits per audio frame
 AUDIO_CLASSIFICATION = "audio-classification"
+ZERO_SHOT_IMAGE_CLASSIFICATION = "zero-shot-image-classification"  # image-text towers: images scored against labels
+IMAGE_TEXT_EMBEDDING = "image-text-embedding"  # the same towers, used for image and text embeddings in one space
 TASKS = (FEATURE_EXTRACTION, SENTENCE_EMBEDDING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING,
          FILL_MASK, TEXT_GENERATION, DENOISING, IMAGE_FEATURE_EXTRACTION, IMAGE_CLASSIFICATION, SPEECH_RECOGNITION,
-         AUDIO_CLASSIFICATION)
+         AUDIO_CLASSIFICATION, ZERO_SHOT_IMAGE_CLASSIFICATION, IMAGE_TEXT_EMBEDDING)
 # tasks whose outputs are scores over labels
 LABELLED_TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, IMAGE_CLASSIFICATION, AUDIO_CLASSIFICATION)
 
@@ -211,10 +213,11 @@ def unregister_generic(spec: ModelSpec) -> None:
         _GENERIC.remove(spec)
 
 
-def generic_for(model_type: str, config: dict) -> ModelSpec | None:
-    """The first generic family that claims a model no family spec names; None when none does. A family with
-    ``for_model(model_type, config)`` gives the spec for that model (ONNX Runtime's fuser for its type)."""
-    spec = next((g for g in _GENERIC if g.claims(model_type, config)), None)
+def generic_for(model_type: str, config: dict, task: str | None = None) -> ModelSpec | None:
+    """The first generic family that claims a model no family spec names (and does ``task``, when given); None
+    when none does. A family with ``for_model(model_type, config)`` gives the spec for that model (ONNX Runtime's
+    fuser for its type)."""
+    spec = next((g for g in _GENERIC if g.claims(model_type, config) and (task is None or task in g.tasks)), None)
     bind = getattr(spec, "for_model", None)
     return bind(model_type, config) if bind is not None else spec
 
@@ -247,13 +250,18 @@ def tasks_of(kind: str) -> tuple[str, ...]:
 
 
 def spec_for(model_type: str, *, source: str = "the model", kind: str | None = None,
-             config: dict | None = None) -> ModelSpec:
+             config: dict | None = None, task: str | None = None) -> ModelSpec:
     """The spec for ``model_type``: its family's, else (given the checkpoint's ``config`` as a dict) a generic
-    family's that claims it; ``kind`` (a family group: "encoder", "decoder", ...) restricts what is accepted, and
-    a refusal names the command for what it is."""
+    family's that claims it; also a generic family's where the family does not do the ``task`` (or ``kind``) asked and
+    a generic one does (a BERT checkpoint with a causal-LM head, asked for text generation). ``kind`` (a family group:
+    "encoder", "decoder", ...) restricts what is accepted, and a refusal names the command for what it is."""
     spec = _REGISTRY.get(model_type)
     if spec is None and config is not None:
         spec = generic_for(model_type, config)
+    elif spec is not None and config is not None and ((task is not None and task not in spec.tasks)
+                                                       or (kind is not None and spec.kind != kind)):
+        other = generic_for(model_type, config, task)
+        spec = other if other is not None and (kind is None or other.kind == kind) else spec
     if spec is None or (kind is not None and spec.kind != kind):
         group = groups().get(kind)
         hint = f" (it is {spec.group.one}: use {spec.group.command})" if spec is not None else ""
@@ -266,11 +274,8 @@ def spec_for(model_type: str, *, source: str = "the model", kind: str | None = N
 
 def family_of(manifest) -> ModelSpec:
     """The spec of the family a torchship folder's manifest names (a generic family by its name)."""
-    if manifest.model_type not in _REGISTRY:
-        generic = next((g for g in _GENERIC if g.family == manifest.family), None)
-        if generic is not None:
-            return generic
-    return spec_for(manifest.model_type)
+    generic = next((g for g in _GENERIC if g.family == manifest.family), None)
+    return generic if generic is not None else spec_for(manifest.model_type)
 
 
 def saved_config(artifact):

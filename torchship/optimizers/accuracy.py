@@ -10,6 +10,10 @@ classifier's answer is an argmax. So the metric follows the task:
 - text classification: the share of texts whose label is the same (logits cosine reported beside);
 - fill-mask and token classification: the share of real tokens whose likeliest prediction is the same;
 - question answering: the share of texts whose best answer span (start and end) is the same;
+- image classification: the share of held-out generated images whose top-1 label is the same; image feature
+  extraction: the cosine of each image's embedding (the pooled output where the graph has one), both on images
+  generated in code (``image_samples.py``), with the same batch check as text (each image alone and beside a
+  full-range noise image);
 - models without text (UNets) and decoders: cosine of the main output per sample, on the validation
   inputs stored with the export.
 
@@ -34,8 +38,8 @@ from torchship.loading import has_tokenizer_files
 from torchship.artifact import Artifact, load_reference
 from torchship.compare import rowwise_cosine
 from torchship.errors import InputError
-from torchship.exporters.spec import (FILL_MASK, QUESTION_ANSWERING, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION,
-                                      family_of)
+from torchship.exporters.spec import (ENCODE_IMAGE, FILL_MASK, IMAGE_CLASSIFICATION, QUESTION_ANSWERING,
+                                      TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, family_of)
 
 DEFAULT_TEXTS = Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
 MIN_TEXTS = 8
@@ -48,7 +52,7 @@ Runner = Callable[[dict], dict]  # feeds -> outputs by name
 
 @dataclass(frozen=True)
 class AccuracyResult:
-    metric: str  # "sentence_cosine", "label_agreement" or "output_cosine"
+    metric: str  # "sentence_cosine", "label_agreement", "embedding_cosine" (images) or "output_cosine"
     mean: float
     min: float
     samples: int
@@ -136,11 +140,36 @@ class AccuracyProbe:
                         source=str(path) if texts_file else "torchship/data/sentences.txt")
             probe.batch_check = batch_feeds(load_tokenizer(artifact), texts, m.input_names, m.text["max_length"])
             return probe
+        if ENCODE_IMAGE in spec.phases:
+            return cls.for_images(artifact, texts_file)
         if texts_file:
             raise InputError(f"{artifact.folder} holds a model without a text encoder's tokenizer; it is "
                              "compared on its stored validation inputs, so leave out the text file")
         cases = load_reference(artifact.folder)
         return cls("output_cosine", [c.inputs for c in cases], main_output=main, source="reference.npz")
+
+    @classmethod
+    def for_images(cls, artifact: Artifact, texts_file: str | Path | None = None) -> "AccuracyProbe":
+        """Top-1 agreement (classifiers) or embedding cosine (feature extractors) on held-out generated images,
+        with the batch check: each of the first images alone, and together beside a loud one."""
+        from torchship.optimizers.image_samples import BATCH_IMAGES, PROBE_IMAGES, loud_image, probe_pixels
+
+        if texts_file:
+            raise InputError(f"{artifact.folder} holds an image model; it is judged on generated images, so leave "
+                             "out the evaluation text file")
+        m = artifact.manifest
+        pixels = probe_pixels(artifact.folder, m)
+        name = m.input_names[0]
+        if m.task == IMAGE_CLASSIFICATION:
+            metric, main = "label_agreement", m.output_names[0]
+        else:
+            metric = "embedding_cosine"
+            main = "pooler_output" if "pooler_output" in m.output_names else m.output_names[0]
+        probe = cls(metric, [{name: pixels}], main_output=main,
+                    source=f"{PROBE_IMAGES} generated images (held out of calibration)")
+        probe.batch_check = ([{name: pixels[i:i + 1]} for i in range(BATCH_IMAGES)],
+                             {name: np.concatenate([pixels[:BATCH_IMAGES], loud_image(pixels)])})
+        return probe
 
     def set_reference(self, run: Runner) -> None:
         self._reference = [np.asarray(run(f)[self.main_output]) for f in self.batches]
@@ -157,8 +186,9 @@ class AccuracyProbe:
         for i, feeds in enumerate(alone):
             one = np.asarray(run(feeds)[self.main_output])[0]
             row = together[i]
-            if one.ndim and row.ndim and one.shape[0] == feeds["attention_mask"].shape[1] \
-                    and row.shape[0] == batch["attention_mask"].shape[1]:  # a sequence axis: its real tokens
+            masked = "attention_mask" in feeds  # text: a sequence axis, compared on its real tokens
+            if masked and one.ndim and row.ndim and one.shape[0] == feeds["attention_mask"].shape[1] \
+                    and row.shape[0] == batch["attention_mask"].shape[1]:
                 one, row = one[feeds["attention_mask"][0] == 1], row[batch["attention_mask"][i] == 1]
             if one.shape != row.shape:
                 return float("nan")
@@ -172,7 +202,7 @@ class AccuracyProbe:
         outputs = [run(f) for f in self.batches]
         got = [np.asarray(o[self.main_output]) for o in outputs]
         finite = all(np.isfinite(g).all() for g in got)
-        if self.metric == "output_cosine":
+        if self.metric in ("output_cosine", "embedding_cosine"):
             per = np.concatenate([rowwise_cosine(r.reshape(r.shape[0], -1), g.reshape(g.shape[0], -1))
                                   for r, g in zip(self._reference, got)])
             extra = {}

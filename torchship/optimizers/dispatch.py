@@ -86,6 +86,22 @@ def _default_seconds() -> float:
     return value
 
 
+def dispatched(spec) -> bool:
+    """Whether optimize measures a dispatch table for the family: text encoders (batch x sequence) and image
+    encoders (batch at the model's one size); audio's free length and decoders' steps are not timed per shape."""
+    from torchship.exporters.spec import ENCODE, ENCODE_IMAGE
+
+    return bool({ENCODE, ENCODE_IMAGE} & set(spec.phases))
+
+
+def sequence_free(io) -> bool:
+    """Whether no input has a sequence axis (images at a fixed size): the table's shapes are batches alone,
+    recorded with sequence 0 and one sequence range (0, open) that holds it."""
+    from torchship.exporters.spec import SEQUENCE
+
+    return not any(SEQUENCE in t.axes for t in io.inputs)
+
+
 def _threads(plan: DispatchPlan) -> int:
     return plan.threads or usable_cpus()
 
@@ -94,6 +110,8 @@ def shape_grid(artifact: Artifact, spec, config, probe=None) -> tuple[tuple[int,
     """(batch, sequence) pairs to time: each axis's min/use/max from the shape config, else the defaults
     clipped to the model's positions; the full cross product, so the ranges cover every shape. A sequence
     length the family refuses (spec.case_for), or that ``probe(case)`` cannot run, is left out."""
+    if sequence_free(artifact.manifest.io()):  # the family's batches (images: 1, 8, 32), nothing to probe
+        return tuple((int(sizes["batch"]), 0) for sizes in spec.bench_sizes(config))
     resolved = artifact.manifest.resolved_shapes()
     if resolved is not None and "batch" in resolved.axes and "sequence" in resolved.axes:
         batches, sequences = resolved.axes["batch"], resolved.axes["sequence"]
@@ -170,16 +188,16 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan | None = None, *,
                      progress: _progress.Progress = _progress.SILENT,
                      leave_out: dict[str, str] | None = None) -> DispatchTable | None:
     """Time the folder's validated fp32 candidates at the shape grid; the dispatch table, or None when there
-    is nothing to choose (fewer than two candidates, or a family without batch x sequence inputs). ``plan``: None
+    is nothing to choose (fewer than two candidates, or a family not timed per shape: ``dispatched``). ``plan``: None
     for a ``DispatchPlan()`` made now (TORCHSHIP_DISPATCH_SECONDS read at the call). ``leave_out``: {variant: why}
     of variants the folder holds that this table must not choose (an approximate one under --exact)."""
     plan = plan if plan is not None else DispatchPlan()
-    from torchship.exporters.spec import ENCODE, family_of, saved_config
+    from torchship.exporters.spec import family_of, saved_config
 
     m = artifact.manifest
     spec = family_of(m)
-    if ENCODE not in spec.phases:
-        return None  # decoders and UNets: one variant, as today
+    if not dispatched(spec):
+        return None  # decoders, UNets and audio: one variant, as today
     order = candidate_variants()
     candidates, excluded = {}, {}
     for name in order:
@@ -238,8 +256,8 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan | None = None, *,
         return None
     shapes = []
     for i, (batch, sequence) in enumerate(grid, 1):
-        progress.step(f"timing {len(candidates)} fp32 variants at batch {batch} x seq {sequence} [{i}/{len(grid)}]")
-        case = spec.case_for({"batch": batch, "sequence": sequence}, config)
+        case = spec.case_for({"batch": batch, **({"sequence": sequence} if sequence else {})}, config)
+        progress.step(f"timing {len(candidates)} fp32 variants at {case.label()} [{i}/{len(grid)}]")
         feeds = spec.sample_inputs(config, io, case, seed=i)
         shard = BATCH_SHARDS in plan.tunings and None not in axes and splits(batch, threads)
 
@@ -274,7 +292,7 @@ def measure_dispatch(artifact: Artifact, plan: DispatchPlan | None = None, *,
             settled=Settled(tuple(settled["between"]), settled["rounds"], settled["winner"]) if settled else None))
     del sessions, opened
     batches = _ranges(sorted({b for b, _ in grid}))
-    sequences = _ranges(sorted({s for _, s in grid}))
+    sequences = [(0, None)] if sequence_free(io) else _ranges(sorted({s for _, s in grid}))
     by_shape = {(s.batch, s.sequence): s for s in shapes}
     ranges = [ShapeRange(batch=br, sequence=sr, variant=by_shape[(b, s)].winner, session=by_shape[(b, s)].session,
                          measured_at=(b, s))

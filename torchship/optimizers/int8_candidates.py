@@ -56,7 +56,7 @@ class QuantizeOptions:
     sources: tuple[str, ...] | None = None  # variants to quantize; None: the export and the fused model
     op_types: tuple[str, ...] | None = None  # None: ORT's defaults for the method
     exclude: tuple[str, ...] = ()  # node-name patterns (fnmatch) left in fp32
-    calibration: str | None = None  # text file (one text per line) or .npz of input arrays
+    calibration: str | None = None  # text file (one text per line), .npz of input arrays, or (images) a folder
     calibration_method: str = "minmax"
     activation_types: tuple[str, ...] = ACTIVATION_TYPES  # static only; each value is tried
     quant_formats: tuple[str, ...] = QUANT_FORMATS  # static only; each value is tried
@@ -73,9 +73,6 @@ class QuantizeOptions:
         for m in self.methods:
             if m not in METHODS:
                 raise InputError(f"unknown quantization method {m!r}; use {', '.join(METHODS)}")
-        if "static" in self.methods and not self.calibration:
-            raise InputError("static int8 needs calibration data: pass --calibration FILE (one text per line, "
-                             "or an .npz with one array per model input)")
         if self.calibration_method not in CALIBRATION_METHODS:
             raise InputError(f"unknown calibration method {self.calibration_method!r}; "
                              f"use {', '.join(CALIBRATION_METHODS)}")
@@ -184,9 +181,22 @@ def activation_matmuls(path: Path) -> list[str]:
 
 
 def calibration_feeds(options: QuantizeOptions, artifact: Artifact) -> list[dict]:
-    """One feed per calibration sample, all padded to one length (some calibrators need equal shapes)."""
-    path = Path(options.calibration)
+    """One feed per calibration sample, all padded to one length (some calibrators need equal shapes). An image
+    model calibrates on generated images, plus the user's folder of images (or .npz) when given; a text model needs
+    the user's texts or arrays."""
+    from torchship.exporters.spec import ENCODE_IMAGE, family_of
+
     m = artifact.manifest
+    images = ENCODE_IMAGE in family_of(m).phases
+    if not options.calibration and not images:
+        raise InputError("static int8 needs calibration data: pass --calibration FILE (one text per line, "
+                         "or an .npz with one array per model input)")
+    if images and (not options.calibration or Path(options.calibration).is_dir()):
+        from torchship.optimizers.image_samples import calibration_pixels
+
+        pixels = calibration_pixels(artifact.folder, m, options.calibration)
+        return [{m.input_names[0]: pixels[i:i + 1]} for i in range(len(pixels))]
+    path = Path(options.calibration)
     if path.suffix.lower() == ".npz":
         if not path.is_file():
             raise InputError(f"calibration file {path} does not exist")
@@ -204,6 +214,9 @@ def calibration_feeds(options: QuantizeOptions, artifact: Artifact) -> list[dict
             raise InputError(f"calibration arrays in {path} differ in their first (sample) axis: {sorted(rows)}")
         dtypes = {i["name"]: i["dtype"] for i in m.inputs}
         return [{n: arrays[n][i:i + 1].astype(dtypes[n]) for n in m.input_names} for i in range(rows.pop())]
+    if images:
+        raise InputError(f"calibration {path}: an image model calibrates on a folder of images or an .npz of "
+                         "pixel_values, not a text file")
     if not has_tokenizer_files(artifact.folder):
         raise InputError(f"{artifact.folder} has no tokenizer, so calibration text cannot be used; "
                          "give an .npz with one array per model input")

@@ -75,10 +75,10 @@ class OptimizeOptions:
 
 
 def _measured_encoder(artifact: Artifact, opts: OptimizeOptions) -> bool:
-    """The dispatch-only candidates are made only for the measured dispatch of an encoder."""
-    from torchship.exporters.spec import ENCODE
+    """The dispatch-only candidates are made only for the measured dispatch of an encoder (text or image)."""
+    from torchship.optimizers.dispatch import dispatched
 
-    return opts.candidates == "measured" and ENCODE in family_of(artifact.manifest).phases
+    return opts.candidates == "measured" and dispatched(family_of(artifact.manifest))
 
 
 def optimize(folder: str | Path, options: OptimizeOptions | None = None, *,

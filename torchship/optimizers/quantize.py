@@ -234,8 +234,9 @@ def _fall_back(outcomes: list[Outcome], options: QuantizeOptions, available: dic
     return record
 
 
-def _verdicts(outcomes: list[Outcome], chosen: str | None) -> dict[str, str]:
-    """Why each candidate was kept or not, in words."""
+def _verdicts(outcomes: list[Outcome], chosen: str | None, images: bool = False) -> dict[str, str]:
+    """Why each candidate was kept or not, in words (``images``: the probe's inputs are images)."""
+    one, other = ("an image", "a full-range noise image") if images else ("a text", "a 200-word text")
     rescued = {o.extra["fallback_of"]: o.candidate.name for o in outcomes if o.passed and o.extra.get("fallback_of")}
     kept = next((o for o in outcomes if o.candidate.name == chosen), None)
     fastest = [o.p50_ms for o in outcomes if o.passed]
@@ -252,10 +253,10 @@ def _verdicts(outcomes: list[Outcome], chosen: str | None) -> dict[str, str]:
                          "not clearly faster than the kept one (the winner rule)") if chosen else "within budget"
         elif o.accuracy.per_tensor:
             out[name] = ("dropped: it scales activations per tensor (QAttention or DynamicQuantizeLinear), so its "
-                         "answer for a text depends on the rest of the batch")
+                         f"answer for {one} depends on the rest of the batch")
         elif not o.accuracy.batch_independent:
-            out[name] = (f"dropped: its answer for a text depends on the rest of the batch (min cosine "
-                         f"{o.accuracy.batch_cosine:.6f} between a text alone and beside a 200-word text, "
+            out[name] = (f"dropped: its answer for {one} depends on the rest of the batch (min cosine "
+                         f"{o.accuracy.batch_cosine:.6f} between {one} alone and beside {other}, "
                          f"floor {o.accuracy.batch_floor:g})")
         else:
             out[name] = "below budget" + (f"; rescued by {rescued[name]}" if name in rescued else "")
@@ -271,11 +272,26 @@ def _fastest(passing: list[Outcome]) -> Outcome | None:
     return next(o for o in passing if o.candidate.name == name)
 
 
+def _calibration_name(artifact: Artifact, options: QuantizeOptions) -> str | None:
+    """What static int8 was calibrated on, as the manifest says it: the user's file, or (image models) the
+    generated images and the user's folder."""
+    from torchship.exporters.spec import ENCODE_IMAGE
+    from torchship.optimizers.image_samples import CALIBRATION_IMAGES
+
+    if "static" not in options.methods or ENCODE_IMAGE not in family_of(artifact.manifest).phases:
+        return Path(options.calibration).name if options.calibration else None
+    return f"{CALIBRATION_IMAGES} generated images" + (f" + {Path(options.calibration).name}" if options.calibration
+                                                        else "")
+
+
 def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOptions,
                probe: AccuracyProbe, started: float, fallback: dict | None) -> Artifact:
     passing = [o for o in outcomes if o.passed]
     chosen = _fastest(passing)
-    verdicts = _verdicts(outcomes, chosen.candidate.name if chosen else None)
+    from torchship.exporters.spec import ENCODE_IMAGE
+
+    images = ENCODE_IMAGE in family_of(artifact.manifest).phases
+    verdicts = _verdicts(outcomes, chosen.candidate.name if chosen else None, images)
     report = [{**o.to_json(), "verdict": verdicts[o.candidate.name]} for o in outcomes]
     if not passing:
         tried = [o for o in outcomes if o.accuracy is not None and o.accuracy.batch_independent]
@@ -295,6 +311,7 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                "--exclude, try static int8 with --calibration, or lower --budget")
         raise BudgetError(f"{why}. Every candidate's numbers are in {artifact.folder}/torchship.json; {tried}{fix}")
     best = chosen
+    calibrated_on = _calibration_name(artifact, options)
     final = artifact.folder / FILE
     with staged_model(final) as tmp:
         normalize(best.path, tmp, "auto")  # one data file named after the final model, when one is needed
@@ -304,8 +321,8 @@ def _keep_best(artifact: Artifact, outcomes: list[Outcome], options: QuantizeOpt
                   "min_cosine": against_torch.min_cosine, "against": "fp32 export (accuracy); eager PyTorch (max_abs)"}
     variant = Variant(name=VARIANT, file=FILE, stage="quantization", options=BuildOptions.from_json(
                       {**best.candidate.to_json(), "precision": "int8", "p50_ms": best.p50_ms, **best.extra,
-                               "calibration": Path(options.calibration).name if options.calibration else None,
-                               "calibration_method": options.calibration_method if options.calibration else None,
+                               "calibration": calibrated_on,
+                               "calibration_method": options.calibration_method if calibrated_on else None,
                                "search_s": round(time.perf_counter() - started, 1),  # the whole measured search
                                "machine": {"cpu": cpu_name()}}),  # where p50_ms and speedup_vs_fp32 were timed
                       size_bytes=model_bytes(final), seconds=round(best.build_s, 3),

@@ -7,7 +7,7 @@ family can run it, and calls the factory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torchship.artifact import Artifact
 from torchship.errors import InputError
@@ -22,6 +22,7 @@ class RuntimeOptions:
     spin: str = "run"  # ORT worker threads: see torchship._ort.spin_entries
     device: str = "cpu"
     reference_model: str | None = None  # checkpoint for the torch backends; None: the export's source
+    graph: str | None = None  # a variant of several graphs (image-text towers): the one to run
 
 
 def require_variant(artifact: Artifact, record: Backend) -> str:
@@ -48,10 +49,41 @@ def check_backend(artifact: Artifact, name: str) -> Backend:
     return record
 
 
-def create_predictor(artifact: Artifact, name: str, options: RuntimeOptions = RuntimeOptions()) -> Predictor:
-    """The predictor of backend ``name`` for ``artifact``; nothing is loaded until it is activated."""
+def create_predictor(artifact: Artifact, name: str, options: RuntimeOptions = RuntimeOptions(), *,
+                     graph: str | None = None) -> Predictor:
+    """The predictor of backend ``name`` for ``artifact``; nothing is loaded until it is activated. A folder whose
+    export has several graphs (an image-text model's ``text`` and ``vision`` towers) runs one: ``graph`` names it."""
     record = check_backend(artifact, name)
-    return record.factory()(artifact, record, options)
+    factory = record.factory()
+    graph = graph or options.graph
+    names = graph_names(artifact)
+    if graph is None and len(names) > 1:
+        raise InputError(f"{artifact.folder} holds {len(names)} graphs ({', '.join(names)}); this runs a folder of "
+                         "one graph (torchship predict runs both; from Python, create_predictor(..., graph=NAME))")
+    if graph is not None:
+        if graph not in names:
+            raise InputError(f"{artifact.folder} has no graph {graph!r}; it has {', '.join(names)}")
+        if len(names) > 1 and not getattr(factory, "runs_graphs", False):
+            raise InputError(f"backend {name} runs a folder of one graph; {artifact.folder} holds {', '.join(names)}: "
+                             "use ort or torch")
+        options = replace(options, graph=graph if len(names) > 1 else None)
+    return factory(artifact, record, options)
+
+
+def graph_names(artifact: Artifact) -> tuple[str, ...]:
+    """The graphs of the folder's export (one, ``model``, for most folders)."""
+    variant = artifact.manifest.variants.get("model") or next(iter(artifact.manifest.variants.values()))
+    return tuple(g.name for g in variant.all_graphs)
+
+
+def graph_io(artifact: Artifact, variant: str, graph: str | None):
+    """The inputs and outputs of one graph of a variant (None: the folder's one graph, the manifest's)."""
+    if graph is None:
+        return artifact.manifest.io()
+    from torchship.tensors import ModelIO
+
+    found = artifact.variant(variant).graph(graph)
+    return ModelIO(found.inputs, found.outputs)
 
 
 def source_model_loader(artifact: Artifact, override: str | None = None):

@@ -29,7 +29,7 @@ from torchship.backends import backend, backend_of_variant
 
 MEASURED = "ort-measured"
 INT8 = backend("ort-int8")
-_SHAPE = re.compile(r"batch (\d+) x seq (\d+)")
+_SHAPE = re.compile(r"batch (\d+)(?: x seq (\d+))?")  # images: "batch 8 images", sequence 0
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def choose(artifact: Artifact, cpu: str | None = None) -> AutoBackend:
         elif timed_on and timed_on != cpu:
             passed_over.append(f"{INT8.name} was timed on {timed_on}")
         else:
-            judged = (float(opts.speedup_vs_fp32), int(shape[1]), int(shape[2]), accuracy)
+            judged = (float(opts.speedup_vs_fp32), int(shape[1]), int(shape[2] or 0), accuracy)
     quick = _weight_only(artifact, cpu, passed_over)
     note = f"; not considered: {', '.join(passed_over)}" if passed_over else ""
     if quick is not None and (judged is None or quick[1] > judged[0]):

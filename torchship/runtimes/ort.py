@@ -88,10 +88,12 @@ class OrtCudaPredictor(OrtPredictor):
         return {n: np.asarray(v) for n, v in zip(self.output_names, values)}
 
 
-def _session_of(artifact, record, variant: str) -> dict:
-    """Where a variant's file is and how ORT runs it, with the command that remakes it in errors."""
-    return {"path": artifact.path_of(variant), "io": artifact.manifest.io(),
-            "fix": "re-run " + record.make_command(artifact.folder)}
+def _session_of(artifact, record, variant: str, graph: str | None = None) -> dict:
+    """Where a variant's file (or its graph ``graph``) is and how ORT runs it, with the command that remakes it."""
+    from torchship.runtimes import graph_io
+
+    return {"path": artifact.graph_path(variant, graph) if graph else artifact.path_of(variant),
+            "io": graph_io(artifact, variant, graph), "fix": "re-run " + record.make_command(artifact.folder)}
 
 
 def ort_predictor(artifact, record, options, tuning: str = "default") -> OrtPredictor:
@@ -101,7 +103,7 @@ def ort_predictor(artifact, record, options, tuning: str = "default") -> OrtPred
 
     name = require_variant(artifact, record)
     variant = artifact.manifest.variants[name]
-    return OrtPredictor(**_session_of(artifact, record, name), threads=options.threads, spin=options.spin,
+    return OrtPredictor(**_session_of(artifact, record, name, options.graph), threads=options.threads, spin=options.spin,
                         device=options.device, session_level=variant.options.session_level or "all",
                         disabled_optimizers=variant.options.disabled_optimizers, tuning=tuning)
 
@@ -135,7 +137,7 @@ class OrtMeasuredPredictor(Predictor):
         """(variant, session tuning) the table names for these feeds' batch x sequence."""
         (name, b_axis), (_, s_axis) = self.axes
         shape = feeds[name].shape  # checked feeds: arrays
-        return self.table.choice(shape[b_axis], shape[s_axis])
+        return self.table.choice(shape[b_axis], 0 if s_axis is None else shape[s_axis])
 
     def variant_for(self, feeds) -> str:
         return self.choice_for(feeds)[0]
@@ -165,21 +167,31 @@ class OrtMeasuredPredictor(Predictor):
         return tuple(dict.fromkeys(n for (n, _), p in self.variants.items() if p.active))
 
 
-def _batch_sequence_axes(io) -> tuple[tuple[str, int], tuple[str, int]]:
-    """(input name, axis index) of the batch and of the sequence axis: where a call's shape is read."""
+def _batch_sequence_axes(io) -> tuple[tuple[str, int], tuple[str, int | None]]:
+    """(input name, axis index) of the batch and of the sequence axis: where a call's shape is read. A model
+    whose inputs have no sequence axis (images at one size) reads its sequence as 0 (axis None), as its table
+    was measured."""
     for spec in io.inputs:
         if BATCH in spec.axes and SEQUENCE in spec.axes:
             return (spec.name, spec.axes.index(BATCH)), (spec.name, spec.axes.index(SEQUENCE))
+    if not any(SEQUENCE in spec.axes for spec in io.inputs):
+        spec = next((s for s in io.inputs if BATCH in s.axes), None)
+        if spec is not None:
+            return (spec.name, spec.axes.index(BATCH)), (spec.name, None)
     raise InputError("the model has no input with batch and sequence axes; a dispatch table cannot apply")
 
 
 def ort_measured_predictor(artifact, record, options) -> Predictor:
     """The table's factory for ort-measured: the dispatch table's variants, or, for a folder without a table
     or a non-CPU device, the single most optimized validated variant."""
-    if not artifact.manifest.dispatch or options.device not in ("cpu", "auto") or \
+    if not artifact.manifest.dispatch or options.graph or options.device not in ("cpu", "auto") or \
             (options.device == "auto" and "CUDAExecutionProvider" in _available_providers()):
         return ort_predictor(artifact, backend_of_variant(artifact.best_variant()), options)
     return OrtMeasuredPredictor(artifact, record, options)
+
+
+ort_predictor.runs_graphs = True  # create_predictor: it runs one graph of a variant of several
+ort_measured_predictor.runs_graphs = True
 
 
 def _available_providers() -> list[str]:

@@ -57,17 +57,20 @@ class TorchPredictor(Predictor):
 def torch_predictor(artifact, record, options) -> TorchPredictor:
     """The table's factory for the PyTorch backends: the source checkpoint wrapped by its family's spec."""
     from torchship.exporters.spec import family_of
-    from torchship.runtimes import source_model_loader
+    from torchship.runtimes import graph_io, source_model_loader
 
     load = source_model_loader(artifact, options.reference_model)
     spec = family_of(artifact.manifest)
-    io = artifact.manifest.io()
+    io = graph_io(artifact, "model", options.graph)  # one graph (a tower) of a variant of several, if named
 
     def build():
         model = load()
         return spec.wrapper(model, io), spec.sample_inputs(model.config, io, spec.dummy_case, seed=0)
 
     return TorchPredictor(build, io, mode=record.torch_mode, threads=options.threads)
+
+
+torch_predictor.runs_graphs = True  # create_predictor: the spec's wrapper runs the tower the graph's inputs feed
 
 
 class TorchCachedDecoder(Predictor):
