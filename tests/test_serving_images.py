@@ -45,6 +45,38 @@ def _save(folder, model_type: str, classifier: bool):
     return folder
 
 
+def _save_towers(kind: str, folder):
+    """A tiny random CLIP or SigLIP with its tokenizer (SigLIP's without a mask, prompts padded to full length) and
+    image processor at 32x32 (as tests/exporters/test_image_text.py builds them)."""
+    import torch
+    from transformers import (BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig,
+                              SiglipImageProcessor, SiglipModel)
+
+    from tiny import make_tokenizer, vocabulary
+
+    tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
+    text = dict(tower, vocab_size=len(vocabulary()), pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    torch.manual_seed(0)
+    if kind == "clip":
+        tokenizer = make_tokenizer(folder)
+        model = CLIPModel(CLIPConfig(text_config=dict(text, max_position_embeddings=32),
+                                     vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=16))
+        processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    else:
+        tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocabulary())}, do_lower_case=True,
+                                      model_input_names=["input_ids"])
+        model = SiglipModel(SiglipConfig(text_config=dict(text, max_position_embeddings=64),
+                                         vision_config=dict(tower, image_size=32, patch_size=8)))
+        processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    with torch.no_grad():
+        model.logit_scale.fill_(2.3)  # not the initial values: the served scores must use the model's own
+        if hasattr(model, "logit_bias"):
+            model.logit_bias.fill_(-1.5)
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
 def _encoded(fmt: str, size=(40, 30), seed=0, mode="RGB", **save) -> bytes:
     from PIL import Image
 
@@ -78,11 +110,17 @@ def served(tmp_path_factory):
         src = _save(root / f"{name}-src", model_type, task == "image-classification")
         export(str(src), root / name, ExportOptions(task=task))
         folders[name] = root / name
+    for kind in ("clip", "siglip"):  # two towers: text and vision graphs in one variant
+        _save_towers(kind, root / f"{kind}-src")
+        export(str(root / f"{kind}-src"), root / kind)
+        folders[kind] = root / kind
     repo = root / "repo"
     write_repo(folders["vit"], repo, TritonOptions(name="vit", max_batch_size=8))
     write_repo(folders["dino"], repo, TritonOptions(name="dino", max_batch_size=8))
     write_repo(folders["vit"], repo, TritonOptions(name="small", max_batch_size=8, max_queue_delay_us=50_000),
                ServeOptions(max_image_pixels=MAX_PIXELS))
+    for kind in ("clip", "siglip"):
+        write_repo(folders[kind], repo, TritonOptions(name=kind, max_batch_size=8))
     server = Server(repo, Ports(free_port(), free_port(), free_port()), log=root / "server.log")
     server.start()
     try:
@@ -120,7 +158,7 @@ def test_the_classifier_returns_every_score_and_the_notes(served):
     assert np.abs(result.as_numpy("SCORES") - want["scores"]).max() < 1e-5
     assert np.allclose(result.as_numpy("SCORE")[:, 0], want["scores"].max(axis=1))
     notes = [json.loads(n[0]) for n in result.as_numpy("NOTES")]
-    assert notes[0] == [] and notes[1] == want["notes"][1] and "first of 3 frames" in notes[1][0]
+    assert notes[0] == [] and len(notes[1]) == 1 and "first of 3 frames" in notes[1][0]
     settings = json.loads((repo / "vit" / "1" / "serving.json").read_text())
     assert settings["labels"] == LABELS and settings["preprocessing"].startswith("resize to 32x32 bilinear")
     assert sorted(p.name for p in (repo / "vit" / "1").iterdir() if p.name != "__pycache__") == [
@@ -252,3 +290,44 @@ def test_serve_check_and_the_readme_know_image_models(served):
     assert any("InferInput('IMAGE'" in line and "dino" in line for line in example_requests(server))
     readme = (repo / "README.md").read_text()
     assert "## One image" in readme and "client.infer('vit', [image])" in readme and "pillow` in the image" in readme
+
+
+CLIP_LABELS = ["cat", "dog", "good food"]
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_image_text_models_embed_images_and_texts_in_one_space_and_score_labels(served, kind):
+    """IMAGE (HTTP's binary extension) and TEXT (JSON) give the local ImageModel's unit-length embeddings; IMAGE with
+    LABELS over gRPC gives its zero-shot scores (CLIP's softmax, SigLIP's sigmoid with its bias, prompts padded to
+    full length); IMAGE and TEXT together, or LABELS with TEXT, are refused in a line."""
+    import tritonclient.grpc as grpcclient
+
+    from torchship.artifact import Artifact
+    from torchship.runtimes.images import ImageModel
+    from torchship.serving.loadtest import TritonHTTP
+
+    server, folders, _ = served
+    model = ImageModel.from_artifact(Artifact.open(folders[kind]))
+    got = np.stack(_send(server, ImageHTTP, kind, IMAGES[:3]))
+    want = model.embed_images(IMAGES[:3]).embeddings
+    assert np.abs(got - want).max() < 1e-5 and np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    texts = ["a photo of a cat", "a dog on the good food in the world"]
+    got = np.stack(TritonHTTP("127.0.0.1", server.ports.http, kind).connect()(texts))
+    assert np.abs(got - model.embed_texts(texts).embeddings).max() < 1e-5
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.ports.grpc}")
+    image = grpcclient.InferInput("IMAGE", [2, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[b] for b in IMAGES[:2]], dtype=object))
+    labels = grpcclient.InferInput("LABELS", [2, 3], "BYTES")
+    labels.set_data_from_numpy(np.array([[w.encode() for w in CLIP_LABELS]] * 2, dtype=object))
+    result = client.infer(kind, [image, labels])
+    want = model.zero_shot(IMAGES[:2], CLIP_LABELS)
+    assert np.abs(result.as_numpy("SCORES") - want.scores).max() < 1e-5
+    assert [x[0].decode() for x in result.as_numpy("LABEL")] == [want.top(i, 1)[0][0] for i in range(2)]
+    text = grpcclient.InferInput("TEXT", [2, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=object))
+    for inputs, words in (([image, text], "send IMAGE .encoded image files. or TEXT, one of them"),
+                          ([text, labels], "LABELS go with IMAGE")):
+        with pytest.raises(grpcclient.InferenceServerException, match=words):
+            client.infer(kind, inputs)
+    assert check_answers(ImageHTTP("127.0.0.1", server.ports.http, kind), IMAGES,
+                         image_reference(folders[kind]))["passed"]

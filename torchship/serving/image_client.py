@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from torchship.errors import BackendUnavailable, InputError
-from torchship.serving.image_repo import two_towers
 from torchship.serving.loadtest import PROTOCOLS, ServerError, Target, answers_of, split_url
 
 # the ONNX head outputs read for each task, in the order tried (as the server's chain reads them)
@@ -103,45 +102,24 @@ def image_target_for(url: str, model: str, protocol: str) -> Target:
 
 
 def local_image_results(folder: str | Path, backend: str | None = None):
-    """images (bytes) -> {"labels", "scores"} (classifiers) or {"embeddings"}, with notes: the folder's variant of
-    ``backend`` (default ort) run on this machine through the steps the server runs."""
+    """images (bytes) -> {"labels", "scores"} (classifiers) or {"embeddings"} (feature extractors; an image-text
+    model's at unit length): ``torchship predict``'s ``ImageModel`` on the folder's variant of ``backend`` (default
+    ort), the same decoding, preprocessing and heads the server runs."""
     from torchship.artifact import Artifact
-    from torchship.errors import ArtifactError
     from torchship.exporters.spec import IMAGE_CLASSIFICATION
-    from torchship.processing.heads import classify
-    from torchship.processing.image import ImageSettings, decode, preprocess
-    from torchship.runtimes import create_predictor
+    from torchship.runtimes.images import ImageModel
 
     artifact = Artifact.open(folder)
-    if two_towers(artifact):  # CLIP, SigLIP: the image embeddings, of unit length, as predict gives them
-        from torchship.runtimes.images import ImageModel
-
-        model = ImageModel.from_artifact(artifact, backend or "ort")
-        return lambda images: {"embeddings": model.embed_images([bytes(b) for b in images]).embeddings
-                               .astype(np.float32)}
-    try:
-        settings = ImageSettings.from_config(json.loads((artifact.folder / "preprocessor_config.json").read_text()))
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{artifact.folder} has no image processor torchship reads: {exc}") from None
-    predictor = create_predictor(artifact, backend or "ort")
-    labels = (artifact.manifest.text or {}).get("labels") or []
-    classifier = artifact.manifest.task == IMAGE_CLASSIFICATION
+    model = ImageModel.from_artifact(artifact, backend or "ort")
+    classifier = artifact.manifest.task == IMAGE_CLASSIFICATION and not model.two_towers
 
     def results(images: list[bytes]) -> dict:
-        decoded = []
-        for i, data in enumerate(images):
-            try:
-                decoded.append(decode(bytes(data)))
-            except ValueError as exc:
-                raise InputError(f"image {i}: {exc}") from None
-        out = predictor.infer({"pixel_values": preprocess([d[0] for d in decoded], settings)})
-        notes = [list(d[1]) for d in decoded]
+        images = [bytes(b) for b in images]
         if classifier:
-            scores, names = classify(out["logits"], labels)
-            return {"labels": names, "scores": scores.astype(np.float32), "notes": notes}
-        name = next(o for o in EMBEDDING_OUTPUTS if o in out)
-        value = out[name][:, 0] if name == "last_hidden_state" else out[name].reshape(len(decoded), -1)
-        return {"embeddings": value.astype(np.float32), "notes": notes}
+            found = model.classify(images)
+            return {"labels": [found.top(i, 1)[0][0] for i in range(len(images))],
+                    "scores": found.scores.astype(np.float32)}
+        return {"embeddings": model.embed_images(images).embeddings.astype(np.float32)}
     return results
 
 

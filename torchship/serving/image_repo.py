@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from torchship.errors import ArtifactError, InputError
+from torchship.exporters.image_text import TEXT as TEXT_GRAPH, VISION as VISION_GRAPH
 from torchship.exporters.spec import IMAGE_CLASSIFICATION, IMAGE_FEATURE_EXTRACTION
 from torchship.serving.inventory import TENSORS, readme_path, write_readme
 from torchship.serving.repository import (CLASSIFICATION, EMBEDDING, TEXT_QUEUE_DELAY_US, ServeOptions, _config,
@@ -31,7 +32,6 @@ PROCESSOR_FILE = "preprocessor_config.json"
 IMAGE_FROM_FOLDER = {IMAGE_CLASSIFICATION: (CLASSIFICATION, TENSORS), IMAGE_FEATURE_EXTRACTION: (EMBEDDING, TENSORS)}
 NOTES = ("NOTES", "TYPE_STRING", [1])
 TOWERS = "image-text"  # an image-text model (CLIP, SigLIP): IMAGE or TEXT in, one space out; LABELS: zero-shot
-TEXT_GRAPH, VISION_GRAPH = "text", "vision"  # the graphs of an image-text variant (exporters/image_text.py)
 
 
 def takes_images(folder: str | Path) -> bool:
