@@ -108,8 +108,9 @@ def serve_cmd(repo, setup, if_missing, wheel, http_port, grpc_port, metrics_port
 @friendly_errors
 def loadtest_cmd(url, model, concurrency, duration, warmup, protocol, texts_file, images_dir, batch, max_requests,
                  reference, no_check, output):
-    """Closed-loop load test of a served text model (or image model, with --images): requests/s, texts/s, p50/p90/p99 latency and errors per
-    concurrency level, and a check that the answers match the local predictor. Writes loadtest.{json,md,png}."""
+    """Closed-loop load test of a served text model (an image model with --images): requests/s, texts/s,
+    p50/p90/p99 latency and errors per concurrency level, and a check that the answers match the local predictor.
+    Writes loadtest.{json,md,png}."""
     from torchship.exporters.inputs import parse_shape_list
     from torchship.serving.client import load_texts, local_reference, model_source, target_for
     from torchship.serving.loadtest import LoadOptions, ServerError, failure, markdown, run_loadtest, write_report

@@ -10,6 +10,9 @@ variant with ONNX Runtime and reads the head, for the whole batch Triton forms. 
 an EXIF turn, transparency flattened). A row that is not an image, a truncated file, an image over the pixel limit
 (Pillow's, or ``--max-image-pixels``) or an empty request is that request's error, one line; the other requests of
 the batch are answered.
+
+An image-text folder (CLIP, SigLIP: two graphs) is one Python model too (``steps.TwoTowers``): ``IMAGE`` or ``TEXT``
+in, ``EMBEDDING`` of unit length out (one space); ``IMAGE`` with ``LABELS`` gives zero-shot ``SCORES`` and ``LABEL``.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def _task(manifest, wanted: str | None) -> str:
                          f"with --task tensors")
     task = wanted or allowed[0]
     if task not in allowed:
-        raise InputError(f"a {manifest.task} model cannot be served as --task {task}; it can be: {', '.join(allowed)}")
+        raise InputError(f"a model for {manifest.task} cannot be served as --task {task}; it can be: "
+                         f"{', '.join(allowed)}")
     return task
 
 
@@ -160,7 +164,8 @@ def write_image_repo(folder: str | Path, repo: str | Path, topts: TritonOptions 
 
 def two_towers(artifact) -> bool:
     """Whether the folder's variants are an image-text model's two graphs."""
-    return any({g.name for g in v.all_graphs} == {TEXT_GRAPH, VISION_GRAPH} for v in artifact.manifest.variants.values())
+    towers = {TEXT_GRAPH, VISION_GRAPH}
+    return any({g.name for g in v.all_graphs} == towers for v in artifact.manifest.variants.values())
 
 
 def _optional(name: str, dtype: str, dims) -> str:

@@ -218,7 +218,8 @@ def write_readme(repo: Path) -> Path:
                       f"when it starts."]
     lines += ["", "In NVIDIA's container, which has every backend"
               + (" (the Python steps need `tokenizers` and `onnxruntime` there: `pip install tokenizers "
-                 f"onnxruntime{pillow}` in the image)" if any(d.get("needs") == "python" for d in ours.values()) else "")
+                 f"onnxruntime{pillow}` in the image)"
+                 if any(d.get("needs") == "python" for d in ours.values()) else "")
               + ":", "", "```",
               f"docker run --rm -p8000:8000 -p8001:8001 -p8002:8002 -v {shlex.quote(f'{where}:/models')} "
               f"{CONTAINER} \\",
