@@ -92,8 +92,8 @@ def local_reference(folder: str | Path, backend: str | None = None):
 
 
 def text_models(http_url: str, inputs: tuple[str, ...] = ("TEXT",)) -> list[str]:
-    """The ready models of the server that take TEXT (``inputs``: IMAGE for image models), tensor models and ensemble
-    steps left out."""
+    """The ready models of the server that take TEXT (``inputs``: IMAGE for image models, whose first input it is; an
+    image-text model takes TEXT and LABELS beside it), tensor models and ensemble steps left out."""
     index = json.loads(urllib.request.urlopen(urllib.request.Request(
         f"{http_url}/v2/repository/index", data=b"", method="POST"), timeout=10).read())
     found = []
@@ -101,7 +101,8 @@ def text_models(http_url: str, inputs: tuple[str, ...] = ("TEXT",)) -> list[str]
         if m.get("state") != "READY":
             continue
         meta = _http_json(f"{http_url}/v2/models/{m['name']}")
-        if tuple(i["name"] for i in meta.get("inputs", [])) == inputs and "torchship_source" in \
+        names = tuple(i["name"] for i in meta.get("inputs", []))
+        if (names == inputs or inputs == ("IMAGE",) and names[:1] == inputs) and "torchship_source" in \
                 model_parameters(http_url, m["name"]):
             found.append(m["name"])
     return found
