@@ -1,7 +1,8 @@
 """A real tritonserver serving image folders written by `torchship triton`: PNG and JPEG bytes over HTTP and gRPC
 answered as torchship's own steps answer them on this machine (the same decoding, preprocessing and heads on the
 same variant file), each bad image refused in its own answer while the other requests of the batch are answered,
-and the server keeps serving. One server for the module: a tiny ViT classifier and a tiny DINOv2 feature extractor."""
+and the server keeps serving. One server for the module: a tiny ViT classifier, a tiny DINOv2 feature extractor, and
+tiny CLIP and SigLIP (two graphs: IMAGE or TEXT in, zero-shot with LABELS)."""
 
 from __future__ import annotations
 
