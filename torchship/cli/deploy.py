@@ -46,8 +46,8 @@ def auto_cmd(model, config_path, output):
                    "says), classification (label and scores), hidden-states, entities (token classifiers: JSON "
                    "with character spans), fill-mask (JSON: the top tokens per mask), question-answering (QUESTION "
                    "and TEXT in: the answer and its span); or tensors: token ids in, the model's outputs out (no "
-                   "tokenizer in the server). Default: the folder's task (embedding for encoders; tensors for "
-                   "decoders and UNets).")
+                   "tokenizer in the server). Image folders take IMAGE (encoded files) and give classification or "
+                   "embedding. Default: the folder's task (embedding for encoders; tensors for decoders and UNets).")
 @click.option("--runtime", default="python", show_default=True, type=click.Choice(RUNTIMES),
               help="Where the model step runs: python (ONNX Runtime inside Triton's Python backend: serves on any "
                    "tritonserver, torchship serve's included) or Triton's native onnxruntime, tensorrt, openvino "
@@ -60,6 +60,9 @@ def auto_cmd(model, config_path, output):
 @o.aggregation
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime threads per instance (Python runtime); default: the server's cores / instances.")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=None,
+              help="Image models: refuse an image of more pixels (width x height) than this, as a decompression "
+                   "bomb (default: Pillow's own limit).")
 @click.option("--variant", default=None,
               help="Variant or backend name (model, optimized, int8, openvino, tensorrt-fp16, ...); default: the "
                    "one torchship auto chose, else the most optimized validated variant.")
@@ -75,8 +78,8 @@ def auto_cmd(model, config_path, output):
               help="Model instances in the instance group.")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @friendly_errors
-def triton_cmd(folder, repo, task, runtime, layout, strict, aggregation, threads, variant, name, max_batch_size,
-               dynamic_batching, preferred_batch_sizes, max_queue_delay_us, instances, kind):
+def triton_cmd(folder, repo, task, runtime, layout, strict, aggregation, threads, max_image_pixels, variant, name,
+               max_batch_size, dynamic_batching, preferred_batch_sizes, max_queue_delay_us, instances, kind):
     """Write a Triton Inference Server model repository entry for FOLDER (a torchship folder or a torchship auto
     output): by default a model that takes TEXT and returns finished results, every config checked against
     Triton's schema, and a README.md in the repository that says how to serve it (README.torchship.md when
@@ -85,17 +88,18 @@ def triton_cmd(folder, repo, task, runtime, layout, strict, aggregation, threads
 
     no_file(repo, "--output")
     from torchship.serving.inventory import README, readme_path
-    from torchship.serving.repository import ServeOptions, write_text_repo
+    from torchship.serving.image_repo import write_repo
+    from torchship.serving.repository import ServeOptions
     from torchship.serving.triton_repo import MARKER, TritonOptions, config_summary
 
     preferred = tuple(parse_shape_list(preferred_batch_sizes, what="--preferred-batch-sizes")) \
         if preferred_batch_sizes else ()
     sopts = ServeOptions(task=task, runtime=runtime, layout=layout, strict=strict, threads=threads,
-                         aggregation=aggregation)
+                         aggregation=aggregation, max_image_pixels=max_image_pixels)
     topts = TritonOptions(variant=variant, name=name, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching,
                           preferred_batch_sizes=preferred, instances=instances, kind=kind,
                           **({} if max_queue_delay_us is None else {"max_queue_delay_us": max_queue_delay_us}))
-    paths = write_text_repo(folder, repo, topts, sopts, default_delay=max_queue_delay_us is None)
+    paths = write_repo(folder, repo, topts, sopts, default_delay=max_queue_delay_us is None)
     for path in paths:
         click.echo(f"wrote {path}: " + ", ".join(sorted(p.name for p in (path / "1").iterdir())))
     entry = paths[0]

@@ -94,8 +94,10 @@ def serve_cmd(repo, setup, if_missing, wheel, http_port, grpc_port, metrics_port
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
 @click.option("--texts", "texts_file", type=click.Path(dir_okay=False), default=None,
               help="One text per line (default: torchship's packaged 60 sentences).")
+@click.option("--images", "images_dir", type=click.Path(file_okay=False), default=None,
+              help="Image models: a folder of image files (PNG, JPEG, WebP, ...) sent as their bytes instead of texts.")
 @click.option("--batch", type=click.IntRange(min=1, max=256), default=1, show_default=True,
-              help="Texts per request.")
+              help="Texts (or images) per request.")
 @click.option("--max-requests", type=click.IntRange(min=1), default=200_000, show_default=True,
               help="Per level: the level ends at this count even before its time.")
 @click.option("--reference", type=click.Path(), default=None,
@@ -104,10 +106,11 @@ def serve_cmd(repo, setup, if_missing, wheel, http_port, grpc_port, metrics_port
 @click.option("--no-check", is_flag=True, help="Do not compare answers with the local predictor.")
 @click.option("--output", "-o", type=click.Path(), default="loadtest", show_default=True)
 @friendly_errors
-def loadtest_cmd(url, model, concurrency, duration, warmup, protocol, texts_file, batch, max_requests, reference,
-                 no_check, output):
-    """Closed-loop load test of a served text model: requests/s, texts/s, p50/p90/p99 latency and errors per
-    concurrency level, and a check that the answers match the local predictor. Writes loadtest.{json,md,png}."""
+def loadtest_cmd(url, model, concurrency, duration, warmup, protocol, texts_file, images_dir, batch, max_requests,
+                 reference, no_check, output):
+    """Closed-loop load test of a served text model (an image model with --images): requests/s, texts/s,
+    p50/p90/p99 latency and errors per concurrency level, and a check that the answers match the local predictor.
+    Writes loadtest.{json,md,png}."""
     from torchship.exporters.inputs import parse_shape_list
     from torchship.serving.client import load_texts, local_reference, model_source, target_for
     from torchship.serving.loadtest import LoadOptions, ServerError, failure, markdown, run_loadtest, write_report
@@ -117,7 +120,16 @@ def loadtest_cmd(url, model, concurrency, duration, warmup, protocol, texts_file
 
     options = LoadOptions(tuple(parse_shape_list(concurrency, what="--concurrency")), duration, warmup, batch,
                           max_requests).checked()
-    texts = load_texts(texts_file)
+    if images_dir is not None and texts_file is not None:
+        from torchship.errors import InputError
+
+        raise InputError("--texts and --images each give what is sent; give one of them")
+    if images_dir is not None:  # image files read as bytes, sent as IMAGE rows, checked through the same steps
+        from torchship.serving.image_client import image_reference, image_target_for, load_images
+
+        texts, target_for, local_reference = load_images(images_dir), image_target_for, image_reference
+    else:
+        texts = load_texts(texts_file)
     target = target_for(url, model, protocol)
     ref = None
     if not no_check:

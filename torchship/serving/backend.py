@@ -5,6 +5,8 @@ This file is copied, as it is, into every Python model that ``torchship triton``
 
 - ``text``: the whole chain in one model (tokenize, run the ONNX variant with ONNX Runtime,
   post-process): what ``--runtime python`` writes by default; no tensor leaves the process.
+- ``image``: an image folder's whole chain (decode the IMAGE bytes, preprocess as the checkpoint's image
+  processor does, run the variant, labels or embeddings out); Pillow is imported only here.
 - ``tokenize``, ``model``, ``post``: the three steps of an ensemble, when the model step runs on a
   native Triton backend (onnxruntime, TensorRT, OpenVINO) or ``--layout ensemble`` is asked for.
 
@@ -25,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the files torchship wrote beside this one
 from torchship_steps import (Model, Post, RequestError, TextChain, Tokenize, counts, decode_texts,  # noqa: E402
                              length_groups, read_settings, strings)
-from torchship_processing.heads import label_names  # noqa: E402
+from torchship_processing.heads import classify, label_names  # noqa: E402
 
 TOKEN_TASKS = {"entities": "ENTITIES", "fill-mask": "MASKS"}  # per-text JSON read off the tokens
 
@@ -128,6 +130,70 @@ class AnswerChain:
                 "WINDOWS": np.array([[n] for _, n in found], dtype=np.int32)}
 
 
+IMAGE_TASKS = ("classification", "embedding")
+
+
+def decode_images(raw, max_pixels=None, name="IMAGE"):
+    """The rows of an IMAGE tensor (bytes objects, shape [n, 1] or [n]) as (Pillow image, notes) pairs, or
+    RequestError naming the first row that is not an image Pillow can read within the pixel limit."""
+    from torchship_processing import image
+
+    rows = np.asarray(raw, dtype=object).reshape(-1)
+    if rows.size == 0:
+        raise RequestError(f"{name} holds no rows; send at least one image")
+    decoded = []
+    for i, value in enumerate(rows):
+        try:
+            decoded.append(image.decode(bytes(value), max_pixels=max_pixels))
+        except ValueError as exc:
+            raise RequestError(f"{name} row {i}: {exc}") from None
+    return decoded
+
+
+def embedding_of(outputs, output):
+    """One embedding per image from the graph's outputs: the pooler output flattened (a CNN's is [n, c, 1, 1]),
+    or the first token of the hidden states."""
+    if output == "last_hidden_state":
+        return outputs[:, 0]
+    return outputs.reshape(outputs.shape[0], -1)
+
+
+class ImageChain:
+    """decode -> pixel values -> ONNX Runtime -> labels or embeddings, for the images of a whole Triton batch."""
+
+    inputs = ("IMAGE",)
+
+    def __init__(self, folder, settings):
+        self.task = settings["task"]
+        if self.task not in IMAGE_TASKS:
+            raise ValueError(f"unknown image task {self.task!r} in serving.json; one of {', '.join(IMAGE_TASKS)}")
+        from torchship_processing import image  # Pillow is imported by image models only
+
+        self.image = image
+        with open(os.path.join(folder, settings["processor"])) as f:
+            self.settings = image.ImageSettings.from_config(json.load(f))
+        self.max_pixels = settings.get("max_pixels")
+        self.labels = settings.get("labels") or []
+        self.model = Model(folder, settings)
+
+    def decode_rows(self, raw, name):
+        return decode_images(raw, self.max_pixels, name)
+
+    def __call__(self, decoded):
+        try:
+            pixels = self.image.preprocess([img for img, _ in decoded], self.settings)
+        except ValueError as exc:  # the backend then runs each request alone to find whose image it was
+            raise RequestError(str(exc)) from None
+        value = self.model.run({"pixel_values": pixels})
+        notes = strings([json.dumps(list(n)) for _, n in decoded])
+        if self.task == "classification":
+            scores, names = classify(value, self.labels)
+            scores = scores.astype(np.float32)
+            return {"LABEL": strings(names), "SCORE": scores.max(axis=1, keepdims=True), "SCORES": scores,
+                    "NOTES": notes}
+        return {"EMBEDDING": embedding_of(value, self.model.output).astype(np.float32), "NOTES": notes}
+
+
 def text_chain(folder, settings):
     """The whole chain serving.json's task asks for."""
     task = settings["task"]
@@ -151,6 +217,12 @@ class TritonPythonModel:
         self.output_names = [o["name"] for o in json.loads(args["model_config"])["output"]]
         if self.step == "text":
             self.chain = text_chain(folder, settings)
+        elif self.step == "image":  # images decoded and preprocessed in the server
+            self.chain = ImageChain(folder, settings)
+        elif self.step == "image-text":  # each request its own: IMAGE, TEXT or IMAGE with LABELS
+            from torchship_steps import TwoTowers
+
+            self.towers = TwoTowers(folder, settings)
         elif self.step == "tokenize":
             self.tokenize = Tokenize(folder, settings)
         elif self.step == "model":
@@ -178,7 +250,7 @@ class TritonPythonModel:
         return tensor.as_numpy()
 
     def execute(self, requests):
-        if self.step == "text":
+        if self.step in ("text", "image"):
             return self._texts(requests)
         answers = []
         for request in requests:
@@ -191,6 +263,20 @@ class TritonPythonModel:
         return answers
 
     def _one(self, request):
+        if self.step == "image-text":
+            columns = {}
+            for name in ("IMAGE", "TEXT", "LABELS"):
+                tensor = self.pb.get_input_tensor_by_name(request, name)
+                if tensor is None:
+                    continue
+                raw = tensor.as_numpy()
+                if name == "IMAGE":
+                    columns[name] = decode_images(raw, self.towers.max_pixels)
+                elif name == "TEXT":
+                    columns[name] = decode_texts(raw)
+                else:
+                    columns[name] = [decode_texts(row, "LABELS") for row in np.asarray(raw, dtype=object)]
+            return self.towers.answer(columns)
         if self.step == "tokenize":
             texts = decode_texts(self._input(request, "TEXT"))
             ids, types, kept, dropped = self.tokenize.encode(texts)
@@ -206,7 +292,8 @@ class TritonPythonModel:
     def _rows(self, request):
         """The request's texts, or (question, context) pairs for a question-answering chain (Triton has checked
         that its inputs have the same rows)."""
-        columns = [decode_texts(self._input(request, name), name) for name in self.chain.inputs]
+        decode = getattr(self.chain, "decode_rows", decode_texts)  # an image chain decodes its own rows
+        columns = [decode(self._input(request, name), name) for name in self.chain.inputs]
         return columns[0] if len(columns) == 1 else list(zip(*columns))
 
     def _texts(self, requests):

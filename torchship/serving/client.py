@@ -91,8 +91,9 @@ def local_reference(folder: str | Path, backend: str | None = None):
     return answers
 
 
-def text_models(http_url: str) -> list[str]:
-    """The ready models of the server that take TEXT (tensor models and ensemble steps left out)."""
+def text_models(http_url: str, inputs: tuple[str, ...] = ("TEXT",)) -> list[str]:
+    """The ready models of the server that take TEXT (``inputs``: IMAGE for image models, whose first input it is; an
+    image-text model takes TEXT and LABELS beside it), tensor models and ensemble steps left out."""
     index = json.loads(urllib.request.urlopen(urllib.request.Request(
         f"{http_url}/v2/repository/index", data=b"", method="POST"), timeout=10).read())
     found = []
@@ -100,7 +101,8 @@ def text_models(http_url: str) -> list[str]:
         if m.get("state") != "READY":
             continue
         meta = _http_json(f"{http_url}/v2/models/{m['name']}")
-        if [i["name"] for i in meta.get("inputs", [])] == ["TEXT"] and "torchship_source" in \
+        names = tuple(i["name"] for i in meta.get("inputs", []))
+        if (names == inputs or inputs == ("IMAGE",) and names[:1] == inputs) and "torchship_source" in \
                 model_parameters(http_url, m["name"]):
             found.append(m["name"])
     return found
@@ -112,11 +114,20 @@ def curl_line(http_url: str, model: str) -> str:
     return f"curl -s {http_url}/v2/models/{model}/infer -d '{body}'"
 
 
+def image_line(grpc_url: str, model: str) -> str:
+    """A request to an image model: the file's bytes as the IMAGE row (JSON cannot carry them; gRPC can)."""
+    return (f"python -c \"import numpy as np, tritonclient.grpc as g; c = g.InferenceServerClient('{grpc_url}'); "
+            f"i = g.InferInput('IMAGE', [1, 1], 'BYTES'); i.set_data_from_numpy(np.array([[open('cat.jpg', 'rb')"
+            f".read()]], dtype=object)); r = c.infer('{model}', [i]); print(r.get_response())\"")
+
+
 def example_requests(server) -> list[str]:
     models = text_models(server.http_url)
-    if not models:
+    images = text_models(server.http_url, ("IMAGE",))
+    if not models and not images:
         return ["(no text models here: tensor models take the inputs their config.pbtxt lists)"]
-    return [f"example request ({m}):\n  {curl_line(server.http_url, m)}" for m in models]
+    return ([f"example request ({m}):\n  {curl_line(server.http_url, m)}" for m in models]
+            + [f"example request ({m}):\n  {image_line(server.grpc_url, m)}" for m in images])
 
 
 def smoke_test(server) -> list[str]:
@@ -131,5 +142,13 @@ def smoke_test(server) -> list[str]:
         if len(answers) != len(EXAMPLE_TEXTS):
             raise ServerError(f"{m} answered {len(answers)} rows for {len(EXAMPLE_TEXTS)} texts")
         lines.append(f"check: {m} answered {len(answers)} texts ({shown} each)")
+    for m in text_models(server.http_url, ("IMAGE",)):
+        from torchship.serving.image_client import ImageHTTP, example_png
+
+        host, port = split_url(server.http_url, "http")
+        answers = ImageHTTP(host, port, m).connect()([example_png()])
+        first = answers[0]
+        shown = f"label {first}" if isinstance(first, str) else f"vector of {np.asarray(first).shape[-1]}"
+        lines.append(f"check: {m} answered 1 image ({shown})")
     return lines
 

@@ -210,6 +210,7 @@ def write_readme(repo: Path) -> Path:
                   "| model | runs on |", "|---|---|"]
         lines += [f"| {e.name} | {_runs_on(e)} |" for e in theirs]
     why = _unservable(models, HERE_BACKENDS)
+    pillow = " pillow" if any(d.get("inputs") == ["IMAGE"] for d in ours.values()) else ""  # images decoded there
     lines += ["", "## Start it", "", "With torchship (its tritonserver has the Python backend only):", "",
               "```", "torchship serve --setup   # once", f"torchship serve {shlex.quote(str(where))}", "```"]
     if why:
@@ -217,12 +218,26 @@ def write_readme(repo: Path) -> Path:
                       f"when it starts."]
     lines += ["", "In NVIDIA's container, which has every backend"
               + (" (the Python steps need `tokenizers` and `onnxruntime` there: `pip install tokenizers "
-                 "onnxruntime` in the image)" if any(d.get("needs") == "python" for d in ours.values()) else "")
+                 f"onnxruntime{pillow}` in the image)"
+                 if any(d.get("needs") == "python" for d in ours.values()) else "")
               + ":", "", "```",
               f"docker run --rm -p8000:8000 -p8001:8001 -p8002:8002 -v {shlex.quote(f'{where}:/models')} "
               f"{CONTAINER} \\",
               "  tritonserver --model-repository=/models", "```"]
-    text_models = [n for n in entries if ours.get(n, {}).get("task", TENSORS) != TENSORS]
+    image_models = [n for n in entries if ours.get(n, {}).get("inputs") == ["IMAGE"]]
+    text_models = [n for n in entries if ours.get(n, {}).get("task", TENSORS) != TENSORS and n not in image_models]
+    if image_models:  # JSON cannot carry an image's bytes: gRPC (or HTTP's binary extension) can
+        lines += ["", "## One image", ""]
+        for n in image_models:
+            lines += ["```python", "import numpy as np, tritonclient.grpc as g",
+                      "client = g.InferenceServerClient('localhost:8001')",
+                      "image = g.InferInput('IMAGE', [1, 1], 'BYTES')",
+                      "image.set_data_from_numpy(np.array([[open('cat.jpg', 'rb').read()]], dtype=object))",
+                      f"print(client.infer('{n}', [image]).get_response())", "```", ""]
+        lines += ["Each row of `IMAGE` is one encoded image file (PNG, JPEG, WebP, GIF) as it lies on disk; the server "
+                  "decodes it and preprocesses it as the checkpoint's image processor does. `NOTES` says, per image, "
+                  "what decoding did (an animated image's first frame, an EXIF turn, transparency flattened). "
+                  "`torchship loadtest URL --model NAME --images DIR` measures it."]
     if text_models:
         lines += ["", "## One request", ""]
         for n in text_models:

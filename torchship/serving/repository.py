@@ -70,6 +70,7 @@ class ServeOptions:
     strict: bool = False  # a text over the model's maximum length is an error, not truncated
     aggregation: str = "simple"  # how an entities model groups its tokens (as transformers' pipeline)
     threads: int | None = None  # ONNX Runtime threads per instance; None: the server's cores / instances
+    max_image_pixels: int | None = None  # image models: refuse larger images (None: Pillow's own limit)
 
     def checked(self) -> "ServeOptions":
         if self.task is not None and self.task not in SERVE_TASKS:
@@ -87,6 +88,8 @@ class ServeOptions:
             raise InputError(f"unknown --aggregation {self.aggregation!r}; use one of {', '.join(STRATEGIES)}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be 1 or more, got {self.threads}")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise InputError(f"--max-image-pixels must be 1 or more, got {self.max_image_pixels}")
         return self
 
     @property
@@ -311,8 +314,6 @@ def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions =
                     sopts: ServeOptions = ServeOptions(), *, default_delay: bool = False) -> list[Path]:
     """Write the text model (and its steps) for ``folder`` into ``repo``; returns the model folders written,
     the one clients call first. ``default_delay``: the queue delay was not given, use the measured one."""
-    from torchship._fs import check_writable
-    from torchship.external_data import copy_model
     from torchship.serving.triton_repo import check_repository, plan_model, write_triton_repo
 
     sopts = sopts.checked()
@@ -340,11 +341,25 @@ def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions =
         configs[plan.name] = _ensemble(plan, [o[0] for o in _outputs(plan)[:-2]], topts)
     for text in configs.values():
         parse_config(text)  # Triton's schema
+    marker = {"source": str(plan.folder), "variant": plan.backend, "folder_variant": plan.variant, "why": plan.why,
+              "task": plan.task, "runtime": sopts.runtime, "layout": layout, "entry": plan.name}
+    written = write_models(repo, configs, models, marker)
+    if native:
+        written.append(write_triton_repo(folder, repo, native_opts))
+        mark(written[-1], {**marker, "needs": sopts.runtime})
+    write_readme(repo)
+    return written
+
+
+def write_models(repo: Path, configs: dict[str, str], models: dict[str, dict], marker: dict) -> list[Path]:
+    """Write each model folder (its config, and for a Python model the carried files, serving.json and its own
+    files) into a staging folder in ``repo``, then move them into place; returns the folders in ``configs``' order."""
+    from torchship._fs import check_writable
+    from torchship.external_data import copy_model
+
     repo.mkdir(parents=True, exist_ok=True)
     check_writable(repo)
     stage = Path(tempfile.mkdtemp(prefix=".torchship-", dir=repo))
-    marker = {"source": str(plan.folder), "variant": plan.backend, "folder_variant": plan.variant, "why": plan.why,
-              "task": plan.task, "runtime": sopts.runtime, "layout": layout, "entry": plan.name}
     try:
         for name, text in configs.items():
             place = stage / name
@@ -358,7 +373,7 @@ def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions =
                     shutil.copyfile(source, place / "1" / target)
                 (place / "1" / "serving.json").write_text(json.dumps(spec["settings"], indent=2) + "\n")
                 for target, source in spec["files"].items():
-                    if target == "model.onnx":
+                    if target.endswith(".onnx"):  # with its weights, if external
                         copy_model(source, place / "1" / target)
                     else:
                         shutil.copyfile(source, place / "1" / target)
@@ -372,10 +387,6 @@ def write_text_repo(folder: str | Path, repo: str | Path, topts: TritonOptions =
                 shutil.rmtree(final)
             (stage / name).rename(final)
             written.append(final)
-        if native:
-            written.append(write_triton_repo(folder, repo, native_opts))
-            mark(written[-1], {**marker, "needs": sopts.runtime})
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    write_readme(repo)
     return written

@@ -217,3 +217,75 @@ def counts(kept, dropped):
     """TOKENS (read) and TRUNCATED (cut off) per text."""
     return {"TOKENS": np.array([[n] for n in kept], dtype=np.int32),
             "TRUNCATED": np.array([[n] for n in dropped], dtype=np.int32)}
+
+
+class TwoTowers:
+    """An image-text model (CLIP, SigLIP) served as one model: IMAGE rows (encoded files) or TEXT rows to embeddings of
+    unit length in one space, or IMAGE with LABELS to zero-shot scores, as ``torchship predict --labels`` computes them
+    (CLIP's softmax over ``exp(logit_scale) * cosine``, SigLIP's sigmoid with its bias per label)."""
+
+    def __init__(self, folder, settings):
+        from tokenizers import Tokenizer
+
+        from torchship_processing import image  # Pillow is imported by image models only
+
+        self.image = image
+        with open(os.path.join(folder, settings["processor"])) as f:
+            self.settings = image.ImageSettings.from_config(json.load(f))
+        self.max_pixels = settings.get("max_pixels")
+        self.vision = Model(folder, {**settings, "model": settings["vision_model"], "output": "image_embeds"})
+        self.text = Model(folder, {**settings, "model": settings["text_model"], "output": "text_embeds"})
+        self.tokenizer = Tokenizer.from_file(os.path.join(folder, settings["tokenizer"]))
+        self.tokenizer.no_padding()
+        self.max_length = int(settings["max_length"])
+        self.tokenizer.enable_truncation(self.max_length)
+        self.pad_id, self.padding = int(settings.get("pad_id") or 0), settings.get("padding", "longest")
+        self.scale, self.bias = float(settings["logit_scale"]), settings.get("logit_bias")
+        self.template = settings["template"]
+
+    def texts(self, texts):
+        """Text embeddings [n, dim] of unit length; prompts padded to the longest, or to the maximum length where the
+        model was trained so (SigLIP)."""
+        ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        feeds = text.feeds(ids, [[0] * len(i) for i in ids], ["input_ids", "attention_mask"], self.pad_id)
+        extra = self.max_length - feeds["input_ids"].shape[1]
+        if self.padding == "max_length" and extra > 0:  # as the model was trained: every prompt at full length
+            feeds = {"input_ids": np.pad(feeds["input_ids"], ((0, 0), (0, extra)), constant_values=self.pad_id),
+                     "attention_mask": np.pad(feeds["attention_mask"], ((0, 0), (0, extra)))}
+        return heads.normalize(self.text.run(feeds))
+
+    def images(self, decoded):
+        try:
+            pixels = self.image.preprocess([img for img, _ in decoded], self.settings)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        return heads.normalize(self.vision.run({"pixel_values": pixels}))
+
+    def answer(self, columns):
+        """The outputs for one request's columns {IMAGE: decoded images, TEXT: texts, LABELS: label rows}."""
+        if ("IMAGE" in columns) == ("TEXT" in columns):
+            raise RequestError("send IMAGE (encoded image files) or TEXT, one of them; LABELS with IMAGE gives "
+                               "zero-shot scores")
+        if "TEXT" in columns:
+            if "LABELS" in columns:
+                raise RequestError("LABELS go with IMAGE: zero-shot scores images against labels")
+            return {"EMBEDDING": self.texts(columns["TEXT"]).astype(np.float32)}
+        decoded = columns["IMAGE"]
+        notes = strings([json.dumps(list(n)) for _, n in decoded])
+        embeds = self.images(decoded)
+        if "LABELS" not in columns:
+            return {"EMBEDDING": embeds.astype(np.float32), "NOTES": notes}
+        rows = columns["LABELS"]
+        if len(rows) != len(decoded):
+            raise RequestError(f"LABELS has {len(rows)} rows for {len(decoded)} images; send the labels in every row")
+        scores, best = [], []
+        for row, labels in zip(embeds, rows):
+            logits = self.texts([self.template.format(label) for label in labels]) @ row * np.exp(self.scale)
+            if self.bias is not None:
+                s = 1.0 / (1.0 + np.exp(-(logits + float(self.bias))))
+            else:
+                s = heads.softmax(logits)
+            scores.append(s)
+            best.append(labels[int(np.argmax(s))])
+        return {"SCORES": np.stack(scores).astype(np.float32), "LABEL": strings(best), "NOTES": notes,
+                "EMBEDDING": embeds.astype(np.float32)}
