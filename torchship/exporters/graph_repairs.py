@@ -14,14 +14,16 @@ ROTARY = "RotaryEmbedding"
 
 
 def broadcast_rotary_tables(model) -> int:
-    """Expand the cos and sin tables of each position-id-less ``RotaryEmbedding`` to its input's batch; returns how
-    many nodes were repaired."""
+    """Expand the cos and sin tables of batch 1 of each position-id-less ``RotaryEmbedding`` to its input's batch;
+    returns how many nodes were repaired."""
     from onnx import TensorProto, helper
 
     graph = model.graph
+    batch_one = _batch_one(graph)
     repaired, nodes = 0, []
     for node in graph.node:
-        if node.op_type == ROTARY and node.domain in ("", "ai.onnx") and (len(node.input) < 4 or not node.input[3]):
+        if (node.op_type == ROTARY and node.domain in ("", "ai.onnx") and (len(node.input) < 4 or not node.input[3])
+                and node.input[1] in batch_one):  # a decoder's tables follow its position ids' batch: left alone
             x = node.input[0]
             tag = f"{node.name or ROTARY}_batch"
             nodes += [helper.make_node("Shape", [x], [f"{tag}_shape"], name=f"{tag}_shape", start=0, end=1),
@@ -39,6 +41,17 @@ def broadcast_rotary_tables(model) -> int:
         del graph.node[:]
         graph.node.extend(nodes)
     return repaired
+
+
+def _batch_one(graph) -> set[str]:
+    """Tensors whose first axis is 1 by the graph's shapes: those it records, and the Cos and Sin of one (the
+    fusion adds those two without shapes)."""
+    ones = {v.name for v in graph.value_info
+            if v.type.tensor_type.shape.dim and v.type.tensor_type.shape.dim[0].dim_value == 1}
+    for node in graph.node:
+        if node.op_type in ("Cos", "Sin") and node.input[0] in ones:
+            ones.add(node.output[0])
+    return ones
 
 
 def repair_file(path) -> None:

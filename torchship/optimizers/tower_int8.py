@@ -91,6 +91,9 @@ def quantize_towers(artifact: Artifact, options, progress: _progress.Progress = 
     if options.methods != ("dynamic",) and "dynamic" not in options.methods:
         raise InputError("an image-text folder is quantized with dynamic int8 per row (activations per text and "
                          "per image); drop --method static")
+    if "static" in options.methods:
+        progress.step("an image-text folder gets dynamic int8 only (per row, one candidate per tower); static "
+                      "int8 is not tried on towers")
     graphs = m.variants[EXPORT].graphs
     probes = probe_inputs(artifact)
     per_channel = options.per_channel[0] if options.per_channel else True
