@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,8 +29,10 @@ def pytest_configure(config):
 # (`make test`: pytest -n 2 --dist loadfile --no-loadscope-reorder, which keeps this order instead of xdist's
 # own by number of tests) finish together instead of one running a long file alone at the end.
 LONG_FILES = ("test_help_examples.py", "test_generic_encoders.py", "test_tasks.py", "test_llama_decoders.py",
-              "test_auto.py", "test_decoder_bench.py", "test_serving.py", "test_unet.py", "test_export.py",
-              "test_hints.py", "test_quantize.py", "test_dispatch.py", "test_generic_decoders.py", "test_cli.py")
+              "test_auto.py", "test_decoder_bench.py", "test_serving.py", "test_serving_images.py", "test_unet.py",
+              "test_export.py", "test_hints.py", "test_quantize.py", "test_dispatch.py", "test_generic_decoders.py",
+              "test_image_text.py", "test_image_models.py", "test_image_text_models.py", "test_cli.py",
+              "test_images.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -91,6 +94,42 @@ def exported(model_dirs, tmp_path_factory):
         return cache[key][0]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def shared_build(tmp_path_factory, worker_id):
+    """Factory: ``build(folder)`` run once per test run for ``key``, its folder shared by the xdist workers (a file
+    lock: the first to ask builds, the others wait and read). Read it as it is; copy it before changing it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base if worker_id == "master" else base.parent) / "shared"
+    root.mkdir(exist_ok=True)
+
+    def get(key: str, build) -> Path:
+        folder = root / key
+        with FileLock(str(folder) + ".lock"):
+            if not (folder / ".built").is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                build(folder)
+                (folder / ".built").touch()
+        return folder
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def towers(shared_build):
+    """Factory: a tiny CLIP or SigLIP checkpoint (``ckpt/``) and its export (``onnx/``), made once per test run."""
+    from image_models import make_image_text
+    from torchship.exporters.export import ExportOptions, export
+
+    def build(folder: Path) -> None:
+        make_image_text(folder.name, folder / "ckpt")
+        export(str(folder / "ckpt"), folder / "onnx", ExportOptions())
+
+    return lambda kind: shared_build(kind, build)
 
 
 @pytest.fixture(scope="session")

@@ -46,38 +46,6 @@ def _save(folder, model_type: str, classifier: bool):
     return folder
 
 
-def _save_towers(kind: str, folder):
-    """A tiny random CLIP or SigLIP with its tokenizer (SigLIP's without a mask, prompts padded to full length) and
-    image processor at 32x32 (as tests/exporters/test_image_text.py builds them)."""
-    import torch
-    from transformers import (BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig,
-                              SiglipImageProcessor, SiglipModel)
-
-    from tiny import make_tokenizer, vocabulary
-
-    tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
-    text = dict(tower, vocab_size=len(vocabulary()), pad_token_id=0, bos_token_id=2, eos_token_id=3)
-    torch.manual_seed(0)
-    if kind == "clip":
-        tokenizer = make_tokenizer(folder)
-        model = CLIPModel(CLIPConfig(text_config=dict(text, max_position_embeddings=32),
-                                     vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=16))
-        processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    else:
-        tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocabulary())}, do_lower_case=True,
-                                      model_input_names=["input_ids"])
-        model = SiglipModel(SiglipConfig(text_config=dict(text, max_position_embeddings=64),
-                                         vision_config=dict(tower, image_size=32, patch_size=8)))
-        processor = SiglipImageProcessor(size={"height": 32, "width": 32})
-    with torch.no_grad():
-        model.logit_scale.fill_(2.3)  # not the initial values: the served scores must use the model's own
-        if hasattr(model, "logit_bias"):
-            model.logit_bias.fill_(-1.5)
-    model.eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    processor.save_pretrained(folder)
-
-
 def _encoded(fmt: str, size=(40, 30), seed=0, mode="RGB", **save) -> bytes:
     from PIL import Image
 
@@ -101,7 +69,7 @@ IMAGES = [_encoded("PNG"), _encoded("JPEG", seed=1, quality=90), _encoded("PNG",
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(towers, tmp_path_factory):
     from torchship.exporters.export import ExportOptions, export
 
     root = tmp_path_factory.mktemp("images")
@@ -111,10 +79,8 @@ def served(tmp_path_factory):
         src = _save(root / f"{name}-src", model_type, task == "image-classification")
         export(str(src), root / name, ExportOptions(task=task))
         folders[name] = root / name
-    for kind in ("clip", "siglip"):  # two towers: text and vision graphs in one variant
-        _save_towers(kind, root / f"{kind}-src")
-        export(str(root / f"{kind}-src"), root / kind)
-        folders[kind] = root / kind
+    for kind in ("clip", "siglip"):  # two towers: text and vision graphs in one variant (conftest's, read only)
+        folders[kind] = towers(kind) / "onnx"
     repo = root / "repo"
     write_repo(folders["vit"], repo, TritonOptions(name="vit", max_batch_size=8))
     write_repo(folders["dino"], repo, TritonOptions(name="dino", max_batch_size=8))

@@ -13,13 +13,11 @@ import pytest
 from torchship.artifact import Artifact
 from torchship.benchmarks.timing import TimingPlan
 from torchship.errors import BudgetError
-from torchship.exporters.export import ExportOptions, export
 from torchship.optimizers.dispatch import DispatchPlan
 from torchship.optimizers.optimize import OptimizeOptions, optimize
 from torchship.optimizers.quantize import QuantizeOptions, quantize
 from torchship.runtimes import RuntimeOptions, create_predictor
 
-from exporters.test_image_text import make_image_text
 
 QUICK = DispatchPlan(min_rounds=2, max_rounds=2, seconds=0.0, final_rounds=2, final_max_rounds=2, threads=1)
 FAST = TimingPlan(warmup=1, min_iterations=2, min_seconds=0.0, block=1)
@@ -27,10 +25,9 @@ INT8 = dict(per_channel=(True,), threads=1, timing=FAST)
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
+def clip(towers, tmp_path_factory):
     root = tmp_path_factory.mktemp("clip")
-    make_image_text("clip", root / "ckpt")
-    export(str(root / "ckpt"), root / "onnx", ExportOptions())
+    shutil.copytree(towers("clip") / "onnx", root / "onnx")  # the shared export, copied: optimize writes into it
     optimize(root / "onnx", OptimizeOptions(levels=("disabled", "all"), dispatch=QUICK, approximate=False))
     return root / "onnx"
 

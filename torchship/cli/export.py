@@ -56,10 +56,6 @@ def _do_export(model, output, optimize_after, **flags):
 
     options = _export_options(**flags)  # a bad shape config fails here, before any loading
     artifact = export(model, output, options, progress=PROGRESS)
-    if optimize_after and len(artifact.variant("model").all_graphs) > 1:
-        optimize_after = False  # optimize rewrites one graph per variant: an image-text folder's two stay as exported
-        PROGRESS.step("optimize skipped: it does not rewrite a folder of several graphs (text and vision) yet; "
-                      "ort and torch run the export")
     if optimize_after:
         from torchship.optimizers import optimize
 
