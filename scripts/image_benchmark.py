@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="torchship-images-") as tmp:
         src = _checkpoint(args.model, Path(tmp) / "model")
         out = Path(tmp) / "onnx"
-        steps = {"export": _cli("export", "--model", str(src), "-o", str(out), "--task", "image-classification")}
+        steps = {"export": _cli("export", "--model", str(src), "-o", str(out), "--task", "image-classification",
+                                "--no-optimize")}
         steps["optimize"] = _cli("optimize", str(out))
         steps["quantize"] = _cli("quantize", str(out), "--int8")
         from torchship.artifact import Artifact
