@@ -46,7 +46,9 @@ def _checkpoint(config_dir: Path, out: Path) -> Path:
             if name.endswith(".bias"):
                 p.normal_(0.0, 0.02)
     model.save_pretrained(out)
-    make_bpe_tokenizer().save_pretrained(out)
+    tokenizer = make_bpe_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token  # CLIP's tokenizers pad (with "!" or the end token); this one must too
+    tokenizer.save_pretrained(out)
     shutil.copyfile(config_dir / "preprocessor_config.json", out / "preprocessor_config.json")
     return out
 

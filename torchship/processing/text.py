@@ -26,6 +26,17 @@ def feeds(ids: list[list[int]], types: list[list[int]], inputs, pad_id: int = 0)
     return {name: every[name] for name in inputs}
 
 
+def prompt_feeds(ids: list[list[int]], inputs, pad_id: int, padding: str, max_length: int) -> dict[str, np.ndarray]:
+    """An image-text model's prompts as its text tower reads them: padded to the longest, or (``padding``
+    "max_length") to the length the model was trained at, as SigLIP's were."""
+    out = feeds(ids, [[0] * len(i) for i in ids], ["input_ids", "attention_mask"], pad_id)
+    extra = max_length - out["input_ids"].shape[1]
+    if padding == "max_length" and extra > 0:
+        out = {"input_ids": np.pad(out["input_ids"], ((0, 0), (0, extra)), constant_values=pad_id),
+               "attention_mask": np.pad(out["attention_mask"], ((0, 0), (0, extra)))}
+    return {name: out[name] for name in inputs}
+
+
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     """Hidden states [n, tokens, hidden] to one vector per text over its real tokens (``mask``): the first
     token's (``cls``), their maximum (``max``) or their mean (``mean``, and any other mode)."""

@@ -20,6 +20,7 @@ from torchship.errors import ArtifactError, InputError, first_line
 from torchship.exporters.image_text import TEXT, VISION, ZeroShotSettings
 from torchship.exporters.spec import IMAGE_CLASSIFICATION
 from torchship.processing.heads import classify, label_names, normalize, softmax
+from torchship.processing.text import prompt_feeds
 from torchship.runtimes.base import Predictor
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -205,9 +206,10 @@ class ImageModel:
 
     def _text_feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
         settings = self.zero_shot_settings
-        enc = self.tokenizer(texts, padding=settings.padding, truncation=True, max_length=settings.max_length,
-                             return_tensors="np")
-        return {n: enc[n].astype(np.int64) for n in self.predictors[TEXT].input_names}
+        ids = self.tokenizer(texts, truncation=True, max_length=settings.max_length)["input_ids"]
+        # the served model's own step: pad id as it reads it (a tokenizer without a pad token pads with 0)
+        return prompt_feeds(ids, self.predictors[TEXT].input_names, int(self.tokenizer.pad_token_id or 0),
+                            settings.padding, settings.max_length)
 
     def embed_texts(self, texts) -> ImagePrediction:
         """Text embeddings of an image-text model (its text tower), at unit length: in one space with its images'."""

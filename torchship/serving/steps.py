@@ -247,11 +247,7 @@ class TwoTowers:
         """Text embeddings [n, dim] of unit length; prompts padded to the longest, or to the maximum length where the
         model was trained so (SigLIP)."""
         ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
-        feeds = text.feeds(ids, [[0] * len(i) for i in ids], ["input_ids", "attention_mask"], self.pad_id)
-        extra = self.max_length - feeds["input_ids"].shape[1]
-        if self.padding == "max_length" and extra > 0:  # as the model was trained: every prompt at full length
-            feeds = {"input_ids": np.pad(feeds["input_ids"], ((0, 0), (0, extra)), constant_values=self.pad_id),
-                     "attention_mask": np.pad(feeds["attention_mask"], ((0, 0), (0, extra)))}
+        feeds = text.prompt_feeds(ids, ["input_ids", "attention_mask"], self.pad_id, self.padding, self.max_length)
         return heads.normalize(self.text.run(feeds))
 
     def images(self, decoded):
