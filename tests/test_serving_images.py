@@ -232,6 +232,7 @@ def test_check_answers_and_the_loadtest_command_with_images(served, tmp_path):
         report = json.loads((tmp_path / protocol / "loadtest.json").read_text())
         assert report["levels"][0]["errors"] == 0 and report["levels"][0]["requests"] > 0
         assert report["check"]["passed"] and report["check"]["measure"] == "label agreement"
+        assert "| images/s |" in r.output and "2 image(s) per request" in r.output  # the report counts images
 
 
 def test_layouts_that_cannot_serve_images_are_refused_in_one_line(served, tmp_path):

@@ -108,7 +108,7 @@ def serve_cmd(repo, setup, if_missing, wheel, http_port, grpc_port, metrics_port
 @friendly_errors
 def loadtest_cmd(url, model, concurrency, duration, warmup, protocol, texts_file, images_dir, batch, max_requests,
                  reference, no_check, output):
-    """Closed-loop load test of a served text model (an image model with --images): requests/s, texts/s,
+    """Closed-loop load test of a served text model (an image model with --images): requests/s, texts/s (images/s),
     p50/p90/p99 latency and errors per concurrency level, and a check that the answers match the local predictor.
     Writes loadtest.{json,md,png}."""
     from torchship.exporters.inputs import parse_shape_list
@@ -119,7 +119,7 @@ def loadtest_cmd(url, model, concurrency, duration, warmup, protocol, texts_file
     no_file(output, "--output")
 
     options = LoadOptions(tuple(parse_shape_list(concurrency, what="--concurrency")), duration, warmup, batch,
-                          max_requests).checked()
+                          max_requests, unit="image" if images_dir is not None else "text").checked()
     if images_dir is not None and texts_file is not None:
         from torchship.errors import InputError
 

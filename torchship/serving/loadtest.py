@@ -38,6 +38,7 @@ class LoadOptions:
     texts_per_request: int = 1
     max_requests: int = 200_000  # per concurrency level: the test stops at this count even before its time
     timeout_s: float = 30.0
+    unit: str = "text"  # what one item of a request is, as the report names it ("image" with --images)
 
     def checked(self) -> "LoadOptions":
         if not self.concurrency or any(c < 1 or c > MAX_CONCURRENCY for c in self.concurrency):
@@ -300,10 +301,11 @@ def run_loadtest(target: Target, texts: list[str], options: LoadOptions, *, name
 
 def markdown(report: LoadReport) -> str:
     on = report.target if report.target.endswith(f"({report.protocol})") else f"{report.target} ({report.protocol})"
+    unit = report.options.get("unit", "text")
     lines = [f"# Load test: {report.model} on {on}", "",
-             f"Closed loop, {report.options['texts_per_request']} text(s) per request, "
+             f"Closed loop, {report.options['texts_per_request']} {unit}(s) per request, "
              f"{report.options['warmup_s']:g} s warm-up and {report.options['duration_s']:g} s counted per level.",
-             "", "| concurrency | requests/s | texts/s | p50 ms | p90 ms | p99 ms | requests | errors |",
+             "", f"| concurrency | requests/s | {unit}s/s | p50 ms | p90 ms | p99 ms | requests | errors |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for v in report.levels:
         lines.append(f"| {v.concurrency} | {v.requests_per_s:.1f} | {v.texts_per_s:.1f} | {v.p50_ms:.2f} | "
@@ -313,7 +315,7 @@ def markdown(report: LoadReport) -> str:
         lines.append(f"\nFirst error at concurrency {v.concurrency}: {v.first_error}")
     if report.check:
         c = report.check
-        lines.append(f"\nAnswers checked against {c.get('against', 'the local predictor')} on {c['texts']} texts: "
+        lines.append(f"\nAnswers checked against {c.get('against', 'the local predictor')} on {c['texts']} {unit}s: "
                      f"{c['measure']} {c['value']:.6f} ({'as expected' if c['passed'] else 'MISMATCH'}).")
     return "\n".join(lines) + "\n"
 
@@ -331,7 +333,7 @@ def plot(reports: list[LoadReport], path: Path) -> None:
         xs = [v.concurrency for v in r.levels]
         left.plot(xs, [v.texts_per_s for v in r.levels], marker="o", label=r.target)
         right.plot(xs, [v.p99_ms for v in r.levels], marker="o", label=r.target)
-    left.set(xlabel="concurrency", ylabel="texts/s", title="throughput")
+    left.set(xlabel="concurrency", ylabel=f"{reports[0].options.get('unit', 'text')}s/s", title="throughput")
     right.set(xlabel="concurrency", ylabel="ms", title="p99 latency")
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # concurrency is a count of clients
