@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from torchship.errors import BackendUnavailable, InputError
-from torchship.serving.loadtest import PROTOCOLS, ServerError, Target, answers_of, split_url
+from torchship.errors import InputError
+from torchship.serving.loadtest import PROTOCOLS, ServerError, Target, TritonGRPC, answers_of, split_url
 
 # the ONNX head outputs read for each task, in the order tried (as the server's chain reads them)
 EMBEDDING_OUTPUTS = ("pooler_output", "last_hidden_state")
@@ -72,26 +72,14 @@ class ImageHTTP(Target):
         return send
 
 
-class ImageGRPC(Target):
-    def __init__(self, host: str, port: int, model: str, timeout_s: float = 30.0):
-        self.url, self.model, self.timeout_s = f"{host}:{port}", model, timeout_s
+class ImageGRPC(TritonGRPC):
+    """An image model over gRPC: each row one encoded image file."""
 
-    def connect(self):
-        try:
-            import tritonclient.grpc as grpcclient
-        except ImportError:
-            raise BackendUnavailable("the gRPC client is not installed; pip install 'torchship[serve]'") from None
-        client = grpcclient.InferenceServerClient(self.url)
+    input_name = "IMAGE"
 
-        def send(images):
-            inp = grpcclient.InferInput("IMAGE", [len(images), 1], "BYTES")
-            inp.set_data_from_numpy(np.array([[bytes(b)] for b in images], dtype=object))
-            try:
-                result = client.infer(self.model, [inp], client_timeout=self.timeout_s)
-            except grpcclient.InferenceServerException as exc:
-                raise ServerError(exc.message() or str(exc)) from None
-            return answers_of({o.name: {"data": result.as_numpy(o.name)} for o in result.get_response().outputs})
-        return send
+    @staticmethod
+    def encoded(row) -> bytes:
+        return bytes(row)
 
 
 def image_target_for(url: str, model: str, protocol: str) -> Target:

@@ -27,7 +27,7 @@ from torchship.exporters.image_text import TEXT as TEXT_GRAPH, VISION as VISION_
 from torchship.exporters.spec import IMAGE_CLASSIFICATION, IMAGE_FEATURE_EXTRACTION
 from torchship.serving.inventory import TENSORS, readme_path, write_readme
 from torchship.serving.repository import (CLASSIFICATION, EMBEDDING, TEXT_QUEUE_DELAY_US, ServeOptions, _config,
-                                          write_models, write_text_repo)
+                                          folder_task, write_models, write_text_repo)
 from torchship.serving.triton_repo import TritonOptions, default_variant, model_name, parse_config, pick_variant
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -54,20 +54,6 @@ def write_repo(folder: str | Path, repo: str | Path, topts: TritonOptions = Trit
     return write_text_repo(folder, repo, topts, sopts, default_delay=default_delay)
 
 
-def _task(manifest, wanted: str | None) -> str:
-    allowed = IMAGE_FROM_FOLDER.get(manifest.task)
-    if allowed is None:
-        if wanted in (None, TENSORS):
-            return TENSORS
-        raise InputError(f"serving {manifest.task} models with images in is not supported yet; serve the tensors "
-                         f"with --task tensors")
-    task = wanted or allowed[0]
-    if task not in allowed:
-        raise InputError(f"a model for {manifest.task} cannot be served as --task {task}; it can be: "
-                         f"{', '.join(allowed)}")
-    return task
-
-
 def plan_image(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> dict:
     """Everything an image model needs, checked before anything is written: {name, task, config, settings, files,
     marker}."""
@@ -83,7 +69,7 @@ def plan_image(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) ->
                              f"IMAGE: zero-shot scores); drop --task {sopts.task}")
         task = TOWERS
     else:
-        task = _task(m, sopts.task)
+        task = folder_task(m, sopts.task, IMAGE_FROM_FOLDER, "with images in")
     name = model_name(folder, topts)
     if task == TENSORS:
         return {"name": name, "task": task}

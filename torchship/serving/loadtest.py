@@ -112,8 +112,16 @@ class TritonHTTP(JSONOverHTTP):
 
 
 class TritonGRPC(Target):
+    """A served model over gRPC: each row of a request one BYTES element of ``input_name`` (texts as UTF-8)."""
+
+    input_name = "TEXT"
+
     def __init__(self, host: str, port: int, model: str, timeout_s: float = 30.0):
         self.url, self.model, self.timeout_s = f"{host}:{port}", model, timeout_s
+
+    @staticmethod
+    def encoded(row) -> bytes:
+        return row.encode("utf-8")
 
     def connect(self):
         try:
@@ -122,9 +130,9 @@ class TritonGRPC(Target):
             raise BackendUnavailable("the gRPC client is not installed; pip install 'torchship[serve]'") from None
         client = grpcclient.InferenceServerClient(self.url)
 
-        def send(texts):
-            inp = grpcclient.InferInput("TEXT", [len(texts), 1], "BYTES")
-            inp.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in texts], dtype=object))
+        def send(rows):
+            inp = grpcclient.InferInput(self.input_name, [len(rows), 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[self.encoded(r)] for r in rows], dtype=object))
             try:
                 result = client.infer(self.model, [inp], client_timeout=self.timeout_s)
             except grpcclient.InferenceServerException as exc:

@@ -114,12 +114,14 @@ class Plan:
     settings: dict  # serving.json's common part
 
 
-def _folder_task(manifest, wanted: str | None) -> str:
-    allowed = FROM_FOLDER.get(manifest.task)
+def folder_task(manifest, wanted: str | None, table: dict | None = None, served: str = "as text") -> str:
+    """The serving task of a folder: ``wanted`` if its task allows it (``table``: folder task -> serving tasks,
+    the first the default), else one line that says what it can be served as."""
+    allowed = (FROM_FOLDER if table is None else table).get(manifest.task)
     if allowed is None:
         if wanted in (None, TENSORS):
             return TENSORS
-        raise InputError(f"serving {manifest.task} models as text is not supported yet; serve the tensors with "
+        raise InputError(f"serving {manifest.task} models {served} is not supported yet; serve the tensors with "
                          f"--task tensors, and run the task's post-processing in the client (torchship predict "
                          f"shows it)")
     task = wanted or allowed[0]
@@ -136,7 +138,7 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
     artifact = Artifact.open(folder)  # an export folder, or an auto output (its model/ and auto's choice)
     chosen = artifact.auto_choice
     m = artifact.manifest
-    task = _folder_task(m, sopts.task)
+    task = folder_task(m, sopts.task)
     if task in SINGLE_ONLY and sopts.resolved_layout != "single":
         raise InputError(f"a {task} model is served as one Python model (its post-processing needs the text and its "
                          f"tokens in one process): drop --layout ensemble and pass --runtime python")
