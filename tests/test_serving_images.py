@@ -86,8 +86,9 @@ def served(towers, tmp_path_factory):
     write_repo(folders["dino"], repo, TritonOptions(name="dino", max_batch_size=8))
     write_repo(folders["vit"], repo, TritonOptions(name="small", max_batch_size=8, max_queue_delay_us=50_000),
                ServeOptions(max_image_pixels=MAX_PIXELS))
-    for kind in ("clip", "siglip"):
-        write_repo(folders[kind], repo, TritonOptions(name=kind, max_batch_size=8))
+    for kind in ("clip", "siglip"):  # CLIP waits 50 ms for a batch to form (the batched-requests test reads it)
+        delay = {"max_queue_delay_us": 50_000} if kind == "clip" else {}
+        write_repo(folders[kind], repo, TritonOptions(name=kind, max_batch_size=8, **delay))
     server = Server(repo, Ports(free_port(), free_port(), free_port()), log=root / "server.log")
     server.start()
     try:
@@ -299,3 +300,29 @@ def test_image_text_models_embed_images_and_texts_in_one_space_and_score_labels(
             client.infer(kind, inputs)
     assert check_answers(ImageHTTP("127.0.0.1", server.ports.http, kind), IMAGES,
                          image_reference(folders[kind]))["passed"]
+
+
+def test_image_text_requests_of_one_kind_run_as_one_batch(served):
+    """Three IMAGE requests at once to CLIP: Triton batches them and the chain runs them as one batch of the vision
+    graph (its statistics count an execution of 3 rows); each gets the local predictor's embedding."""
+    import urllib.request
+
+    from torchship.artifact import Artifact
+    from torchship.runtimes.images import ImageModel
+
+    server, folders, _ = served
+    want = ImageModel.from_artifact(Artifact.open(folders["clip"])).embed_images(IMAGES[:3]).embeddings
+    results = {}
+
+    def call(i):
+        results[i] = np.stack(_send(server, ImageHTTP, "clip", [IMAGES[i]]))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i in range(3):
+        assert np.abs(results[i] - want[i:i + 1]).max() < 1e-5
+    stats = json.loads(urllib.request.urlopen(f"{server.http_url}/v2/models/clip/stats", timeout=10).read())
+    assert max(int(b["batch_size"]) for b in stats["model_stats"][0]["batch_stats"]) >= 3, stats

@@ -219,7 +219,7 @@ class TritonPythonModel:
             self.chain = text_chain(folder, settings)
         elif self.step == "image":  # images decoded and preprocessed in the server
             self.chain = ImageChain(folder, settings)
-        elif self.step == "image-text":  # each request its own: IMAGE, TEXT or IMAGE with LABELS
+        elif self.step == "image-text":  # IMAGE, TEXT or IMAGE with LABELS; requests of one kind batched together
             from torchship_steps import TwoTowers
 
             self.towers = TwoTowers(folder, settings)
@@ -252,6 +252,8 @@ class TritonPythonModel:
     def execute(self, requests):
         if self.step in ("text", "image"):
             return self._texts(requests)
+        if self.step == "image-text":
+            return self._towers(requests)
         answers = []
         for request in requests:
             try:
@@ -262,21 +264,54 @@ class TritonPythonModel:
                 answers.append(self._error(f"{self.step} failed: {type(exc).__name__}: {exc}", bad_input=False))
         return answers
 
+    def _columns(self, request):
+        """An image-text request's inputs: {IMAGE: decoded images, TEXT: texts, LABELS: label rows}."""
+        columns = {}
+        for name in ("IMAGE", "TEXT", "LABELS"):
+            tensor = self.pb.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                continue
+            raw = tensor.as_numpy()
+            if name == "IMAGE":
+                columns[name] = decode_images(raw, self.towers.max_pixels)
+            elif name == "TEXT":
+                columns[name] = decode_texts(raw)
+            else:
+                columns[name] = [decode_texts(row, "LABELS") for row in np.asarray(raw, dtype=object)]
+        return columns
+
+    def _towers(self, requests):
+        """Image-text requests of one batch: those with IMAGE alone run as one batch of the vision graph, those with
+        TEXT alone as one of the text graph; the others (IMAGE with LABELS, a wrong mix) one by one."""
+        answers, parsed = [None] * len(requests), {}
+        for r, request in enumerate(requests):
+            try:
+                parsed[r] = self._columns(request)
+            except RequestError as exc:
+                answers[r] = self._error(str(exc))
+        for kind in ("IMAGE", "TEXT"):
+            group = [r for r, columns in parsed.items() if set(columns) == {kind}]
+            if len(group) < 2:
+                continue
+            try:
+                merged = self.towers.answer({kind: [row for r in group for row in parsed[r][kind]]})
+            except Exception:  # noqa: BLE001 - one request's fault: each runs alone below and gets its own answer
+                continue
+            start = 0
+            for r in group:
+                rows = len(parsed.pop(r)[kind])
+                answers[r] = self._answer({k: v[start:start + rows] for k, v in merged.items()})
+                start += rows
+        for r, columns in parsed.items():
+            try:
+                answers[r] = self._answer(self.towers.answer(columns))
+            except RequestError as exc:
+                answers[r] = self._error(str(exc))
+            except Exception as exc:  # noqa: BLE001 - the server must answer and keep serving
+                answers[r] = self._error(f"{self.step} failed: {type(exc).__name__}: {exc}", bad_input=False)
+        return answers
+
     def _one(self, request):
-        if self.step == "image-text":
-            columns = {}
-            for name in ("IMAGE", "TEXT", "LABELS"):
-                tensor = self.pb.get_input_tensor_by_name(request, name)
-                if tensor is None:
-                    continue
-                raw = tensor.as_numpy()
-                if name == "IMAGE":
-                    columns[name] = decode_images(raw, self.towers.max_pixels)
-                elif name == "TEXT":
-                    columns[name] = decode_texts(raw)
-                else:
-                    columns[name] = [decode_texts(row, "LABELS") for row in np.asarray(raw, dtype=object)]
-            return self.towers.answer(columns)
         if self.step == "tokenize":
             texts = decode_texts(self._input(request, "TEXT"))
             ids, types, kept, dropped = self.tokenize.encode(texts)
