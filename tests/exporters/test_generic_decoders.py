@@ -26,8 +26,7 @@ from torchship.runtimes.generate import Generator, encode_prompts
 # Per architecture: (its config's own fields beyond the tiny sizes, the cache's KV heads, layers). Learned positions
 # (OPT), ALiBi without position ids and without SDPA (BLOOM), ONNX Runtime's gpt_neox fuser (GPT-NeoX), grouped-query
 # rotary (OLMo), multi-query (Falcon: one KV head, its own attention code, exported from eager attention), partial
-# rotary without SDPA (GPT-J), mixture of experts (Qwen2-MoE: experts exported as batched_mm), an encoder
-# as a decoder (BERT's causal-LM head: a family spec that does no text generation, so the generic family takes it). One layer each (the
+# rotary without SDPA (GPT-J), mixture of experts (Qwen2-MoE: experts exported as batched_mm). One layer each (the
 # dynamo export's time grows with the graph); OPT keeps two, so the cache's layer order is checked too.
 ARCHITECTURES = {
     "opt": ({}, 4, 2),
@@ -38,7 +37,6 @@ ARCHITECTURES = {
     "gptj": ({"rotary_dim": 4}, 4, 1),
     "qwen2_moe": ({"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
                    "shared_expert_intermediate_size": 16}, 2, 1),
-    "bert": ({"is_decoder": True}, 4, 1),
 }
 LAYER_NAMES = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
 # Each size under every name a config class may give it; only the names its __init__ takes are passed.
@@ -201,3 +199,16 @@ def test_ort_fuses_a_generic_export_of_a_model_type_it_knows_and_skips_the_other
             assert v.validation.passed and v.fusion.attention_fused and v.options.model_type == "gpt_neox"
         else:
             assert "optimized" not in m.variants and "has nothing for" in m.skipped["optimized"]
+
+
+def test_a_family_spec_without_the_task_asked_hands_the_checkpoint_to_a_generic_family():
+    """BERT's causal-LM head (``is_decoder``): the bert family does no text generation, the generic decoder family
+    does (the coverage sweep exports and validates it with its cache); asked for nothing, BERT stays BERT."""
+    from transformers import BertConfig
+
+    from torchship.exporters.spec import spec_for
+
+    config = BertConfig(is_decoder=True, architectures=["BertLMHeadModel"]).to_dict()
+    assert spec_for("bert", config=config, task="text-generation").family == FAMILY
+    assert spec_for("bert", config=config, kind="decoder").family == FAMILY
+    assert spec_for("bert", config=config).family == "bert"

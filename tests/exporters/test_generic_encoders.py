@@ -49,7 +49,6 @@ CASES = {
     "dinov2": ("image", "image-feature-extraction", VISION),
     "convnext": ("image", "image-classification", dict(IMAGE, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)),
     "resnet": ("image", "image-feature-extraction", dict(IMAGE, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])),
-    "poolformer": ("image", "image-classification", dict(IMAGE, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])),
     "wav2vec2": ("audio", "automatic-speech-recognition", AUDIO),
     "hubert": ("audio", "audio-classification", AUDIO),
 }
