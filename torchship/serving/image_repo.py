@@ -27,7 +27,7 @@ from torchship.exporters.image_text import TEXT as TEXT_GRAPH, VISION as VISION_
 from torchship.exporters.spec import IMAGE_CLASSIFICATION, IMAGE_FEATURE_EXTRACTION
 from torchship.serving.inventory import TENSORS, readme_path, write_readme
 from torchship.serving.repository import (CLASSIFICATION, EMBEDDING, TEXT_QUEUE_DELAY_US, ServeOptions, _config,
-                                          folder_task, write_models, write_text_repo)
+                                          folder_task, max_batch_size, write_models, write_text_repo)
 from torchship.serving.triton_repo import TritonOptions, default_variant, model_name, parse_config, pick_variant
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -97,12 +97,7 @@ def plan_image(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) ->
                          f"an ONNX --variant (model, optimized, int8, ...)")
     if task == TOWERS:
         return _plan_towers(artifact, variant, record, why, name, image_settings, topts, sopts)
-    max_batch = topts.max_batch_size
-    if max_batch is None:
-        resolved = m.resolved_shapes()
-        max_batch = resolved.axes["batch"][2] if resolved is not None and "batch" in resolved.axes else 8
-    if max_batch < 1:
-        raise InputError("an image model batches its rows: --max-batch-size must be 1 or more")
+    max_batch = max_batch_size(m, topts, "an image model")
     outputs = {t.name: t for t in m.io().outputs}
     output = "logits" if task == CLASSIFICATION else next(
         (o for o in ("pooler_output", "last_hidden_state") if o in outputs), None)
@@ -173,9 +168,7 @@ def _plan_towers(artifact, variant, record, why, name, image_settings, topts, so
     tokenizer = load_tokenizer(artifact)
     graphs = m.variants[variant]
     width = next(t for t in graphs.graph(VISION_GRAPH).outputs if t.name == "image_embeds").axes[-1]
-    max_batch = topts.max_batch_size if topts.max_batch_size is not None else 8
-    if max_batch < 1:
-        raise InputError("an image-text model batches its rows: --max-batch-size must be 1 or more")
+    max_batch = max_batch_size(m, topts, "an image-text model")
     settings = {"step": "image-text", "task": TOWERS, "threads": sopts.threads, "instances": topts.instances,
                 "max_pixels": sopts.max_image_pixels, "processor": PROCESSOR_FILE, "tokenizer": "tokenizer.json",
                 "vision_model": "vision_model.onnx", "text_model": "text_model.onnx",

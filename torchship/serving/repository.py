@@ -131,6 +131,17 @@ def folder_task(manifest, wanted: str | None, table: dict | None = None, served:
     return task
 
 
+def max_batch_size(manifest, topts: TritonOptions, what: str) -> int:
+    """The served model's max batch: --max-batch-size, else the shape config's largest batch, else 8."""
+    max_batch = topts.max_batch_size
+    if max_batch is None:
+        resolved = manifest.resolved_shapes()
+        max_batch = resolved.axes["batch"][2] if resolved is not None and "batch" in resolved.axes else 8
+    if max_batch < 1:
+        raise InputError(f"{what} batches its rows: --max-batch-size must be 1 or more")
+    return max_batch
+
+
 def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> Plan:
     from torchship.artifact import Artifact
 
@@ -159,12 +170,7 @@ def plan_text(folder: str | Path, topts: TritonOptions, sopts: ServeOptions) -> 
         raise InputError(f"--runtime {sopts.runtime} cannot run {pick!r} (a {record.runtime} {record.device} "
                          f"variant); pass a --variant it runs, or --runtime {record.serving[0]}"
                          if record.serving else f"{pick!r} cannot be served: no serving layout runs it")
-    max_batch = topts.max_batch_size
-    if max_batch is None:
-        resolved = m.resolved_shapes()
-        max_batch = resolved.axes["batch"][2] if resolved is not None and "batch" in resolved.axes else 8
-    if max_batch < 1:
-        raise InputError("a text model batches its rows: --max-batch-size must be 1 or more")
+    max_batch = max_batch_size(m, topts, "a text model")
     outputs = {t.name: t for t in m.io().outputs}
     output = "sentence_embedding" if "sentence_embedding" in outputs else MODEL_OUTPUT.get(task, "last_hidden_state")
     if output not in outputs:
