@@ -143,9 +143,8 @@ def main(argv=None) -> int:
              f"{agreement['texts']} sentences.", "",
              "| clients | images/s | p50 ms | p90 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|"]
     for level in levels:
-        lines.append(f"| {level.get('concurrency')} | {level.get('texts_per_s', level.get('items_per_s', 0)):.1f} | "
-                     f"{level.get('p50_ms', 0):.1f} | {level.get('p90_ms', 0):.1f} | {level.get('p99_ms', 0):.1f} | "
-                     f"{level.get('errors', 0)} |")
+        lines.append(f"| {level['concurrency']} | {level['texts_per_s']:.1f} | {level['p50_ms']:.1f} | "
+                     f"{level['p90_ms']:.1f} | {level['p99_ms']:.1f} | {level['errors']} |")
     (args.out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
