@@ -213,6 +213,9 @@ def _predict_images(artifact, inputs, backend, device, as_json, labels, template
                          f"{' or --text' if len(graph_names(artifact)) > 1 else ''}")
     if template is not None and not labels:
         raise InputError("--template is for zero-shot labels: give --labels too")
+    missing = next((p for p in inputs if not Path(p).is_file()), None)
+    if missing is not None:  # before a model loads
+        raise InputError(f"{missing}: no such file")
     backend = _resolve_backend(artifact, backend)
     results = []  # (result, whether its rows are texts)
     with ImageModel.from_artifact(artifact, backend, RuntimeOptions(device=device)) as model:
